@@ -1,0 +1,3 @@
+from fmforge.cli import main
+
+main()

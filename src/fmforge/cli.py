@@ -1,0 +1,187 @@
+"""The ``fmforge`` command: one sub-command per stage. Thin: parse, call, print.
+
+Heavy modules (torch, tokenizers, pyarrow) are imported inside the commands so
+``fmforge --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fmforge: from raw text to your own foundation model. "
+    "`fmforge run CONFIG` runs every stage; each stage also has its own command.",
+    pretty_exceptions_enable=False,
+)
+
+OverridesArg = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=50 model.n_layers=4")
+ForceOpt = typer.Option(False, "--force", help="redo the stage(s) even if up to date")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from fmforge.progress import console
+
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: Optional[List[str]]):
+    from fmforge.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _print_outcomes(run, outcomes) -> None:
+    from rich.table import Table
+
+    from fmforge.progress import console
+
+    table = Table(title=f"run {run.root}", show_lines=False)
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("result")
+    for o in outcomes:
+        shown = {k: v for k, v in o.summary.items() if k != "stage_seconds"}
+        result = ", ".join(f"{k}={_fmt(v)}" for k, v in list(shown.items())[:6])
+        table.add_row(o.stage, o.status, f"{o.seconds:.1f}s" if o.status == "ran" else "-", result)
+    console.print(table)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and abs(v) >= 10_000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _stage_command(stage: str, config: Path, overrides, force: bool) -> None:
+    from fmforge.pipeline import StageOrderError, prepare_run_dir, run_stage
+
+    cfg = _load(config, overrides)
+    run = prepare_run_dir(cfg)
+    try:
+        outcome, _ = run_stage(cfg, run, stage, force=force)
+    except (StageOrderError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        _fail(f"interrupted: {exc}. Rerun the same command to resume.", code=130)
+    _print_outcomes(run, [outcome])
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="the run's YAML config"),
+        overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
+    """Run the whole pipeline: data, tokenizer, tokenize, train, eval (skipping stages
+    that are up to date; training resumes from its latest checkpoint)."""
+    from fmforge.pipeline import StageOrderError, run_pipeline
+
+    cfg = _load(config, overrides)
+    try:
+        run_dir, outcomes = run_pipeline(cfg, force=force)
+    except (StageOrderError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        _fail(f"interrupted: {exc}. Rerun `fmforge run {config}` to resume.", code=130)
+    _print_outcomes(run_dir, outcomes)
+    _print_headline(cfg, run_dir)
+
+
+def _print_headline(cfg, run_dir) -> None:
+    import json
+
+    from fmforge.progress import console
+
+    if run_dir.eval_json.exists():
+        ev = json.loads(run_dir.eval_json.read_text(encoding="utf-8"))
+        bpb, gz = ev.get("bits_per_byte"), ev.get("gzip_bits_per_byte")
+        if bpb is not None and gz is not None:
+            better = "better" if bpb < gz else "worse"
+            console.print(
+                f"[bold]held-out bits per byte: model {bpb:.3f} vs gzip -9 {gz:.3f}[/bold] "
+                f"({better} than gzip by {abs(gz - bpb) / gz:.0%}); perplexity {ev['perplexity']:.2f}",
+                highlight=False,
+            )
+    if cfg.eval.sample_prompt and cfg.eval.sample_max_new_tokens:
+        from fmforge.serve.generate import generate_text
+        from fmforge.serve.loading import load_trained
+
+        trained = load_trained(run_dir, device=cfg.train.device)
+        text = generate_text(trained, cfg.eval.sample_prompt, cfg.eval.sample_max_new_tokens,
+                             temperature=0.0, top_k=None)
+        console.print("[bold]sample (greedy):[/bold]")
+        console.print(cfg.eval.sample_prompt + text, markup=False, highlight=False)
+
+
+@app.command()
+def data(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
+    """Collect, clean, deduplicate, split and mix the sources into parquet shards."""
+    _stage_command("data", config, overrides, force)
+
+
+@app.command()
+def tokenizer(config: Path, overrides: Optional[List[str]] = OverridesArg,
+              force: bool = ForceOpt) -> None:
+    """Train the byte-level BPE tokenizer on the training split."""
+    _stage_command("tokenizer", config, overrides, force)
+
+
+@app.command()
+def tokenize(config: Path, overrides: Optional[List[str]] = OverridesArg,
+             force: bool = ForceOpt) -> None:
+    """Encode the text shards into memory-mapped token files."""
+    _stage_command("tokenize", config, overrides, force)
+
+
+@app.command()
+def train(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
+    """Train the model (resumes from the latest complete checkpoint)."""
+    _stage_command("train", config, overrides, force)
+
+
+@app.command("eval")
+def eval_(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
+    """Held-out loss, perplexity and bits per byte (vs gzip) into eval.json."""
+    _stage_command("eval", config, overrides, force)
+
+
+@app.command()
+def generate(
+    run: str = typer.Argument(..., help="run directory, or a run name under runs/"),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=0),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0,
+                                      help="0 is greedy and deterministic"),
+    top_k: Optional[int] = typer.Option(50, "--top-k", min=1),
+    seed: Optional[int] = typer.Option(None, "--seed", help="make sampling reproducible"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Sample a completion from the run's latest checkpoint; prints only the completion."""
+    from fmforge.rundir import resolve_run
+    from fmforge.serve.generate import generate_text
+    from fmforge.serve.loading import load_trained
+
+    try:
+        trained = load_trained(resolve_run(run), device=device)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    text = generate_text(trained, prompt, max_new_tokens, temperature, top_k, seed)
+    sys.stdout.write(text + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

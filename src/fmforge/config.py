@@ -1,0 +1,342 @@
+"""The typed run configuration: one YAML file, validated, with dotted overrides.
+
+Every section is a pydantic model with ``extra="forbid"`` so a misspelt key is an
+error that names the key, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SourceConfig(Section):
+    """One corpus source. ``paths`` are glob patterns; ``{python_stdlib}``,
+    ``{site_packages}``, ``{home}`` and ``{config_dir}`` are resolved at run time."""
+
+    name: str
+    type: Literal["text"] = "text"
+    paths: list[str] = Field(min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+    # Mixture weight in "epochs", The Pile's convention: 2.0 puts every training
+    # document of this source in the mix twice, 0.5 keeps half of them.
+    weight: float = Field(default=1.0, gt=0)
+    # Stop reading this source after this many bytes of accepted text (None: all).
+    max_bytes: int | None = Field(default=None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ \t\n"):
+            raise ValueError(f"source name {v!r} must be non-empty without slashes or spaces")
+        return v
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(min_length=1)
+    min_chars: int = Field(default=32, ge=0)
+    max_chars: int | None = Field(default=None, gt=0)
+    val_fraction: float = Field(default=0.01, ge=0, lt=1)
+    dedup: Literal["exact", "none"] = "exact"
+    shard_max_docs: int = Field(default=50_000, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars={self.max_chars} must be >= min_chars={self.min_chars}")
+        return self
+
+
+# ---------------------------------------------------------------------- tokenizer
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(default=8192, ge=260, le=1_000_000)
+    min_frequency: int = Field(default=2, ge=1)
+    eos_token: str = "<|endoftext|>"
+    pad_token: str = "<|pad|>"
+    extra_special_tokens: list[str] = Field(default_factory=list)
+    # Train the BPE on at most this many bytes of training text (None: all of it).
+    max_train_bytes: int | None = Field(default=None, gt=0)
+    # Documents per encode_batch call; the Rust encoder spreads each batch over all cores.
+    encode_batch_docs: int = Field(default=512, gt=0)
+
+
+# -------------------------------------------------------------------------- model
+
+
+class ModelConfig(Section):
+    """A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention."""
+
+    vocab_size: int | None = Field(default=None, gt=0)  # None: the tokenizer's
+    d_model: int = Field(default=256, gt=0)
+    n_layers: int = Field(default=4, gt=0)
+    n_heads: int = Field(default=4, gt=0)
+    n_kv_heads: int | None = Field(default=None, gt=0)  # None: n_heads (plain MHA)
+    d_ff: int | None = Field(default=None, gt=0)  # None: 8/3·d_model rounded up to multiple_of
+    multiple_of: int = Field(default=64, gt=0)
+    seq_len: int = Field(default=256, gt=0)
+    rope_theta: float = Field(default=10_000.0, gt=0)
+    norm_eps: float = Field(default=1e-5, gt=0)
+    tie_embeddings: bool = True
+    init_std: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_consistent(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}"
+            )
+        kv = self.kv_heads
+        if self.n_heads % kv:
+            raise ValueError(
+                f"model.n_kv_heads={kv} must divide model.n_heads={self.n_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"head dimension d_model/n_heads={self.head_dim} must be even for RoPE"
+            )
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        hidden = int(8 * self.d_model / 3)
+        return self.multiple_of * -(-hidden // self.multiple_of)
+
+
+# -------------------------------------------------------------------------- train
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(default=1000, gt=0)
+    micro_batch_size: int = Field(default=16, gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, ge=0)  # 0: no clipping
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=200, gt=0)
+    eval_batches: int = Field(default=8, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # auto: bfloat16 autocast where the hardware does bf16 matmuls natively (CUDA
+    # with bf16, CPUs with AVX512-BF16/AMX), float32 elsewhere.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    num_threads: int = Field(default=0, ge=0)  # torch CPU threads; 0: torch's default
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"train.warmup_steps={self.warmup_steps} must be <= train.max_steps={self.max_steps}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- eval
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(default=8, gt=0)
+    # Evaluate at most this many held-out tokens (None: the whole val split).
+    max_tokens: int | None = Field(default=None, gt=0)
+    sample_prompt: str | None = None
+    sample_max_new_tokens: int = Field(default=64, ge=0)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+class PlanConfig(Section):
+    """What the run will be priced at; used by ``fmforge plan`` and the run summary."""
+
+    gpu: str = "h100-sxm"
+    num_gpus: int = Field(default=1, gt=0)
+    mfu: float | None = Field(default=None, gt=0, le=1)
+    price_per_gpu_hour: float | None = Field(default=None, ge=0)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+class RunConfig(Section):
+    name: str
+    out_dir: str | None = None  # default: runs/NAME
+    seed: int = 1337
+    data: DataConfig
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    # Directory of the YAML file, for ``{config_dir}`` in source paths. Not a user key.
+    config_dir: str | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ \t\n"):
+            raise ValueError(f"run name {v!r} must be non-empty without slashes or spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _vocab_consistent(self) -> RunConfig:
+        if self.model.vocab_size is not None and self.model.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={self.model.vocab_size} must be >= "
+                f"tokenizer.vocab_size={self.tokenizer.vocab_size}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary: the tokenizer's unless set larger (e.g. padded)."""
+        return self.model.vocab_size or self.tokenizer.vocab_size
+
+    def resolved_model(self) -> ModelConfig:
+        """The model section with ``vocab_size`` filled in."""
+        return self.model.model_copy(update={"vocab_size": self.vocab_size})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=3e-4`` -> (["train", "lr"], 0.0003). Values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _list_item(node, part, parts[: i + 1])
+                continue
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(
+                    f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _list_index(node, last, parts)
+            node[idx] = value
+        else:
+            node[last] = value
+    return out
+
+
+def _list_index(node: list, part: str, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(
+            f"override key {'.'.join(path)}: {part!r} is not an index of a list of {len(node)}"
+        )
+    return int(part)
+
+
+def _list_item(node: list, part: str, path: list[str]) -> Any:
+    return node[_list_index(node, part, path)]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config. Raises ConfigError with the key named."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    raw.pop("config_dir", None)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        source = str(path) + (" with overrides " + " ".join(overrides) if overrides else "")
+        raise ConfigError(_format_validation_error(err, source)) from None
+    cfg.config_dir = str(path.resolve().parent)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], config_dir: str | None = None) -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "config")) from None
+    cfg.config_dir = config_dir
+    return cfg

@@ -1,0 +1,1 @@
+"""The transformer and the formulas that count its parameters and FLOPs."""

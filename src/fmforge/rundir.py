@@ -1,0 +1,154 @@
+"""The run directory: the only channel between stages.
+
+Every artifact is written under a temporary name and renamed into place when
+complete, so a killed stage never leaves a half-written file a later stage trusts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``final``.
+    On failure the temporary directory is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-serialisable parts (config sections, upstream fingerprints)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class RunDir:
+    """Paths of one run's artifacts and the record of which stages completed."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # artifacts
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def data_card(self) -> Path:
+        return self.data / "data_card.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def stages_json(self) -> Path:
+        return self.root / "stages.json"
+
+    @property
+    def plan_json(self) -> Path:
+        return self.root / "plan.json"
+
+    # stage bookkeeping
+    def stage_records(self) -> dict[str, Any]:
+        if not self.stages_json.exists():
+            return {}
+        return json.loads(self.stages_json.read_text(encoding="utf-8"))
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        return self.stage_records().get(stage)
+
+    def mark_complete(self, stage: str, fp: str, summary: dict[str, Any]) -> None:
+        records = self.stage_records()
+        records[stage] = {"fingerprint": fp, "completed_at": time.time(), "summary": summary}
+        atomic_write_json(self.stages_json, records)
+
+    def invalidate(self, stage: str) -> None:
+        records = self.stage_records()
+        if records.pop(stage, None) is not None:
+            atomic_write_json(self.stages_json, records)
+
+
+def resolve_run(run: str | Path) -> RunDir:
+    """A run given as a directory, or as a name under ``runs/``."""
+    p = Path(run)
+    for candidate in (p, Path("runs") / p):
+        if (candidate / "config.yaml").is_file():
+            return RunDir(candidate)
+    raise FileNotFoundError(
+        f"no run at {p} (nor runs/{p}): expected a directory containing config.yaml; "
+        "run `fmforge run CONFIG` first"
+    )

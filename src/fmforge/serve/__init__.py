@@ -1,0 +1,1 @@
+"""Generation from a trained run (and, later, the OpenAI-compatible server)."""

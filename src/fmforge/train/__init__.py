@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, the data loader, checkpoints, the loop."""

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from fmforge.data.filters import length_filter_reason
+
+
+def test_length_filter_reasons():
+    assert length_filter_reason("", 0, None) == "empty"
+    assert length_filter_reason(" \n\t", 0, None) == "empty"
+    assert length_filter_reason("short", 10, None) == "too_short"
+    assert length_filter_reason("x" * 11, 1, 10) == "too_long"
+    assert length_filter_reason("x" * 10, 10, 10) is None

@@ -1,0 +1,71 @@
+"""The config rejects bad input naming the key, and dotted overrides apply."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmforge.config import ConfigError, load_config
+
+BASE = {
+    "name": "t",
+    "data": {"sources": [{"name": "a", "paths": ["*.txt"]}]},
+    "model": {"d_model": 64, "n_heads": 4, "n_layers": 2},
+}
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_unknown_key_is_named(tmp_path):
+    raw = {**BASE, "train": {"max_stepz": 3}}
+    with pytest.raises(ConfigError, match=r"train\.max_stepz: unknown key"):
+        load_config(write(tmp_path, raw))
+
+
+def test_wrong_type_is_named(tmp_path):
+    raw = {**BASE, "train": {"lr": "fast"}}
+    with pytest.raises(ConfigError, match=r"train\.lr:.*'fast'"):
+        load_config(write(tmp_path, raw))
+
+
+def test_inconsistent_heads_are_explained(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.n_heads=5 must divide model\.d_model=384"):
+        load_config(write(tmp_path, BASE), ["model.d_model=384", "model.n_heads=5"])
+
+
+def test_kv_heads_must_divide_heads(tmp_path):
+    with pytest.raises(ConfigError, match=r"n_kv_heads=3 must divide model\.n_heads=4"):
+        load_config(write(tmp_path, BASE), ["model.n_kv_heads=3"])
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"data: required key is missing"):
+        load_config(write(tmp_path, {"name": "t"}))
+
+
+def test_overrides_apply_with_yaml_types(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.max_steps=50", "train.warmup_steps=5", "model.n_layers=4",
+                                              "train.lr=3e-4", "model.tie_embeddings=false",
+                                              "data.sources.0.weight=2.5"])
+    assert cfg.train.max_steps == 50 and cfg.model.n_layers == 4
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.model.tie_embeddings is False
+    assert cfg.data.sources[0].weight == 2.5
+    assert cfg.run_dir == Path("runs/t")
+
+
+def test_bad_override_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(write(tmp_path, BASE), ["train.max_steps"])
+    with pytest.raises(ConfigError, match=r"train\.bogus: unknown key"):
+        load_config(write(tmp_path, BASE), ["train.bogus=1"])
+
+
+def test_demo_config_is_valid():
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert cfg.tokenizer.vocab_size == 8192
+    assert {s.name for s in cfg.data.sources} == {"stdlib-code", "package-docs"}
