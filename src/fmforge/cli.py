@@ -94,7 +94,23 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
     except KeyboardInterrupt as exc:
         _fail(f"interrupted: {exc}. Rerun `fmforge run {config}` to resume.", code=130)
     _print_outcomes(run_dir, outcomes)
+    _print_plan_vs_actual(run_dir)
     _print_headline(cfg, run_dir)
+
+
+def _print_plan_vs_actual(run_dir) -> None:
+    from fmforge.plan.actual import compare_plan_to_actual
+    from fmforge.plan.errors import PlanError
+    from fmforge.plan.report import render_actual
+    from fmforge.progress import console
+
+    if not run_dir.plan_json.exists():
+        return
+    try:
+        for r in render_actual(compare_plan_to_actual(run_dir.root)):
+            console.print(r)
+    except PlanError as exc:
+        console.print(f"[yellow]plan vs actual unavailable: {exc}[/yellow]", soft_wrap=True)
 
 
 def _print_headline(cfg, run_dir) -> None:
@@ -177,6 +193,69 @@ def generate(
         _fail(str(exc))
     text = generate_text(trained, prompt, max_new_tokens, temperature, top_k, seed)
     sys.stdout.write(text + "\n")
+
+
+@app.command()
+def plan(
+    config: Optional[Path] = typer.Argument(None, help="a run config to plan (optional)"),
+    overrides: Optional[List[str]] = OverridesArg,
+    params: Optional[float] = typer.Option(None, "--params", help="model parameters, e.g. 7e9"),
+    tokens: Optional[float] = typer.Option(None, "--tokens", help="training tokens, e.g. 2e12"),
+    hf_config: Optional[Path] = typer.Option(None, "--hf-config", help="architecture from a Hugging Face config.json"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="catalogue key, e.g. h100-sxm, a100-80gb, cpu"),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus"),
+    mfu: Optional[float] = typer.Option(None, "--mfu", help="model FLOPs utilisation; default by model size"),
+    price: Optional[float] = typer.Option(None, "--price", help="$ per GPU-hour (overrides the catalogue)"),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | autocast | float32"),
+    checkpointing: bool = typer.Option(False, "--checkpointing/--no-checkpointing",
+                                       help="activation checkpointing"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="ddp | fsdp (default: what fits)"),
+    convention: str = typer.Option("palm", "--convention", help="FLOPs convention: palm | kaplan | 6nd"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="size a model for this many dollars"),
+    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="size a model for these GPU-hours"),
+    data_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="tokens of data you have"),
+    run: Optional[str] = typer.Option(None, "--run", help="read the data you have from this run"),
+    api_price: Optional[float] = typer.Option(None, "--api-price", help="$ per million tokens of the API you would buy"),
+    monthly_tokens: Optional[float] = typer.Option(None, "--monthly-tokens", help="tokens a month you would serve/buy"),
+    base_params: Optional[float] = typer.Option(None, "--base-params", help="size of the model you would customize"),
+    base_hf_config: Optional[Path] = typer.Option(None, "--base-hf-config", help="config.json of the model you would customize"),
+    lora_epochs: float = typer.Option(2.0, "--lora-epochs"),
+    horizon_months: int = typer.Option(12, "--horizon-months"),
+    actual: Optional[str] = typer.Option(None, "--actual", help="compare a finished run with its plan"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (stable keys) instead of tables"),
+) -> None:
+    """What a run will cost (FLOPs, memory per GPU, GPU-hours, dollars), what size of
+    model a budget buys, whether to train, customize or buy — and, after a run,
+    the plan beside what was measured."""
+    import json
+
+    from fmforge.config import ConfigError
+    from fmforge.plan.cli_support import plan_command
+    from fmforge.plan.errors import PlanError
+
+    try:
+        out = plan_command(
+            config, overrides or [], params=params, tokens=tokens, hf_config=hf_config,
+            seq_len=seq_len, gpu=gpu, num_gpus=num_gpus, mfu=mfu, price=price,
+            micro_batch=micro_batch, dtype=dtype, checkpointing=checkpointing,
+            strategy=strategy, convention=convention, budget=budget, gpu_hours=gpu_hours,
+            data_tokens=data_tokens, run=run, api_price=api_price,
+            monthly_tokens=monthly_tokens, base_params=base_params,
+            base_hf_config=base_hf_config, lora_epochs=lora_epochs,
+            horizon_months=horizon_months, actual=actual,
+        )
+    except (PlanError, ConfigError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(out.data, indent=2, default=str) + "\n")
+    else:
+        from rich.console import Console
+
+        stdout = Console()  # the plan is the command's result: stdout, not stderr
+        for r in out.renderables:
+            stdout.print(r)
 
 
 def main() -> None:

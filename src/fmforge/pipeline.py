@@ -115,11 +115,33 @@ def run_stage(cfg: RunConfig, run: RunDir, stage: str, force: bool = False,
 
         shutil.rmtree(run.checkpoints)
     run.invalidate(stage)
+    if stage == "train":
+        record_plan(cfg, run, fp)
     t0 = time.perf_counter()
     summary = _runner(stage)(cfg, run, fp)
     seconds = time.perf_counter() - t0
     run.mark_complete(stage, fp, {**summary, "stage_seconds": round(seconds, 2)})
     return StageOutcome(stage, "ran", seconds, summary), fp
+
+
+def record_plan(cfg: RunConfig, run: RunDir, train_fp: str) -> None:
+    """Write the plan (predicted tokens/s, time, cost, memory) before training starts,
+    so the run can be compared with it afterwards. A resumed run keeps its plan."""
+    import json
+
+    from fmforge.plan.estimate import plan_for_run
+    from fmforge.rundir import atomic_write_json
+
+    if run.plan_json.exists():
+        existing = json.loads(run.plan_json.read_text(encoding="utf-8"))
+        if existing.get("train_fingerprint") == train_fp:
+            return
+    plan = plan_for_run(cfg)
+    plan["train_fingerprint"] = train_fp
+    atomic_write_json(run.plan_json, plan)
+    log(f"plan: {plan['tokens_per_s']:,.0f} tokens/s predicted on {plan['gpu']} "
+        f"at MFU {plan['mfu']:.2f}; {plan['tokens']:,.0f} tokens in about "
+        f"{plan['tokens'] / plan['tokens_per_s'] / 60:.1f} min")
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False,

@@ -24,7 +24,7 @@ from fmforge.rundir import RunDir
 from fmforge.tokenizer.encode import load_meta, open_tokens, token_byte_lengths
 from fmforge.tokenizer.train import load_tokenizer
 from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fmforge.train.device import autocast, configure_threads, pick_device
+from fmforge.train.device import autocast, configure_threads, pick_device, resolve_dtype
 from fmforge.train.loader import TokenWindowLoader
 from fmforge.train.metrics import MetricsLog
 from fmforge.train.optim import build_optimizer, lr_at
@@ -60,6 +60,22 @@ def _install_stop_handlers(stop: StopRequest):
 def _restore_handlers(previous) -> None:
     for sig, h in previous.items():
         signal.signal(sig, h)
+
+
+def device_peak_flops(cfg: RunConfig, device: torch.device) -> float | None:
+    """Peak FLOP/s of the training device at the run's precision, for MFU: the
+    catalogue's figure for a known GPU, the measured (cached) matmul peak on CPU."""
+    from fmforge.plan.errors import PlanError
+    from fmforge.plan.hardware import detect_gpu, get_hardware
+
+    key = "cpu" if device.type == "cpu" else detect_gpu() if device.type == "cuda" else None
+    if key is None:
+        return None
+    try:
+        dtype = resolve_dtype(device, cfg.train)
+        return get_hardware(key, cpu_dtype=dtype).peak_flops
+    except PlanError:
+        return None
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
@@ -107,6 +123,7 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
 
     params = count_parameters(mcfg).total
     fpt = flops_per_token(mcfg)
+    peak = device_peak_flops(cfg, device)
     tokens_per_step = tcfg.micro_batch_size * tcfg.grad_accum_steps * mcfg.seq_len
     log(f"model: {params:,} parameters; {tokens_per_step:,} tokens per step; device {device}")
 
@@ -173,6 +190,8 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
                               "tokens": tokens_seen,
                               "elapsed_s": round(elapsed_before + now - session_start, 2),
                               "flops_per_token": fpt}
+                    if peak:
+                        record["mfu"] = round(tps * fpt / peak, 4)
                     if is_eval:
                         record.update(validate())
                         interval_start = time.perf_counter()  # validation is not training time

@@ -1,0 +1,146 @@
+"""Plan versus actual: what a finished run measured beside what its plan predicted.
+
+Reads ``runs/NAME/plan.json`` (written by ``fmforge run`` from ``plan_for_run``),
+``stages.json`` (the ``train`` record's ``summary``: ``wall_s``, ``tokens``,
+``tokens_per_s``) and ``metrics.jsonl`` (per logged step: ``tokens_per_s`` and,
+when the trainer computes it, ``mfu``). Measured MFU is recomputed from measured
+tokens/s with the plan's own FLOPs/token and peak, so both sides use one
+convention. Error is (predicted − actual) / actual, in percent: positive means the
+plan was too high (slower, dearer), negative too low.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from fmforge.plan.errors import PlanError
+
+
+def _error_pct(predicted: float | None, actual: float | None) -> float | None:
+    if predicted is None or actual is None or actual == 0:
+        return None
+    return (predicted - actual) / actual * 100.0
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if not path.is_file():
+        return rows
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"{path}:{i}: not valid JSON ({exc}); the metrics log is damaged") from exc
+    return rows
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
+    """Measured tokens/s, MFU, wall time and cost of a run beside its plan.
+
+    Returns ``{"run", "plan", "rows": [{"metric", "unit", "predicted", "actual",
+    "error_pct"}], "notes"}``; the row metrics are ``tokens_per_s``, ``mfu``,
+    ``wall_s`` and ``cost_usd`` (wall time and cost for the tokens actually trained)."""
+    root = Path(run_dir)
+    plan_path = root / "plan.json"
+    if not plan_path.is_file():
+        raise PlanError(
+            f"{plan_path} does not exist: the run was not started by `fmforge run` with planning, "
+            "or the path is not a run directory"
+        )
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{plan_path} is not valid JSON: {exc}") from exc
+    notes: list[str] = []
+
+    summary: dict[str, Any] = {}
+    stages_path = root / "stages.json"
+    if stages_path.is_file():
+        try:
+            stages = json.loads(stages_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"{stages_path} is not valid JSON: {exc}") from exc
+        summary = ((stages.get("train") or {}).get("summary")) or {}
+    metrics = _read_metrics(root / "metrics.jsonl")
+    if not summary and not metrics:
+        raise PlanError(
+            f"{root} has no finished train stage (stages.json) and no metrics.jsonl: nothing measured yet"
+        )
+
+    # Logged rates skip the first record, which carries start-up (compile, warm caches).
+    logged_tps = [float(m["tokens_per_s"]) for m in metrics if isinstance(m.get("tokens_per_s"), (int, float))]
+    logged_tps = logged_tps[1:] if len(logged_tps) > 2 else logged_tps
+    logged_mfu = [float(m["mfu"]) for m in metrics if isinstance(m.get("mfu"), (int, float))]
+    logged_mfu = logged_mfu[1:] if len(logged_mfu) > 2 else logged_mfu
+
+    wall_s = summary.get("wall_s")
+    tokens = summary.get("tokens")
+    if tokens is None and metrics:
+        last = metrics[-1]
+        if "step" in last and plan.get("run", {}).get("tokens_per_step"):
+            tokens = last["step"] * plan["run"]["tokens_per_step"]
+            notes.append("tokens trained estimated from the last logged step × tokens per step")
+    if wall_s is None and metrics and isinstance(metrics[-1].get("elapsed_s"), (int, float)):
+        wall_s = metrics[-1]["elapsed_s"]
+        notes.append("wall time from the last metrics record's elapsed_s (train stage summary missing)")
+    if summary.get("tokens_per_s"):
+        tps = float(summary["tokens_per_s"])
+    elif tokens and wall_s:
+        tps = tokens / wall_s
+    else:
+        tps = _median(logged_tps)
+    if tps is None:
+        raise PlanError(f"{root}: no tokens/s could be measured (no train summary, no tokens_per_s in metrics)")
+
+    n = plan.get("num_gpus", 1)
+    peak = plan["peak_flops"]
+    fpt = plan["flops_per_token"]
+    price = plan["price_per_gpu_hour"]
+    pred_tps = plan["tokens_per_s"]
+    measured_mfu = tps * fpt / (peak * n)
+
+    rows = [
+        {"metric": "tokens_per_s", "unit": "tokens/s", "predicted": pred_tps, "actual": tps,
+         "error_pct": _error_pct(pred_tps, tps)},
+        {"metric": "mfu", "unit": "fraction of peak", "predicted": plan["mfu"], "actual": measured_mfu,
+         "error_pct": _error_pct(plan["mfu"], measured_mfu)},
+    ]
+    if tokens and wall_s:
+        pred_wall = tokens / pred_tps
+        rows.append({"metric": "wall_s", "unit": "s", "predicted": pred_wall, "actual": float(wall_s),
+                     "error_pct": _error_pct(pred_wall, float(wall_s))})
+        pred_cost = pred_wall / 3600 * n * price
+        cost = float(wall_s) / 3600 * n * price
+        rows.append({"metric": "cost_usd", "unit": "US$", "predicted": pred_cost, "actual": cost,
+                     "error_pct": _error_pct(pred_cost, cost)})
+        if abs(tokens - plan["tokens"]) > 0.01 * plan["tokens"]:
+            notes.append(
+                f"the run trained {tokens:.3g} tokens, the plan {plan['tokens']:.3g}: wall time and cost are "
+                "compared for the tokens actually trained"
+            )
+    else:
+        notes.append("no wall time and token count in the train summary: wall time and cost not compared")
+    trainer_mfu = _median(logged_mfu)
+    if trainer_mfu is not None:
+        notes.append(f"the trainer's own logged MFU (median): {trainer_mfu:.3f}")
+    if logged_tps and summary.get("tokens_per_s"):
+        notes.append(f"median logged tokens/s (after the first record): {_median(logged_tps):,.0f}")
+    return {
+        "run": str(root),
+        "gpu": plan.get("gpu"),
+        "num_gpus": n,
+        "flops_convention": plan.get("flops_convention"),
+        "tokens": tokens,
+        "rows": rows,
+        "trainer_mfu": trainer_mfu,
+        "notes": notes,
+    }

@@ -1,0 +1,175 @@
+"""``fmforge plan``: everything the CLI command does, minus argument parsing.
+
+The typer command passes its options straight to ``plan_command`` and prints
+``out.renderables`` (or ``json.dumps(out.data)`` with ``--json``); a ``PlanError``
+(or ``ConfigError``) is a user error: print its message, exit 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmforge.plan.actual import compare_plan_to_actual
+from fmforge.plan.architecture import DEFAULT_CONVENTION, from_hf_config, from_model_config
+from fmforge.plan.compute import default_mfu
+from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
+from fmforge.plan.errors import PlanError
+from fmforge.plan.estimate import make_plan, run_dtype, tokens_for_run
+from fmforge.plan.hardware import get_hardware
+from fmforge.plan.report import render_actual, render_decision, render_plan, render_sizing
+from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
+
+
+@dataclass
+class PlanOutput:
+    renderables: list[Any]  # rich renderables, in print order
+    data: dict[str, Any]  # what --json prints
+
+
+def plan_command(
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    params: float | None = None,
+    tokens: float | None = None,
+    hf_config: str | Path | None = None,
+    seq_len: int | None = None,
+    gpu: str | None = None,
+    num_gpus: int | None = None,
+    mfu: float | None = None,
+    price: float | None = None,
+    micro_batch: int | None = None,
+    dtype: str | None = None,
+    checkpointing: bool = False,
+    strategy: str | None = None,
+    convention: str = DEFAULT_CONVENTION,
+    budget: float | None = None,
+    gpu_hours: float | None = None,
+    data_tokens: float | None = None,
+    run: str | Path | None = None,
+    api_price: float | None = None,
+    monthly_tokens: float | None = None,
+    base_params: float | None = None,
+    base_hf_config: str | Path | None = None,
+    lora_epochs: float = DEFAULT_LORA_EPOCHS,
+    horizon_months: int = DEFAULT_HORIZON_MONTHS,
+    actual: str | Path | None = None,
+) -> PlanOutput:
+    """Run the planner for the CLI. Sections present in ``data``:
+
+    * with ``actual`` (a run directory or name under runs/): only ``{"actual": ...}``;
+    * otherwise the plan's keys at the top level when a model and a token count are
+      known (CONFIG, or --hf-config/--params with --tokens), plus ``"sizing"`` with
+      --budget/--gpu-hours and ``"decision"`` with --api-price.
+    """
+    if actual is not None:
+        from fmforge.rundir import resolve_run
+
+        try:
+            root = resolve_run(actual).root
+        except FileNotFoundError as exc:
+            raise PlanError(str(exc)) from None
+        cmp = compare_plan_to_actual(root)
+        return PlanOutput(render_actual(cmp), {"actual": cmp})
+
+    cfg = None
+    if config is not None:
+        from fmforge.config import load_config
+
+        cfg = load_config(config, overrides)
+    elif overrides:
+        raise PlanError("overrides (key=value) need a CONFIG to apply to")
+    if hf_config is not None and params is not None:
+        raise PlanError("give either --hf-config or --params, not both")
+
+    gpu_key = gpu or (cfg.plan.gpu if cfg else "h100-sxm")
+    mode = dtype or (run_dtype(cfg, gpu_key) if cfg else "bfloat16")
+    hw = get_hardware(gpu_key, price if price is not None else (cfg.plan.price_per_gpu_hour if cfg else None),
+                      cpu_dtype="float32" if mode == "float32" else "bfloat16")
+    n_gpus = num_gpus if num_gpus is not None else (cfg.plan.num_gpus if cfg else 1)
+    mfu_ = mfu if mfu is not None else (cfg.plan.mfu if cfg else None)
+
+    arch = None
+    if hf_config is not None:
+        arch = from_hf_config(hf_config, seq_len=seq_len)
+    elif cfg is not None and params is None:
+        arch = from_model_config(cfg.resolved_model(), seq_len=seq_len)
+    n_tokens = tokens
+    if n_tokens is None and cfg is not None:
+        n_tokens = tokens_for_run(cfg, n_gpus)
+
+    # The user's data: --data-tokens, else the run named by --run, else CONFIG's run dir.
+    data_source = "--data-tokens" if data_tokens is not None else None
+    if data_tokens is None:
+        run_dir = None
+        if run is not None:
+            run_dir = Path(run) if Path(run).is_dir() else Path("runs") / str(run)
+            if not run_dir.is_dir():
+                raise PlanError(f"--run {run}: no such run directory (nor runs/{run})")
+        elif cfg is not None and cfg.run_dir.is_dir():
+            run_dir = cfg.run_dir
+        if run_dir is not None:
+            found = data_tokens_from_run(run_dir)
+            if found is not None:
+                data_tokens, data_source = found
+
+    renderables: list[Any] = []
+    data: dict[str, Any] = {}
+    model_known = arch is not None or params is not None
+    if model_known and n_tokens is not None:
+        plan = make_plan(
+            hw,
+            tokens=n_tokens,
+            arch=arch,
+            params=params if arch is None else None,
+            num_gpus=n_gpus,
+            mfu=mfu_,
+            micro_batch=micro_batch if micro_batch is not None else (cfg.train.micro_batch_size if cfg else 1),
+            dtype=mode,
+            checkpointing=checkpointing,
+            strategy=strategy,
+            convention=convention,
+        )
+        data.update(plan)
+        renderables += render_plan(plan)
+    elif model_known and budget is None and gpu_hours is None and api_price is None:
+        raise PlanError("give the number of training tokens (--tokens), or a CONFIG that implies it")
+
+    if budget is not None or gpu_hours is not None:
+        m = mfu_ if mfu_ is not None else default_mfu(data.get("params", 1e9), hw)
+        sizing = size_for_budget(hw, m, budget_usd=budget, gpu_hours=gpu_hours,
+                                 data_tokens=data_tokens, data_source=data_source)
+        data["sizing"] = sizing.to_dict()
+        renderables += render_sizing(data["sizing"])
+
+    if api_price is not None:
+        if monthly_tokens is None:
+            raise PlanError("--api-price needs --monthly-tokens (tokens a month you would buy)")
+        if data_tokens is None:
+            raise PlanError("the train/customize/buy comparison needs your data size: --data-tokens N or --run RUN")
+        base_arch = from_hf_config(base_hf_config) if base_hf_config is not None else None
+        if base_arch is not None:
+            from fmforge.plan.architecture import count_params
+
+            base_n: float = count_params(base_arch).total
+        elif base_params is not None:
+            base_n = base_params
+        else:
+            raise PlanError("the comparison needs the base model you would customize: --base-params N or --base-hf-config PATH")
+        decision = compare_options(
+            hw, data_tokens=data_tokens, base_params=base_n, api_price_per_m=api_price,
+            monthly_tokens=monthly_tokens, num_gpus=n_gpus, budget_usd=budget, mfu=mfu_,
+            base_arch=base_arch, lora_epochs=lora_epochs, horizon_months=horizon_months,
+        )
+        data["decision"] = decision.to_dict()
+        renderables += render_decision(data["decision"])
+
+    if not data:
+        raise PlanError(
+            "nothing to plan: give a CONFIG, or --params N (or --hf-config PATH) with --tokens N; "
+            "--budget/--gpu-hours to size a model; --api-price with --monthly-tokens to compare "
+            "train/customize/buy; or --actual RUN after a run"
+        )
+    return PlanOutput(renderables, data)
