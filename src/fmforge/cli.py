@@ -133,9 +133,12 @@ def _print_headline(cfg, run_dir) -> None:
         from fmforge.serve.loading import load_trained
 
         trained = load_trained(run_dir, device=cfg.train.device)
-        text = generate_text(trained, cfg.eval.sample_prompt, cfg.eval.sample_max_new_tokens,
-                             temperature=0.0, top_k=None)
-        console.print("[bold]sample (greedy):[/bold]")
+        ev = cfg.eval
+        text = generate_text(trained, ev.sample_prompt, ev.sample_max_new_tokens,
+                             temperature=ev.sample_temperature, top_k=ev.sample_top_k, seed=cfg.seed)
+        how = "greedy" if ev.sample_temperature == 0 else (
+            f"temperature {ev.sample_temperature}, top-k {ev.sample_top_k}, seed {cfg.seed}")
+        console.print(f"[bold]sample ({how}):[/bold]")
         console.print(cfg.eval.sample_prompt + text, markup=False, highlight=False)
 
 

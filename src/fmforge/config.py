@@ -174,8 +174,11 @@ class EvalConfig(Section):
     batch_size: int = Field(default=8, gt=0)
     # Evaluate at most this many held-out tokens (None: the whole val split).
     max_tokens: int | None = Field(default=None, gt=0)
+    # After `fmforge run`, print a completion of this prompt (None: no sample).
     sample_prompt: str | None = None
     sample_max_new_tokens: int = Field(default=64, ge=0)
+    sample_temperature: float = Field(default=0.8, ge=0)  # 0: greedy
+    sample_top_k: int | None = Field(default=40, gt=0)
 
 
 # --------------------------------------------------------------------------- plan

@@ -52,8 +52,7 @@ def own_config(cfg: RunConfig, stage: str) -> dict:
         return {"model": cfg.resolved_model().model_dump(mode="json"), "seed": cfg.seed,
                 "train": cfg.train.model_dump(mode="json", exclude=_TRAIN_NON_SEMANTIC)}
     if stage == "eval":
-        return {"eval": cfg.eval.model_dump(mode="json", exclude={"sample_prompt",
-                                                                   "sample_max_new_tokens"})}
+        return {"eval": cfg.eval.model_dump(mode="json", exclude={"sample_prompt", "sample_max_new_tokens", "sample_temperature", "sample_top_k"})}
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
