@@ -11,6 +11,12 @@ import yaml
 
 os.environ.setdefault("FMFORGE_NO_PROGRESS", "1")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never write the user's ~/.cache (the CPU peak is measured once per session)."""
+    os.environ["FMFORGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("fmforge-cache"))
+
 WORDS = ("alpha beta gamma delta value total count index result item name data "
          "left right start stop").split()
 
