@@ -273,7 +273,9 @@ def print_table(r: dict[str, Any]) -> None:
           f"torch {r['torch']}; peak {r['peak_flops'] / 1e12:.2f} TFLOP/s")
 
     def num(v: float | None, fmt: str) -> str:
-        return "n/a" if v is None else format(v, fmt)
+        if v is None:
+            return "n/a"
+        return format(v, fmt[:-1]) + "%" if fmt.endswith("%") else format(v, fmt)
 
     print(f"{'':24}{'predicted':>14}{'measured':>14}{'error':>10}")
     for label, key, fmt in (("step time (s)", "step_time_s", ".4f"), ("tokens/s", "tokens_per_s", ",.0f"),
@@ -281,7 +283,7 @@ def print_table(r: dict[str, Any]) -> None:
                             ("peak memory (GB)", "peak_memory_gb", ".3f")):
         scale = 1e-9 if key == "flops_per_token" else 1.0
         pv, mv = p[key] * scale, None if m[key] is None else m[key] * scale
-        print(f"{label:24}{num(pv, fmt):>14}{num(mv, fmt):>14}{num(e[key], '+.1f') + '%':>10}")
+        print(f"{label:24}{num(pv, fmt):>14}{num(mv, fmt):>14}{num(e[key], '+.1f%'):>10}")
     print(f"MFU predicted is the {p['mfu_source']}; at the measured MFU the planner predicts "
           f"{p['step_time_at_measured_mfu_s']:.4f} s/step (the time error is all MFU guess).")
     print(f"FLOPs/token: planner's formula vs {m['flops_counted_by']}.")
@@ -289,7 +291,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"memory predicted: weights {mem['weights_gb']:.3f} + grads {mem['grads_gb']:.3f} + optimizer "
           f"{mem['optimizer_gb']:.3f} + activations {mem['activations_gb']:.3f} GB; the real peak can be "
           f"as low as {p['peak_memory_low_gb']:.3f} GB (error vs that: "
-          f"{num(err_pct(p['peak_memory_low_gb'], m['peak_memory_gb']), '+.1f')}%). "
+          f"{num(err_pct(p['peak_memory_low_gb'], m['peak_memory_gb']), '+.1f%')}). "
           f"Measured: {m['memory_method']}.")
 
 
