@@ -131,6 +131,9 @@ def record_plan(cfg: RunConfig, run: RunDir, train_fp: str) -> None:
     from fmforge.plan.estimate import plan_for_run
     from fmforge.rundir import atomic_write_json
 
+    from fmforge.train.device import configure_threads
+
+    configure_threads(cfg.train)  # the CPU peak is measured with the threads training uses
     if run.plan_json.exists():
         existing = json.loads(run.plan_json.read_text(encoding="utf-8"))
         if existing.get("train_fingerprint") == train_fp:

@@ -195,6 +195,10 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
                     if is_eval:
                         record.update(validate())
                         interval_start = time.perf_counter()  # validation is not training time
+                        log(f"step {done}/{tcfg.max_steps}: loss {loss_value:.4f}"
+                            + (f", val loss {record['val_loss']:.4f}" if "val_loss" in record else "")
+                            + f", {tps:,.0f} tokens/s"
+                            + (f", MFU {record['mfu']:.2f}" if "mfu" in record else ""))
                     metrics.append(record)
                     last = record
                     bar.update(info=f"loss {loss_value:.3f} · {tps:,.0f} tok/s"
