@@ -30,7 +30,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/plan_vs_measured.py --preset tiny
+	$(BIN)/python benchmarks/plan_vs_measured.py --preset small
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

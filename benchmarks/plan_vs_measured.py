@@ -237,7 +237,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "mfu_source": plan["mfu_source"],
         "flops_per_token": fpt,
         "peak_memory_gb": mem.total_gb,
-        # memory.py: the sum is conservative; the real peak may be up to min(grads, activations) lower
+        # memory.py: the sum counts grads and activations as coexisting; the peak may be up to min(grads, activations) lower
         "peak_memory_low_gb": mem.total_gb - min(mem.grads_gb, mem.activations_gb),
         "memory": mem.to_dict(),
     }

@@ -138,7 +138,7 @@ def plan_command(
         raise PlanError("give the number of training tokens (--tokens), or a CONFIG that implies it")
 
     if budget is not None or gpu_hours is not None:
-        m = mfu_ if mfu_ is not None else default_mfu(data.get("params", 1e9), hw)
+        m = mfu_ if mfu_ is not None else default_mfu(data.get("params", 1e9), hw, mode)
         sizing = size_for_budget(hw, m, budget_usd=budget, gpu_hours=gpu_hours,
                                  data_tokens=data_tokens, data_source=data_source)
         data["sizing"] = sizing.to_dict()

@@ -31,14 +31,18 @@ DEFAULT_MFU_TABLE: tuple[tuple[float, float, str], ...] = (
     (2e11, 0.38, "20B-200B: tensor/pipeline parallel communication costs a few points"),
     (float("inf"), 0.35, ">= 200B: large-scale 3D parallelism; GPT-3 0.21, Gopher 0.33, PaLM 0.46"),
 )
-# On a CPU the "peak" is our own measured matmul rate, so MFU is relative to that.
-DEFAULT_CPU_MFU = 0.35
+# On a CPU the "peak" is our own measured matmul rate in the run's precision, so
+# MFU is relative to that. Measured with fmforge's trainer on a 2-thread AMD EPYC
+# (benchmarks/README.md): bf16 autocast 0.40-0.46 (the fp32 norms, softmax and
+# optimizer do not speed up with bf16), float32 0.54-0.60.
+DEFAULT_CPU_MFU = {"bfloat16": 0.40, "autocast": 0.40, "float32": 0.55}
 
 
-def default_mfu(params: float, hardware: Hardware | None = None) -> float:
-    """A typical MFU for a model of ``params`` parameters (table above)."""
+def default_mfu(params: float, hardware: Hardware | None = None, dtype: str = "bfloat16") -> float:
+    """A typical MFU for a model of ``params`` parameters (table above); on a CPU,
+    the measured typical fraction of its matmul peak in ``dtype``."""
     if hardware is not None and hardware.is_cpu:
-        return DEFAULT_CPU_MFU
+        return DEFAULT_CPU_MFU.get(dtype, DEFAULT_CPU_MFU["float32"])
     for bound, mfu, _ in DEFAULT_MFU_TABLE:
         if params < bound:
             return mfu
@@ -78,7 +82,15 @@ def estimate_compute(
     num_gpus: int = 1,
     mfu: float | None = None,
     params: float | None = None,
+    dtype: str = "bfloat16",
+    recompute_fraction: float = 0.0,
 ) -> ComputeEstimate:
+    """Time and money for ``tokens`` at ``flops_per_token`` (model FLOPs).
+
+    ``recompute_fraction``: extra hardware work as a fraction of the model FLOPs,
+    e.g. 1/3 with full activation checkpointing (the forward pass, a third of
+    6N, runs twice). MFU counts model FLOPs only (PaLM's definition), so the
+    recomputation costs time without raising MFU."""
     require_positive("tokens", tokens)
     require_positive("FLOPs per token", flops_per_token)
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, int):
@@ -87,7 +99,7 @@ def estimate_compute(
     if mfu is None:
         if params is None:
             raise PlanError("give an MFU, or the parameter count so a default MFU can be chosen")
-        mfu = default_mfu(params, hardware)
+        mfu = default_mfu(params, hardware, dtype)
         source = "default for CPU" if hardware.is_cpu else "default for model size"
     else:
         source = "given"
@@ -95,7 +107,8 @@ def estimate_compute(
     if not hardware.peak_flops > 0:
         raise PlanError(f"{hardware.key}: peak FLOP/s unknown (measure the CPU first)")
     train_flops = tokens * flops_per_token
-    gpu_seconds = train_flops / (mfu * hardware.peak_flops)
+    work = 1.0 + recompute_fraction
+    gpu_seconds = train_flops * work / (mfu * hardware.peak_flops)
     gpu_hours = gpu_seconds / 3600
     wall_hours = gpu_hours / num_gpus
     return ComputeEstimate(
@@ -111,7 +124,7 @@ def estimate_compute(
         wall_hours=wall_hours,
         wall_days=wall_hours / 24,
         cost_usd=gpu_hours * hardware.price_per_hour,
-        tokens_per_s=num_gpus * mfu * hardware.peak_flops / flops_per_token,
+        tokens_per_s=num_gpus * mfu * hardware.peak_flops / (flops_per_token * work),
     )
 
 

@@ -76,7 +76,11 @@ def make_plan(
         )
     else:
         raise PlanError("give the model: a config, --hf-config PATH, or --params N")
-    comp = estimate_compute(tokens, fpt, hardware, num_gpus=num_gpus, mfu=mfu, params=n_params)
+    comp = estimate_compute(tokens, fpt, hardware, num_gpus=num_gpus, mfu=mfu, params=n_params,
+                            dtype=dtype, recompute_fraction=1 / 3 if checkpointing else 0.0)
+    if checkpointing:
+        warnings.append("activation checkpointing recomputes the forward pass: time and cost "
+                        "include a third more work; MFU counts model FLOPs only")
 
     sb = state_bytes_per_param(dtype)
     memory: dict[str, Any]

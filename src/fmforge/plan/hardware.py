@@ -223,7 +223,10 @@ def measure_cpu_peak_flops(refresh: bool = False, dtype: str = "float32") -> flo
             cache = {}  # a corrupt cache is re-measured and rewritten
     if not refresh and key in cache and cache[key].get("peak_flops", 0) > 0:
         return float(cache[key]["peak_flops"])
-    peak = max(_benchmark_matmul(1024, dtype=dtype), _benchmark_matmul(2048, repeats=3, dtype=dtype))
+    # Best of many short repeats: on a shared or throttled machine a single timing
+    # can be half the real rate, and a low peak would inflate every later MFU.
+    peak = max(_benchmark_matmul(1024, repeats=30, budget_s=2.0, dtype=dtype),
+               _benchmark_matmul(2048, repeats=8, budget_s=3.0, dtype=dtype))
     cache[key] = {"peak_flops": peak, "measured_at": time.time(),
                   "method": f"best {dtype} torch.mm, n=1024/2048"}
     try:

@@ -47,9 +47,11 @@ recomputation") each layer keeps only its input (the residual stream: 4h bytes i
 fp32, 2h in bf16) and one layer's full set lives again while it is recomputed.
 
 The total reported is the sum weights + gradients + optimizer + activations (+
-buffers), the usual conservative figure: in a real step gradients fill in while
-activations are freed, so the true peak lies up to min(gradients, activations)
-below it (measured on CPU: tests/plan/test_memory_measured.py).
+buffers). It is an estimate, not a bound: in a real step gradients fill in while
+activations are freed (lowering the peak), while the allocator, matmul workspaces
+and short-lived temporaries such as the fp32 copy of the logits add to it. On CPU
+the sum came out 9-16% under the measured peak RSS (benchmarks/README.md;
+tests/plan/test_memory.py holds it within 25%).
 
 A device's usable memory is its capacity minus ``GPU_RESERVED_GB`` (CUDA context,
 NCCL buffers) times ``GPU_USABLE_FRACTION`` (allocator fragmentation); a CPU's is
@@ -136,7 +138,9 @@ def activation_bytes(arch: Architecture, micro_batch: int, dtype: str, checkpoin
     if checkpointing:
         # each block keeps its input (residual stream, fp32 on CPU / 16-bit on GPU);
         # one block at a time is recomputed in full
-        per_token = arch.n_layers * _act_bytes(dtype) * arch.d_model + layer
+        # (under autocast the residual stream is fp32: 4 bytes)
+        residual = 4 if dtype == "autocast" else _act_bytes(dtype)
+        per_token = arch.n_layers * residual * arch.d_model + layer
     else:
         per_token = arch.n_layers * layer
     return tokens * (per_token + head_bytes_per_token(arch, dtype))
