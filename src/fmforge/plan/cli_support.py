@@ -15,7 +15,7 @@ from fmforge.plan.actual import compare_plan_to_actual
 from fmforge.plan.architecture import DEFAULT_CONVENTION, from_hf_config, from_model_config
 from fmforge.plan.compute import default_mfu
 from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
-from fmforge.plan.errors import PlanError
+from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan, run_dtype, tokens_for_run
 from fmforge.plan.hardware import get_hardware
 from fmforge.plan.report import render_actual, render_decision, render_plan, render_sizing
@@ -64,7 +64,25 @@ def plan_command(
       known (CONFIG, or --hf-config/--params with --tokens), plus ``"sizing"`` with
       --budget/--gpu-hours and ``"decision"`` with --api-price.
     """
+    given = {
+        "CONFIG": config, "--params": params, "--tokens": tokens, "--hf-config": hf_config,
+        "--seq-len": seq_len, "--gpu": gpu, "--num-gpus": num_gpus, "--mfu": mfu, "--price": price,
+        "--micro-batch": micro_batch, "--dtype": dtype, "--strategy": strategy, "--budget": budget,
+        "--gpu-hours": gpu_hours, "--data-tokens": data_tokens, "--run": run, "--api-price": api_price,
+        "--monthly-tokens": monthly_tokens, "--base-params": base_params,
+        "--base-hf-config": base_hf_config,
+    }
     if actual is not None:
+        others = [k for k, v in given.items() if v is not None]
+        others += ["--checkpointing"] if checkpointing else []
+        others += ["--convention"] if convention != DEFAULT_CONVENTION else []
+        others += ["--lora-epochs"] if lora_epochs != DEFAULT_LORA_EPOCHS else []
+        others += ["--horizon-months"] if horizon_months != DEFAULT_HORIZON_MONTHS else []
+        if others or overrides:
+            raise PlanError(
+                f"--actual RUN compares a finished run with the plan it recorded and takes no other "
+                f"planning flags (got {', '.join(others) or 'overrides'}); run it alone"
+            )
         from fmforge.rundir import resolve_run
 
         try:
@@ -81,8 +99,19 @@ def plan_command(
         cfg = load_config(config, overrides)
     elif overrides:
         raise PlanError("overrides (key=value) need a CONFIG to apply to")
-    if hf_config is not None and params is not None:
-        raise PlanError("give either --hf-config or --params, not both")
+    for a, b in (("--hf-config", "--params"), ("--budget", "--gpu-hours"), ("--data-tokens", "--run"),
+                 ("--base-params", "--base-hf-config")):
+        if given[a] is not None and given[b] is not None:
+            raise PlanError(f"give either {a} or {b}, not both")
+    if strategy is not None and strategy not in ("ddp", "fsdp"):
+        raise PlanError(f"--strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    if seq_len is not None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int):
+            raise PlanError(f"--seq-len must be a whole number, got {seq_len!r}")
+        require_positive("--seq-len", seq_len)
+        if hf_config is None and (cfg is None or params is not None):
+            raise PlanError("--seq-len needs an architecture (a CONFIG or --hf-config); "
+                            "with --params alone FLOPs are 6·params and no activations are counted")
 
     gpu_key = gpu or (cfg.plan.gpu if cfg else "h100-sxm")
     mode = dtype or (run_dtype(cfg, gpu_key) if cfg else "bfloat16")
@@ -92,8 +121,15 @@ def plan_command(
     mfu_ = mfu if mfu is not None else (cfg.plan.mfu if cfg else None)
 
     arch = None
+    seq_note = None
     if hf_config is not None:
         arch = from_hf_config(hf_config, seq_len=seq_len)
+        if seq_len is None:
+            seq_note = (
+                f"sequence length {arch.seq_len} taken from the config's max_position_embeddings (the longest "
+                "context the model supports; pretraining often ran shorter): attention FLOPs and activations "
+                "grow with it; pass --seq-len for the context you will train at"
+            )
     elif cfg is not None and params is None:
         arch = from_model_config(cfg.resolved_model(), seq_len=seq_len)
     n_tokens = tokens
@@ -132,15 +168,27 @@ def plan_command(
             strategy=strategy,
             convention=convention,
         )
+        if seq_note is not None:
+            plan["warnings"].insert(0, seq_note)
         data.update(plan)
         renderables += render_plan(plan)
     elif model_known and budget is None and gpu_hours is None and api_price is None:
         raise PlanError("give the number of training tokens (--tokens), or a CONFIG that implies it")
 
     if budget is not None or gpu_hours is not None:
-        m = mfu_ if mfu_ is not None else default_mfu(data.get("params", 1e9), hw, mode)
-        sizing = size_for_budget(hw, m, budget_usd=budget, gpu_hours=gpu_hours,
-                                 data_tokens=data_tokens, data_source=data_source)
+        if mfu_ is not None:
+            sizing = size_for_budget(hw, mfu_, budget_usd=budget, gpu_hours=gpu_hours,
+                                     data_tokens=data_tokens, data_source=data_source)
+        else:
+            # the default MFU depends on the size of the model the budget buys: settle it
+            m = default_mfu(data.get("params", 1e9), hw, mode)
+            for _ in range(3):
+                sizing = size_for_budget(hw, m, budget_usd=budget, gpu_hours=gpu_hours,
+                                         data_tokens=data_tokens, data_source=data_source)
+                m_next = default_mfu(sizing.options[0].params, hw, mode)
+                if m_next == m:
+                    break
+                m = m_next
         data["sizing"] = sizing.to_dict()
         renderables += render_sizing(data["sizing"])
 

@@ -32,7 +32,7 @@ from fmforge.plan.compute import default_mfu
 from fmforge.plan.errors import require_positive
 from fmforge.plan.hardware import Hardware
 from fmforge.plan.memory import usable_bytes
-from fmforge.plan.sizing import TOKENS_PER_PARAM, size_for_budget
+from fmforge.plan.sizing import MAX_USEFUL_EPOCHS, TOKENS_PER_PARAM, size_for_budget
 
 HOURS_PER_MONTH = 730.0
 SERVE_MFU = 0.10
@@ -75,11 +75,43 @@ class Decision:
 
 def serving_cost(params: float, monthly_tokens: float, hw: Hardware) -> tuple[float, int, float]:
     """(monthly $, always-on GPUs, GPU-hours a month) to serve a model of ``params``."""
-    usable = usable_bytes(hw)
-    gpus = max(1, math.ceil(2 * params * SERVE_MEMORY_OVERHEAD / usable))
+    replica = _replica_gpus(params, hw)
     compute_hours = monthly_tokens * 2 * params / (hw.peak_flops * SERVE_MFU) / 3600
-    hours = max(gpus * HOURS_PER_MONTH, compute_hours)
+    # always-on replicas, as many as the traffic needs; each holds the whole model
+    replicas = max(1, math.ceil(compute_hours / (replica * HOURS_PER_MONTH)))
+    gpus = replicas * replica
+    hours = gpus * HOURS_PER_MONTH
     return hours * hw.price_per_hour, gpus, hours
+
+
+def _replica_gpus(params: float, hw: Hardware) -> int:
+    """Devices that hold one bf16 copy of the model plus KV cache and activations."""
+    return max(1, math.ceil(2 * params * SERVE_MEMORY_OVERHEAD / usable_bytes(hw)))
+
+
+def _money(x: float) -> str:
+    return f"${x:,.0f}" if abs(x) >= 100 else (f"${x:,.2f}" if x == 0 or abs(x) >= 0.01 else f"${x:.2g}")
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def _span(gpu_hours: float, num_gpus: int) -> str:
+    """Wall-clock time for ``gpu_hours`` spread over ``num_gpus`` devices."""
+    h = gpu_hours / num_gpus
+    gpus = f"{num_gpus} GPU{'s' if num_gpus != 1 else ''}"
+    if h >= 48:
+        return f"{h / 24:,.1f} days on {gpus}"
+    if h >= 1:
+        return f"{h:.1f} hours on {gpus}"
+    return f"{h * 60:.2g} minutes on {gpus}"
+
+
+def _payback(months: float) -> str:
+    if months >= 1:
+        return f"{months:.1f} months"
+    return f"{months * 30:.0f} days" if months * 30 >= 1 else "under a day"
 
 
 def _days(gpu_hours: float, num_gpus: int) -> float:
@@ -117,6 +149,9 @@ def compare_options(
     if budget_usd is not None:
         m = mfu or default_mfu(1e9, hardware)
         sizing = size_for_budget(hardware, m, budget_usd=budget_usd, data_tokens=data_tokens)
+        if mfu is None and default_mfu(sizing.options[0].params, hardware) != m:
+            m = default_mfu(sizing.options[0].params, hardware)
+            sizing = size_for_budget(hardware, m, budget_usd=budget_usd, data_tokens=data_tokens)
         opt = sizing.options[0]
         n_train, d_train = opt.params, opt.tokens
         epochs = d_train / data_tokens
@@ -125,6 +160,18 @@ def compare_options(
             f"{sizing.compute_flops:.2e} FLOPs at MFU {m:.2f}; the compute-optimal model for that is "
             f"{n_train:.3g} parameters on {d_train:.3g} tokens ({epochs:.1f} epochs of your data)."
         )
+        if epochs > MAX_USEFUL_EPOCHS:
+            # Money is not the limit, data is: beyond ~4 epochs repeats are worth little,
+            # so price the model the data can feed, and leave the rest of the budget unspent.
+            d_train = MAX_USEFUL_EPOCHS * data_tokens
+            n_train = d_train / TOKENS_PER_PARAM
+            why_size += (
+                f" But that is {epochs:,.0f} passes over your {data_tokens:.3g} tokens, and beyond "
+                f"~{MAX_USEFUL_EPOCHS:g} repeated data is worth much less (Muennighoff et al. 2023): the train "
+                f"option is therefore the model your data supports, {MAX_USEFUL_EPOCHS:g} epochs = {d_train:.3g} "
+                f"tokens at {TOKENS_PER_PARAM:g} tokens/param = {n_train:.3g} parameters; the rest of the budget "
+                "buys nothing without more text."
+            )
     else:
         n_train, d_train = data_tokens / TOKENS_PER_PARAM, data_tokens
         why_size = (
@@ -134,16 +181,21 @@ def compare_options(
     m_train = mfu or default_mfu(n_train, hardware)
     train_hours = 6 * n_train * d_train / (m_train * hardware.peak_flops) / 3600
     train_monthly, train_gpus, _ = serving_cost(n_train, monthly_tokens, hardware)
+    # FSDP needs the 16 bytes/param of model state spread over enough devices
+    # (activations not counted: a floor)
+    train_min = max(1, math.ceil(16 * n_train / usable_bytes(hardware)))
+    train_n = max(num_gpus, train_min)
     reasoning.append(why_size)
-    if d_train / data_tokens > 4:
+    if train_n > num_gpus:
         reasoning.append(
-            f"Train: that is {d_train / data_tokens:.0f} passes over your data; beyond ~4 repeated data is "
-            "worth much less (Muennighoff et al. 2023): collect more text, or train a smaller model for longer."
+            f"Train: {n_train:.3g} parameters need 16 bytes each of weights, gradients and AdamW state = "
+            f"{16 * n_train / 1e9:,.0f} GB, at least {train_min} {hardware.key} GPUs under FSDP "
+            f"(not {num_gpus}); the time below assumes {train_min}."
         )
     reasoning.append(
         f"Train: 6·N·D = {6 * n_train * d_train:.3g} FLOPs at MFU {m_train:.2f} on {hardware.key} "
-        f"= {train_hours:,.0f} GPU-hours × ${price:g} = ${train_hours * price:,.0f}; "
-        f"{_days(train_hours, num_gpus):.1f} days on {num_gpus} GPUs."
+        f"= {_hours(train_hours)} GPU-hours × ${price:g} = {_money(train_hours * price)}; "
+        f"{_span(train_hours, train_n)}."
     )
     if n_train < base_params:
         reasoning.append(
@@ -158,13 +210,23 @@ def compare_options(
     m_lora = mfu or default_mfu(base_params, hardware)
     lora_hours = lora_tokens * lora_fpt / (m_lora * hardware.peak_flops) / 3600
     lora_monthly, lora_gpus, _ = serving_cost(base_params, monthly_tokens, hardware)
+    lora_min = _replica_gpus(base_params, hardware)  # the frozen bf16 base must fit
+    lora_n = max(num_gpus, lora_min)
+    extra = ("+ attention 12·L·d·T + adapters 6·N_lora, from the architecture" if base_arch is not None
+             else "attention and adapter FLOPs not counted: pass --base-hf-config for them")
     reasoning.append(
         f"Customize: LoRA on a {base_params:.3g}-parameter base costs {lora_fpt / base_params:.2f}·N = "
         f"{lora_fpt:.3g} FLOPs per token (forward 2N + activation gradients 2N through the frozen base, "
-        f"no weight gradients; adapters and attention extra); {lora_tokens:.3g} tokens "
-        f"({lora_epochs:g} epochs) = {lora_hours:,.1f} GPU-hours = ${lora_hours * price:,.0f}, "
-        f"{_days(lora_hours, num_gpus) * 24:.1f} hours on {num_gpus} GPUs."
+        f"no weight gradients; {extra}) at MFU {m_lora:.2f}; {lora_tokens:.3g} tokens "
+        f"({lora_epochs:g} epochs) = {_hours(lora_hours)} GPU-hours = {_money(lora_hours * price)}, "
+        f"{_span(lora_hours, lora_n)}."
     )
+    if lora_n > num_gpus:
+        reasoning.append(
+            f"Customize: the frozen base in bf16 with room for activations ({2 * base_params * SERVE_MEMORY_OVERHEAD / 1e9:,.0f} GB) "
+            f"needs at least {lora_min} {hardware.key} GPUs (not {num_gpus}); the time assumes {lora_min}, "
+            "or quantise the base to 4 bits (QLoRA) to use fewer."
+        )
 
     # --- buy
     buy_monthly = monthly_tokens / 1e6 * api_price_per_m
@@ -172,44 +234,62 @@ def compare_options(
         f"Buy: {monthly_tokens:.3g} tokens a month × ${api_price_per_m:g} per million = ${buy_monthly:,.0f} a month, "
         "nothing up front; your prompts go to the provider."
     )
-    reasoning.append(
-        f"Owning a model means serving it: {train_gpus if n_train >= base_params else lora_gpus} or more "
-        f"always-on {hardware.key} GPU(s) ({HOURS_PER_MONTH:g} h/month at ${price:g}) whatever the traffic; "
-        f"that floor is ${HOURS_PER_MONTH * price:,.0f} per GPU a month."
-    )
+    for name, n_own, gpus, monthly in (("trained", n_train, train_gpus, train_monthly),
+                                         ("customized", base_params, lora_gpus, lora_monthly)):
+        reasoning.append(
+            f"Serving the {name} model ({n_own:.3g} params): {gpus} always-on {hardware.key} GPU"
+            f"{'s' if gpus != 1 else ''} × {HOURS_PER_MONTH:g} h/month × ${price:g} = {_money(monthly)} a month "
+            f"(each replica holds the bf16 weights on {_replica_gpus(n_own, hardware)} GPU(s); replicas as the "
+            f"{monthly_tokens:.3g} tokens/month need at 2·N FLOPs/token and MFU {SERVE_MFU:g}), whatever the traffic."
+        )
 
     options = [
         OptionCost("train", n_train, train_hours * price, train_monthly,
                    train_hours * price + horizon_months * train_monthly,
-                   _days(train_hours, num_gpus), train_hours, train_gpus,
-                   f"{d_train:.3g} tokens of text, {num_gpus} GPUs for {_days(train_hours, num_gpus):.1f} days, "
-                   "an ML team, serving infrastructure"),
+                   _days(train_hours, train_n), train_hours, train_gpus,
+                   f"{d_train:.3g} tokens of text ({d_train / data_tokens:.2g} epoch(s) of yours), "
+                   f"{_span(train_hours, train_n)}, an ML team, serving infrastructure"),
         OptionCost("customize", base_params, lora_hours * price, lora_monthly,
                    lora_hours * price + horizon_months * lora_monthly,
-                   _days(lora_hours, num_gpus), lora_hours, lora_gpus,
+                   _days(lora_hours, lora_n), lora_hours, lora_gpus,
                    "an open-weight base model whose licence fits, task examples, "
-                   "1+ GPU for hours, serving infrastructure"),
+                   f"{_span(lora_hours, lora_n)}, serving infrastructure"),
         OptionCost("buy", None, 0.0, buy_monthly, horizon_months * buy_monthly, 0.0, 0.0, 0,
                    "an API contract; data leaves your premises; no control of model updates"),
     ]
     cheapest = min(options, key=lambda o: o.total_usd)
+    # A model far smaller than the base is not a like-for-like alternative: say so
+    # rather than crown it "cheapest".
+    toy_train = n_train < base_params / 10
+    comparable = [o for o in options if not (o.option == "train" and toy_train)]
+    cheapest_comparable = min(comparable, key=lambda o: o.total_usd)
     for own in options[:2]:
         saving = buy_monthly - own.monthly_usd
         if saving > 0:
             reasoning.append(
-                f"{own.option.capitalize()} vs buy: owning saves ${saving:,.0f} a month, so its "
-                f"${own.one_time_usd:,.0f} up front pays back in {own.one_time_usd / saving:.1f} months."
+                f"{own.option.capitalize()} vs buy: owning saves {_money(saving)} a month, so its "
+                f"{_money(own.one_time_usd)} up front pays back in "
+                f"{_payback(own.one_time_usd / saving)}."
             )
         else:
             reasoning.append(
-                f"{own.option.capitalize()} vs buy: serving your own model costs ${-saving:,.0f} a month more "
+                f"{own.option.capitalize()} vs buy: serving your own model costs {_money(-saving)} a month more "
                 "than the API at this volume, so it never pays back on cost alone; it can still be worth it "
                 "for privacy, control or latency."
             )
-    reasoning.append(
-        f"Over {horizon_months} months the cheapest is {cheapest.option} (${cheapest.total_usd:,.0f}); "
-        "quality is not priced here: evaluate a customized base and the API on your own task before choosing."
-    )
+    if cheapest is not cheapest_comparable:
+        reasoning.append(
+            f"Over {horizon_months} months train is cheapest ({_money(cheapest.total_usd)}), but its "
+            f"{n_train:.3g}-parameter model is {base_params / n_train:,.0f}x smaller than the base you would "
+            f"customize: not a like-for-like alternative. Of the options with a model of that class the "
+            f"cheapest is {cheapest_comparable.option} ({_money(cheapest_comparable.total_usd)}); "
+            "quality is not priced here: evaluate a customized base and the API on your own task before choosing."
+        )
+    else:
+        reasoning.append(
+            f"Over {horizon_months} months the cheapest is {cheapest.option} ({_money(cheapest.total_usd)}); "
+            "quality is not priced here: evaluate a customized base and the API on your own task before choosing."
+        )
     return Decision(
         horizon_months=horizon_months,
         options=options,

@@ -15,6 +15,8 @@ def require_positive(name: str, value: float | int | None, *, allow_zero: bool =
         raise PlanError(f"{name} must be a number, got {value!r}")
     if value != value:  # NaN
         raise PlanError(f"{name} must be a number, got NaN")
+    if value in (float("inf"), float("-inf")):
+        raise PlanError(f"{name} must be a finite number, got {value}")
     if allow_zero:
         if value < 0:
             raise PlanError(f"{name} must be >= 0, got {value:g}")

@@ -107,7 +107,7 @@ def make_plan(
             warnings.append(
                 f"{chosen.total_gb:.1f} GB per {hardware.key} exceeds the {chosen.usable_gb:.1f} GB usable "
                 f"with {num_gpus} device(s) under {chosen.strategy}; "
-                + (f"use at least {n_min} ({n_min_strategy})" if n_min else "see min_gpus")
+                + (f"use at least {n_min} ({n_min_strategy})" if n_min else "no number of devices fits (see above)")
             )
     else:
         chosen_strategy = strategy or "fsdp"

@@ -186,6 +186,11 @@ def _buffers(arch: Architecture, params: int, sb: StateBytes, strategy: str, num
     return 3 * unit * sb.weights
 
 
+def _autocast_copy_bytes(arch: Architecture, dtype: str) -> float:
+    """Under autocast, autograd keeps the bf16 copy of every matmul weight for backward."""
+    return 2.0 * count_params(arch).matmul if dtype == "autocast" else 0.0
+
+
 def estimate_memory(
     arch: Architecture,
     hw: Hardware,
@@ -208,7 +213,7 @@ def estimate_memory(
     act = act_ckpt if checkpointing else act_full
     if dtype == "autocast":
         # autograd keeps autocast's bf16 copy of every weight until backward uses it
-        cast = 2 * count_params(arch).matmul / (num_gpus if strategy == "fsdp" else 1)
+        cast = _autocast_copy_bytes(arch, dtype) / (num_gpus if strategy == "fsdp" else 1)
         act_full, act_ckpt, act = act_full + cast, act_ckpt + cast, act + cast
     buf = _buffers(arch, params, sb, strategy, num_gpus)
     w, g, o = (params * x / shard for x in (sb.weights, sb.grads, sb.optimizer))
@@ -239,9 +244,11 @@ def max_micro_batch(
 ) -> int:
     """The largest micro-batch (sequences) that fits on each device; 0 if none does."""
     base = estimate_memory(arch, hw, 1, num_gpus, strategy, dtype, checkpointing)
-    per_seq = base.activations_gb * GB
-    room = base.usable_gb * GB - (base.total_gb * GB - per_seq)
-    return max(0, int(room // per_seq))
+    # what one more sequence adds (under autocast activations_gb also holds the bf16
+    # weight copies, which do not grow with the batch)
+    per_seq = activation_bytes(arch, 1, dtype, checkpointing)
+    room = base.usable_gb * GB - base.total_gb * GB
+    return max(0, 1 + int(room // per_seq)) if room >= 0 else 0
 
 
 MAX_GPUS = 1_000_000
@@ -264,14 +271,15 @@ def min_gpus(
         )
     # Sharded states shrink as 1/N; activations and buffers do not.
     probe = estimate_memory(arch, hw, micro_batch, 2, "fsdp", dtype, checkpointing)
-    fixed = (probe.activations_gb + probe.buffers_gb) * GB
-    states = count_params(arch).total * state_bytes_per_param(dtype).per_param
+    cast = _autocast_copy_bytes(arch, dtype)  # sharded like the states
+    fixed = (probe.activations_gb + probe.buffers_gb) * GB - cast / 2
+    states = count_params(arch).total * state_bytes_per_param(dtype).per_param + cast
     room = probe.usable_gb * GB - fixed
     n = math.ceil(states / room) if room > 0 else MAX_GPUS + 1
     if n > MAX_GPUS:
         raise PlanError(
             f"the model fits on no number of {hw.key} GPUs at micro-batch {micro_batch}: "
-            f"activations ({probe.activations_gb:.1f} GB) and buffers ({probe.buffers_gb:.1f} GB) "
+            f"activations ({probe.activations_gb - cast / 2 / GB:.1f} GB) and buffers ({probe.buffers_gb:.1f} GB) "
             f"alone exceed the {probe.usable_gb:.1f} GB usable per GPU, and FSDP does not shard "
             f"activations; {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}"
         )
@@ -281,15 +289,23 @@ def min_gpus(
     return n, "fsdp"
 
 
+def _unshardable_fits(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str,
+                      checkpointing: bool) -> bool:
+    """Whether activations and buffers (what FSDP does not shard) leave room for states."""
+    e = estimate_memory(arch, hw, micro_batch, 2, "fsdp", dtype, checkpointing)
+    return (e.activations_gb + e.buffers_gb) * GB - _autocast_copy_bytes(arch, dtype) / 2 < e.usable_gb * GB
+
+
 def _what_fits(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str, checkpointing: bool) -> str:
     hints = []
-    if not checkpointing:
-        ck = estimate_memory(arch, hw, micro_batch, 2, "fsdp", dtype, True)
-        if (ck.activations_gb + ck.buffers_gb) < ck.usable_gb:
-            hints.append("turn on activation checkpointing (--checkpointing)")
-    if micro_batch > 1:
-        one = estimate_memory(arch, hw, 1, 2, "fsdp", dtype, checkpointing)
-        if (one.activations_gb + one.buffers_gb) < one.usable_gb:
-            hints.append("lower the micro-batch size (e.g. 1)")
-    hints.append(f"use a GPU with more memory, or a shorter sequence than {arch.seq_len}")
+    if not checkpointing and _unshardable_fits(arch, hw, micro_batch, dtype, True):
+        hints.append("turn on activation checkpointing (--checkpointing)")
+    if micro_batch > 1 and _unshardable_fits(arch, hw, 1, dtype, checkpointing):
+        hints.append("lower the micro-batch size to 1")
+    if not hints and not checkpointing and micro_batch > 1 and _unshardable_fits(arch, hw, 1, dtype, True):
+        hints.append("turn on activation checkpointing and lower the micro-batch size to 1")
+    hints.append(f"use a shorter sequence than {arch.seq_len}")
+    hints.append("shard the activations too (tensor, sequence or context parallelism, not modelled here)")
+    if hw.is_cpu:
+        hints.append("use a GPU")
     return "to fit: " + ", or ".join(hints)

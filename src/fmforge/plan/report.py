@@ -22,7 +22,28 @@ def _n(x: float | None, digits: int = 3) -> str:
 
 
 def _usd(x: float | None) -> str:
-    return "-" if x is None else f"${x:,.0f}" if abs(x) >= 100 else f"${x:,.2f}"
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"${x:,.0f}"
+    if x == 0 or abs(x) >= 0.01:
+        return f"${x:,.2f}"
+    return f"${x:.2g}"  # a fraction of a cent: show it, not "$0.00"
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.1f}" if h >= 10 else f"{h:.3g}"
+
+
+def _duration(hours: float) -> str:
+    """Wall-clock time in the unit a reader expects: days, hours, minutes or seconds."""
+    if hours >= 48:
+        return f"{hours / 24:,.1f} days ({hours:,.0f} h)"
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours * 3600:.3g} s"
 
 
 def _pct(x: float | None) -> str:
@@ -44,24 +65,28 @@ def render_plan(p: dict[str, Any]) -> list[Any]:
     t.add_row("hardware", f"{p['num_gpus']} × {p['gpu_name']} ({p['peak_flops'] / 1e12:.4g} TFLOP/s peak)")
     t.add_row("MFU", f"{p['mfu']:.2f} ({p['mfu_source']})")
     t.add_row("throughput", f"{_n(p['tokens_per_s'])} tokens/s")
-    t.add_row("GPU-hours", f"{p['gpu_hours']:,.1f}")
-    t.add_row("wall clock", f"{p['wall_days']:.2f} days ({p['wall_hours']:,.1f} h)")
+    t.add_row("GPU-hours", _hours(p["gpu_hours"]))
+    t.add_row("wall clock", _duration(p["wall_hours"]))
     t.add_row("cost", f"{_usd(p['cost_usd'])} at ${p['price_per_gpu_hour']:g}/GPU-hour")
     m = p["memory"]
-    mt = Table(title=f"Memory per device ({p['dtype']}, micro-batch {p['micro_batch_size']})", title_justify="left")
-    for col in ("", "weights", "grads", "optimizer", "activations", "buffers", "total", "usable", "fits"):
-        mt.add_column(col, justify="right" if col else "left")
+    # One column per strategy, one row per component: narrow enough for an 80-column
+    # terminal, so no number is ever cut short.
+    mt = Table(title=f"Memory per device, GB ({p['dtype']}, micro-batch {p['micro_batch_size']})",
+               title_justify="left")
     if p["num_gpus"] == 1 and "ddp" in m:
-        rows = [("1 device", m["ddp"])]
+        cols = [("1 device", m["ddp"])]
     else:
-        rows = [(f"{s} × {p['num_gpus']}", m[s]) for s in ("ddp", "fsdp") if s in m] or [(m["strategy"], m)]
-    for name, r in rows:
-        act = r.get("activations_gb")
-        mt.add_row(
-            name, *(f"{r[k]:.2f}" for k in ("weights_gb", "grads_gb", "optimizer_gb")),
-            "-" if act is None else f"{act:.2f}", f"{r.get('buffers_gb', 0) or 0:.2f}",
-            f"{r['total_gb']:.2f}", f"{r['usable_gb']:.1f}", "yes" if r["fits"] else "[red]no[/red]",
-        )
+        cols = [(f"{s} × {p['num_gpus']}", m[s]) for s in ("ddp", "fsdp") if s in m] or [(m["strategy"], m)]
+    mt.add_column("")
+    for name, _ in cols:
+        mt.add_column(name, justify="right", no_wrap=True)
+    for label, key in (("weights", "weights_gb"), ("gradients", "grads_gb"), ("optimizer", "optimizer_gb"),
+                       ("activations", "activations_gb"), ("buffers", "buffers_gb"), ("total", "total_gb"),
+                       ("usable", "usable_gb")):
+        vals = [r.get(key) for _, r in cols]
+        mt.add_row(label, *("-" if v is None else f"{v:,.2f}" for v in vals),
+                   style="bold" if key == "total_gb" else None)
+    mt.add_row("fits", *("yes" if r["fits"] else "[red]no[/red]" for _, r in cols))
     lines = [f"activations without / with checkpointing: {m['activations_full_gb']:.2f} / "
              f"{m['activations_checkpointed_gb']:.2f} GB"] if m.get("activations_full_gb") is not None else []
     lines.append(f"min {p['gpu']} devices that fit: {p['min_gpus'] if p['min_gpus'] is not None else 'none'}"
@@ -81,12 +106,12 @@ def render_sizing(s: dict[str, Any]) -> list[Any]:
               f"({s['compute_flops']:.3g} FLOPs at MFU {s['mfu']:.2f})",
         title_justify="left",
     )
-    for col in ("option", "params", "tokens", "tokens/param", "Chinchilla loss", "inference FLOPs/token"):
+    for col in ("option", "params", "tokens", "tok/param", "fit loss", "serve FLOPs/tok"):
         t.add_column(col)
     for o in s["options"]:
         t.add_row(o["label"], _n(o["params"]), _n(o["tokens"]), f"{o['tokens_per_param']:.0f}",
                   f"{o['chinchilla_loss']:.3f}", _n(o["inference_flops_per_token"]))
-    out: list[Any] = [t]
+    out: list[Any] = [t, *(Text(n) for n in s.get("notes", []))]
     if s.get("data_tokens_available") is not None:
         out.append(Text(f"your data: {_n(s['data_tokens_available'])} tokens ({s.get('data_source') or 'given'})"))
     out += [Text(n) for n in s.get("data_notes", [])]
@@ -101,7 +126,7 @@ def render_decision(d: dict[str, Any]) -> list[Any]:
     for o in d["options"]:
         days = o["time_to_first_model_days"]
         t.add_row(o["option"], _n(o["model_params"]), _usd(o["one_time_usd"]), _usd(o["monthly_usd"]),
-                  _usd(o["total_usd"]), "now" if days == 0 else (f"{days:.1f} d" if days >= 1 else f"{days * 24:.1f} h"),
+                  _usd(o["total_usd"]), "now" if days == 0 else _duration(days * 24),
                   o["needs"])
     return [t, Text("Reasoning:", style="bold"), *(Text(f"- {r}") for r in d["reasoning"])]
 

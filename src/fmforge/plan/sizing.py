@@ -4,8 +4,7 @@ Compute-optimal sizing (Hoffmann et al. 2022, "Training Compute-Optimal Large
 Language Models", "Chinchilla"): for a compute budget C = 6·N·D, loss is lowest at
 roughly D ≈ 20·N tokens, so N = sqrt(C / 120), D = 20·N.
 
-A smaller model trained on more tokens reaches a slightly higher loss for the same
-compute but costs less to serve (inference ≈ 2·N FLOPs per token), the trade the
+A smaller model trained on more tokens costs the same to train and less to serve (inference ≈ 2·N FLOPs per token), the trade the
 Llama models made (Touvron et al. 2023). We show the model at ``SMALL_MODEL_FRACTION``
 of the compute-optimal size with the same compute (so 1/fraction² as many tokens per
 parameter), and the loss either option would reach by Chinchilla's parametric fit
@@ -21,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,23 @@ CHINCHILLA_FIT = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28
 def chinchilla_loss(params: float, tokens: float) -> float:
     c = CHINCHILLA_FIT
     return c["E"] + c["A"] / params ** c["alpha"] + c["B"] / tokens ** c["beta"]
+
+
+def _money(x: float) -> str:
+    return f"${x:,.0f}" if x >= 100 else (f"${x:,.2f}" if x >= 0.01 else f"${x:.2g}")
+
+
+def fitted_optimum(compute: float) -> tuple[float, float]:
+    """(N, D) minimising the parametric fit for C = 6·N·D (Hoffmann et al. 2022, eq. 4):
+    N = G·(C/6)^(β/(α+β)), G = (αA / (βB))^(1/(α+β)). With the published constants
+    this lands well above 20 tokens/param (≈ 70 at 1e22 FLOPs), unlike the paper's
+    Approaches 1 and 2 (≈ 20), a discrepancy Besiroglu et al. 2024 ("Chinchilla
+    Scaling: A replication attempt") trace to the fit; their re-fit agrees with ≈ 20."""
+    c = CHINCHILLA_FIT
+    a, b = c["alpha"], c["beta"]
+    g = (a * c["A"] / (b * c["B"])) ** (1 / (a + b))
+    n = g * (compute / 6) ** (b / (a + b))
+    return n, compute / (6 * n)
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class BudgetSizing:
     data_tokens_available: float | None
     data_source: str | None
     data_notes: list[str]
+    notes: list[str] = field(default_factory=list)  # how to read the options and their loss
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,9 +111,10 @@ def size_for_budget(
     compute = gpu_hours * 3600 * hardware.peak_flops * mfu
     n_opt = math.sqrt(compute / (6 * TOKENS_PER_PARAM))
     options = []
+    small_tpp = TOKENS_PER_PARAM / SMALL_MODEL_FRACTION**2
     for label, n in (
-        ("compute-optimal (Chinchilla, ~20 tokens/param)", n_opt),
-        (f"smaller model, more tokens ({SMALL_MODEL_FRACTION:g}x size, cheaper to serve)", n_opt * SMALL_MODEL_FRACTION),
+        (f"Chinchilla rule ({TOKENS_PER_PARAM:g} tokens/param)", n_opt),
+        (f"{SMALL_MODEL_FRACTION:g}x size, {small_tpp:g} tokens/param", n_opt * SMALL_MODEL_FRACTION),
     ):
         d = compute / (6 * n)
         options.append(
@@ -110,6 +128,21 @@ def size_for_budget(
                 inference_flops_per_token=2 * n,
             )
         )
+    big, small = options
+    n_fit, d_fit = fitted_optimum(compute)
+    gap = (small.chinchilla_loss - big.chinchilla_loss) / big.chinchilla_loss
+    loss_notes = [
+        f"Same budget, same training FLOPs: the smaller model costs {SMALL_MODEL_FRACTION:g}x as much per token "
+        f"served (inference ≈ 2·params FLOPs/token).",
+        f"The 'fit loss' column is Hoffmann et al.'s parametric fit, for comparing the options only. "
+        f"Its own minimum for this compute sits at {n_fit:.3g} params on {d_fit / n_fit:.0f} tokens/param, "
+        f"not at {TOKENS_PER_PARAM:g} (the {TOKENS_PER_PARAM:g} tokens/param rule comes from the paper's other two "
+        f"methods, and a re-fit of its data, Besiroglu et al. 2024, agrees with {TOKENS_PER_PARAM:g}); so by the fit "
+        f"the smaller model comes out {abs(gap):.1%} {'lower' if gap < 0 else 'higher'} "
+        f"({small.chinchilla_loss:.3f} vs {big.chinchilla_loss:.3f})."
+        + (" A gap this small is inside the fit's uncertainty: read the two options as about equal in quality."
+           if abs(gap) < 0.01 else ""),
+    ]
     notes = []
     if data_tokens is not None:
         require_positive("data tokens", data_tokens)
@@ -126,8 +159,19 @@ def size_for_budget(
                 notes.append(
                     f"{o.label}: needs {o.tokens:.3g} tokens = {epochs:.0f} epochs of your {data_tokens:.3g}; "
                     f"beyond ~{MAX_USEFUL_EPOCHS:g} epochs repeated data is worth much less: collect "
-                    f"{o.tokens / MAX_USEFUL_EPOCHS - data_tokens:.3g} more tokens or train a smaller model."
+                    f"{o.tokens / MAX_USEFUL_EPOCHS - data_tokens:.3g} more tokens, or see the data-limited model below."
                 )
+        if any(o.tokens > MAX_USEFUL_EPOCHS * data_tokens for o in options):
+            d_lim = MAX_USEFUL_EPOCHS * data_tokens
+            n_lim = d_lim / TOKENS_PER_PARAM
+            h_lim = 6 * n_lim * d_lim / (hardware.peak_flops * mfu) / 3600
+            notes.append(
+                f"Data-limited: ~{MAX_USEFUL_EPOCHS:g} epochs of your data = {d_lim:.3g} tokens suit a "
+                f"{n_lim:.3g}-parameter model ({TOKENS_PER_PARAM:g} tokens/param), which needs "
+                f"{f'{h_lim:,.0f}' if h_lim >= 10 else f'{h_lim:.2g}'} GPU-hours = "
+                f"{_money(h_lim * hardware.price_per_hour)}, {100 * h_lim / gpu_hours:.2g}% of this budget; "
+                "a bigger model needs more data, not more money."
+            )
     return BudgetSizing(
         budget_usd=budget_usd if budget_usd is not None else gpu_hours * hardware.price_per_hour,
         gpu_hours=gpu_hours,
@@ -138,6 +182,7 @@ def size_for_budget(
         data_tokens_available=data_tokens,
         data_source=data_source,
         data_notes=notes,
+        notes=loss_notes,
     )
 
 
