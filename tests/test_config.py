@@ -69,3 +69,17 @@ def test_demo_config_is_valid():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert cfg.tokenizer.vocab_size == 8192
     assert {s.name for s in cfg.data.sources} == {"stdlib-code", "package-docs"}
+
+
+def test_duplicate_section_is_rejected_with_its_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(BASE) + "train:\n  max_steps: 5\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"line \d+: key 'train' is given twice"):
+        load_config(p)
+
+
+def test_resolved_config_makes_relative_source_paths_absolute(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    saved = yaml.safe_load(cfg.to_yaml())
+    assert saved["data"]["sources"][0]["paths"] == [str(tmp_path / "*.txt")]
+    assert saved["train"]["max_steps"] == 1000  # defaults are written out too

@@ -192,7 +192,7 @@ def generate(
 
     try:
         trained = load_trained(resolve_run(run), device=device)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     text = generate_text(trained, prompt, max_new_tokens, temperature, top_k, seed)
     sys.stdout.write(text + "\n")
@@ -262,6 +262,15 @@ def plan(
 
 
 def main() -> None:
+    import signal
+
+    def terminate(signum, frame):
+        # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C, so atomic
+        # writes clean up after themselves; training installs its own handler
+        # that first saves a checkpoint.
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, terminate)
     app()
 
 

@@ -7,6 +7,7 @@ error that names the key, never a silently ignored setting.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,10 +240,41 @@ class RunConfig(Section):
         return self.model.model_copy(update={"vocab_size": self.vocab_size})
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The fully resolved config: defaults filled in, and source paths relative
+        to the config file made absolute, so the copy in the run directory runs
+        from anywhere. Machine placeholders such as {python_stdlib} stay."""
+        raw = self.model_dump(mode="json")
+        if self.config_dir is not None:
+            for source in raw["data"]["sources"]:
+                source["paths"] = [_absolute(p, self.config_dir) for p in source["paths"]]
+        return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
 
 # ------------------------------------------------------------------------ loading
+
+
+def _absolute(pattern: str, config_dir: str) -> str:
+    pattern = pattern.replace("{config_dir}", config_dir)
+    if pattern.startswith(("{", "~")) or os.path.isabs(pattern):
+        return pattern
+    return os.path.normpath(os.path.join(config_dir, pattern))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a key given twice in one mapping (a second
+    ``train:`` section would otherwise silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{key_node.start_mark.name}, line {key_node.start_mark.line + 1}: key "
+                    f"{key!r} is given twice in the same section (first on line {seen[key]})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -320,7 +352,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.load(f, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

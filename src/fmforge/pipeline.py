@@ -21,8 +21,10 @@ UPSTREAM = {"tokenizer": "data", "tokenize": "tokenizer", "train": "tokenize", "
 COMMAND = {"data": "data", "tokenizer": "tokenizer", "tokenize": "tokenize", "train": "train",
            "eval": "eval"}
 
-# Train settings that do not change what is learned, so changing them does not retrain.
-_TRAIN_NON_SEMANTIC = {"log_every", "keep_checkpoints", "num_threads", "device"}
+# Train settings that do not change what is learned, so changing them does not
+# retrain: batches depend only on seed and step, and validation changes no state.
+_TRAIN_NON_SEMANTIC = {"log_every", "keep_checkpoints", "num_threads", "device",
+                       "checkpoint_every", "eval_every", "eval_batches"}
 
 
 class StageOrderError(RuntimeError):
@@ -56,71 +58,97 @@ def own_config(cfg: RunConfig, stage: str) -> dict:
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
-def stage_fingerprint(cfg: RunConfig, run: RunDir, stage: str, upstream_fp: str | None) -> str:
-    if stage != "data" and upstream_fp is None:
+def stage_fingerprint(cfg: RunConfig, run: RunDir, stage: str, upstream: str | None) -> str:
+    """Hash of the stage's own config and of what the stage before it produced
+    (``upstream``; read from that stage's record when not given)."""
+    if stage != "data" and upstream is None:
         up = UPSTREAM[stage]
         record = run.stage_record(up)
         if record is None:
             raise StageOrderError(
-                f"stage {stage!r} reads the output of {up!r}, which has not completed in "
-                f"{run.root}: run `fmforge {COMMAND[up]} CONFIG` (or `fmforge run CONFIG`) first"
+                f"stage {stage!r} reads the output of {up!r}, which is not complete and up to "
+                f"date in {run.root}: run `fmforge {COMMAND[up]} CONFIG` (or `fmforge run CONFIG`) first"
             )
-        upstream_fp = record["fingerprint"]
-    return fingerprint(stage, own_config(cfg, stage), upstream_fp)
+        upstream = record.get("output", record["fingerprint"])
+    return fingerprint(stage, own_config(cfg, stage), upstream)
 
 
-def _runner(stage: str) -> Callable[[RunConfig, RunDir, str], dict]:
+def output_fingerprint(stage: str, run: RunDir, fp: str) -> str:
+    """What later stages chain on. For the data stage it is the content of the
+    shards, so a source file that is touched (or reinstalled) without changing
+    reruns only the cheap data stage, not the tokenizer and training after it.
+    The other stages are deterministic functions of their fingerprint."""
+    if stage != "data":
+        return fp
+    import hashlib
+
+    digest = hashlib.sha256()
+    for shard in sorted(run.data.glob("*.parquet")):
+        digest.update(shard.name.encode())
+        with open(shard, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _runner(stage: str) -> Callable[[RunConfig, RunDir, str, bool], dict]:
     # Imported lazily so `fmforge --help` does not load torch.
     if stage == "data":
         from fmforge.data.stage import run_data_stage
 
-        return lambda cfg, run, fp: run_data_stage(cfg, run)
+        return lambda cfg, run, fp, force: run_data_stage(cfg, run)
     if stage == "tokenizer":
         from fmforge.tokenizer.train import run_tokenizer_stage
 
-        return lambda cfg, run, fp: run_tokenizer_stage(cfg, run)
+        return lambda cfg, run, fp, force: run_tokenizer_stage(cfg, run)
     if stage == "tokenize":
         from fmforge.tokenizer.encode import run_tokenize_stage
 
-        return lambda cfg, run, fp: run_tokenize_stage(cfg, run)
+        return lambda cfg, run, fp, force: run_tokenize_stage(cfg, run)
     if stage == "train":
         from fmforge.train.loop import run_train_stage
 
-        return run_train_stage
+        return lambda cfg, run, fp, force: run_train_stage(cfg, run, fp, fresh=force)
     if stage == "eval":
         from fmforge.eval.stage import run_eval_stage
 
-        return lambda cfg, run, fp: run_eval_stage(cfg, run)
+        return lambda cfg, run, fp, force: run_eval_stage(cfg, run)
     raise ValueError(f"unknown stage {stage!r}")
 
 
 def prepare_run_dir(cfg: RunConfig) -> RunDir:
     run = RunDir(cfg.run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, cfg.to_yaml())
     return run
 
 
 def run_stage(cfg: RunConfig, run: RunDir, stage: str, force: bool = False,
-              upstream_fp: str | None = None) -> tuple[StageOutcome, str]:
-    fp = stage_fingerprint(cfg, run, stage, upstream_fp)
+              upstream: str | None = None) -> tuple[StageOutcome, str]:
+    """Run one stage unless it is up to date. Returns the outcome and the stage's
+    output fingerprint (what the next stage chains on)."""
+    fp = stage_fingerprint(cfg, run, stage, upstream)
     record = run.stage_record(stage)
     if not force and record is not None and record["fingerprint"] == fp:
         log(f"[dim]{stage}: up to date, skipped (use --force to redo)[/dim]")
-        return StageOutcome(stage, "skipped", 0.0, record.get("summary", {})), fp
+        return StageOutcome(stage, "skipped", 0.0, record.get("summary", {})), record.get("output", fp)
     log(f"[bold cyan]▶ {stage}[/bold cyan]")
-    if force and stage == "train" and run.checkpoints.exists():
-        import shutil
-
-        shutil.rmtree(run.checkpoints)
+    # The config of the stages that ran last is the run's config (a skipped stage
+    # does not overwrite it with overrides it ignored).
+    atomic_write_text(run.config, cfg.to_yaml())
     run.invalidate(stage)
     if stage == "train":
         record_plan(cfg, run, fp)
     t0 = time.perf_counter()
-    summary = _runner(stage)(cfg, run, fp)
+    summary = _runner(stage)(cfg, run, fp, force)
     seconds = time.perf_counter() - t0
-    run.mark_complete(stage, fp, {**summary, "stage_seconds": round(seconds, 2)})
-    return StageOutcome(stage, "ran", seconds, summary), fp
+    out = output_fingerprint(stage, run, fp)
+    if record is None or record.get("output", record["fingerprint"]) != out:
+        # Later stages were built on something else: they are out of date now,
+        # also for single-stage commands and `generate`.
+        for later in STAGES[STAGES.index(stage) + 1:]:
+            run.invalidate(later)
+    run.mark_complete(stage, fp, {**summary, "stage_seconds": round(seconds, 2)}, output=out)
+    return StageOutcome(stage, "ran", seconds, summary), out
 
 
 def record_plan(cfg: RunConfig, run: RunDir, train_fp: str) -> None:
@@ -150,8 +178,23 @@ def run_pipeline(cfg: RunConfig, force: bool = False,
                  stages: tuple[str, ...] = STAGES) -> tuple[RunDir, list[StageOutcome]]:
     run = prepare_run_dir(cfg)
     outcomes: list[StageOutcome] = []
-    upstream_fp: str | None = None
+    upstream: str | None = None
     for stage in stages:
-        outcome, upstream_fp = run_stage(cfg, run, stage, force=force, upstream_fp=upstream_fp)
+        if stage == "train" and "eval" in stages:
+            require_heldout_tokens(run)
+        outcome, upstream = run_stage(cfg, run, stage, force=force, upstream=upstream)
         outcomes.append(outcome)
     return run, outcomes
+
+
+def require_heldout_tokens(run: RunDir) -> None:
+    """Fail before hours of training, not after, when evaluation will find nothing."""
+    import json
+
+    meta = json.loads((run.tokens / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("val_tokens", 0) < 2:
+        raise ValueError(
+            f"the held-out split in {run.tokens} is empty ({meta.get('val_documents', 0)} "
+            "documents), so evaluation would fail after training: raise data.val_fraction "
+            "(or add documents), or run the stages you need one by one"
+        )

@@ -51,9 +51,11 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     On failure the temporary directory is removed and ``final`` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a process killed outright (kill -9, power loss): nothing trusts
+    # them, but they can be large.
+    for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
@@ -131,9 +133,13 @@ class RunDir:
     def stage_record(self, stage: str) -> dict[str, Any] | None:
         return self.stage_records().get(stage)
 
-    def mark_complete(self, stage: str, fp: str, summary: dict[str, Any]) -> None:
+    def mark_complete(self, stage: str, fp: str, summary: dict[str, Any],
+                      output: str | None = None) -> None:
+        """Record a completed stage: ``fp`` hashes its inputs, ``output`` what it
+        produced (what later stages chain on; defaults to ``fp``)."""
         records = self.stage_records()
-        records[stage] = {"fingerprint": fp, "completed_at": time.time(), "summary": summary}
+        records[stage] = {"fingerprint": fp, "output": output or fp, "completed_at": time.time(),
+                          "summary": summary}
         atomic_write_json(self.stages_json, records)
 
     def invalidate(self, stage: str) -> None:

@@ -8,11 +8,11 @@ import torch
 import yaml
 from tokenizers import Tokenizer
 
-from fmforge.config import config_from_dict
+from fmforge.config import ModelConfig, config_from_dict
 from fmforge.model.transformer import Transformer
 from fmforge.rundir import RunDir
 from fmforge.tokenizer.train import load_tokenizer
-from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint
+from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainer_state
 from fmforge.train.device import pick_device
 
 
@@ -25,7 +25,13 @@ class TrainedModel:
     eos_id: int
 
 
+class StaleCheckpointError(ValueError):
+    """The checkpoint was trained on tokens that no longer match the run's tokenizer."""
+
+
 def load_trained(run: RunDir, device: str = "auto") -> TrainedModel:
+    """The latest checkpoint with the tokenizer it was trained with. Refuses a
+    checkpoint whose token shards (hence tokenizer) have since been rebuilt."""
     cfg = config_from_dict(yaml.safe_load(run.config.read_text(encoding="utf-8")))
     ckpt = latest_checkpoint(run.checkpoints)
     if ckpt is None:
@@ -33,9 +39,20 @@ def load_trained(run: RunDir, device: str = "auto") -> TrainedModel:
             f"no complete checkpoint under {run.checkpoints}: run `fmforge train` first"
         )
     dev = pick_device(device)
-    model = Transformer(cfg.resolved_model())
+    state = load_trainer_state(ckpt)
+    tokens_record = run.stage_record("tokenize")
+    trained_on = state.get("tokens_fingerprint")
+    if trained_on is not None and (
+        tokens_record is None or tokens_record.get("output", tokens_record["fingerprint"]) != trained_on
+    ):
+        raise StaleCheckpointError(
+            f"{ckpt} was trained on tokens that have since been rebuilt or invalidated "
+            f"(the tokenizer or data of {run.root} changed): run `fmforge run CONFIG` to retrain"
+        )
+    model_cfg = ModelConfig.model_validate(state["model"]) if "model" in state else cfg.resolved_model()
+    model = Transformer(model_cfg)
     state = load_checkpoint(ckpt, model)
     model.to(dev).eval()
-    tok = load_tokenizer(run)
+    tok = load_tokenizer(run, raw_text=True)  # a prompt is text, like the training data
     return TrainedModel(model=model, tokenizer=tok, device=dev, step=int(state["step"]),
                         eos_id=tok.token_to_id(cfg.tokenizer.eos_token))

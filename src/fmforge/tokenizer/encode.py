@@ -28,13 +28,42 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _batches(texts, size: int):
-    batch: list[str] = []
+# A batch holds at most this many characters, and a longer document is encoded in
+# pieces of about this size cut after a newline: the Rust encoder keeps offsets and
+# token strings for a whole batch, so memory grows with the batch, not the corpus.
+BATCH_CHARS = 4_000_000
+PIECE_CHARS = 1_000_000
+
+
+def _pieces(text: str) -> list[str]:
+    """Cut a long document after newlines into pieces of about PIECE_CHARS; short
+    documents stay whole. Byte-level BPE never merges across a newline followed by
+    text, so the tokens barely change at a cut and the bytes not at all."""
+    if len(text) <= PIECE_CHARS:
+        return [text]
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + PIECE_CHARS, len(text))
+        if end < len(text):
+            cut = text.rfind("\n", start + 1, end)
+            end = cut + 1 if cut > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _batches(texts, max_docs: int):
+    """Batches of (piece, ends_document) bounded by documents and characters."""
+    batch: list[tuple[str, bool]] = []
+    chars = 0
     for t in texts:
-        batch.append(t)
-        if len(batch) == size:
-            yield batch
-            batch = []
+        pieces = _pieces(t)
+        for i, piece in enumerate(pieces):
+            batch.append((piece, i == len(pieces) - 1))
+            chars += len(piece)
+            if len(batch) >= max_docs or chars >= BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
     if batch:
         yield batch
 
@@ -44,23 +73,25 @@ def encode_split(tok: Tokenizer, texts, out: Path, dtype: np.dtype, eos_id: int,
     n_tokens = n_docs = n_bytes = 0
     with open(out, "wb") as f:
         for batch in _batches(texts, batch_docs):
-            encodings = tok.encode_batch(batch, add_special_tokens=False)
-            ids = []
-            for enc in encodings:
+            # encode_batch_fast skips offsets, which we do not need.
+            encodings = tok.encode_batch_fast([p for p, _ in batch], add_special_tokens=False)
+            ids: list[int] = []
+            for enc, (_, ends_doc) in zip(encodings, batch):
                 ids.extend(enc.ids)
-                ids.append(eos_id)
+                if ends_doc:
+                    ids.append(eos_id)
+                    n_docs += 1
             arr = np.asarray(ids, dtype=dtype)
             f.write(arr.tobytes())
-            batch_bytes = sum(len(t.encode("utf-8")) for t in batch)
+            batch_bytes = sum(len(p.encode("utf-8")) for p, _ in batch)
             n_tokens += arr.size
-            n_docs += len(batch)
             n_bytes += batch_bytes
             bar.advance(batch_bytes)
     return {"tokens": n_tokens, "documents": n_docs, "bytes": n_bytes}
 
 
 def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
-    tok = load_tokenizer(run)
+    tok = load_tokenizer(run, raw_text=True)
     eos_id = tok.token_to_id(cfg.tokenizer.eos_token)
     if eos_id is None:
         raise ValueError(f"tokenizer in {run.tokenizer} has no {cfg.tokenizer.eos_token!r} token")

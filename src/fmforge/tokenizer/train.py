@@ -97,8 +97,13 @@ def save_tokenizer(tok: Tokenizer, cfg: TokenizerConfig, out: Path, model_max_le
     )
 
 
-def load_tokenizer(run: RunDir) -> Tokenizer:
+def load_tokenizer(run: RunDir, raw_text: bool = False) -> Tokenizer:
+    """The run's tokenizer. ``raw_text``: encode the text of special tokens (e.g. a
+    document that mentions "<|endoftext|>") as ordinary bytes, so corpus text can
+    never forge a document boundary; the trainer adds the real EOS itself."""
     path = run.tokenizer / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `fmforge tokenizer CONFIG` first")
-    return Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_file(str(path))
+    tok.encode_special_tokens = raw_text
+    return tok

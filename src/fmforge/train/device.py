@@ -9,7 +9,13 @@ import torch
 from fmforge.config import TrainConfig
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist here."""
+
+
 def pick_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda", "mps"):
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -17,7 +23,9 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=auto")
+        raise DeviceError("device cuda was asked for but CUDA is not available here; use auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("device mps was asked for but Apple's MPS is not available here; use auto or cpu")
     return torch.device(name)
 
 

@@ -83,10 +83,24 @@ def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
     return Transformer(cfg.resolved_model()).to(device)
 
 
-def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
+def set_aside_checkpoints(run: RunDir, reason: str) -> None:
+    """Move checkpoints that no longer match the config to ``checkpoints.previous/``
+    (replacing an older set) rather than deleting days of training on a typo."""
+    aside = run.root / "checkpoints.previous"
+    if aside.exists():
+        shutil.rmtree(aside)
+    run.checkpoints.rename(aside)
+    log(f"{reason}: starting afresh; the earlier checkpoints are kept in {aside}")
+
+
+def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool = False) -> dict:
+    """Train, resuming from the latest checkpoint of the same fingerprint unless
+    ``fresh``. Returns the summary recorded in ``stages.json``."""
     tcfg, mcfg = cfg.train, cfg.resolved_model()
     configure_threads(tcfg)
-    device = pick_device(tcfg.device)
+    device = pick_device(tcfg.device)  # before touching checkpoints: a bad device changes nothing
+    tokens_record = run.stage_record("tokenize")
+    tokens_fp = tokens_record.get("output", tokens_record["fingerprint"]) if tokens_record else None
     meta = load_meta(run)
     if meta["vocab_size"] != mcfg.vocab_size:
         raise ValueError(
@@ -104,6 +118,8 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
     metrics = MetricsLog(run.metrics)
 
     start_step, elapsed_before, tokens_before = 0, 0.0, 0
+    if fresh and run.checkpoints.exists():
+        set_aside_checkpoints(run, "--force")
     ckpt = latest_checkpoint(run.checkpoints)
     if ckpt is not None:
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
@@ -114,12 +130,14 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
             tokens_before = int(state.get("tokens", 0))
             log(f"resuming training from {ckpt} (step {start_step}/{tcfg.max_steps})")
         else:
-            log("training config or data changed since the last checkpoints: starting afresh")
-            shutil.rmtree(run.checkpoints)
+            set_aside_checkpoints(run, "the model, training settings or data changed "
+                                       "since the last checkpoint")
+    last: dict = {}
     if start_step == 0:
         metrics.reset()
     else:
         metrics.truncate_after(start_step)
+        last = metrics.last() or {}
 
     params = count_parameters(mcfg).total
     fpt = flops_per_token(mcfg)
@@ -131,7 +149,10 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
         return save_checkpoint(
             run.checkpoints, step, model, optimizer,
             {"fingerprint": fingerprint, "tokens": tokens, "elapsed_s": elapsed,
-             "params": params, "seed": cfg.seed},
+             "params": params, "seed": cfg.seed, "tokens_fingerprint": tokens_fp,
+             # The architecture travels with the weights, so loading never depends
+             # on a config.yaml that a later command may have rewritten.
+             "model": mcfg.model_dump(mode="json")},
             keep=tcfg.keep_checkpoints,
         )
 
@@ -149,7 +170,6 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
     session_start = time.perf_counter()
     interval_start, interval_tokens = session_start, 0
     tokens_seen, last_saved = tokens_before, start_step
-    last = {}
     try:
         with progress_bar("training", total=tcfg.max_steps) as bar:
             bar.update(completed=start_step)
@@ -206,7 +226,7 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str) -> dict:
                 if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps or stop.requested:
                     save(done, tokens_seen, elapsed_before + time.perf_counter() - session_start)
                     last_saved = done
-                if stop.requested:
+                if stop.requested and done < tcfg.max_steps:
                     raise KeyboardInterrupt(f"stopped by {stop.signal_name} at step {done}")
     finally:
         _restore_handlers(previous_handlers)

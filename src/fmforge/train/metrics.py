@@ -23,6 +23,10 @@ class MetricsLog:
         kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def last(self) -> dict[str, Any] | None:
+        records = read_metrics(self.path)
+        return records[-1] if records else None
+
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
