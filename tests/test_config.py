@@ -83,3 +83,8 @@ def test_resolved_config_makes_relative_source_paths_absolute(tmp_path):
     saved = yaml.safe_load(cfg.to_yaml())
     assert saved["data"]["sources"][0]["paths"] == [str(tmp_path / "*.txt")]
     assert saved["train"]["max_steps"] == 1000  # defaults are written out too
+
+
+def test_boolean_for_a_number_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"train: max_steps must be a number, got true"):
+        load_config(write(tmp_path, BASE), ["train.max_steps=true"])

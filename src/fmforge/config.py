@@ -19,8 +19,22 @@ class ConfigError(ValueError):
     """A configuration problem a user can fix; the message names the key."""
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic would read `max_steps: true` as 1; a boolean for a number is a slip.
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and field.annotation in _NUMBERS:
+                    raise ValueError(f"{name} must be a number, got {str(value).lower()}")
+        return data
 
 
 # --------------------------------------------------------------------------- data
