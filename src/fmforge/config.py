@@ -22,6 +22,13 @@ class ConfigError(ValueError):
 _NUMBERS = (int, float, int | None, float | None)
 
 
+def _simple_name(kind: str, v: str) -> str:
+    """Names become directory and file names: no separators or spaces."""
+    if not v or any(c in v for c in "/\\ \t\n"):
+        raise ValueError(f"{kind} name {v!r} must be non-empty without slashes or spaces")
+    return v
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -57,9 +64,7 @@ class SourceConfig(Section):
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ \t\n"):
-            raise ValueError(f"source name {v!r} must be non-empty without slashes or spaces")
-        return v
+        return _simple_name("source", v)
 
 
 class DataConfig(Section):
@@ -227,9 +232,7 @@ class RunConfig(Section):
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ \t\n"):
-            raise ValueError(f"run name {v!r} must be non-empty without slashes or spaces")
-        return v
+        return _simple_name("run", v)
 
     @model_validator(mode="after")
     def _vocab_consistent(self) -> RunConfig:

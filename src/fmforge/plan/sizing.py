@@ -205,6 +205,13 @@ def _find_number(obj: Any, keys: tuple[str, ...]) -> float | None:
     return None
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{path} is not valid JSON: {exc}") from exc
+
+
 def data_tokens_from_run(run_dir: str | Path) -> tuple[float, str] | None:
     """The training tokens a run has: ``tokens/meta.json``'s ``train_tokens`` when the
     tokens stage ran; else an estimate from ``data/data_card.json``'s character or
@@ -213,19 +220,12 @@ def data_tokens_from_run(run_dir: str | Path) -> tuple[float, str] | None:
     root = Path(run_dir)
     meta = root / "tokens" / "meta.json"
     if meta.is_file():
-        try:
-            m = json.loads(meta.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{meta} is not valid JSON: {exc}") from exc
-        n = _find_number(m, _TOKEN_KEYS)
+        n = _find_number(_read_json(meta), _TOKEN_KEYS)
         if n is not None:
             return n, f"{meta} (train_tokens)"
     card = root / "data" / "data_card.json"
     if card.is_file():
-        try:
-            c = json.loads(card.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{card} is not valid JSON: {exc}") from exc
+        c = _read_json(card)
         n = _find_number(c, _TOKEN_KEYS)
         if n is not None:
             return n, f"{card} (tokens)"
