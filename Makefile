@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# Without CUDA, take the CPU build of torch first; a bare torch requirement
-	# would pull a multi-GB CUDA build (see DEVELOPERS.md).
+	# would pull a multi-GB CUDA build (see README.md, "Two commands").
 	if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(BIN)/python -m pip install --quiet torch==2.13.0 ; fi
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
