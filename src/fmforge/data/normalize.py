@@ -34,9 +34,12 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
     would make them.
     """
     try:
-        return data.decode("utf-8"), 0
+        return data.decode("utf-8"), 0  # the common case, at C speed
     except UnicodeDecodeError:
-        pass
+        return _decode_counting_replacements(data)
+
+
+def _decode_counting_replacements(data: bytes) -> tuple[str, int]:
     _counter.replaced = 0
     text = data.decode("utf-8", errors=_ERROR_HANDLER)
     return text, _counter.replaced

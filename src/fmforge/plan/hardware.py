@@ -164,12 +164,13 @@ def cache_dir() -> Path:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+    """The CPU's name, for the peak cache key: /proc/cpuinfo on Linux, else
+    (macOS, Windows) what the platform module reports."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="ignore").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

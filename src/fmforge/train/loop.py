@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,12 @@ def _install_stop_handlers(stop: StopRequest):
         log(f"[yellow]{stop.signal_name}: saving a checkpoint at the end of this step "
             "(send again to stop at once)[/yellow]")
 
+    # Python lets only the main thread install handlers; training started from
+    # another thread (a server, a notebook worker) keeps the default behaviour.
+    if threading.current_thread() is not threading.main_thread():
+        return previous
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread (e.g. called from a server)
-            pass
+        previous[sig] = signal.signal(sig, handler)
     return previous
 
 
