@@ -189,7 +189,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     from fmforge.config import ModelConfig, TrainConfig
     from fmforge.plan.architecture import from_model_config
     from fmforge.plan.estimate import make_plan
-    from fmforge.plan.hardware import detect_gpu, get_hardware
+    from fmforge.hardware import detect_gpu, get_hardware
     from fmforge.plan.memory import estimate_memory
     from fmforge.train.device import resolve_dtype
 

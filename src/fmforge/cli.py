@@ -109,7 +109,7 @@ def _print_plan_vs_actual(run_dir) -> None:
     try:
         for r in render_actual(compare_plan_to_actual(run_dir.root)):
             console.print(r)
-    except PlanError as exc:
+    except (PlanError, ValueError) as exc:
         console.print(f"[yellow]plan vs actual unavailable: {exc}[/yellow]", soft_wrap=True)
 
 
@@ -129,8 +129,8 @@ def _print_headline(cfg, run_dir) -> None:
                 highlight=False,
             )
     if cfg.eval.sample_prompt and cfg.eval.sample_max_new_tokens:
-        from fmforge.serve.generate import generate_text
-        from fmforge.serve.loading import load_trained
+        from fmforge.inference.generate import generate_text
+        from fmforge.inference.loading import load_trained
 
         trained = load_trained(run_dir, device=cfg.train.device)
         ev = cfg.eval
@@ -187,8 +187,8 @@ def generate(
 ) -> None:
     """Sample a completion from the run's latest checkpoint; prints only the completion."""
     from fmforge.rundir import resolve_run
-    from fmforge.serve.generate import generate_text
-    from fmforge.serve.loading import load_trained
+    from fmforge.inference.generate import generate_text
+    from fmforge.inference.loading import load_trained
 
     try:
         trained = load_trained(resolve_run(run), device=device)
@@ -235,6 +235,7 @@ def plan(
     import json
 
     from fmforge.config import ConfigError
+    from fmforge.hardware import HardwareError
     from fmforge.plan.cli_support import plan_command
     from fmforge.plan.errors import PlanError
 
@@ -249,7 +250,7 @@ def plan(
             base_hf_config=base_hf_config, lora_epochs=lora_epochs,
             horizon_months=horizon_months, actual=actual,
         )
-    except (PlanError, ConfigError, FileNotFoundError) as exc:
+    except (PlanError, HardwareError, ConfigError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(out.data, indent=2, default=str) + "\n")

@@ -189,9 +189,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False,
 
 def require_heldout_tokens(run: RunDir) -> None:
     """Fail before hours of training, not after, when evaluation will find nothing."""
-    import json
-
-    meta = json.loads((run.tokens / "meta.json").read_text(encoding="utf-8"))
+    meta = run.tokens_meta()
     if meta.get("val_tokens", 0) < 2:
         raise ValueError(
             f"the held-out split in {run.tokens} is empty ({meta.get('val_documents', 0)} "

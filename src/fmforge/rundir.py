@@ -124,6 +124,15 @@ class RunDir:
     def plan_json(self) -> Path:
         return self.root / "plan.json"
 
+    # readers of the JSON artifacts later stages (and the planner) consume
+    def tokens_meta(self) -> dict[str, Any]:
+        """``tokens/meta.json``: dtype, vocabulary, EOS id, token and byte counts per split."""
+        return read_json_artifact(self.tokens / "meta.json", "tokenize")
+
+    def read_data_card(self) -> dict[str, Any]:
+        """``data/data_card.json``: per-source and per-split counts of the data stage."""
+        return read_json_artifact(self.data_card, "data")
+
     # stage bookkeeping
     def stage_records(self) -> dict[str, Any]:
         if not self.stages_json.exists():
@@ -146,6 +155,40 @@ class RunDir:
         records = self.stage_records()
         if records.pop(stage, None) is not None:
             atomic_write_json(self.stages_json, records)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, in order. Only the last line can be torn
+    (a run killed mid-write): it is skipped. A damaged line anywhere else is an
+    error naming the file and line, since the log cannot be trusted past it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break  # torn by a kill mid-write
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}); the metrics log is "
+                             "damaged: delete the line, or the file to start the log afresh") from exc
+    return records
+
+
+def read_json_artifact(path: Path, stage: str) -> dict[str, Any]:
+    """A JSON artifact of ``stage``; a missing or damaged one says which command remakes it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `fmforge {stage} CONFIG` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg}): rerun `fmforge {stage} CONFIG --force`") from exc
 
 
 def resolve_run(run: str | Path) -> RunDir:

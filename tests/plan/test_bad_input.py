@@ -4,11 +4,11 @@ from fmforge.plan.architecture import Architecture, from_hf_config
 from fmforge.plan.cli_support import plan_command
 from fmforge.plan.compute import estimate_compute
 from fmforge.plan.errors import PlanError
-from fmforge.plan.hardware import get_hardware, known_hardware
+from fmforge.hardware import HardwareError, get_hardware, known_hardware
 
 
 def test_unknown_gpu_lists_known_ones():
-    with pytest.raises(PlanError) as exc:
+    with pytest.raises(HardwareError) as exc:
         get_hardware("v100")
     msg = str(exc.value)
     assert "unknown GPU 'v100'" in msg

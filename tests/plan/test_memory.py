@@ -10,7 +10,7 @@ import pytest
 from fmforge.config import ModelConfig
 from fmforge.plan.architecture import from_hf_config, from_model_config
 from fmforge.plan.errors import PlanError
-from fmforge.plan.hardware import get_hardware
+from fmforge.hardware import get_hardware
 from fmforge.plan.memory import estimate_memory, max_micro_batch, min_gpus
 
 LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,

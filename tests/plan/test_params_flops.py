@@ -15,7 +15,7 @@ from fmforge.plan.architecture import (
     train_flops_per_token,
 )
 from fmforge.plan.compute import estimate_compute, implied_mfu
-from fmforge.plan.hardware import get_hardware
+from fmforge.hardware import get_hardware
 
 LLAMA2_7B_PARAMS = 6_738_415_616
 LLAMA2_7B_HF = {

@@ -10,7 +10,7 @@ from fmforge.plan.architecture import from_hf_config
 from fmforge.plan.cli_support import plan_command
 from fmforge.plan.decide import HOURS_PER_MONTH, compare_options
 from fmforge.plan.errors import PlanError
-from fmforge.plan.hardware import get_hardware
+from fmforge.hardware import get_hardware
 from fmforge.plan.memory import estimate_memory, max_micro_batch, min_gpus
 from fmforge.plan.sizing import chinchilla_loss, size_for_budget
 

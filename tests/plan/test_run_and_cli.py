@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fmforge.config import config_from_dict
-from fmforge.plan import hardware as hw_mod
+from fmforge import hardware as hw_mod
 from fmforge.plan.actual import compare_plan_to_actual
 from fmforge.plan.cli_support import plan_command
 from fmforge.plan.errors import PlanError

@@ -12,14 +12,8 @@ import yaml
 from fmforge.config import load_config
 from fmforge.data.shards import iter_split_texts
 from fmforge.pipeline import run_pipeline
-from fmforge.tokenizer.encode import (
-    decode_bytes,
-    open_tokens,
-    token_byte_lengths,
-    token_byte_table,
-    token_dtype,
-)
-from fmforge.tokenizer.train import load_tokenizer
+from fmforge.tokenizer.load import decode_bytes, load_tokenizer, token_byte_lengths, token_byte_table
+from fmforge.tokenizer.tokens import open_tokens, token_dtype
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ so a reader never holds more than a batch of text in memory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from fmforge.rundir import read_json_artifact
 
 SPLITS: tuple[str, ...] = ("train", "val")
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
@@ -95,7 +96,4 @@ def iter_split_texts(path: str | Path, split: str, batch_size: int = 1024) -> It
 
 def read_data_card(path: str | Path) -> dict[str, Any]:
     """The ``data_card.json`` of a data directory."""
-    card = Path(path) / DATA_CARD
-    if not card.is_file():
-        raise FileNotFoundError(f"no {DATA_CARD} in {path}; run the data stage first")
-    return json.loads(card.read_text(encoding="utf-8"))
+    return read_json_artifact(Path(path) / DATA_CARD, "data")

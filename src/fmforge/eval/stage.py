@@ -6,11 +6,13 @@ import json
 import time
 
 from fmforge.config import RunConfig
-from fmforge.eval.heldout import evaluate_tokens, gzip_bits_per_byte
+from fmforge.eval.heldout import gzip_bits_per_byte
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_write_json
-from fmforge.serve.loading import load_trained
-from fmforge.tokenizer.encode import decode_bytes, open_tokens, token_byte_lengths, token_byte_table
+from fmforge.inference.loading import load_trained
+from fmforge.model.scoring import score_tokens
+from fmforge.tokenizer.load import decode_bytes, token_byte_lengths, token_byte_table
+from fmforge.tokenizer.tokens import open_tokens
 
 
 def run_eval_stage(cfg: RunConfig, run: RunDir) -> dict:
@@ -19,7 +21,7 @@ def run_eval_stage(cfg: RunConfig, run: RunDir) -> dict:
     vocab = trained.model.cfg.vocab_size
     val = open_tokens(run, "val")
     t0 = time.perf_counter()
-    res = evaluate_tokens(model, val, model.cfg.seq_len, cfg.eval.batch_size, device,
+    res = score_tokens(model, val, model.cfg.seq_len, cfg.eval.batch_size, device,
                           max_tokens=cfg.eval.max_tokens,
                           token_bytes=token_byte_lengths(tok, vocab))  # fp32: exact figures
     # The same bytes the model was scored on: targets are tokens[1 : tokens+1].
@@ -43,6 +45,7 @@ def run_eval_stage(cfg: RunConfig, run: RunDir) -> dict:
                                              "gzip_bits_per_byte")})
     atomic_write_json(run.eval_json, {**result, "history": history})
     verdict = "beats" if res.bits_per_byte is not None and res.bits_per_byte < gz else "does not beat"
+    bpb = "unknown bits/byte" if res.bits_per_byte is None else f"{res.bits_per_byte:.4f} bits/byte"
     log(f"held-out: loss {res.loss:.4f}, perplexity {res.perplexity:.2f}, "
-        f"{res.bits_per_byte:.4f} bits/byte; gzip -9: {gz:.4f} bits/byte — the model {verdict} gzip")
+        f"{bpb}; gzip -9: {gz:.4f} bits/byte — the model {verdict} gzip")
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}

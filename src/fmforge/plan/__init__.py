@@ -14,7 +14,7 @@ from fmforge.plan.compute import default_mfu, estimate_compute, implied_mfu
 from fmforge.plan.decide import compare_options
 from fmforge.plan.errors import PlanError
 from fmforge.plan.estimate import make_plan, plan_for_run
-from fmforge.plan.hardware import Hardware, get_hardware, known_hardware, measure_cpu_peak_flops
+from fmforge.hardware import Hardware, get_hardware, known_hardware, measure_cpu_peak_flops
 from fmforge.plan.memory import estimate_memory, max_micro_batch, min_gpus
 from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
 

@@ -17,26 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from fmforge.plan.errors import PlanError
+from fmforge.rundir import read_metrics
 
 
 def _error_pct(predicted: float | None, actual: float | None) -> float | None:
     if predicted is None or actual is None or actual == 0:
         return None
     return (predicted - actual) / actual * 100.0
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{path}:{i}: not valid JSON ({exc}); the metrics log is damaged") from exc
-    return rows
 
 
 def _median(values: list[float]) -> float | None:
@@ -70,7 +57,7 @@ def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise PlanError(f"{stages_path} is not valid JSON: {exc}") from exc
         summary = ((stages.get("train") or {}).get("summary")) or {}
-    metrics = _read_metrics(root / "metrics.jsonl")
+    metrics = read_metrics(root / "metrics.jsonl")
     if not summary and not metrics:
         raise PlanError(
             f"{root} has no finished train stage (stages.json) and no metrics.jsonl: nothing measured yet"

@@ -17,7 +17,7 @@ from fmforge.plan.compute import default_mfu
 from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan, run_dtype, tokens_for_run
-from fmforge.plan.hardware import get_hardware
+from fmforge.hardware import HardwareError, get_hardware
 from fmforge.plan.report import render_actual, render_decision, render_plan, render_sizing
 from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
 
@@ -115,8 +115,11 @@ def plan_command(
 
     gpu_key = gpu or (cfg.plan.gpu if cfg else "h100-sxm")
     mode = dtype or (run_dtype(cfg, gpu_key) if cfg else "bfloat16")
-    hw = get_hardware(gpu_key, price if price is not None else (cfg.plan.price_per_gpu_hour if cfg else None),
-                      cpu_dtype="float32" if mode == "float32" else "bfloat16")
+    try:
+        hw = get_hardware(gpu_key, price if price is not None else (cfg.plan.price_per_gpu_hour if cfg else None),
+                          cpu_dtype="float32" if mode == "float32" else "bfloat16")
+    except HardwareError as exc:
+        raise PlanError(str(exc)) from exc
     n_gpus = num_gpus if num_gpus is not None else (cfg.plan.num_gpus if cfg else 1)
     mfu_ = mfu if mfu is not None else (cfg.plan.mfu if cfg else None)
 

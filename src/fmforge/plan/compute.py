@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fmforge.plan.errors import PlanError, require_positive
-from fmforge.plan.hardware import Hardware
+from fmforge.hardware import Hardware
 
 # (upper bound on parameters, MFU, why) — first row whose bound exceeds N wins.
 DEFAULT_MFU_TABLE: tuple[tuple[float, float, str], ...] = (

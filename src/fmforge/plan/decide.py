@@ -30,7 +30,7 @@ from typing import Any
 from fmforge.plan.architecture import Architecture, lora_flops_per_token
 from fmforge.plan.compute import default_mfu
 from fmforge.plan.errors import require_positive
-from fmforge.plan.hardware import Hardware
+from fmforge.hardware import Hardware
 from fmforge.plan.memory import usable_bytes
 from fmforge.plan.sizing import MAX_USEFUL_EPOCHS, TOKENS_PER_PARAM, size_for_budget
 

@@ -25,7 +25,7 @@ from fmforge.plan.architecture import (
 )
 from fmforge.plan.compute import estimate_compute
 from fmforge.plan.errors import PlanError, require_positive
-from fmforge.plan.hardware import Hardware, detect_gpu, get_hardware
+from fmforge.hardware import Hardware, detect_gpu, get_hardware
 from fmforge.plan.memory import (
     GB,
     estimate_memory,
@@ -188,7 +188,7 @@ def run_dtype(cfg: RunConfig, device_key: str) -> str:
     if dtype == "auto":
         if device_key == "cpu":
             try:
-                from fmforge.train.device import cpu_has_native_bf16
+                from fmforge.hardware import cpu_has_native_bf16
 
                 dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
             except ImportError:  # pragma: no cover

@@ -66,7 +66,7 @@ from typing import Any, Literal
 
 from fmforge.plan.architecture import Architecture, count_params
 from fmforge.plan.errors import PlanError, require_positive
-from fmforge.plan.hardware import Hardware
+from fmforge.hardware import Hardware
 
 GPU_RESERVED_GB = 1.0
 GPU_USABLE_FRACTION = 0.92

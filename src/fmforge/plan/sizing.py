@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fmforge.plan.errors import PlanError, require_positive
-from fmforge.plan.hardware import Hardware
+from fmforge.hardware import Hardware
 
 TOKENS_PER_PARAM = 20.0
 SMALL_MODEL_FRACTION = 0.5

@@ -9,7 +9,6 @@ all CPU cores.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,8 @@ from fmforge.config import RunConfig
 from fmforge.data.shards import iter_split_texts
 from fmforge.progress import progress_bar
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json
-from fmforge.tokenizer.train import load_tokenizer
-
-SPLITS = ("train", "val")
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
+from fmforge.tokenizer.load import load_tokenizer
+from fmforge.tokenizer.tokens import SPLITS, token_dtype
 
 # A batch holds at most this many characters, and a longer document is encoded in
 # pieces of about this size cut after a newline: the Rust encoder keeps offsets and
@@ -97,7 +90,7 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
         raise ValueError(f"tokenizer in {run.tokenizer} has no {cfg.tokenizer.eos_token!r} token")
     vocab = cfg.vocab_size
     dtype = token_dtype(vocab)
-    card = json.loads(run.data_card.read_text(encoding="utf-8"))
+    card = run.read_data_card()
     total_bytes = sum(int(card["splits"][s]["bytes"]) for s in SPLITS)
     meta: dict = {"dtype": dtype.name, "vocab_size": vocab,
                   "tokenizer_vocab_size": tok.get_vocab_size(), "eos_id": eos_id,
@@ -114,59 +107,3 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
             "bytes_per_token": round(meta["bytes_per_token"], 3), "dtype": dtype.name}
 
 
-def load_meta(run: RunDir) -> dict:
-    path = run.tokens / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `fmforge tokenize CONFIG` first")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def open_tokens(run: RunDir, split: str) -> np.ndarray:
-    meta = load_meta(run)
-    path = run.tokens / f"{split}.bin"
-    if meta.get(f"{split}_tokens", 0) == 0:
-        return np.zeros(0, dtype=np.dtype(meta["dtype"]))
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
-
-
-def token_byte_lengths(tok: Tokenizer, vocab_size: int) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (0 for special and unused ids), so the
-    bytes of any evaluated token span are exact for bits-per-byte."""
-    lengths = np.zeros(vocab_size, dtype=np.int64)
-    specials = {t.content for t in tok.get_added_tokens_decoder().values()}
-    for token, idx in tok.get_vocab().items():
-        if idx >= vocab_size or token in specials:
-            continue
-        # Byte-level BPE: each character of a token's string is exactly one byte.
-        lengths[idx] = len(token)
-    return lengths
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by ByteLevel."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
-def token_byte_table(tok: Tokenizer, vocab_size: int) -> list[bytes]:
-    """The exact bytes each token id stands for (b"" for special and unused ids)."""
-    unicode_to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
-    specials = {t.content for t in tok.get_added_tokens_decoder().values()}
-    table = [b""] * vocab_size
-    for token, idx in tok.get_vocab().items():
-        if idx < vocab_size and token not in specials:
-            table[idx] = bytes(unicode_to_byte[ch] for ch in token)
-    return table
-
-
-def decode_bytes(table: list[bytes], ids) -> bytes:
-    """Exact bytes of a token span (special tokens dropped)."""
-    return b"".join(table[i] for i in np.asarray(ids).tolist())

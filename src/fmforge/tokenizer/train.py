@@ -7,7 +7,6 @@ The output directory holds ``tokenizer.json`` plus ``tokenizer_config.json`` and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -56,7 +55,7 @@ def build_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.BpeTraine
 
 def run_tokenizer_stage(cfg: RunConfig, run: RunDir) -> dict:
     tcfg = cfg.tokenizer
-    card = json.loads(run.data_card.read_text(encoding="utf-8"))
+    card = run.read_data_card()
     train_bytes = int(card["splits"]["train"]["bytes"])
     budget = min(train_bytes, tcfg.max_train_bytes or train_bytes)
     tok, trainer = build_tokenizer(tcfg)
@@ -95,15 +94,3 @@ def save_tokenizer(tok: Tokenizer, cfg: TokenizerConfig, out: Path, model_max_le
         {"eos_token": cfg.eos_token, "pad_token": cfg.pad_token,
          "additional_special_tokens": list(cfg.extra_special_tokens)},
     )
-
-
-def load_tokenizer(run: RunDir, raw_text: bool = False) -> Tokenizer:
-    """The run's tokenizer. ``raw_text``: encode the text of special tokens (e.g. a
-    document that mentions "<|endoftext|>") as ordinary bytes, so corpus text can
-    never forge a document boundary; the trainer adds the real EOS itself."""
-    path = run.tokenizer / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `fmforge tokenizer CONFIG` first")
-    tok = Tokenizer.from_file(str(path))
-    tok.encode_special_tokens = raw_text
-    return tok

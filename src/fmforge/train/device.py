@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from fmforge.config import TrainConfig
+from fmforge.hardware import cpu_has_native_bf16
 
 
 class DeviceError(ValueError):
@@ -27,16 +28,6 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeviceError("device mps was asked for but Apple's MPS is not available here; use auto or cpu")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run at about twice the fp32 rate."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(device: torch.device, cfg: TrainConfig) -> str:

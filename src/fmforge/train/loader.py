@@ -28,16 +28,3 @@ class TokenWindowLoader:
         windows = np.stack([self.tokens[s: s + self.seq_len + 1] for s in starts]).astype(np.int64)
         w = torch.from_numpy(windows)
         return w[:, :-1], w[:, 1:]
-
-
-def sequential_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None):
-    """Non-overlapping windows covering the split in order (for evaluation):
-    every token but the first is predicted exactly once. Yields (inputs, targets)
-    as 1-D int64 arrays; the last window may be shorter."""
-    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
-    pos = 0
-    while pos < n - 1:
-        end = min(pos + seq_len + 1, n)
-        chunk = np.asarray(tokens[pos:end], dtype=np.int64)
-        yield chunk[:-1], chunk[1:]
-        pos = end - 1

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from fmforge.config import RunConfig
-from fmforge.eval.heldout import evaluate_tokens
+from fmforge.hardware import HardwareError, device_peak_flops
 from fmforge.model.counting import count_parameters, flops_per_token
+from fmforge.model.scoring import score_tokens
 from fmforge.model.transformer import Transformer
 from fmforge.progress import log, progress_bar
 from fmforge.rundir import RunDir
-from fmforge.tokenizer.encode import load_meta, open_tokens, token_byte_lengths
-from fmforge.tokenizer.train import load_tokenizer
+from fmforge.tokenizer.load import load_tokenizer, token_byte_lengths
+from fmforge.tokenizer.tokens import load_meta, open_tokens
 from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fmforge.train.device import autocast, configure_threads, pick_device, resolve_dtype
 from fmforge.train.loader import TokenWindowLoader
@@ -62,22 +63,6 @@ def _install_stop_handlers(stop: StopRequest):
 def _restore_handlers(previous) -> None:
     for sig, h in previous.items():
         signal.signal(sig, h)
-
-
-def device_peak_flops(cfg: RunConfig, device: torch.device) -> float | None:
-    """Peak FLOP/s of the training device at the run's precision, for MFU: the
-    catalogue's figure for a known GPU, the measured (cached) matmul peak on CPU."""
-    from fmforge.plan.errors import PlanError
-    from fmforge.plan.hardware import detect_gpu, get_hardware
-
-    key = "cpu" if device.type == "cpu" else detect_gpu() if device.type == "cuda" else None
-    if key is None:
-        return None
-    try:
-        dtype = resolve_dtype(device, cfg.train)
-        return get_hardware(key, cpu_dtype=dtype).peak_flops
-    except PlanError:
-        return None
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
@@ -143,7 +128,11 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool =
 
     params = count_parameters(mcfg).total
     fpt = flops_per_token(mcfg)
-    peak = device_peak_flops(cfg, device)
+    try:
+        peak = device_peak_flops(device.type, resolve_dtype(device, tcfg))
+    except HardwareError as exc:
+        log(f"MFU not logged: {exc}")
+        peak = None
     tokens_per_step = tcfg.micro_batch_size * tcfg.grad_accum_steps * mcfg.seq_len
     log(f"model: {params:,} parameters; {tokens_per_step:,} tokens per step; device {device}")
 
@@ -161,10 +150,13 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool =
     def validate() -> dict:
         if len(val_tokens) < 2:
             return {}
-        res = evaluate_tokens(model, val_tokens, mcfg.seq_len, tcfg.micro_batch_size, device,
+        res = score_tokens(model, val_tokens, mcfg.seq_len, tcfg.micro_batch_size, device,
                               max_tokens=tcfg.eval_batches * tcfg.micro_batch_size * mcfg.seq_len,
                               token_bytes=token_bytes, autocast=amp)
-        return {"val_loss": round(res.loss, 5), "val_bits_per_byte": round(res.bits_per_byte or 0, 5)}
+        out = {"val_loss": round(res.loss, 5)}
+        if res.bits_per_byte is not None:  # unknown is absent, never a misleading 0
+            out["val_bits_per_byte"] = round(res.bits_per_byte, 5)
+        return out
 
     stop = StopRequest()
     previous_handlers = _install_stop_handlers(stop)

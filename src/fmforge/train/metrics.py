@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from fmforge.rundir import atomic_write_text
+from fmforge.rundir import atomic_write_text, read_metrics
 
 
 class MetricsLog:
@@ -32,23 +32,3 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return list(iter_metrics(path))
-
-
-def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                # Only the final line can be torn (killed mid-write); skip it.
-                continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fmforge.serve.loading import TrainedModel
+from fmforge.inference.loading import TrainedModel
 
 
 @torch.no_grad()

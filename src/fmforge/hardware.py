@@ -1,4 +1,7 @@
-"""The hardware catalogue (``hardware.yaml``) and the measured CPU peak.
+"""The hardware catalogue (``hardware.yaml``), GPU detection and the measured CPU peak.
+
+The one home of what a device can do; the trainer (for MFU) and the planner
+(for cost) both read it.
 
 A GPU's peak is its datasheet's dense bf16 tensor-core figure. A CPU has no such
 figure worth trusting (it depends on the core count, the vector units, clocks and
@@ -11,6 +14,7 @@ result is cached per (CPU model, thread count, torch version) under
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -22,7 +26,9 @@ from typing import Any
 
 import yaml
 
-from fmforge.plan.errors import PlanError, require_positive
+
+class HardwareError(ValueError):
+    """An unknown device or an impossible price: says what to do instead."""
 
 CPU = "cpu"
 _FIELDS = (
@@ -63,12 +69,12 @@ class Hardware:
 
 @lru_cache(maxsize=1)
 def _raw_catalogue() -> dict[str, dict[str, Any]]:
-    text = resources.files("fmforge.plan").joinpath("hardware.yaml").read_text(encoding="utf-8")
+    text = resources.files("fmforge").joinpath("hardware.yaml").read_text(encoding="utf-8")
     raw = yaml.safe_load(text) or {}
     for key, entry in raw.items():
         missing = [f for f in _FIELDS if f not in entry]
         if missing:
-            raise PlanError(f"hardware.yaml entry {key!r} lacks the keys {missing}")
+            raise HardwareError(f"hardware.yaml entry {key!r} lacks the keys {missing}")
     return raw
 
 
@@ -89,11 +95,17 @@ def get_hardware(key: str, price_per_hour: float | None = None, measure_cpu: boo
     raw = _raw_catalogue()
     k = _normalise(key)
     if k not in raw:
-        raise PlanError(
+        raise HardwareError(
             f"unknown GPU {key!r}; known: {', '.join(known_hardware())} "
-            "(add an entry to fmforge/plan/hardware.yaml to price another)"
+            "(add an entry to fmforge/hardware.yaml to price another)"
         )
-    require_positive("price per GPU-hour", price_per_hour, allow_zero=True)
+    if price_per_hour is not None:
+        if isinstance(price_per_hour, bool) or not isinstance(price_per_hour, (int, float)):
+            raise HardwareError(f"price per GPU-hour must be a number, got {price_per_hour!r}")
+        if not math.isfinite(price_per_hour):
+            raise HardwareError(f"price per GPU-hour must be a finite number, got {price_per_hour}")
+        if price_per_hour < 0:
+            raise HardwareError(f"price per GPU-hour must be >= 0, got {price_per_hour:g}")
     e = raw[k]
     if k == CPU:
         peak = measure_cpu_peak_flops(dtype=cpu_dtype) if measure_cpu else float("nan")
@@ -212,7 +224,7 @@ def measure_cpu_peak_flops(refresh: bool = False, dtype: str = "float32") -> flo
     import torch
 
     if dtype not in ("float32", "bfloat16"):
-        raise PlanError(f"CPU peak dtype must be float32 or bfloat16, got {dtype!r}")
+        raise HardwareError(f"CPU peak dtype must be float32 or bfloat16, got {dtype!r}")
     threads = torch.get_num_threads()
     key = f"{_cpu_model()}|threads={threads}|torch={torch.__version__}|{dtype}"
     path = cache_dir() / "cpu_peak.json"
@@ -234,6 +246,31 @@ def measure_cpu_peak_flops(refresh: bool = False, dtype: str = "float32") -> flo
         from fmforge.rundir import atomic_write_json
 
         atomic_write_json(path, cache)
-    except OSError:
-        pass  # an unwritable cache only costs a re-measure next time
+    except OSError as exc:
+        # An unwritable cache only costs a re-measure next time; say so once.
+        import sys
+
+        print(f"note: could not cache the CPU peak in {path} ({exc}); it will be "
+              "measured again next time (set FMFORGE_CACHE_DIR to a writable folder)",
+              file=sys.stderr)
     return peak
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run at about twice the fp32 rate."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def device_peak_flops(device_type: str, dtype: str) -> float | None:
+    """Peak FLOP/s of the device a run trains on, at its precision, for MFU: the
+    catalogue's figure for a known GPU, the measured (cached) matmul peak on CPU,
+    None for a device the catalogue does not know."""
+    key = CPU if device_type == "cpu" else detect_gpu() if device_type == "cuda" else None
+    if key is None:
+        return None
+    return get_hardware(key, cpu_dtype=dtype if dtype in ("float32", "bfloat16") else "float32").peak_flops

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from fmforge.config import ModelConfig, config_from_dict
 from fmforge.model.transformer import Transformer
 from fmforge.rundir import RunDir
-from fmforge.tokenizer.train import load_tokenizer
+from fmforge.tokenizer.load import load_tokenizer
 from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainer_state
 from fmforge.train.device import pick_device
 

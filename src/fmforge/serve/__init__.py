@@ -1,1 +1,0 @@
-"""Generation from a trained run (and, later, the OpenAI-compatible server)."""

@@ -1,0 +1,39 @@
+"""Bits per byte is total nats / ln 2 / bytes of exactly the evaluated tokens."""
+
+import math
+
+import numpy as np
+import torch
+
+from fmforge.config import ModelConfig
+from fmforge.model.transformer import Transformer
+from fmforge.model.scoring import score_tokens, sequential_windows
+
+
+def test_every_token_but_the_first_is_scored_once():
+    tokens = np.arange(100)
+    targets = np.concatenate([t for _, t in sequential_windows(tokens, seq_len=16)])
+    assert targets.tolist() == list(range(1, 100))
+    limited = np.concatenate([t for _, t in sequential_windows(tokens, 16, max_tokens=40)])
+    assert limited.tolist() == list(range(1, 41))
+
+
+def test_bits_per_byte_matches_a_manual_computation():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2, seq_len=8)
+    model = Transformer(cfg)
+    tokens = np.random.default_rng(0).integers(0, 50, size=37)
+    token_bytes = np.arange(50) % 4 + 1  # pretend token i stands for (i % 4 + 1) bytes
+    res = score_tokens(model, tokens, 8, batch_size=3, device=torch.device("cpu"),
+                       token_bytes=token_bytes)
+    with torch.no_grad():
+        nats = 0.0
+        for x, y in sequential_windows(tokens, 8):
+            logits = model(torch.from_numpy(x)[None])[0]
+            nats += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y),
+                                                            reduction="sum"))
+    assert res.tokens == 36
+    assert math.isclose(res.nats, nats, rel_tol=1e-5)
+    assert res.bytes == int(token_bytes[tokens[1:]].sum())
+    assert math.isclose(res.bits_per_byte, nats / math.log(2) / res.bytes, rel_tol=1e-5)
+    assert math.isclose(res.perplexity, math.exp(nats / 36), rel_tol=1e-5)
