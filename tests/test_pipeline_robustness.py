@@ -64,8 +64,13 @@ def test_bad_device_is_an_error_and_keeps_checkpoints(tiny_config_file: Path):
     run = tiny_config_file.parent / "run"
     invoke("run", str(tiny_config_file))
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
-    out = invoke("train", str(tiny_config_file), "--force", "train.device=cuda", code=2).output
-    assert "CUDA is not available" in out
+    import torch
+
+    # A device this machine lacks: CUDA on a CPU machine, Apple's MPS on a GPU one.
+    missing, message = ("mps", "MPS is not available") if torch.cuda.is_available() else (
+        "cuda", "CUDA is not available")
+    out = invoke("train", str(tiny_config_file), "--force", f"train.device={missing}", code=2).output
+    assert message in out
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == kept
 
 
