@@ -15,7 +15,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fmforge"
 
-BASE = {"config", "hardware", "rundir", "progress"}
+BASE = {"config", "hardware", "rundir", "progress", "launch"}
 LEVELS = {
     **{name: 0 for name in BASE},
     "model": 1,

@@ -157,16 +157,32 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    max_steps: int = Field(default=1000, gt=0)
+    # Steps: ``max_steps``, or a wall-clock budget ``max_minutes`` from which the
+    # trainer fixes the step count after measuring its first steps (then
+    # ``max_steps``, when also given, is an upper bound).
+    max_steps: int | None = Field(default=1000, gt=0)
+    max_minutes: float | None = Field(default=None, gt=0)
     micro_batch_size: int = Field(default=16, gt=0)
+    # The global batch: ``global_batch_tokens`` (micro-batch × seq_len × processes
+    # × accumulation), from which accumulation is derived; else ``grad_accum_steps``.
+    global_batch_tokens: int | None = Field(default=None, gt=0)
     grad_accum_steps: int = Field(default=1, gt=0)
     lr: float = Field(default=3e-3, gt=0)
+    # cosine: warmup, cosine decay to min_lr_ratio·lr at the last step.
+    # wsd: warmup, constant, linear decay over the last decay_fraction of steps
+    #      (a finished run can be extended from the checkpoint where decay began).
+    # constant: warmup, then constant.
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=100, ge=0)
     weight_decay: float = Field(default=0.1, ge=0)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, ge=0)  # 0: no clipping
+    # A step whose loss or gradient norm is not finite is skipped (weights and
+    # optimizer untouched); this many in a row stop the run.
+    max_skipped_steps: int = Field(default=5, gt=0)
     log_every: int = Field(default=10, gt=0)
     eval_every: int = Field(default=200, gt=0)
     eval_batches: int = Field(default=8, gt=0)
@@ -174,17 +190,56 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(default=2, gt=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # auto: bfloat16 autocast where the hardware does bf16 matmuls natively (CUDA
-    # with bf16, CPUs with AVX512-BF16/AMX), float32 elsewhere.
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # with bf16, CPUs with AVX512-BF16/AMX), float32 elsewhere. float16: CUDA only,
+    # with a gradient scaler.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block in the backward pass
+    # Under torchrun: none (refuses more than one process), ddp, or fsdp (FSDP2).
+    parallel: Literal["none", "ddp", "fsdp"] = "ddp"
+    tensorboard: bool = True  # scalars under RUN/tb beside metrics.jsonl
     num_threads: int = Field(default=0, ge=0)  # torch CPU threads; 0: torch's default
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainConfig:
-        if self.warmup_steps > self.max_steps:
+    def _steps_known(self) -> TrainConfig:
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("set train.max_steps or train.max_minutes")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(
                 f"train.warmup_steps={self.warmup_steps} must be <= train.max_steps={self.max_steps}"
             )
+        if self.max_minutes is not None and self.schedule != "constant" \
+                and self.warmup_steps < BUDGET_PROBE_STEPS:
+            # The step count is decided after the probe steps; until then the
+            # learning rate must not depend on it, which holds during warmup.
+            raise ValueError(
+                f"train.max_minutes needs train.warmup_steps >= {BUDGET_PROBE_STEPS} (the steps "
+                "that measure the speed run in warmup, whose learning rate does not depend on "
+                f"the step count), got {self.warmup_steps}"
+            )
         return self
+
+    def grad_accum_for(self, seq_len: int, world_size: int) -> int:
+        """Micro-batches per process per step: from ``global_batch_tokens`` when set."""
+        if self.global_batch_tokens is None:
+            return self.grad_accum_steps
+        per_micro = self.micro_batch_size * seq_len * world_size
+        if self.global_batch_tokens % per_micro:
+            raise ConfigError(
+                f"train.global_batch_tokens={self.global_batch_tokens:,} is not a multiple of "
+                f"micro_batch_size × seq_len × processes = {self.micro_batch_size} × {seq_len} × "
+                f"{world_size} = {per_micro:,}: change one of them"
+            )
+        return self.global_batch_tokens // per_micro
+
+    def tokens_per_step(self, seq_len: int, world_size: int = 1) -> int:
+        """Tokens in one optimizer step across all processes."""
+        return self.micro_batch_size * seq_len * world_size * self.grad_accum_for(seq_len, world_size)
+
+
+# Steps the trainer times before fixing the step count of a ``max_minutes`` run
+# (the first two, which warm up allocators and kernels, are not counted).
+BUDGET_PROBE_STEPS = 8
 
 
 # --------------------------------------------------------------------------- eval

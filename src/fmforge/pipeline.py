@@ -8,13 +8,16 @@ Completed stages are recorded in ``stages.json`` in the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from fmforge.config import RunConfig
+from fmforge.launch import current_launch
 from fmforge.progress import log
-from fmforge.rundir import RunDir, atomic_write_text, fingerprint
+from fmforge.rundir import RunDir, atomic_write_text, fingerprint, run_lock
 
 STAGES = ("data", "tokenizer", "tokenize", "train", "eval")
 UPSTREAM = {"tokenizer": "data", "tokenize": "tokenizer", "train": "tokenize", "eval": "train"}
@@ -23,8 +26,11 @@ COMMAND = {"data": "data", "tokenizer": "tokenizer", "tokenize": "tokenize", "tr
 
 # Train settings that do not change what is learned, so changing them does not
 # retrain: batches depend only on seed and step, and validation changes no state.
+# How the work is spread and computed (processes, compile, recomputation) does not
+# change the batches or the schedule either, so a run resumes across them.
 _TRAIN_NON_SEMANTIC = {"log_every", "keep_checkpoints", "num_threads", "device",
-                       "checkpoint_every", "eval_every", "eval_batches"}
+                       "checkpoint_every", "eval_every", "eval_batches", "tensorboard",
+                       "compile", "activation_checkpointing", "parallel", "max_skipped_steps"}
 
 
 class StageOrderError(RuntimeError):
@@ -37,6 +43,16 @@ class StageOutcome:
     status: str  # "ran" | "skipped"
     seconds: float
     summary: dict = field(default_factory=dict)
+
+
+def training_lineage(cfg: RunConfig, upstream: str) -> str:
+    """What a checkpoint must share with the config to be continued: the train
+    fingerprint less ``max_steps`` under WSD, whose learning rate until the decay
+    does not depend on it, so a finished run can be extended."""
+    own = own_config(cfg, "train")
+    if cfg.train.schedule == "wsd":
+        own["train"].pop("max_steps", None)
+    return fingerprint("train-lineage", own, upstream)
 
 
 def own_config(cfg: RunConfig, stage: str) -> dict:
@@ -108,7 +124,12 @@ def _runner(stage: str) -> Callable[[RunConfig, RunDir, str, bool], dict]:
     if stage == "train":
         from fmforge.train.loop import run_train_stage
 
-        return lambda cfg, run, fp, force: run_train_stage(cfg, run, fp, fresh=force)
+        def train(cfg, run, fp, force):
+            record = run.stage_record("tokenize")
+            lineage = training_lineage(cfg, record.get("output", record["fingerprint"]))
+            return run_train_stage(cfg, run, fp, fresh=force, lineage=lineage)
+
+        return train
     if stage == "eval":
         from fmforge.eval.stage import run_eval_stage
 
@@ -126,29 +147,58 @@ def run_stage(cfg: RunConfig, run: RunDir, stage: str, force: bool = False,
               upstream: str | None = None) -> tuple[StageOutcome, str]:
     """Run one stage unless it is up to date. Returns the outcome and the stage's
     output fingerprint (what the next stage chains on)."""
-    fp = stage_fingerprint(cfg, run, stage, upstream)
-    record = run.stage_record(stage)
-    if not force and record is not None and record["fingerprint"] == fp:
-        log(f"[dim]{stage}: up to date, skipped (use --force to redo)[/dim]")
-        return StageOutcome(stage, "skipped", 0.0, record.get("summary", {})), record.get("output", fp)
-    log(f"[bold cyan]▶ {stage}[/bold cyan]")
-    # The config of the stages that ran last is the run's config (a skipped stage
-    # does not overwrite it with overrides it ignored).
-    atomic_write_text(run.config, cfg.to_yaml())
-    run.invalidate(stage)
-    if stage == "train":
-        record_plan(cfg, run, fp)
-    t0 = time.perf_counter()
-    summary = _runner(stage)(cfg, run, fp, force)
-    seconds = time.perf_counter() - t0
-    out = output_fingerprint(stage, run, fp)
-    if record is None or record.get("output", record["fingerprint"]) != out:
-        # Later stages were built on something else: they are out of date now,
-        # also for single-stage commands and `generate`.
-        for later in STAGES[STAGES.index(stage) + 1:]:
-            run.invalidate(later)
-    run.mark_complete(stage, fp, {**summary, "stage_seconds": round(seconds, 2)}, output=out)
-    return StageOutcome(stage, "ran", seconds, summary), out
+    launch = current_launch()
+    if launch.distributed and stage != "train":
+        raise StageOrderError(
+            f"under torchrun only `fmforge train` runs ({launch.world_size} processes were "
+            f"started for {stage!r}): run the earlier stages once, without torchrun "
+            "(`fmforge run CONFIG train.max_steps=...` or stage by stage), then launch training"
+        )
+    with locked(run, f"fmforge {COMMAND[stage]}", launch.is_main):
+        fp = stage_fingerprint(cfg, run, stage, upstream)
+        record = run.stage_record(stage)
+        if not force and record is not None and record["fingerprint"] == fp:
+            log(f"[dim]{stage}: up to date, skipped (use --force to redo)[/dim]")
+            return StageOutcome(stage, "skipped", 0.0, record.get("summary", {})), record.get("output", fp)
+        log(f"[bold cyan]▶ {stage}[/bold cyan]")
+        if launch.is_main:  # the other processes of a torchrun launch only train
+            # The config of the stages that ran last is the run's config (a skipped
+            # stage does not overwrite it with overrides it ignored).
+            atomic_write_text(run.config, cfg.to_yaml())
+            run.invalidate(stage)
+            if stage == "train":
+                record_plan(cfg, run, fp)
+        t0 = time.perf_counter()
+        summary = _runner(stage)(cfg, run, fp, force)
+        seconds = time.perf_counter() - t0
+        out = output_fingerprint(stage, run, fp)
+        if launch.is_main:
+            if record is None or record.get("output", record["fingerprint"]) != out:
+                # Later stages were built on something else: they are out of date now,
+                # also for single-stage commands and `generate`.
+                for later in STAGES[STAGES.index(stage) + 1:]:
+                    run.invalidate(later)
+            run.mark_complete(stage, fp, {**summary, "stage_seconds": round(seconds, 2)}, output=out)
+        return StageOutcome(stage, "ran", seconds, summary), out
+
+
+_HELD: set[Path] = set()
+
+
+@contextlib.contextmanager
+def locked(run: RunDir, command: str, is_main: bool = True):
+    """Hold the run's lock (once per process, however deeply nested): a second
+    fmforge process on the same run refuses with a message naming this one."""
+    root = run.root.resolve()
+    if not is_main or root in _HELD:
+        yield
+        return
+    with run_lock(root, command):
+        _HELD.add(root)
+        try:
+            yield
+        finally:
+            _HELD.discard(root)
 
 
 def record_plan(cfg: RunConfig, run: RunDir, train_fp: str) -> None:
@@ -179,11 +229,12 @@ def run_pipeline(cfg: RunConfig, force: bool = False,
     run = prepare_run_dir(cfg)
     outcomes: list[StageOutcome] = []
     upstream: str | None = None
-    for stage in stages:
-        if stage == "train" and "eval" in stages:
-            require_heldout_tokens(run)
-        outcome, upstream = run_stage(cfg, run, stage, force=force, upstream=upstream)
-        outcomes.append(outcome)
+    with locked(run, "fmforge run", current_launch().is_main):
+        for stage in stages:
+            if stage == "train" and "eval" in stages:
+                require_heldout_tokens(run)
+            outcome, upstream = run_stage(cfg, run, stage, force=force, upstream=upstream)
+            outcomes.append(outcome)
     return run, outcomes
 
 

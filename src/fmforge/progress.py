@@ -22,8 +22,13 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
+def _is_main_process() -> bool:
+    # Under torchrun only rank 0 speaks; the others would repeat every line.
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def _disabled() -> bool:
-    return os.environ.get("FMFORGE_NO_PROGRESS") == "1"
+    return os.environ.get("FMFORGE_NO_PROGRESS") == "1" or not _is_main_process()
 
 
 @contextlib.contextmanager
@@ -66,5 +71,6 @@ class Bar:
 
 
 def log(message: str) -> None:
-    """A line of stage output (not a result); goes to stderr."""
-    console.print(message, highlight=False)
+    """A line of stage output (not a result); goes to stderr, from rank 0 only."""
+    if _is_main_process():
+        console.print(message, highlight=False)

@@ -62,13 +62,44 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # On disk before the rename: after a power loss the directory is either the
+    # old one or the complete new one, never a renamed but empty shell.
+    fsync_tree(tmp)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename inside it) to disk; a no-op where the
+    platform cannot open directories (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        return  # some file systems refuse fsync on a directory; nothing more to do
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory, deepest first."""
+    dirs = []
+    for here, _, files in os.walk(root):
+        dirs.append(here)
+        for name in files:
+            with open(os.path.join(here, name), "rb") as f:
+                os.fsync(f.fileno())
+    for d in reversed(dirs):
+        fsync_dir(Path(d))
 
 
 def fingerprint(*parts: Any) -> str:
@@ -189,6 +220,45 @@ def read_json_artifact(path: Path, stage: str) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc.msg}): rerun `fmforge {stage} CONFIG --force`") from exc
+
+
+class RunLockedError(RuntimeError):
+    """Another process is working on this run directory."""
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, command: str) -> Iterator[None]:
+    """Hold ``root/.lock`` while a stage works on the run, so a second ``fmforge
+    run``/``train`` on the same run refuses instead of interleaving checkpoints.
+
+    The lock is an ``flock`` on the file, which the kernel releases when the holder
+    exits in any way (a crash or ``kill -9`` included), so it never stays stuck;
+    the file's text only names the holder for the message."""
+    import fcntl
+    import socket
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunLockedError(
+            f"{root} is in use by {holder}: wait for it to finish, or stop that process "
+            "(its lock goes with it), then run this again"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} "
+                     f"(`{command}`, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def resolve_run(run: str | Path) -> RunDir:

@@ -5,7 +5,7 @@ import torch
 from fmforge.config import ModelConfig, TrainConfig
 from fmforge.model.transformer import Transformer
 from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fmforge.train.optim import build_optimizer, lr_at
+from fmforge.train.optim import build_optimizer
 
 
 def _model(seed):
@@ -44,10 +44,3 @@ def test_keeps_only_the_newest_and_ignores_incomplete(tmp_path):
     (tmp_path / "step-000009").mkdir()
     (tmp_path / "step-000009" / "model.safetensors").write_bytes(b"partial")
     assert latest_checkpoint(tmp_path).name == "step-000003"
-
-
-def test_schedule_warms_up_then_decays_to_min():
-    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == 0.1
-    assert lr_at(9, cfg) == 1.0
-    assert lr_at(100, cfg) == 0.1 and abs(lr_at(55, cfg) - 0.55) < 1e-9

@@ -12,7 +12,13 @@ from fmforge.config import ModelConfig, config_from_dict
 from fmforge.model.transformer import Transformer
 from fmforge.rundir import RunDir
 from fmforge.tokenizer.load import load_tokenizer
-from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainer_state
+from fmforge.train.checkpoint import (
+    consolidate,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_trainer_state,
+)
 from fmforge.train.device import pick_device
 
 
@@ -56,3 +62,18 @@ def load_trained(run: RunDir, device: str = "auto") -> TrainedModel:
     tok = load_tokenizer(run, raw_text=True)  # a prompt is text, like the training data
     return TrainedModel(model=model, tokenizer=tok, device=dev, step=int(state["step"]),
                         eos_id=tok.token_to_id(cfg.tokenizer.eos_token))
+
+
+def consolidate_checkpoint(run: RunDir, step: int | None = None):
+    """Write ``model.safetensors`` for a sharded (FSDP) checkpoint of ``run`` (the
+    latest, or ``step``), so export tools and other programs read one file."""
+    found = dict(list_checkpoints(run.checkpoints))
+    if not found:
+        raise FileNotFoundError(f"no complete checkpoint under {run.checkpoints}: run `fmforge train` first")
+    if step is not None and step not in found:
+        raise FileNotFoundError(f"no checkpoint of step {step} under {run.checkpoints}; "
+                                f"there are: {', '.join(str(s) for s in sorted(found))}")
+    ckpt = found[step if step is not None else max(found)]
+    state = load_trainer_state(ckpt)
+    model = Transformer(ModelConfig.model_validate(state["model"]))
+    return consolidate(ckpt, model)

@@ -1,14 +1,23 @@
-"""Checkpoints: ``checkpoints/step-NNNNNN/`` with ``model.safetensors``,
-``optimizer.pt`` and ``trainer_state.json``, each directory written atomically.
+"""Checkpoints: ``checkpoints/step-NNNNNN/``, each directory written atomically.
 
-A directory counts as complete only when its ``trainer_state.json`` exists, and
-that file is written last inside a temporary directory that is renamed into
-place, so a run killed mid-save resumes from the previous checkpoint.
+One process (and DDP, whose rank 0 holds the whole model) writes
+``model.safetensors``, ``optimizer.pt`` and ``trainer_state.json``. FSDP writes
+the sharded model and optimizer with ``torch.distributed.checkpoint`` (DCP) into
+``dcp/``, every rank its own shards, so a checkpoint of a model that fits on no
+single GPU never gathers on one; DCP reshards on load, so a run resumes on a
+different number of processes (or on one, without FSDP).
+``fmforge checkpoint consolidate`` turns ``dcp/`` into one ``model.safetensors``.
+
+A directory counts as complete only when its ``trainer_state.json`` exists; that
+file is written last inside a temporary directory, everything is fsynced, and
+the directory is renamed into place, so a run killed (or a machine that loses
+power) mid-save resumes from the previous checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -17,13 +26,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from fmforge.rundir import atomic_directory, atomic_write_json
+from fmforge.rundir import atomic_directory, atomic_write_json, fsync_dir, fsync_tree
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+DCP_DIR = "dcp"
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:06d}"
+
+
+def _has_weights(d: Path) -> bool:
+    return (d / "model.safetensors").is_file() or (d / DCP_DIR / ".metadata").is_file()
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -33,7 +47,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for d in root.iterdir():
         m = STEP_DIR.match(d.name)
-        if m and (d / "trainer_state.json").is_file() and (d / "model.safetensors").is_file():
+        if m and (d / "trainer_state.json").is_file() and _has_weights(d):
             found.append((int(m.group(1)), d))
     return sorted(found)
 
@@ -43,9 +57,18 @@ def latest_checkpoint(root: Path) -> Path | None:
     return cks[-1][1] if cks else None
 
 
+def prune_checkpoints(root: Path, keep: int, protect: set[int] = frozenset()) -> None:
+    """Keep the newest ``keep`` checkpoints, and those whose step is in ``protect``
+    (the step where a WSD decay began, from which a longer run continues)."""
+    for step, old in list_checkpoints(root)[:-keep]:
+        if step not in protect:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None, state: dict[str, Any],
-                    keep: int) -> Path:
+                    keep: int, protect: set[int] = frozenset()) -> Path:
+    """One process: weights (safetensors), optimizer state and trainer state."""
     final = checkpoint_dir(root, step)
     with atomic_directory(final) as tmp:
         # save_model de-duplicates the tied embedding/head tensor.
@@ -53,8 +76,37 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module,
         if optimizer is not None:
             torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
         atomic_write_json(Path(tmp) / "trainer_state.json", {"step": step, **state})
-    for _, old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(root, keep, protect)
+    return final
+
+
+def save_sharded_checkpoint(root: Path, step: int, model: torch.nn.Module,
+                            optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                            keep: int, is_main: bool, barrier,
+                            protect: set[int] = frozenset()) -> Path:
+    """Every rank writes its shards through DCP into a temporary directory that
+    rank 0 created; rank 0 then adds the trainer state, fsyncs and renames."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = checkpoint_dir(root, step)
+    tmp = Path(root) / f".{final.name}.tmp-sharded"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
+    barrier()
+    if is_main:
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, **state})
+        fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        prune_checkpoints(root, keep, protect)
+    barrier()
     return final
 
 
@@ -64,9 +116,56 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
 
 def load_checkpoint(ckpt: Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Load weights (and optimizer state) into ``model``, which may be a plain
+    module or one sharded by FSDP; either checkpoint format works for either."""
     ckpt = Path(ckpt)
-    missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=True)
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu",
-                                             weights_only=True))
+    if (ckpt / "model.safetensors").is_file() and not _is_sharded_module(model):
+        load_model(model, str(ckpt / "model.safetensors"), strict=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu",
+                                                 weights_only=True))
+    else:
+        _load_through_dcp(ckpt, model, optimizer)
     return load_trainer_state(ckpt)
+
+
+def _is_sharded_module(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _load_through_dcp(ckpt: Path, model: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer | None) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if (ckpt / DCP_DIR / ".metadata").is_file():
+        model_sd, optim_sd = get_state_dict(model, optimizer if optimizer is not None else [])
+        want = {"model": model_sd} | ({"optim": optim_sd} if optimizer is not None else {})
+        dcp.load(want, checkpoint_id=str(ckpt / DCP_DIR))
+        set_state_dict(model, optimizer if optimizer is not None else [],
+                       model_state_dict=want["model"],
+                       optim_state_dict=want.get("optim", {}))
+        return
+    raise ValueError(
+        f"{ckpt} was written by one process (or DDP) and holds no sharded checkpoint: "
+        "resume it with train.parallel=ddp or on one process, not under FSDP"
+    )
+
+
+def consolidate(ckpt: Path, model: torch.nn.Module) -> Path:
+    """Write ``model.safetensors`` for a sharded (DCP) checkpoint, loading it into
+    the plain, single-process ``model`` first. Returns the file written."""
+    ckpt = Path(ckpt)
+    if not (ckpt / DCP_DIR / ".metadata").is_file():
+        raise FileNotFoundError(f"{ckpt} has no sharded checkpoint ({DCP_DIR}/): nothing to consolidate")
+    _load_through_dcp(ckpt, model, None)
+    out = ckpt / "model.safetensors"
+    tmp = ckpt / ".model.safetensors.tmp"
+    save_model(model, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    fsync_dir(ckpt)
+    return out

@@ -31,6 +31,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def resolve_dtype(device: torch.device, cfg: TrainConfig) -> str:
+    if cfg.dtype == "float16" and device.type != "cuda":
+        raise DeviceError(
+            f"train.dtype=float16 needs CUDA (it trains with a gradient scaler there); on "
+            f"{device.type} use bfloat16 or float32"
+        )
     if cfg.dtype != "auto":
         return cfg.dtype
     if device.type == "cuda":
@@ -41,9 +46,11 @@ def resolve_dtype(device: torch.device, cfg: TrainConfig) -> str:
 
 
 def autocast(device: torch.device, cfg: TrainConfig):
-    """bf16 autocast for the matmuls; weights, gradients and the optimizer stay fp32."""
-    if resolve_dtype(device, cfg) == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """bf16 (or fp16) autocast for the matmuls; weights, gradients and the
+    optimizer stay fp32."""
+    dtype = resolve_dtype(device, cfg)
+    if dtype in ("bfloat16", "float16"):
+        return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
     return contextlib.nullcontext()
 
 

@@ -1,6 +1,9 @@
-"""The training loop: composes the model, optimizer, schedule, loader, checkpoints
-and metrics. Resumes from the latest complete checkpoint of the same training
-fingerprint; SIGINT/SIGTERM stop at the next step boundary after saving one.
+"""The training loop: composes the model, parallelism, optimizer, schedule,
+loader, checkpoints, budget and metrics, each from its own module.
+
+Resumes from the latest loadable checkpoint of the same training lineage;
+SIGINT/SIGTERM stop at the next step boundary after saving one. A step whose
+loss or gradient norm is not finite changes nothing (it is skipped and logged).
 """
 
 from __future__ import annotations
@@ -25,11 +28,23 @@ from fmforge.progress import log, progress_bar
 from fmforge.rundir import RunDir
 from fmforge.tokenizer.load import load_tokenizer, token_byte_lengths
 from fmforge.tokenizer.tokens import load_meta, open_tokens
-from fmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fmforge.train.device import autocast, configure_threads, pick_device, resolve_dtype
-from fmforge.train.loader import TokenWindowLoader
-from fmforge.train.metrics import MetricsLog
-from fmforge.train.optim import build_optimizer, lr_at
+from fmforge.train.budget import StepBudget
+from fmforge.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from fmforge.train.device import autocast, configure_threads, resolve_dtype
+from fmforge.train.distributed import Parallel, setup_parallel, teardown, wrap_model
+from fmforge.train.loader import EpochWindowLoader
+from fmforge.train.metrics import MetricsLog, ScalarBoard
+from fmforge.train.optim import build_optimizer, decay_start, lr_at
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 @dataclass
@@ -70,22 +85,135 @@ def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
     return Transformer(cfg.resolved_model()).to(device)
 
 
-def set_aside_checkpoints(run: RunDir, reason: str) -> None:
+def apply_activation_checkpointing(model: Transformer) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping
+    them: about a third more compute for memory that no longer grows with depth.
+    Applied from outside, so parameter names (and checkpoints) do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        forward = block.forward
+        block.forward = lambda *args, _f=forward, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
+
+
+def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -> None:
     """Move checkpoints that no longer match the config to ``checkpoints.previous/``
-    (replacing an older set) rather than deleting days of training on a typo."""
+    (all of them unless a list is given) rather than deleting days of training."""
     aside = run.root / "checkpoints.previous"
-    if aside.exists():
-        shutil.rmtree(aside)
-    run.checkpoints.rename(aside)
-    log(f"{reason}: starting afresh; the earlier checkpoints are kept in {aside}")
+    if checkpoints is None:
+        if aside.exists():
+            shutil.rmtree(aside)
+        run.checkpoints.rename(aside)
+        log(f"{reason}: starting afresh; the earlier checkpoints are kept in {aside}")
+        return
+    aside.mkdir(exist_ok=True)
+    for ck in checkpoints:
+        target = aside / ck.name
+        if target.exists():
+            shutil.rmtree(target)
+        ck.rename(target)
+    log(f"{reason}; the later checkpoints are kept in {aside}")
 
 
-def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool = False) -> dict:
-    """Train, resuming from the latest checkpoint of the same fingerprint unless
+def _state_of(ckpt: Path) -> dict | None:
+    try:
+        return load_trainer_state(ckpt)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class _Session:
+    """What one call of ``run_train_stage`` builds: kept together so resuming can
+    rebuild the model after a checkpoint fails to load halfway."""
+
+    def __init__(self, cfg: RunConfig, par: Parallel, dtype: str):
+        tcfg = cfg.train
+        self.raw = build_model(cfg, par.device)
+        if tcfg.activation_checkpointing:
+            apply_activation_checkpointing(self.raw)
+        self.model = wrap_model(self.raw, par, dtype)
+        # FSDP2 shards parameters in place, so the optimizer is built after wrapping.
+        self.optimizer = build_optimizer(self.model if par.mode == "fsdp" else self.raw, tcfg)
+        self.step_fn = torch.compile(self.model) if tcfg.compile else self.model
+
+
+def _resume(run: RunDir, session_factory, par: Parallel, lineage: str, max_steps: int | None,
+            cfg: RunConfig, fresh: bool):
+    """Find the checkpoint to continue from. Returns (session, trainer state or {})."""
+    tcfg = cfg.train
+    if fresh and run.checkpoints.exists():
+        if par.is_main:
+            set_aside(run, "--force")
+        par.barrier()
+    session = session_factory()
+    while True:
+        found = list_checkpoints(run.checkpoints)
+        if not found:
+            return session, {}
+        step, ckpt = found[-1]
+        state = _state_of(ckpt)
+        if state is not None and state.get("lineage") != lineage:
+            if par.is_main:
+                set_aside(run, "the model, training settings or data changed since the last checkpoint")
+            par.barrier()
+            return session, {}
+        old_max = (state or {}).get("max_steps")
+        if state is not None and max_steps is not None and old_max is not None and old_max != max_steps:
+            # Only a WSD run keeps its lineage across a new step count: continue from
+            # the last checkpoint whose future learning rates the new run shares.
+            limit = min(decay_start(old_max, tcfg), decay_start(max_steps, tcfg))
+            later = [ck for s, ck in found if s > limit]
+            if later:
+                if par.is_main:
+                    set_aside(run, f"train.max_steps changed from {old_max} to {max_steps}: "
+                                   f"continuing from step {limit} or before, where the "
+                                   "learning-rate decay had not begun", later)
+                par.barrier()
+                continue
+        failure = None
+        if state is None:
+            failure = "its trainer_state.json is unreadable"
+        else:
+            try:
+                load_checkpoint(ckpt, session.model if par.mode == "fsdp" else session.raw,
+                                session.optimizer)
+            except Exception as exc:  # noqa: BLE001 - any damage means: use the one before
+                failure = f"{type(exc).__name__}: {exc}"
+        if not par.any(failure is not None):
+            log(f"resuming training from {ckpt} (step {step})")
+            return session, state
+        if par.is_main:
+            bad = ckpt.with_name(ckpt.name + ".unreadable")
+            if bad.exists():
+                shutil.rmtree(bad)
+            ckpt.rename(bad)
+            log(f"[yellow]the latest checkpoint {ckpt} cannot be loaded ({failure or 'on another process'}); "
+                f"set aside as {bad.name}, trying the one before it[/yellow]")
+        par.barrier()
+        session = session_factory()  # a half-loaded model must not be trained on
+
+
+def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool = False,
+                    lineage: str | None = None) -> dict:
+    """Train, resuming from the latest checkpoint of the same ``lineage`` (the
+    fingerprint less what may change between a run and its continuation) unless
     ``fresh``. Returns the summary recorded in ``stages.json``."""
-    tcfg, mcfg = cfg.train, cfg.resolved_model()
+    tcfg = cfg.train
+    lineage = lineage or fingerprint
+    stage_start = time.perf_counter()
     configure_threads(tcfg)
-    device = pick_device(tcfg.device)  # before touching checkpoints: a bad device changes nothing
+    par = setup_parallel(tcfg.parallel, tcfg.device)  # before touching checkpoints
+    try:
+        return _train(cfg, run, fingerprint, lineage, fresh, par, stage_start)
+    finally:
+        teardown(par)
+
+
+def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: bool,
+           par: Parallel, stage_start: float) -> dict:
+    tcfg, mcfg = cfg.train, cfg.resolved_model()
+    device = par.device
+    dtype = resolve_dtype(device, tcfg)
     tokens_record = run.stage_record("tokenize")
     tokens_fp = tokens_record.get("output", tokens_record["fingerprint"]) if tokens_record else None
     meta = load_meta(run)
@@ -94,65 +222,72 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool =
             f"token shards in {run.tokens} were encoded for vocab_size={meta['vocab_size']} "
             f"but the model has vocab_size={mcfg.vocab_size}: rerun `fmforge tokenize`"
         )
-    train_tokens = open_tokens(run, "train")
-    val_tokens = open_tokens(run, "val")
-    loader = TokenWindowLoader(train_tokens, mcfg.seq_len, tcfg.micro_batch_size, cfg.seed)
+    accum = tcfg.grad_accum_for(mcfg.seq_len, par.world_size)
+    train_tokens, val_tokens = open_tokens(run, "train"), open_tokens(run, "val")
+    loader = EpochWindowLoader(train_tokens, mcfg.seq_len, tcfg.micro_batch_size, accum, cfg.seed,
+                               rank=par.rank, world_size=par.world_size)
     token_bytes = token_byte_lengths(load_tokenizer(run), mcfg.vocab_size)
+    # FSDP's mixed-precision policy computes in bf16 itself; autocast is for the rest.
+    use_autocast = not (par.mode == "fsdp" and dtype == "bfloat16")
+    amp = lambda: autocast(device, tcfg) if use_autocast else torch.autocast(device.type, enabled=False)  # noqa: E731
+    scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
 
-    model = build_model(cfg, device)
-    optimizer = build_optimizer(model, tcfg)
-    amp = lambda: autocast(device, tcfg)  # noqa: E731
-    metrics = MetricsLog(run.metrics)
+    budget = StepBudget(run, tcfg, lineage, par)
+    session, state = _resume(run, lambda: _Session(cfg, par, dtype), par, lineage,
+                             budget.known_steps(), cfg, fresh)
+    model, raw, optimizer, step_fn = session.model, session.raw, session.optimizer, session.step_fn
+    start_step = int(state.get("step", 0))
+    if state.get("max_steps") and tcfg.max_minutes is not None:
+        budget.adopt(int(state["max_steps"]))
+    elapsed_before = float(state.get("elapsed_s", 0.0))
+    skipped_total = int(state.get("skipped_steps", 0))
 
-    start_step, elapsed_before, tokens_before = 0, 0.0, 0
-    if fresh and run.checkpoints.exists():
-        set_aside_checkpoints(run, "--force")
-    ckpt = latest_checkpoint(run.checkpoints)
-    if ckpt is not None:
-        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        if state.get("fingerprint") == fingerprint:
-            state = load_checkpoint(ckpt, model, optimizer)
-            start_step = int(state["step"])
-            elapsed_before = float(state.get("elapsed_s", 0.0))
-            tokens_before = int(state.get("tokens", 0))
-            log(f"resuming training from {ckpt} (step {start_step}/{tcfg.max_steps})")
-        else:
-            set_aside_checkpoints(run, "the model, training settings or data changed "
-                                       "since the last checkpoint")
-    last: dict = {}
+    metrics = MetricsLog(run.metrics, enabled=par.is_main)
     if start_step == 0:
         metrics.reset()
     else:
         metrics.truncate_after(start_step)
-        last = metrics.last() or {}
+    last = (metrics.last() or {}) if start_step else {}
+    board = ScalarBoard(run.root / "tb", purge_step=start_step, enabled=par.is_main and tcfg.tensorboard)
 
     params = count_parameters(mcfg).total
     fpt = flops_per_token(mcfg)
     try:
-        peak = device_peak_flops(device.type, resolve_dtype(device, tcfg))
+        peak = device_peak_flops(device.type, dtype)
     except HardwareError as exc:
         log(f"MFU not logged: {exc}")
         peak = None
-    tokens_per_step = tcfg.micro_batch_size * tcfg.grad_accum_steps * mcfg.seq_len
-    log(f"model: {params:,} parameters; {tokens_per_step:,} tokens per step; device {device}")
+    tokens_per_step = tcfg.micro_batch_size * mcfg.seq_len * accum * par.world_size
+    log(f"model: {params:,} parameters; {tokens_per_step:,} tokens per step "
+        f"({par.world_size} × {accum} × {tcfg.micro_batch_size} × {mcfg.seq_len}); "
+        f"device {device}, {dtype}" + (f", {par.mode} on {par.world_size} processes" if par.world_size > 1 else "")
+        + f"; {loader.n_windows:,} windows per epoch")
 
-    def save(step: int, tokens: int, elapsed: float) -> Path:
-        return save_checkpoint(
-            run.checkpoints, step, model, optimizer,
-            {"fingerprint": fingerprint, "tokens": tokens, "elapsed_s": elapsed,
-             "params": params, "seed": cfg.seed, "tokens_fingerprint": tokens_fp,
-             # The architecture travels with the weights, so loading never depends
-             # on a config.yaml that a later command may have rewritten.
-             "model": mcfg.model_dump(mode="json")},
-            keep=tcfg.keep_checkpoints,
-        )
+    def save(step: int, elapsed: float) -> None:
+        max_steps = budget.max_steps
+        protect = {decay_start(max_steps, tcfg)} if tcfg.schedule == "wsd" and max_steps else set()
+        state = {"fingerprint": fingerprint, "lineage": lineage, "max_steps": max_steps,
+                 "tokens": step * tokens_per_step, "elapsed_s": elapsed, "params": params,
+                 "seed": cfg.seed, "tokens_fingerprint": tokens_fp, "skipped_steps": skipped_total,
+                 # The architecture travels with the weights, so loading never depends
+                 # on a config.yaml that a later command may have rewritten.
+                 "model": mcfg.model_dump(mode="json")}
+        if par.mode == "fsdp":
+            save_sharded_checkpoint(run.checkpoints, step, model, optimizer, state,
+                                    tcfg.keep_checkpoints, par.is_main, par.barrier, protect)
+        else:
+            if par.is_main:
+                save_checkpoint(run.checkpoints, step, raw, optimizer, state,
+                                tcfg.keep_checkpoints, protect)
+            par.barrier()
 
     def validate() -> dict:
         if len(val_tokens) < 2:
             return {}
-        res = score_tokens(model, val_tokens, mcfg.seq_len, tcfg.micro_batch_size, device,
-                              max_tokens=tcfg.eval_batches * tcfg.micro_batch_size * mcfg.seq_len,
-                              token_bytes=token_bytes, autocast=amp)
+        res = score_tokens(model if par.mode == "fsdp" else raw, val_tokens, mcfg.seq_len,
+                           tcfg.micro_batch_size, device,
+                           max_tokens=tcfg.eval_batches * tcfg.micro_batch_size * mcfg.seq_len,
+                           token_bytes=token_bytes, autocast=amp)
         out = {"val_loss": round(res.loss, 5)}
         if res.bits_per_byte is not None:  # unknown is absent, never a misleading 0
             out["val_bits_per_byte"] = round(res.bits_per_byte, 5)
@@ -163,79 +298,133 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool =
     model.train()
     session_start = time.perf_counter()
     interval_start, interval_tokens = session_start, 0
-    tokens_seen, last_saved = tokens_before, start_step
+    consecutive_skips, last_saved = 0, start_step
+    step = start_step
     try:
-        with progress_bar("training", total=tcfg.max_steps) as bar:
+        with progress_bar("training", total=budget.max_steps) as bar:
             bar.update(completed=start_step)
-            for step in range(start_step, tcfg.max_steps):
-                lr = lr_at(step, tcfg)
+            while budget.max_steps is None or step < budget.max_steps:
+                step_t0 = time.perf_counter()
+                lr = lr_at(step, budget.max_steps or budget.placeholder_steps, tcfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum = 0.0
-                for micro in range(tcfg.grad_accum_steps):
+                for micro in range(accum):
                     x, y = loader.batch(step, micro)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with amp():
-                        loss = model(x, y)
-                    (loss / tcfg.grad_accum_steps).backward()
+                    sync = par.mode != "ddp" or micro == accum - 1
+                    with (model.no_sync() if not sync else _nullcontext()), amp():
+                        loss = step_fn(x, y)
+                    scaled = loss / accum
+                    (scaler.scale(scaled) if scaler else scaled).backward()
                     loss_sum += float(loss.detach())
+                if scaler:
+                    scaler.unscale_(optimizer)
                 max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                optimizer.step()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                loss_value = par.mean(loss_sum / accum)
+                finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+                if finite:
+                    # Checked before the step: a non-finite gradient never reaches the weights.
+                    if scaler:
+                        scaler.step(optimizer)
+                    else:
+                        optimizer.step()
+                    consecutive_skips = 0
+                else:
+                    skipped_total += 1
+                    consecutive_skips += 1
+                if scaler:
+                    scaler.update()
                 optimizer.zero_grad(set_to_none=True)
 
                 done = step + 1
-                tokens_seen += tokens_per_step
+                step = done
                 interval_tokens += tokens_per_step
-                loss_value = loss_sum / tcfg.grad_accum_steps
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"loss became {loss_value} at step {done}: lower train.lr or raise "
-                        "train.warmup_steps; the last good checkpoint is kept"
-                    )
                 bar.advance()
-                is_eval = done % tcfg.eval_every == 0 or done == tcfg.max_steps
-                if done % tcfg.log_every == 0 or is_eval or done == start_step + 1:
+                if budget.probing(done):
+                    budget.record_step(done, time.perf_counter() - step_t0)
+                    if budget.ready(done):
+                        decided = budget.decide(done, time.perf_counter() - stage_start, accum)
+                        bar.set_total(decided)
+                if not finite:
+                    bad = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                    record = {"step": done, "skipped": True, "reason": f"non-finite {bad}",
+                              "loss": loss_value if math.isfinite(loss_value) else None,
+                              "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                              "skipped_steps": skipped_total, "lr": lr}
+                    metrics.append(record)
+                    board.add(done, {"skipped_steps": skipped_total})
+                    log(f"[yellow]step {done}: non-finite {bad}, step skipped (weights and "
+                        f"optimizer unchanged; {consecutive_skips} in a row)[/yellow]")
+                    if consecutive_skips >= tcfg.max_skipped_steps and not scaler:
+                        raise TrainingDiverged(
+                            f"{consecutive_skips} consecutive steps had a non-finite loss or "
+                            f"gradient (up to step {done}): lower train.lr, raise "
+                            "train.warmup_steps or check the data; the last good checkpoint "
+                            f"(step {last_saved}) is intact and a rerun resumes from it"
+                        )
+                is_end = budget.max_steps is not None and done == budget.max_steps
+                is_eval = done % tcfg.eval_every == 0 or is_end
+                if finite and (done % tcfg.log_every == 0 or is_eval or done == start_step + 1):
                     now = time.perf_counter()
                     tps = interval_tokens / max(now - interval_start, 1e-9)
                     interval_start, interval_tokens = now, 0
                     record = {"step": done, "loss": round(loss_value, 5), "lr": lr,
                               "tokens_per_s": round(tps, 1), "grad_norm": round(grad_norm, 4),
-                              "tokens": tokens_seen,
+                              "tokens": done * tokens_per_step,
                               "elapsed_s": round(elapsed_before + now - session_start, 2),
-                              "flops_per_token": fpt}
+                              "flops_per_token": fpt, "epoch": round(loader.epoch_at(done), 4)}
+                    if skipped_total:
+                        record["skipped_steps"] = skipped_total
                     if peak:
-                        record["mfu"] = round(tps * fpt / peak, 4)
+                        record["mfu"] = round(tps * fpt / (peak * par.world_size), 4)
                     if is_eval:
                         record.update(validate())
                         interval_start = time.perf_counter()  # validation is not training time
-                        log(f"step {done}/{tcfg.max_steps}: loss {loss_value:.4f}"
+                        total = budget.max_steps or "?"
+                        log(f"step {done}/{total}: loss {loss_value:.4f}"
                             + (f", val loss {record['val_loss']:.4f}" if "val_loss" in record else "")
                             + f", {tps:,.0f} tokens/s"
                             + (f", MFU {record['mfu']:.2f}" if "mfu" in record else ""))
                     metrics.append(record)
+                    board.add(done, record)
                     last = record
                     bar.update(info=f"loss {loss_value:.3f} · {tps:,.0f} tok/s"
                                + (f" · val {record['val_loss']:.3f}" if "val_loss" in record else ""))
-                if done % tcfg.checkpoint_every == 0 or done == tcfg.max_steps or stop.requested:
-                    save(done, tokens_seen, elapsed_before + time.perf_counter() - session_start)
+                wsd_start = (tcfg.schedule == "wsd" and budget.max_steps is not None
+                             and done == decay_start(budget.max_steps, tcfg))
+                stopping = par.any(stop.requested) if par.world_size > 1 else stop.requested
+                if done % tcfg.checkpoint_every == 0 or is_end or stopping or wsd_start:
+                    save(done, elapsed_before + time.perf_counter() - session_start)
                     last_saved = done
-                if stop.requested and done < tcfg.max_steps:
-                    raise KeyboardInterrupt(f"stopped by {stop.signal_name} at step {done}")
+                if stopping and not is_end:
+                    raise KeyboardInterrupt(f"stopped by {stop.signal_name or 'a signal'} at step {done}")
     finally:
         _restore_handlers(previous_handlers)
+        board.close()
 
     wall = time.perf_counter() - session_start
-    trained = tcfg.max_steps - start_step
+    trained = budget.max_steps - start_step
     return {
-        "steps": tcfg.max_steps,
+        "steps": budget.max_steps,
         "params": params,
-        "tokens": tokens_seen,
+        "tokens": budget.max_steps * tokens_per_step,
         "final_loss": last.get("loss"),
         "val_loss": last.get("val_loss"),
         "wall_s": round(elapsed_before + wall, 2),
         "tokens_per_s": round(trained * tokens_per_step / wall, 1) if trained else None,
         "flops_per_token": fpt,
         "device": str(device),
+        "processes": par.world_size,
+        "skipped_steps": skipped_total,
+        "epochs": round(loader.epoch_at(budget.max_steps), 3),
         "last_checkpoint": last_saved,
     }
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -37,13 +37,32 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to
-    ``min_lr_ratio·lr`` at ``max_steps``. ``step`` counts from 0."""
+def decay_start(max_steps: int, cfg: TrainConfig) -> int:
+    """The first step whose learning rate depends on ``max_steps``: the end of
+    warmup (cosine), the start of the final decay (wsd), never (constant)."""
+    if cfg.schedule == "cosine":
+        return cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        return max(cfg.warmup_steps, max_steps - max(1, round(cfg.decay_fraction * max_steps)))
+    return max_steps
+
+
+def lr_at(step: int, max_steps: int, cfg: TrainConfig) -> float:
+    """The learning rate of ``step`` (counted from 0) in a run of ``max_steps``.
+
+    All schedules warm up linearly to ``lr`` over ``warmup_steps``. Then
+    cosine decays to ``min_lr_ratio·lr`` at the last step; wsd (warmup-stable-decay,
+    Hu et al. 2024, MiniCPM) holds ``lr`` and decays linearly to the minimum over the
+    last ``decay_fraction`` of the steps; constant holds ``lr``."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay_steps = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + (cfg.lr - min_lr) * cosine
+    if cfg.schedule == "constant":
+        return cfg.lr
+    start = decay_start(max_steps, cfg)
+    if step < start:
+        return cfg.lr
+    progress = min(1.0, (step - start) / max(1, max_steps - start))
+    if cfg.schedule == "wsd":
+        return cfg.lr - (cfg.lr - min_lr) * progress
+    return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,43 @@
+"""Where this process sits in a ``torchrun`` launch, read from the environment
+torchrun sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); one process otherwise.
+
+Low in the import order, so the pipeline (which alone writes the run's
+bookkeeping) and the progress output (which only rank 0 prints) can ask without
+importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Launch:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, metrics, progress and the run's records."""
+        return self.rank == 0
+
+
+def current_launch() -> Launch:
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name)
+        if value is None or value == "":
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not a whole number; "
+                             "launch with torchrun, or unset it") from None
+
+    return Launch(rank=number("RANK", 0), local_rank=number("LOCAL_RANK", 0),
+                  world_size=number("WORLD_SIZE", 1))

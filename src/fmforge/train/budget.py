@@ -1,0 +1,95 @@
+"""A wall-clock budget instead of a step count (``train.max_minutes``).
+
+The trainer times its first steps, then fixes ``max_steps`` so that training,
+with its periodic validation, ends within the budget. The decision is recorded in
+``RUN/train_budget.json`` (and in every checkpoint), so a resumed run keeps it.
+The learning rate of the timed steps does not depend on the step count (they
+run in warmup, which the config requires), so the whole run follows exactly the
+schedule of a run given that step count from the start.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+from fmforge.config import BUDGET_PROBE_STEPS, TrainConfig
+from fmforge.progress import log
+from fmforge.rundir import RunDir, atomic_write_json
+
+# The decided count leaves this share of the budget unused: the estimate of
+# validation time is rough, and a budget is a promise.
+SAFETY = 0.03
+_WARMUP_STEPS_UNTIMED = 2  # allocator and kernel warm-up make the first steps slow
+
+
+class StepBudget:
+    def __init__(self, run: RunDir, cfg: TrainConfig, lineage: str, par):
+        self.cfg, self.lineage, self.par = cfg, lineage, par
+        self.path = run.root / "train_budget.json"
+        self.max_steps: int | None = cfg.max_steps if cfg.max_minutes is None else None
+        self._durations: list[float] = []
+        if cfg.max_minutes is not None and self.path.is_file():
+            import json
+
+            try:
+                record = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                record = {}
+            if record.get("lineage") == lineage:
+                self.max_steps = int(record["max_steps"])
+                log(f"budget: {cfg.max_minutes:g} min → {self.max_steps} steps, as decided "
+                    f"when this run started ({self.path.name})")
+
+    def known_steps(self) -> int | None:
+        return self.max_steps
+
+    def adopt(self, max_steps: int) -> None:
+        """The step count a checkpoint was trained towards."""
+        self.max_steps = max_steps
+
+    @property
+    def placeholder_steps(self) -> int:
+        """The step count the schedule is asked with before the decision; only
+        warmup steps run then, whose rate does not depend on it."""
+        return self.cfg.max_steps or 10**9
+
+    def probing(self, done: int) -> bool:
+        return self.max_steps is None
+
+    def record_step(self, done: int, seconds: float) -> None:
+        self._seen = getattr(self, "_seen", 0) + 1
+        if self._seen > _WARMUP_STEPS_UNTIMED:
+            self._durations.append(seconds)
+
+    def ready(self, done: int) -> bool:
+        return len(self._durations) >= BUDGET_PROBE_STEPS - _WARMUP_STEPS_UNTIMED
+
+    def decide(self, done: int, elapsed_s: float, accum: int) -> int:
+        """Fix the step count from the median step time measured so far."""
+        cfg = self.cfg
+        # Every process must reach the same number: agree on the measurements.
+        step_s = self.par.mean(statistics.median(self._durations))
+        elapsed_s = self.par.mean(elapsed_s)
+        # A validation scores eval_batches micro-batches forward only (~1/3 of a
+        # training micro-batch's forward and backward) every eval_every steps.
+        val_per_step = cfg.eval_batches * step_s / accum / 3 / cfg.eval_every
+        per_step = step_s + val_per_step
+        remaining = cfg.max_minutes * 60 * (1 - SAFETY) - elapsed_s
+        steps = done + max(0, math.floor(remaining / per_step))
+        steps = max(steps, done, cfg.warmup_steps + 1)
+        capped = cfg.max_steps is not None and steps > cfg.max_steps
+        if capped:
+            steps = cfg.max_steps
+        self.max_steps = steps
+        if self.par.is_main:
+            atomic_write_json(self.path, {
+                "lineage": self.lineage, "max_steps": steps, "max_minutes": cfg.max_minutes,
+                "measured_step_s": round(step_s, 4), "estimated_validation_s_per_step": round(val_per_step, 4),
+                "decided_after_steps": done, "elapsed_s_at_decision": round(elapsed_s, 2),
+                "decided_at": time.time(), "capped_by_max_steps": capped})
+        log(f"budget: {step_s:.3f} s per step measured over {len(self._durations)} steps; "
+            f"{cfg.max_minutes:g} min → {steps} steps"
+            + (f" (capped by train.max_steps={cfg.max_steps})" if capped else ""))
+        return steps
