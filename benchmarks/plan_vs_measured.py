@@ -1,7 +1,7 @@
 """The planner's prediction for one training step against a real one on this machine.
 
 Why: `fmforge plan` prices a run before it starts from two models: time comes from
-FLOPs/token and an assumed MFU (fmforge.plan.compute), and memory from a count of
+FLOPs/token and an assumed MFU (fmforge.plan.estimate), and memory from a count of
 every tensor a step keeps (fmforge.plan.memory). Those numbers are only worth
 something if they agree with a real step. This benchmark builds a Llama-style
 model of a preset size, asks the planner what one step costs (make_plan,
@@ -187,7 +187,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from fmforge.config import ModelConfig, TrainConfig
-    from fmforge.plan.architecture import from_model_config
+    from fmforge.model.counting import from_model_config
     from fmforge.plan.estimate import make_plan
     from fmforge.hardware import detect_gpu, get_hardware
     from fmforge.plan.memory import estimate_memory

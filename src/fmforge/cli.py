@@ -100,7 +100,6 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
 
 def _print_plan_vs_actual(run_dir) -> None:
     from fmforge.plan.actual import compare_plan_to_actual
-    from fmforge.plan.errors import PlanError
     from fmforge.plan.report import render_actual
     from fmforge.progress import console
 
@@ -109,7 +108,7 @@ def _print_plan_vs_actual(run_dir) -> None:
     try:
         for r in render_actual(compare_plan_to_actual(run_dir.root)):
             console.print(r)
-    except (PlanError, ValueError) as exc:
+    except ValueError as exc:  # PlanError included: a run without a usable plan or metrics
         console.print(f"[yellow]plan vs actual unavailable: {exc}[/yellow]", soft_wrap=True)
 
 
@@ -232,25 +231,18 @@ def plan(
     """What a run will cost (FLOPs, memory per GPU, GPU-hours, dollars), what size of
     model a budget buys, whether to train, customize or buy — and, after a run,
     the plan beside what was measured."""
+    options = {k: v for k, v in locals().items() if k != "as_json"}  # the parameters, before any import
     import json
 
     from fmforge.config import ConfigError
     from fmforge.hardware import HardwareError
-    from fmforge.plan.cli_support import plan_command
+    from fmforge.model.counting import ArchitectureError
+    from fmforge.plan.command import PlanOptions, plan_command
     from fmforge.plan.errors import PlanError
 
     try:
-        out = plan_command(
-            config, overrides or [], params=params, tokens=tokens, hf_config=hf_config,
-            seq_len=seq_len, gpu=gpu, num_gpus=num_gpus, mfu=mfu, price=price,
-            micro_batch=micro_batch, dtype=dtype, checkpointing=checkpointing,
-            strategy=strategy, convention=convention, budget=budget, gpu_hours=gpu_hours,
-            data_tokens=data_tokens, run=run, api_price=api_price,
-            monthly_tokens=monthly_tokens, base_params=base_params,
-            base_hf_config=base_hf_config, lora_epochs=lora_epochs,
-            horizon_months=horizon_months, actual=actual,
-        )
-    except (PlanError, HardwareError, ConfigError, FileNotFoundError) as exc:
+        out = plan_command(PlanOptions(**{**options, "overrides": overrides or []}))
+    except (PlanError, ArchitectureError, HardwareError, ConfigError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(out.data, indent=2, default=str) + "\n")

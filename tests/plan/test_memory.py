@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,13 +9,17 @@ from pathlib import Path
 import pytest
 
 from fmforge.config import ModelConfig
-from fmforge.plan.architecture import from_hf_config, from_model_config
-from fmforge.plan.errors import PlanError
 from fmforge.hardware import get_hardware
+from fmforge.model.counting import from_hf_config, from_model_config
+from fmforge.plan.command import PlanOptions, plan_command
+from fmforge.plan.errors import PlanError
 from fmforge.plan.memory import estimate_memory, max_micro_batch, min_gpus
 
 LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
              "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096}
+LLAMA2_70B = {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
+              "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 32000,
+              "max_position_embeddings": 4096}
 
 
 def test_zero_16_bytes_per_param_and_fsdp_sharding():
@@ -53,6 +58,34 @@ def test_fits_on_no_number_of_gpus_says_what_would_fit():
     with pytest.raises(PlanError, match="fits on no number of l4 GPUs") as exc:
         min_gpus(arch, get_hardware("l4"), micro_batch=8)
     assert "activation checkpointing" in str(exc.value) or "micro-batch" in str(exc.value)
+
+
+@pytest.mark.parametrize("dtype", ["autocast", "bfloat16", "float32"])
+def test_max_micro_batch_is_the_largest_that_fits(dtype):
+    arch, hw = from_hf_config(LLAMA2_7B), get_hardware("a100-80gb")
+    mmb = max_micro_batch(arch, hw, 8, "fsdp", dtype, True)
+    assert mmb >= 1
+    assert estimate_memory(arch, hw, mmb, 8, "fsdp", dtype, True).fits
+    assert not estimate_memory(arch, hw, mmb + 1, 8, "fsdp", dtype, True).fits
+
+
+@pytest.mark.parametrize("dtype", ["autocast", "bfloat16"])
+def test_llama2_70b_min_gpus_is_the_fewest_that_fit(dtype):
+    """68.98e9 params × 16 bytes = 1.10 TB of model state over 72.7 GB usable per H100:
+    at least 16, and min_gpus is exactly where the estimate starts to fit."""
+    arch, hw = from_hf_config(LLAMA2_70B), get_hardware("h100-sxm")
+    n, strategy = min_gpus(arch, hw, 1, dtype, True)
+    assert strategy == "fsdp" and n >= math.ceil(68_976_648_192 * 16 / 72.68e9) == 16
+    assert estimate_memory(arch, hw, 1, n, "fsdp", dtype, True).fits
+    assert not estimate_memory(arch, hw, 1, n - 1, "fsdp", dtype, True).fits
+
+
+def test_fits_on_no_number_suggests_the_combination_that_works():
+    out = plan_command(PlanOptions(hf_config=LLAMA2_7B, tokens=1e12, gpu="h100-sxm", num_gpus=8, seq_len=65536,
+                                   micro_batch=64))
+    assert out.data["min_gpus"] is None
+    msg = next(w for w in out.data["warnings"] if "fits on no number" in w)
+    assert "checkpointing and lower the micro-batch size to 1" in msg
 
 
 # --------------------------------------------------------- estimate vs a real step

@@ -11,19 +11,25 @@ plan was too high (slower, dearer), negative too low.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from fmforge.plan.errors import PlanError
-from fmforge.rundir import read_metrics
+from fmforge.rundir import RunDir, read_json_artifact, read_metrics
 
 
 def _error_pct(predicted: float | None, actual: float | None) -> float | None:
     if predicted is None or actual is None or actual == 0:
         return None
     return (predicted - actual) / actual * 100.0
+
+
+def _logged(metrics: list[dict[str, Any]], key: str) -> list[float]:
+    """The logged values of ``key``, without the first record's (it carries start-up:
+    compile, warm caches) when there are enough."""
+    values = [float(m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
+    return values[1:] if len(values) > 2 else values
 
 
 def _median(values: list[float]) -> float | None:
@@ -33,41 +39,29 @@ def _median(values: list[float]) -> float | None:
 def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
     """Measured tokens/s, MFU, wall time and cost of a run beside its plan.
 
-    Returns ``{"run", "plan", "rows": [{"metric", "unit", "predicted", "actual",
-    "error_pct"}], "notes"}``; the row metrics are ``tokens_per_s``, ``mfu``,
+    Returns ``run, gpu, num_gpus, flops_convention, tokens, rows[{metric, unit,
+    predicted, actual, error_pct}], trainer_mfu, notes``; the row metrics are ``tokens_per_s``, ``mfu``,
     ``wall_s`` and ``cost_usd`` (wall time and cost for the tokens actually trained)."""
-    root = Path(run_dir)
-    plan_path = root / "plan.json"
-    if not plan_path.is_file():
+    run = RunDir(run_dir)
+    root = run.root
+    if not run.plan_json.is_file():
         raise PlanError(
-            f"{plan_path} does not exist: the run was not started by `fmforge run` with planning, "
+            f"{run.plan_json} does not exist: the run was not started by `fmforge run` with planning, "
             "or the path is not a run directory"
         )
     try:
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{plan_path} is not valid JSON: {exc}") from exc
+        plan = read_json_artifact(run.plan_json, "run")
+        summary = (run.stage_record("train") or {}).get("summary") or {}
+        metrics = read_metrics(run.metrics)  # tolerates the torn last line of a killed run
+    except ValueError as exc:
+        raise PlanError(str(exc)) from exc
     notes: list[str] = []
-
-    summary: dict[str, Any] = {}
-    stages_path = root / "stages.json"
-    if stages_path.is_file():
-        try:
-            stages = json.loads(stages_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{stages_path} is not valid JSON: {exc}") from exc
-        summary = ((stages.get("train") or {}).get("summary")) or {}
-    metrics = read_metrics(root / "metrics.jsonl")
     if not summary and not metrics:
         raise PlanError(
             f"{root} has no finished train stage (stages.json) and no metrics.jsonl: nothing measured yet"
         )
 
-    # Logged rates skip the first record, which carries start-up (compile, warm caches).
-    logged_tps = [float(m["tokens_per_s"]) for m in metrics if isinstance(m.get("tokens_per_s"), (int, float))]
-    logged_tps = logged_tps[1:] if len(logged_tps) > 2 else logged_tps
-    logged_mfu = [float(m["mfu"]) for m in metrics if isinstance(m.get("mfu"), (int, float))]
-    logged_mfu = logged_mfu[1:] if len(logged_mfu) > 2 else logged_mfu
+    logged_tps, logged_mfu = _logged(metrics, "tokens_per_s"), _logged(metrics, "mfu")
 
     wall_s = summary.get("wall_s")
     tokens = summary.get("tokens")

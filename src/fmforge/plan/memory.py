@@ -1,81 +1,35 @@
 """Memory per device for training, and how many devices a model needs.
 
-Model states (ZeRO: Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward
-Training Trillion Parameter Models", §3.1), bytes per parameter with AdamW:
+Model states, bytes per parameter with AdamW (ZeRO, Rajbhandari et al. 2020, §3.1):
+bf16 mixed precision 2 + 2 + 12 (fp32 master, m, v); fp32 4 + 4 + 8; ``autocast``
+(fmforge's trainer: fp32 weights, bf16 matmuls) 4 + 4 + 8 plus the bf16 copy of
+every matmul weight autograd keeps. DDP holds all of it on every device (plus a
+gradient copy in its buckets when N > 1); FSDP (ZeRO-3) 1/N plus all-gather buffers.
 
-    mixed precision (bf16): weights 2 + gradients 2 + optimizer 12
-                            (fp32 master weights 4, first moment 4, second moment 4) = 16
-    pure fp32 (CPU demo):   weights 4 + gradients 4 + optimizer 8 (two moments)      = 16
-    autocast (fmforge's trainer with train.dtype=bfloat16: fp32 weights, bf16 matmuls):
-                            weights 4 + gradients 4 + optimizer 8, and the bf16 copy of
-                            every matmul weight that autograd keeps for backward (2)
+Activations are every tensor autograd saves, counted per token and layer the way
+Korthikanti et al. 2022 (§4) do, for fmforge's block (census taken with
+torch.autograd.graph.saved_tensors_hooks): 11·h + 4·f elements, no s² term with
+fused attention. docs/planner.md has the census, the byte counts per precision,
+checkpointing, and the check against measured peak RSS (within 25%).
 
-Under DDP every device holds all of it (plus, with more than one device, DDP's
-gradient buckets: one more copy of the gradients unless ``gradient_as_bucket_view``);
-under FSDP (ZeRO-3) the states are sharded, 16·P/N per device, plus all-gather
-buffers for the unit being computed and the one prefetched.
-
-Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
-Transformer Models", §4: count every tensor autograd saves for backward, per layer,
-per token). Their GPT layer stores 34·s·b·h + 5·a·s²·b bytes in 16-bit; our block
-(fmforge.model.transformer: RMSNorm, RoPE, GQA through scaled_dot_product_attention,
-SwiGLU, no dropout) saves, per token and layer, with h = d_model and f = the MLP
-width (census taken with torch.autograd.graph.saved_tensors_hooks):
-
-    attention norm      input, normalised, output                          3h
-    attention (SDPA)    rotated q; k and v expanded to all heads; output   4h
-    o_proj input        heads re-laid out                                  h
-    MLP norm            input, normalised, output                          3h
-    SwiGLU              gate, silu(gate), up, their product                4f
-    total elements                                                         11h + 4f
-
-RoPE multiplies by constant tables, so it saves nothing activation-sized; the fused
-attention kernels keep no s×s score matrix (only an s-sized log-sum-exp), so
-Korthikanti's 5·a·s² term is absent; grouped-query attention saves nothing less,
-because k and v are expanded to all heads before the kernel. Bytes: in fp32,
-4·(11h + 4f); in bf16 (weights cast to bf16, as FSDP2's mixed precision does) the
-norms keep an fp32 copy of their input, so 2·(11h + 4f) + 4h = 26h + 8f; under
-autocast with fp32 weights (fmforge's trainer) the residual stream stays fp32 and
-each projection saves its own bf16 cast of its input: 36h + 8f. Outside the
-layers: the final norm (3h elements) and the loss, which the model computes in fp32
-from the logits: while its backward runs, the saved log-softmax output, its
-gradient and the logits' gradient coexist, 3 vocabulary-sized fp32 tensors per token
-(plus the 16-bit logits under bf16).
-
-With activation checkpointing of every block (Korthikanti §4.3, "full
-recomputation") each layer keeps only its input (the residual stream: 4h bytes in
-fp32, 2h in bf16) and one layer's full set lives again while it is recomputed.
-
-The total reported is the sum weights + gradients + optimizer + activations (+
-buffers). It is an estimate, not a bound: in a real step gradients fill in while
-activations are freed (lowering the peak), while the allocator, matmul workspaces
-and short-lived temporaries such as the fp32 copy of the logits add to it. On CPU
-the sum came out 9-16% under the measured peak RSS (benchmarks/README.md;
-tests/plan/test_memory.py holds it within 25%).
-
-A device's usable memory is its capacity minus ``GPU_RESERVED_GB`` (CUDA context,
-NCCL buffers) times ``GPU_USABLE_FRACTION`` (allocator fragmentation); a CPU's is
-``CPU_USABLE_FRACTION`` of RAM.
+Usable memory: (capacity − ``GPU_RESERVED_GB``) × ``GPU_USABLE_FRACTION`` on a GPU
+(CUDA context, NCCL buffers, fragmentation); ``CPU_USABLE_FRACTION`` of RAM.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-from fmforge.plan.architecture import Architecture, count_params
-from fmforge.plan.errors import PlanError, require_positive
 from fmforge.hardware import Hardware
+from fmforge.model.counting import Architecture, count_params
+from fmforge.plan.errors import PlanError, require_positive
 
 GPU_RESERVED_GB = 1.0
 GPU_USABLE_FRACTION = 0.92
 CPU_USABLE_FRACTION = 0.80
 GB = 1e9
-
-DType = Literal["bfloat16", "float32"]
-Strategy = Literal["ddp", "fsdp"]
-
 
 @dataclass(frozen=True)
 class StateBytes:
@@ -270,9 +224,8 @@ def min_gpus(
             f"({hw.memory_gb:.1f} GB RAM); {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}"
         )
     # Sharded states shrink as 1/N; activations and buffers do not.
-    probe = estimate_memory(arch, hw, micro_batch, 2, "fsdp", dtype, checkpointing)
+    probe, fixed = _unsharded(arch, hw, micro_batch, dtype, checkpointing)
     cast = _autocast_copy_bytes(arch, dtype)  # sharded like the states
-    fixed = (probe.activations_gb + probe.buffers_gb) * GB - cast / 2
     states = count_params(arch).total * state_bytes_per_param(dtype).per_param + cast
     room = probe.usable_gb * GB - fixed
     n = math.ceil(states / room) if room > 0 else MAX_GPUS + 1
@@ -289,11 +242,19 @@ def min_gpus(
     return n, "fsdp"
 
 
+def _unsharded(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str,
+               checkpointing: bool) -> tuple[MemoryEstimate, float]:
+    """(the FSDP estimate on 2 devices, the bytes per device FSDP does not shard:
+    activations and buffers, less the sharded half of autocast's weight copy)."""
+    e = estimate_memory(arch, hw, micro_batch, 2, "fsdp", dtype, checkpointing)
+    return e, (e.activations_gb + e.buffers_gb) * GB - _autocast_copy_bytes(arch, dtype) / 2
+
+
 def _unshardable_fits(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str,
                       checkpointing: bool) -> bool:
     """Whether activations and buffers (what FSDP does not shard) leave room for states."""
-    e = estimate_memory(arch, hw, micro_batch, 2, "fsdp", dtype, checkpointing)
-    return (e.activations_gb + e.buffers_gb) * GB - _autocast_copy_bytes(arch, dtype) / 2 < e.usable_gb * GB
+    e, fixed = _unsharded(arch, hw, micro_batch, dtype, checkpointing)
+    return fixed < e.usable_gb * GB
 
 
 def _what_fits(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str, checkpointing: bool) -> str:

@@ -10,64 +10,27 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-
-def _n(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    ax = abs(x)
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if ax >= div:
-            return f"{x / div:.{digits}g}{suffix}"
-    return f"{x:.{digits}g}"
-
-
-def _usd(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if abs(x) >= 100:
-        return f"${x:,.0f}"
-    if x == 0 or abs(x) >= 0.01:
-        return f"${x:,.2f}"
-    return f"${x:.2g}"  # a fraction of a cent: show it, not "$0.00"
-
-
-def _hours(h: float) -> str:
-    return f"{h:,.1f}" if h >= 10 else f"{h:.3g}"
-
-
-def _duration(hours: float) -> str:
-    """Wall-clock time in the unit a reader expects: days, hours, minutes or seconds."""
-    if hours >= 48:
-        return f"{hours / 24:,.1f} days ({hours:,.0f} h)"
-    if hours >= 1:
-        return f"{hours:.1f} h"
-    if hours * 60 >= 1:
-        return f"{hours * 60:.1f} min"
-    return f"{hours * 3600:.3g} s"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.1f}%"
+from fmforge.plan import format as fmt
 
 
 def render_plan(p: dict[str, Any]) -> list[Any]:
     t = Table(title="Training plan", show_header=False, title_justify="left")
     t.add_column("", style="bold")
     t.add_column("")
-    t.add_row("parameters", f"{p['params']:,.0f}" if p["params"] >= 1 else _n(p["params"]))
+    t.add_row("parameters", f"{p['params']:,.0f}" if p["params"] >= 1 else fmt.count(p["params"]))
     if p.get("params_breakdown"):
         b = p["params_breakdown"]
         t.add_row("  embedding / attention / MLP / norms / head",
-                  " / ".join(_n(b[k]) for k in ("embedding", "attention", "mlp", "norms", "lm_head")))
-    t.add_row("tokens", _n(p["tokens"]))
+                  " / ".join(fmt.count(b[k]) for k in ("embedding", "attention", "mlp", "norms", "lm_head")))
+    t.add_row("tokens", fmt.count(p["tokens"]))
     t.add_row("FLOPs per token", f"{p['flops_per_token']:.4g} ({p['flops_convention']} convention)")
     t.add_row("training FLOPs", f"{p['train_flops']:.4g}")
     t.add_row("hardware", f"{p['num_gpus']} × {p['gpu_name']} ({p['peak_flops'] / 1e12:.4g} TFLOP/s peak)")
     t.add_row("MFU", f"{p['mfu']:.2f} ({p['mfu_source']})")
-    t.add_row("throughput", f"{_n(p['tokens_per_s'])} tokens/s")
-    t.add_row("GPU-hours", _hours(p["gpu_hours"]))
-    t.add_row("wall clock", _duration(p["wall_hours"]))
-    t.add_row("cost", f"{_usd(p['cost_usd'])} at ${p['price_per_gpu_hour']:g}/GPU-hour")
+    t.add_row("throughput", f"{fmt.count(p['tokens_per_s'])} tokens/s")
+    t.add_row("GPU-hours", fmt.hours(p["gpu_hours"]))
+    t.add_row("wall clock", fmt.duration(p["wall_hours"]))
+    t.add_row("cost", f"{fmt.usd(p['cost_usd'])} at ${p['price_per_gpu_hour']:g}/GPU-hour")
     m = p["memory"]
     # One column per strategy, one row per component: narrow enough for an 80-column
     # terminal, so no number is ever cut short.
@@ -102,43 +65,66 @@ def render_plan(p: dict[str, Any]) -> list[Any]:
 
 def render_sizing(s: dict[str, Any]) -> list[Any]:
     t = Table(
-        title=f"What {_usd(s['budget_usd'])} = {s['gpu_hours']:,.0f} {s['gpu']} GPU-hours buys "
+        title=f"What {fmt.usd(s['budget_usd'])} = {s['gpu_hours']:,.0f} {s['gpu']} GPU-hours buys "
               f"({s['compute_flops']:.3g} FLOPs at MFU {s['mfu']:.2f})",
         title_justify="left",
     )
-    for col in ("option", "params", "tokens", "tok/param", "fit loss", "serve FLOPs/tok"):
+    data = s.get("data_tokens_available") is not None
+    for col in ("option", "params", "tokens", "tok/param", "fit loss", "serve FLOPs/tok",
+                *(("epochs of your data", "more data") if data else ())):
         t.add_column(col)
     for o in s["options"]:
-        t.add_row(o["label"], _n(o["params"]), _n(o["tokens"]), f"{o['tokens_per_param']:.0f}",
-                  f"{o['chinchilla_loss']:.3f}", _n(o["inference_flops_per_token"]))
+        t.add_row(o["label"], fmt.count(o["params"]), fmt.count(o["tokens"]), f"{o['tokens_per_param']:.0f}",
+                  f"{o['chinchilla_loss']:.3f}", fmt.count(o["inference_flops_per_token"]),
+                  *((f"{o['epochs_of_data']:,.1f}", fmt.count(o["more_tokens_needed"] or None)) if data else ()))
     out: list[Any] = [t, *(Text(n) for n in s.get("notes", []))]
-    if s.get("data_tokens_available") is not None:
-        out.append(Text(f"your data: {_n(s['data_tokens_available'])} tokens ({s.get('data_source') or 'given'})"))
-    out += [Text(n) for n in s.get("data_notes", [])]
-    return out
+    if data:
+        out.append(Text(f"your data: {fmt.count(s['data_tokens_available'])} tokens ({s.get('data_source') or 'given'})"))
+    return out + [Text(n) for n in s.get("data_notes", [])]
+
+
+def _payback(o: dict[str, Any], buy_monthly: float) -> str:
+    if o["option"] == "buy":
+        return "-"
+    saving = buy_monthly - o["monthly_usd"]
+    if o["payback_months"] is None:
+        return f"never on cost ({fmt.usd(-saving)}/mo more)"
+    return f"{fmt.months(o['payback_months'])} (saves {fmt.usd(saving)}/mo)"
 
 
 def render_decision(d: dict[str, Any]) -> list[Any]:
-    t = Table(title=f"Train, customize or buy (over {d['horizon_months']} months)", title_justify="left")
-    for col in ("option", "model", "one-time", "monthly", f"total {d['horizon_months']} mo",
-                "time to first model", "needs"):
+    h, a = d["horizon_months"], d["assumptions"]
+    buy_monthly = next(o["monthly_usd"] for o in d["options"] if o["option"] == "buy")
+    t = Table(title=f"Train, customize or buy (over {h} months)", title_justify="left")
+    for col in ("option", "model", "one-time", "monthly", f"total {h} mo", "time to first model",
+                "pays back", "needs"):
         t.add_column(col)
+    p = Table(title=f"How each option is priced ({a['gpu']} at ${a['price_per_gpu_hour']:g}/GPU-hour)",
+              title_justify="left")
+    for col in ("option", "tokens", "FLOPs/token", "FLOPs", "MFU", "GPU-hours", "on GPUs", "serving GPUs"):
+        p.add_column(col, justify="left" if col == "option" else "right")
     for o in d["options"]:
-        days = o["time_to_first_model_days"]
-        t.add_row(o["option"], _n(o["model_params"]), _usd(o["one_time_usd"]), _usd(o["monthly_usd"]),
-                  _usd(o["total_usd"]), "now" if days == 0 else _duration(days * 24),
-                  o["needs"])
-    return [t, Text("Reasoning:", style="bold"), *(Text(f"- {r}") for r in d["reasoning"])]
+        days, fpt = o["time_to_first_model_days"], o["flops_per_token"]
+        t.add_row(o["option"], fmt.count(o["model_params"]), fmt.usd(o["one_time_usd"]), fmt.usd(o["monthly_usd"]),
+                  fmt.usd(o["total_usd"]), "now" if days == 0 else fmt.duration(days * 24),
+                  _payback(o, buy_monthly), o["needs"])
+        if o["option"] == "buy":
+            p.add_row("buy", f"{o['tokens']:.3g}/month", *["-"] * 6)
+        else:
+            p.add_row(o["option"], f"{o['tokens']:.3g}", f"{fpt:.3g} ({fpt / o['model_params']:.2f}·N)",
+                      f"{o['tokens'] * fpt:.3g}", f"{o['mfu']:.2f}", fmt.hours(o["gpu_hours"]),
+                      str(o["train_gpus"]), f"{o['serve_gpus']} ({o['replica_gpus']} a replica)")
+    return [t, p, *(Text(f"- {r}") for r in d["reasoning"])]
 
 
 def render_actual(c: dict[str, Any]) -> list[Any]:
     t = Table(title=f"Plan versus actual: {c['run']}", title_justify="left")
     for col in ("metric", "predicted", "actual", "error"):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    fmt = {"tokens_per_s": _n, "mfu": lambda x: f"{x:.3f}", "wall_s": lambda x: f"{x:,.1f} s", "cost_usd": _usd}
+    shown = {"tokens_per_s": fmt.count, "mfu": lambda x: f"{x:.3f}", "wall_s": lambda x: f"{x:,.1f} s", "cost_usd": fmt.usd}
     for r in c["rows"]:
-        f = fmt.get(r["metric"], _n)
-        t.add_row(r["metric"], f(r["predicted"]), f(r["actual"]), _pct(r["error_pct"]))
+        f = shown.get(r["metric"], fmt.count)
+        t.add_row(r["metric"], f(r["predicted"]), f(r["actual"]), fmt.pct(r["error_pct"]))
     return [t, *(Text(n, style="dim") for n in c["notes"])]
 
 

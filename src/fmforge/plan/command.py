@@ -1,0 +1,192 @@
+"""``fmforge plan``: the command's options in, its sections out (minus parsing).
+
+The typer command fills one ``PlanOptions`` and prints ``PlanOutput.renderables``
+(or ``json.dumps(PlanOutput.data)`` with ``--json``); a ``PlanError`` (or an
+``ArchitectureError``, ``HardwareError``, ``ConfigError``) is a user error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fmforge.config import load_config
+from fmforge.hardware import HardwareError, get_hardware
+from fmforge.model.counting import DEFAULT_CONVENTION, count_params, from_hf_config, from_model_config
+from fmforge.plan.actual import compare_plan_to_actual
+from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
+from fmforge.plan.errors import PlanError, require_positive
+from fmforge.plan.estimate import make_plan, plan_run_tokens, run_dtype, settle_mfu
+from fmforge.plan.report import render_actual, render_decision, render_plan, render_sizing
+from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
+from fmforge.rundir import resolve_run
+
+
+@dataclass
+class PlanOptions:
+    """Every option of ``fmforge plan``; a field ``foo_bar`` is the flag ``--foo-bar``."""
+
+    config: str | Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    params: float | None = None
+    tokens: float | None = None
+    hf_config: str | Path | dict[str, Any] | None = None
+    seq_len: int | None = None
+    gpu: str | None = None
+    num_gpus: int | None = None
+    mfu: float | None = None
+    price: float | None = None
+    micro_batch: int | None = None
+    dtype: str | None = None
+    checkpointing: bool = False
+    strategy: str | None = None
+    convention: str = DEFAULT_CONVENTION
+    budget: float | None = None
+    gpu_hours: float | None = None
+    data_tokens: float | None = None
+    run: str | Path | None = None
+    api_price: float | None = None
+    monthly_tokens: float | None = None
+    base_params: float | None = None
+    base_hf_config: str | Path | None = None
+    lora_epochs: float = DEFAULT_LORA_EPOCHS
+    horizon_months: int = DEFAULT_HORIZON_MONTHS
+    actual: str | Path | None = None
+
+    def given(self) -> list[str]:
+        """The flags set to something other than their default, as the user typed them."""
+        def flag(name: str) -> str:
+            return "CONFIG" if name == "config" else ("overrides" if name == "overrides"
+                                                      else "--" + name.replace("_", "-"))
+        defaults = PlanOptions()
+        return [flag(f.name) for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
+
+@dataclass
+class PlanOutput:
+    renderables: list[Any]  # rich renderables, in print order
+    data: dict[str, Any]  # what --json prints
+
+
+def _check(o: PlanOptions, has_config: bool) -> None:
+    given = o.given()
+    for a, b in (("--hf-config", "--params"), ("--budget", "--gpu-hours"), ("--data-tokens", "--run"),
+                 ("--base-params", "--base-hf-config")):
+        if a in given and b in given:
+            raise PlanError(f"give either {a} or {b}, not both")
+    if o.strategy is not None and o.strategy not in ("ddp", "fsdp"):
+        raise PlanError(f"--strategy must be 'ddp' or 'fsdp', got {o.strategy!r}")
+    if o.seq_len is not None:
+        if isinstance(o.seq_len, bool) or not isinstance(o.seq_len, int):
+            raise PlanError(f"--seq-len must be a whole number, got {o.seq_len!r}")
+        require_positive("--seq-len", o.seq_len)
+        if o.hf_config is None and (not has_config or o.params is not None):
+            raise PlanError("--seq-len needs an architecture (a CONFIG or --hf-config); "
+                            "with --params alone FLOPs are 6·params and no activations are counted")
+
+
+def _data_tokens(o: PlanOptions, cfg: Any) -> tuple[float | None, str | None]:
+    """The user's data: --data-tokens, else the run named by --run, else CONFIG's run."""
+    if o.data_tokens is not None:
+        return o.data_tokens, "--data-tokens"
+    run_dir = None
+    if o.run is not None:
+        run_dir = Path(o.run) if Path(o.run).is_dir() else Path("runs") / str(o.run)
+        if not run_dir.is_dir():
+            raise PlanError(f"--run {o.run}: no such run directory (nor runs/{o.run})")
+    elif cfg is not None and cfg.run_dir.is_dir():
+        run_dir = cfg.run_dir
+    found = data_tokens_from_run(run_dir) if run_dir is not None else None
+    return found if found is not None else (None, None)
+
+
+def plan_command(o: PlanOptions) -> PlanOutput:
+    """Sections in ``data``: with ``actual`` only ``{"actual": ...}``; otherwise the
+    plan's keys at the top level when a model and a token count are known, plus
+    ``"sizing"`` with --budget/--gpu-hours and ``"decision"`` with --api-price."""
+    if o.actual is not None:
+        others = [g for g in o.given() if g != "--actual"]
+        if others:
+            raise PlanError(f"--actual RUN compares a finished run with the plan it recorded and takes no other "
+                            f"planning flags (got {', '.join(others)}); run it alone")
+        try:
+            root = resolve_run(o.actual).root
+        except FileNotFoundError as exc:
+            raise PlanError(str(exc)) from None
+        cmp = compare_plan_to_actual(root)
+        return PlanOutput(render_actual(cmp), {"actual": cmp})
+
+    if o.overrides and o.config is None:
+        raise PlanError("overrides (key=value) need a CONFIG to apply to")
+    cfg = load_config(o.config, o.overrides) if o.config is not None else None
+    _check(o, cfg is not None)
+    gpu_key = o.gpu or (cfg.plan.gpu if cfg else "h100-sxm")
+    mode = o.dtype or (run_dtype(cfg, gpu_key) if cfg else "bfloat16")
+    try:
+        hw = get_hardware(gpu_key, o.price if o.price is not None else (cfg.plan.price_per_gpu_hour if cfg else None),
+                          cpu_dtype="float32" if mode == "float32" else "bfloat16")
+    except HardwareError as exc:
+        raise PlanError(str(exc)) from exc
+    n_gpus = o.num_gpus if o.num_gpus is not None else (cfg.plan.num_gpus if cfg else 1)
+    mfu = o.mfu if o.mfu is not None else (cfg.plan.mfu if cfg else None)
+    arch, seq_note = None, None
+    if o.hf_config is not None:
+        arch = from_hf_config(o.hf_config, seq_len=o.seq_len)
+        if o.seq_len is None:
+            seq_note = (f"sequence length {arch.seq_len} taken from the config's max_position_embeddings (the longest "
+                        "context the model supports; pretraining often ran shorter): attention FLOPs and activations "
+                        "grow with it; pass --seq-len for the context you will train at")
+    elif cfg is not None and o.params is None:
+        arch = from_model_config(cfg.resolved_model(), seq_len=o.seq_len)
+    data_tokens, data_source = _data_tokens(o, cfg)
+
+    def plan_at(tokens: float) -> dict[str, Any]:
+        return make_plan(
+            hw, tokens=tokens, arch=arch, params=o.params if arch is None else None, num_gpus=n_gpus, mfu=mfu,
+            micro_batch=o.micro_batch if o.micro_batch is not None else (cfg.train.micro_batch_size if cfg else 1),
+            dtype=mode, checkpointing=o.checkpointing, strategy=o.strategy, convention=o.convention)
+
+    renderables: list[Any] = []
+    data: dict[str, Any] = {}
+    model_known = arch is not None or o.params is not None
+    if model_known and (o.tokens is not None or cfg is not None):
+        data.update(plan_at(o.tokens) if o.tokens is not None else plan_run_tokens(cfg, n_gpus, plan_at))
+        if seq_note is not None:
+            data["warnings"].insert(0, seq_note)
+        renderables += render_plan(data)
+    elif model_known and o.budget is None and o.gpu_hours is None and o.api_price is None:
+        raise PlanError("give the number of training tokens (--tokens), or a CONFIG that implies it")
+
+    if o.budget is not None or o.gpu_hours is not None:
+        def sizing_at(m: float):
+            return size_for_budget(hw, m, budget_usd=o.budget, gpu_hours=o.gpu_hours,
+                                   data_tokens=data_tokens, data_source=data_source)
+        # the default MFU depends on the size of the model the budget buys
+        m = mfu or settle_mfu(lambda m: sizing_at(m).options[0].params, hw, mode, data.get("params", 1e9))
+        data["sizing"] = sizing_at(m).to_dict()
+        renderables += render_sizing(data["sizing"])
+
+    if o.api_price is not None:
+        if o.monthly_tokens is None:
+            raise PlanError("--api-price needs --monthly-tokens (tokens a month you would buy)")
+        if data_tokens is None:
+            raise PlanError("the train/customize/buy comparison needs your data size: --data-tokens N or --run RUN")
+        base_arch = from_hf_config(o.base_hf_config) if o.base_hf_config is not None else None
+        base_n = count_params(base_arch).total if base_arch is not None else o.base_params
+        if base_n is None:
+            raise PlanError("the comparison needs the base model you would customize: "
+                            "--base-params N or --base-hf-config PATH")
+        decision = compare_options(
+            hw, data_tokens=data_tokens, base_params=base_n, api_price_per_m=o.api_price,
+            monthly_tokens=o.monthly_tokens, num_gpus=n_gpus, budget_usd=o.budget, mfu=mfu,
+            base_arch=base_arch, lora_epochs=o.lora_epochs, horizon_months=o.horizon_months)
+        data["decision"] = decision.to_dict()
+        renderables += render_decision(data["decision"])
+
+    if not data:
+        raise PlanError(
+            "nothing to plan: give a CONFIG, or --params N (or --hf-config PATH) with --tokens N; "
+            "--budget/--gpu-hours to size a model; --api-price with --monthly-tokens to compare "
+            "train/customize/buy; or --actual RUN after a run")
+    return PlanOutput(renderables, data)
