@@ -61,7 +61,7 @@ def tiny_config_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_tiny_config():
     """The tiny_config function, for tests that adjust sections."""
     return tiny_config

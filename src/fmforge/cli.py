@@ -65,14 +65,28 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that carry a message a user can act on: printed, never a traceback."""
+    from fmforge.pipeline import StageOrderError
+    from fmforge.rundir import RunLockedError
+
+    errors: tuple[type[BaseException], ...] = (StageOrderError, FileNotFoundError, ValueError,
+                                               RunLockedError)
+    if "fmforge.train.loop" in sys.modules:  # only a training stage can diverge
+        errors += (sys.modules["fmforge.train.loop"].TrainingDiverged,)
+    return errors
+
+
 def _stage_command(stage: str, config: Path, overrides, force: bool) -> None:
-    from fmforge.pipeline import StageOrderError, prepare_run_dir, run_stage
+    from fmforge.pipeline import prepare_run_dir, run_stage
 
     cfg = _load(config, overrides)
     run = prepare_run_dir(cfg)
     try:
         outcome, _ = run_stage(cfg, run, stage, force=force)
-    except (StageOrderError, FileNotFoundError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         _fail(str(exc))
     except KeyboardInterrupt as exc:
         _fail(f"interrupted: {exc}. Rerun the same command to resume.", code=130)
@@ -84,12 +98,14 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
         overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
     """Run the whole pipeline: data, tokenizer, tokenize, train, eval (skipping stages
     that are up to date; training resumes from its latest checkpoint)."""
-    from fmforge.pipeline import StageOrderError, run_pipeline
+    from fmforge.pipeline import run_pipeline
 
     cfg = _load(config, overrides)
     try:
         run_dir, outcomes = run_pipeline(cfg, force=force)
-    except (StageOrderError, FileNotFoundError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         _fail(str(exc))
     except KeyboardInterrupt as exc:
         _fail(f"interrupted: {exc}. Rerun `fmforge run {config}` to resume.", code=130)
@@ -171,6 +187,26 @@ def train(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bo
 def eval_(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
     """Held-out loss, perplexity and bits per byte (vs gzip) into eval.json."""
     _stage_command("eval", config, overrides, force)
+
+
+checkpoint_app = typer.Typer(help="Work with a run's checkpoints.", no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
+
+
+@checkpoint_app.command("consolidate")
+def checkpoint_consolidate(
+    run: str = typer.Argument(..., help="run directory, or a run name under runs/"),
+    step: Optional[int] = typer.Option(None, "--step", help="which checkpoint (default: the latest)"),
+) -> None:
+    """Turn a sharded (FSDP) checkpoint into one model.safetensors beside it."""
+    from fmforge.inference.loading import consolidate_checkpoint
+    from fmforge.rundir import resolve_run
+
+    try:
+        out = consolidate_checkpoint(resolve_run(run), step)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    sys.stdout.write(f"{out}\n")
 
 
 @app.command()

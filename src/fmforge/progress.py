@@ -19,7 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# Under torchrun only rank 0 prints (see _is_main_process below).
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") not in ("", "0"))
 
 
 def _is_main_process() -> bool:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,11 @@ def _load_through_dcp(ckpt: Path, model: torch.nn.Module,
     if (ckpt / DCP_DIR / ".metadata").is_file():
         model_sd, optim_sd = get_state_dict(model, optimizer if optimizer is not None else [])
         want = {"model": model_sd} | ({"optim": optim_sd} if optimizer is not None else {})
-        dcp.load(want, checkpoint_id=str(ckpt / DCP_DIR))
+        with warnings.catch_warnings():
+            # One process reading a sharded checkpoint is intended (resume on fewer
+            # processes, inference, consolidation); DCP warns about it regardless.
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(want, checkpoint_id=str(ckpt / DCP_DIR))
         set_state_dict(model, optimizer if optimizer is not None else [],
                        model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))

@@ -141,12 +141,15 @@ def _resume(run: RunDir, session_factory, par: Parallel, lineage: str, max_steps
             cfg: RunConfig, fresh: bool):
     """Find the checkpoint to continue from. Returns (session, trainer state or {})."""
     tcfg = cfg.train
-    if fresh and run.checkpoints.exists():
-        if par.is_main:
+    # Rank 0 alone moves checkpoints; every process reads the directory only after
+    # a barrier, so all take the same branch below.
+    if fresh:
+        if par.is_main and run.checkpoints.exists():
             set_aside(run, "--force")
         par.barrier()
     session = session_factory()
     while True:
+        par.barrier()
         found = list_checkpoints(run.checkpoints)
         if not found:
             return session, {}

@@ -1,0 +1,110 @@
+"""A budget in minutes, a WSD run extended from where its decay began, the
+global batch in tokens, and what training leaves for TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fmforge.config import ConfigError, TrainConfig, load_config
+from fmforge.pipeline import run_pipeline
+from fmforge.rundir import read_metrics
+from fmforge.train.checkpoint import list_checkpoints
+from fmforge.train.optim import lr_at
+
+
+def _write(tmp_path: Path, raw: dict, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_minutes_budget_fixes_the_steps_and_follows_that_schedule(tmp_path, make_tiny_config):
+    raw = make_tiny_config(tmp_path, train={"max_steps": None, "max_minutes": 0.05,
+                                            "warmup_steps": 8, "eval_every": 1000,
+                                            "checkpoint_every": 1000})
+    run, _ = run_pipeline(load_config(_write(tmp_path, raw)), stages=("data", "tokenizer", "tokenize", "train"))
+    budget = json.loads((run.root / "train_budget.json").read_text())
+    steps = budget["max_steps"]
+    summary = run.stage_record("train")["summary"]
+    assert summary["steps"] == steps > 8
+    # It spent about the budget (3 s): not far over it, and not a tiny fraction.
+    assert 0.4 * 3.0 < summary["wall_s"] < 3.0 * 1.5 + 2
+    # Every step's learning rate is the one a run given `steps` from the start takes.
+    cfg = TrainConfig(**{**raw["train"], "max_steps": steps, "max_minutes": None})
+    logged = {r["step"]: r["lr"] for r in read_metrics(run.metrics)}
+    assert len(logged) == steps
+    assert all(logged[s + 1] == lr_at(s, steps, cfg) for s in range(steps))
+    ckpt_state = json.loads((list_checkpoints(run.checkpoints)[-1][1] / "trainer_state.json").read_text())
+    assert ckpt_state["max_steps"] == steps
+
+
+def test_a_budget_needs_its_probe_steps_in_warmup():
+    with pytest.raises(ValueError, match="warmup_steps >= 8"):
+        TrainConfig(max_minutes=5, warmup_steps=2)
+    TrainConfig(max_minutes=5, warmup_steps=0, schedule="constant")  # constant: no dependence
+
+
+def test_a_finished_wsd_run_is_extended_from_where_its_decay_began(tmp_path, make_tiny_config):
+    train = {"max_steps": 20, "schedule": "wsd", "decay_fraction": 0.25, "warmup_steps": 2,
+             "checkpoint_every": 4, "keep_checkpoints": 1, "eval_every": 1000}
+    path = _write(tmp_path, make_tiny_config(tmp_path, train=train))
+    run, _ = run_pipeline(load_config(path))
+    # keep_checkpoints=1, yet the checkpoint where the decay began (step 15) is kept.
+    assert [s for s, _ in list_checkpoints(run.checkpoints)] == [15, 20]
+
+    run_pipeline(load_config(path, ["train.max_steps=40"]))
+    extended = {r["step"]: r["loss"] for r in read_metrics(run.metrics)}
+    # A fresh 40-step run for comparison, in its own directory.
+    fresh_raw = make_tiny_config(tmp_path / "fresh", train={**train, "max_steps": 40})
+    fresh, _ = run_pipeline(load_config(_write(tmp_path, fresh_raw, "fresh.yaml")))
+    reference = {r["step"]: r["loss"] for r in read_metrics(fresh.metrics)}
+    assert extended == reference
+    assert (run.root / "checkpoints.previous" / "step-000020").is_dir()  # kept, not deleted
+
+
+def test_global_batch_tokens_sets_accumulation_and_trains_like_the_old_fields(tmp_path, make_tiny_config):
+    by_tokens = make_tiny_config(tmp_path / "a", train={"max_steps": 6, "micro_batch_size": 4,
+                                                        "global_batch_tokens": 4 * 32 * 2})
+    by_steps = make_tiny_config(tmp_path / "b", train={"max_steps": 6, "micro_batch_size": 4,
+                                                       "grad_accum_steps": 2})
+    a, _ = run_pipeline(load_config(_write(tmp_path, by_tokens, "a.yaml")), stages=("data", "tokenizer", "tokenize", "train"))
+    b, _ = run_pipeline(load_config(_write(tmp_path, by_steps, "b.yaml")), stages=("data", "tokenizer", "tokenize", "train"))
+    assert [r["loss"] for r in read_metrics(a.metrics)] == [r["loss"] for r in read_metrics(b.metrics)]
+    with pytest.raises(ConfigError, match="not a multiple"):
+        TrainConfig(micro_batch_size=4, global_batch_tokens=1000).grad_accum_for(32, 1)
+
+
+def test_activation_checkpointing_changes_memory_not_the_losses(tmp_path, make_tiny_config):
+    losses = []
+    for i, ac in enumerate((False, True)):
+        raw = make_tiny_config(tmp_path / str(i), train={"max_steps": 5, "activation_checkpointing": ac})
+        run, _ = run_pipeline(load_config(_write(tmp_path, raw, f"{i}.yaml")),
+                              stages=("data", "tokenizer", "tokenize", "train"))
+        losses.append([r["loss"] for r in read_metrics(run.metrics)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_tensorboard_gets_the_logged_scalars(tmp_path, make_tiny_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = make_tiny_config(tmp_path, train={"max_steps": 10, "eval_every": 5})
+    run, _ = run_pipeline(load_config(_write(tmp_path, raw)), stages=("data", "tokenizer", "tokenize", "train"))
+    events = EventAccumulator(str(run.root / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s"} <= tags
+    logged = [r["loss"] for r in read_metrics(run.metrics)]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged, rel=1e-6)
+
+
+def test_float16_is_refused_without_cuda(tmp_path, make_tiny_config):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    raw = make_tiny_config(tmp_path, train={"dtype": "float16"})
+    with pytest.raises(ValueError, match="float16 needs CUDA"):
+        run_pipeline(load_config(_write(tmp_path, raw)))
