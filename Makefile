@@ -32,6 +32,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/plan_vs_measured.py --preset tiny
 	$(BIN)/python benchmarks/plan_vs_measured.py --preset small
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

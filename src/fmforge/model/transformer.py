@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from fmforge.config import ModelConfig
 
@@ -24,60 +24,127 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 so bf16 activations do not lose the mean square.
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        # torch's rms_norm takes the mean square in float32 for bf16 input, and
+        # the residual stream it sees is float32 anyway (under autocast too).
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
-def rope_frequencies(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (seq_len, head_dim/2) for rotary embeddings."""
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (seq_len, head_dim) for rotary embeddings in the
+    "rotate half" layout HF Llama uses: dimension i pairs with i + head_dim/2,
+    both rotated by angle position * theta^(-2i/head_dim). The sin table carries
+    the rotation's sign (-sin on the first half), so apply_rope needs no negation."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) — the "rotate half" layout HF Llama uses,
-    so exported weights need no permutation. x: (batch, heads, seq, head_dim)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    cos, sin = cos[None, None], sin[None, None]
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.type_as(x)
+    """Rotate pairs (x[..., i], x[..., i + d/2]) by the tables' angles.
+    x: (batch, seq, heads, head_dim); cos, sin: (seq, 1, head_dim)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    out = x * cos + torch.cat((x2, x1), dim=-1) * sin
+    return out.type_as(x)  # bf16 under autocast: the tables are float32
 
 
 class Attention(nn.Module):
+    """Causal grouped-query attention with one fused q/k/v projection.
+
+    ``qkv_proj.weight`` stacks HF Llama's three projections by rows:
+    ``[q_proj.weight; k_proj.weight; v_proj.weight]``, i.e. rows
+    ``[0, n_heads·head_dim)`` are q, the next ``n_kv_heads·head_dim`` are k and the
+    last ``n_kv_heads·head_dim`` are v, each in HF's own row order (head-major, the
+    rotate-half layout within a head), so export is three row slices."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.qkv_proj = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim,
+                                  bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        h, kv = self.n_heads, self.n_kv_heads
+        qkv = self.qkv_proj(x).view(b, t, h + 2 * kv, self.head_dim)
+        # q and k are adjacent heads of one tensor: rotate them in one go.
+        qk = apply_rope(qkv[:, :, : h + kv], cos, sin)
+        q, k, v = qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]
+        # enable_gqa: each group of n_heads/n_kv_heads query heads reads one k/v
+        # head inside the kernel, without materialising repeated copies.
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, enable_gqa=kv != h)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, h * self.head_dim))
 
 
 class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up as one matmul.
+
+    ``gate_up_proj.weight`` is ``[gate_proj.weight; up_proj.weight]`` by rows:
+    rows ``[0, ffn_dim)`` are HF Llama's gate_proj, rows ``[ffn_dim, 2·ffn_dim)`` its
+    up_proj."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.ffn_dim, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """mean cross_entropy(h @ weight.T, targets), ignoring targets of -100, with
+    its gradients computed during the forward, a chunk of rows at a time.
+
+    Why: the usual path materialises the (tokens, vocab) logits, their
+    log-softmax and a same-sized gradient: at a vocabulary of 8192 those passes
+    over memory cost more than a tenth of a small model's step on a CPU, and at
+    a large vocabulary they dominate the memory of a step. Here each chunk's
+    softmax is turned into its gradient in place and folded into the gradients
+    of ``h`` and ``weight`` at once; backward only scales them. Same FLOPs, same
+    result (to float rounding) as F.cross_entropy(F.linear(h, weight), targets)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[:2]  # a frozen head (LoRA) needs no grad_w
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        count = (targets != -100).sum()
+        for start in range(0, h.shape[0], chunk):
+            hc, tc = h[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(hc, weight)  # bf16 under autocast, like lm_head's
+            probs = torch.log_softmax(logits.float(), dim=-1)
+            ignored = tc == -100
+            rows = torch.arange(tc.shape[0], device=tc.device)
+            label = tc.masked_fill(ignored, 0)
+            total -= probs[rows, label].masked_fill(ignored, 0.0).sum()
+            # d(sum of losses)/d(logits) = softmax - one_hot(target); 0 where ignored.
+            probs.exp_()
+            probs[rows, label] -= 1.0
+            probs.masked_fill_(ignored[:, None], 0.0)
+            grad_logits = probs.to(logits.dtype)
+            if need_h:
+                grad_h[start:start + chunk] = grad_logits @ weight
+            if need_w:
+                grad_w += grad_logits.t() @ hc
+        count = count.clamp(min=1)
+        ctx.grads = grad_h, grad_w
+        ctx.save_for_backward(count)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        (count,) = ctx.saved_tensors
+        grad_h, grad_w = ctx.grads
+        del ctx.grads  # free them with the step, not with the graph
+        scale = grad_loss / count
+        return (None if grad_h is None else grad_h * scale,
+                None if grad_w is None else grad_w * scale, None, None)
 
 
 class Block(nn.Module):
@@ -105,10 +172,13 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_frequencies(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         # Not parameters and not saved: recomputed from the config on load.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Rows of the output head's loss at a time (HeadCrossEntropy): big enough
+        # for efficient matmuls, small enough that a chunk's logits stay cheap.
+        self.loss_chunk = 256
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -129,16 +199,18 @@ class Transformer(nn.Module):
         t = tokens.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds model.seq_len={self.cfg.seq_len}")
-        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        # (seq, 1, head_dim): broadcast over the batch and over heads.
+        cos, sin = self.rope_cos[:t, None], self.rope_sin[:t, None]
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
+        x = self.norm(x)
         if targets is None:
-            return logits
-        return F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-        )
+            return self.lm_head(x)
+        h, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+        if torch.is_grad_enabled() and (h.requires_grad or self.lm_head.weight.requires_grad):
+            return HeadCrossEntropy.apply(h, self.lm_head.weight, targets, self.loss_chunk)
+        return F.cross_entropy(self.lm_head(h).float(), targets, ignore_index=-100)
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head is counted once)."""
