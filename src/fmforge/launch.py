@@ -17,10 +17,16 @@ class Launch:
     rank: int
     local_rank: int
     world_size: int
+    launched: bool = False  # torchrun set the environment
 
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def under_torchrun(self) -> bool:
+        """Started by torchrun (which may start a single process)."""
+        return self.launched
 
     @property
     def is_main(self) -> bool:
@@ -40,4 +46,5 @@ def current_launch() -> Launch:
                              "launch with torchrun, or unset it") from None
 
     return Launch(rank=number("RANK", 0), local_rank=number("LOCAL_RANK", 0),
-                  world_size=number("WORLD_SIZE", 1))
+                  world_size=number("WORLD_SIZE", 1),
+                  launched="TORCHELASTIC_RUN_ID" in os.environ or "MASTER_ADDR" in os.environ)

@@ -52,6 +52,10 @@ def training_lineage(cfg: RunConfig, upstream: str) -> str:
     own = own_config(cfg, "train")
     if cfg.train.schedule == "wsd":
         own["train"].pop("max_steps", None)
+    # The batches depend on the global batch, which grad_accum_steps (unlike
+    # global_batch_tokens) leaves to the number of processes.
+    own["global_batch_tokens"] = cfg.train.tokens_per_step(cfg.model.seq_len,
+                                                           current_launch().world_size)
     return fingerprint("train-lineage", own, upstream)
 
 

@@ -52,16 +52,30 @@ def _env() -> dict:
     return {**os.environ, "FMFORGE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(cfg: Path, *overrides: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+def _torchrun(cfg: Path, *overrides: str, nproc: int = 2, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "fmforge", "train", str(cfg), *overrides]
     return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, **popen)
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc, field 4 of stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _single(cfg: Path) -> None:
-    subprocess.run([sys.executable, "-m", "fmforge", "train", str(cfg)], env=_env(), check=True,
-                   capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "fmforge", "train", str(cfg)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
 def _losses(cfg: Path) -> dict[int, float]:
@@ -78,13 +92,16 @@ def reference(prepared) -> dict[int, float]:
     return losses
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_reproduce_one_with_the_same_global_batch(prepared, reference, parallel):
-    cfg = _copy(prepared, parallel, parallel=parallel)
-    proc = _torchrun(cfg)
+@pytest.mark.parametrize("parallel,nproc", [("ddp", 2), ("fsdp", 2), ("fsdp", 1)])
+def test_torchrun_reproduces_one_process_with_the_same_global_batch(prepared, reference, parallel, nproc):
+    cfg = _copy(prepared, f"{parallel}{nproc}", parallel=parallel)
+    proc = _torchrun(cfg, nproc=nproc)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-3000:]
-    assert f"{parallel} on 2 processes" in out.decode()
+    assert f"{parallel} on {nproc} process(es)" in out.decode()
+    if parallel == "fsdp":  # sharded checkpoints, even on one process
+        out_dir = Path(yaml.safe_load(cfg.read_text())["out_dir"])
+        assert (out_dir / "checkpoints" / f"step-{STEPS:06d}" / "dcp" / ".metadata").is_file()
     losses = _losses(cfg)
     assert sorted(losses) == sorted(reference)
     for step, loss in reference.items():
@@ -102,7 +119,13 @@ def test_a_killed_two_process_run_resumes_on_one_process(prepared, reference):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to save
+    # Both workers and torchrun, with no chance to save (torchrun starts each
+    # worker in a session of its own, so they are found as its children).
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     ckpts = sorted(p.name for p in (metrics.parent / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert ckpts and ckpts[-1] < f"step-{STEPS:06d}", ckpts

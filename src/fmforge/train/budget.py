@@ -25,12 +25,12 @@ _WARMUP_STEPS_UNTIMED = 2  # allocator and kernel warm-up make the first steps s
 
 
 class StepBudget:
-    def __init__(self, run: RunDir, cfg: TrainConfig, lineage: str, par):
+    def __init__(self, run: RunDir, cfg: TrainConfig, lineage: str, par, fresh: bool = False):
         self.cfg, self.lineage, self.par = cfg, lineage, par
         self.path = run.root / "train_budget.json"
         self.max_steps: int | None = cfg.max_steps if cfg.max_minutes is None else None
         self._durations: list[float] = []
-        if cfg.max_minutes is not None and self.path.is_file():
+        if cfg.max_minutes is not None and self.path.is_file() and not fresh:
             import json
 
             try:
@@ -58,10 +58,13 @@ class StepBudget:
     def probing(self, done: int) -> bool:
         return self.max_steps is None
 
-    def record_step(self, done: int, seconds: float) -> None:
+    def record_step(self, done: int, now: float) -> None:
+        """Called at the end of each step with the clock: a step's time runs from
+        the end of the one before, so logging and metrics writes count too."""
+        previous, self._last_end = getattr(self, "_last_end", None), now
         self._seen = getattr(self, "_seen", 0) + 1
-        if self._seen > _WARMUP_STEPS_UNTIMED:
-            self._durations.append(seconds)
+        if previous is not None and self._seen > _WARMUP_STEPS_UNTIMED:
+            self._durations.append(now - previous)
 
     def ready(self, done: int) -> bool:
         return len(self._durations) >= BUDGET_PROBE_STEPS - _WARMUP_STEPS_UNTIMED

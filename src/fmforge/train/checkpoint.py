@@ -29,6 +29,10 @@ from safetensors.torch import load_model, save_model
 
 from fmforge.rundir import atomic_directory, atomic_write_json, fsync_dir, fsync_tree
 
+class CheckpointFormatError(ValueError):
+    """A sound checkpoint that this way of training cannot resume (not damage)."""
+
+
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 DCP_DIR = "dcp"
 
@@ -153,9 +157,10 @@ def _load_through_dcp(ckpt: Path, model: torch.nn.Module,
                        model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))
         return
-    raise ValueError(
-        f"{ckpt} was written by one process (or DDP) and holds no sharded checkpoint: "
-        "resume it with train.parallel=ddp or on one process, not under FSDP"
+    raise CheckpointFormatError(
+        f"{ckpt} was written by one process (or DDP) and holds no sharded checkpoint, so "
+        "FSDP cannot resume it: resume with train.parallel=ddp (or on one process); the "
+        "checkpoint is untouched"
     )
 
 

@@ -42,13 +42,17 @@ class Parallel:
     def rank(self) -> int:
         return self.launch.rank
 
+    @property
+    def _grouped(self) -> bool:
+        return self.mode != "none"
+
     def barrier(self) -> None:
-        if self.launch.distributed:
+        if self._grouped:
             dist.barrier()
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over processes (a logged loss)."""
-        if not self.launch.distributed:
+        if not self._grouped:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -56,7 +60,7 @@ class Parallel:
 
     def any(self, flag: bool) -> bool:
         """True on every process when it is true on one (a stop request, a failed load)."""
-        if not self.launch.distributed:
+        if not self._grouped:
             return flag
         t = torch.tensor([1.0 if flag else 0.0], device=self._comm_device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -74,7 +78,9 @@ def setup_parallel(mode: str, device_name: str) -> Parallel:
 
     launch = current_launch()
     device = pick_device(device_name)
-    if not launch.distributed:
+    # FSDP on one process (torchrun --nproc-per-node 1) is still FSDP: sharded
+    # checkpoints and the same code path as many processes, e.g. to check a config.
+    if not launch.distributed and not (mode == "fsdp" and launch.under_torchrun):
         return Parallel(launch, "none", device)
     if mode == "none":
         raise ValueError(
@@ -121,5 +127,5 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def teardown(par: Parallel) -> None:
-    if par.launch.distributed and dist.is_initialized():
+    if par.mode != "none" and dist.is_initialized():
         dist.destroy_process_group()

@@ -30,6 +30,7 @@ from fmforge.tokenizer.load import load_tokenizer, token_byte_lengths
 from fmforge.tokenizer.tokens import load_meta, open_tokens
 from fmforge.train.budget import StepBudget
 from fmforge.train.checkpoint import (
+    CheckpointFormatError,
     list_checkpoints,
     load_checkpoint,
     load_trainer_state,
@@ -180,6 +181,8 @@ def _resume(run: RunDir, session_factory, par: Parallel, lineage: str, max_steps
             try:
                 load_checkpoint(ckpt, session.model if par.mode == "fsdp" else session.raw,
                                 session.optimizer)
+            except CheckpointFormatError:
+                raise  # sound, but not resumable this way: the message says what to do
             except Exception as exc:  # noqa: BLE001 - any damage means: use the one before
                 failure = f"{type(exc).__name__}: {exc}"
         if not par.any(failure is not None):
@@ -235,7 +238,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
     amp = lambda: autocast(device, tcfg) if use_autocast else torch.autocast(device.type, enabled=False)  # noqa: E731
     scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
 
-    budget = StepBudget(run, tcfg, lineage, par)
+    budget = StepBudget(run, tcfg, lineage, par, fresh=fresh)
     session, state = _resume(run, lambda: _Session(cfg, par, dtype), par, lineage,
                              budget.known_steps(), cfg, fresh)
     model, raw, optimizer, step_fn = session.model, session.raw, session.optimizer, session.step_fn
@@ -263,7 +266,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
     tokens_per_step = tcfg.micro_batch_size * mcfg.seq_len * accum * par.world_size
     log(f"model: {params:,} parameters; {tokens_per_step:,} tokens per step "
         f"({par.world_size} × {accum} × {tcfg.micro_batch_size} × {mcfg.seq_len}); "
-        f"device {device}, {dtype}" + (f", {par.mode} on {par.world_size} processes" if par.world_size > 1 else "")
+        f"device {device}, {dtype}" + (f", {par.mode} on {par.world_size} process(es)" if par.mode != "none" else "")
         + f"; {loader.n_windows:,} windows per epoch")
 
     def save(step: int, elapsed: float) -> None:
@@ -307,7 +310,6 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
         with progress_bar("training", total=budget.max_steps) as bar:
             bar.update(completed=start_step)
             while budget.max_steps is None or step < budget.max_steps:
-                step_t0 = time.perf_counter()
                 lr = lr_at(step, budget.max_steps or budget.placeholder_steps, tcfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -347,7 +349,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                 interval_tokens += tokens_per_step
                 bar.advance()
                 if budget.probing(done):
-                    budget.record_step(done, time.perf_counter() - step_t0)
+                    budget.record_step(done, time.perf_counter())
                     if budget.ready(done):
                         decided = budget.decide(done, time.perf_counter() - stage_start, accum)
                         bar.set_total(decided)
