@@ -89,11 +89,20 @@ def build_pair(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
 def make_step(model: nn.Module, hf: bool, dtype: torch.dtype, compile_: bool) -> Callable:
     """One training step on (x, y): forward with the loss, backward, AdamW.
 
-    Both models get the same AdamW (the trainer's: not fused) and the same
+    Each model gets its own default optimizer: ours fmforge's trainer's
+    (``build_optimizer``: fused AdamW, decay on matmul weights only), Hugging
+    Face's what its ``Trainer`` uses by default with torch >= 2.8
+    (``adamw_torch_fused``: ``torch.optim.AdamW(fused=True)``). Both see the same
     targets: Hugging Face is given ``shift_labels`` (``labels`` only switches its
     loss on) so that it scores exactly the tokens ours does instead of shifting
     (and dropping one) itself."""
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=False)
+    if hf:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
+    else:
+        from fmforge.config import TrainConfig
+        from fmforge.train.optim import build_optimizer
+
+        opt = build_optimizer(model, TrainConfig(lr=3e-4, weight_decay=0.1))
     fwd = torch.compile(model) if compile_ else model
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
                 else nullcontext())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmforge.config import ModelConfig
+from fmforge.model.counting import LOSS_CHUNK
 
 
 class RMSNorm(nn.Module):
@@ -176,9 +177,7 @@ class Transformer(nn.Module):
         # Not parameters and not saved: recomputed from the config on load.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # Rows of the output head's loss at a time (HeadCrossEntropy): big enough
-        # for efficient matmuls, small enough that a chunk's logits stay cheap.
-        self.loss_chunk = 256
+        self.loss_chunk = LOSS_CHUNK
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

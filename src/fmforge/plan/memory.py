@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fmforge.hardware import Hardware
-from fmforge.model.counting import Architecture, count_params
+from fmforge.model.counting import LOSS_CHUNK, Architecture, count_params
 from fmforge.plan.errors import PlanError, require_positive
 
 GPU_RESERVED_GB = 1.0
@@ -67,21 +67,34 @@ def activation_bytes_per_token_layer(arch: Architecture, dtype: str) -> float:
     check_dtype(dtype)
     h, f = arch.d_model, arch.ffn_dim
     if dtype == "autocast":
-        # fp32 residual stream: each norm keeps its fp32 input and normalised value
-        # (16h), every projection its own bf16 cast of its input (q, k, v, gate, up:
+        # fp32 residual stream: each fused RMSNorm keeps only its fp32 input (8h),
+        # every projection its own bf16 cast of its input (q, k, v, gate, up:
         # 10h), SDPA q, k, v, out (8h), o_proj input (2h), SwiGLU (8f)
-        return 36 * h + 8 * f
+        return 28 * h + 8 * f
     p = _act_bytes(dtype)
-    return p * (11 * h + 4 * f) + (4 - p) * 2 * h
+    # two norm inputs, the two projection inputs (norm outputs), SDPA q, k, v and
+    # output, the o-projection input (9h); gate, up, silu(gate), their product (4f)
+    return p * (9 * h + 4 * f) + (4 - p) * 2 * h
 
 
 def head_bytes_per_token(arch: Architecture, dtype: str) -> float:
-    """Final norm + the fp32 loss over the vocabulary, per token (peak, in backward)."""
-    h, v = arch.d_model, arch.vocab_size
+    """Final norm, its output and the gradient of that output, per token. fmforge's
+    model fuses the output head with the loss (HeadCrossEntropy): no per-token
+    vocabulary-sized tensor lives to the backward pass."""
+    h = arch.d_model
     if dtype == "autocast":
-        return 8 * h + 2 * h + 3 * 4 * v + 2 * v
+        return 8 * h + 2 * h + 4 * h
     p = _act_bytes(dtype)
-    return p * 3 * h + (4 - p) * h + 3 * 4 * v + (p * v if p != 4 else 0)
+    return p * 3 * h + (4 - p) * h + 4 * h
+
+
+def head_bytes_constant(arch: Architecture, dtype: str) -> float:
+    """What the fused head and loss hold whatever the batch: one chunk of
+    ``LOSS_CHUNK`` rows of logits, their fp32 log-softmax turned gradient, and the
+    head's fp32 weight gradient, built during the forward pass."""
+    v = arch.vocab_size
+    logits = _act_bytes("float32" if dtype == "float32" else "bfloat16")
+    return LOSS_CHUNK * v * (logits + 4 + logits) + 4 * v * arch.d_model
 
 
 def activation_bytes(arch: Architecture, micro_batch: int, dtype: str, checkpointing: bool) -> float:
@@ -97,7 +110,7 @@ def activation_bytes(arch: Architecture, micro_batch: int, dtype: str, checkpoin
         per_token = arch.n_layers * residual * arch.d_model + layer
     else:
         per_token = arch.n_layers * layer
-    return tokens * (per_token + head_bytes_per_token(arch, dtype))
+    return tokens * (per_token + head_bytes_per_token(arch, dtype)) + head_bytes_constant(arch, dtype)
 
 
 def usable_bytes(hw: Hardware) -> float:
@@ -200,7 +213,8 @@ def max_micro_batch(
     base = estimate_memory(arch, hw, 1, num_gpus, strategy, dtype, checkpointing)
     # what one more sequence adds (under autocast activations_gb also holds the bf16
     # weight copies, which do not grow with the batch)
-    per_seq = activation_bytes(arch, 1, dtype, checkpointing)
+    per_seq = (activation_bytes(arch, 2, dtype, checkpointing)
+               - activation_bytes(arch, 1, dtype, checkpointing))
     room = base.usable_gb * GB - base.total_gb * GB
     return max(0, 1 + int(room // per_seq)) if room >= 0 else 0
 
