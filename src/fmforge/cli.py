@@ -6,6 +6,7 @@ Heavy modules (torch, tokenizers, pyarrow) are imported inside the commands so
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -77,19 +78,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+@contextlib.contextmanager
+def _reported(rerun: str):
+    """Errors a user can act on become a message and exit code 2; an interrupt
+    says how to resume; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        _fail(f"interrupted: {exc}. Rerun {rerun} to resume.", code=130)
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        _fail(str(exc))
+
+
 def _stage_command(stage: str, config: Path, overrides, force: bool) -> None:
     from fmforge.pipeline import prepare_run_dir, run_stage
 
     cfg = _load(config, overrides)
     run = prepare_run_dir(cfg)
-    try:
+    with _reported("the same command"):
         outcome, _ = run_stage(cfg, run, stage, force=force)
-    except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
-        _fail(str(exc))
-    except KeyboardInterrupt as exc:
-        _fail(f"interrupted: {exc}. Rerun the same command to resume.", code=130)
     _print_outcomes(run, [outcome])
 
 
@@ -101,14 +110,8 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
     from fmforge.pipeline import run_pipeline
 
     cfg = _load(config, overrides)
-    try:
+    with _reported(f"`fmforge run {config}`"):
         run_dir, outcomes = run_pipeline(cfg, force=force)
-    except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
-        _fail(str(exc))
-    except KeyboardInterrupt as exc:
-        _fail(f"interrupted: {exc}. Rerun `fmforge run {config}` to resume.", code=130)
     _print_outcomes(run_dir, outcomes)
     _print_plan_vs_actual(run_dir)
     _print_headline(cfg, run_dir)

@@ -22,6 +22,7 @@ from fmforge.rundir import RunDir, atomic_write_json
 # validation time is rough, and a budget is a promise.
 SAFETY = 0.03
 _WARMUP_STEPS_UNTIMED = 2  # allocator and kernel warm-up make the first steps slow
+MAX_PROBE_STEPS = 50
 
 
 class StepBudget:
@@ -66,8 +67,16 @@ class StepBudget:
         if previous is not None and self._seen > _WARMUP_STEPS_UNTIMED:
             self._durations.append(now - previous)
 
+    @property
+    def probe_steps(self) -> int:
+        """Steps timed before deciding: all of warmup (up to MAX_PROBE_STEPS), whose
+        learning rate does not depend on the step count, so that a moment of load
+        on a shared machine does not decide the whole run; at least
+        BUDGET_PROBE_STEPS."""
+        return max(BUDGET_PROBE_STEPS, min(self.cfg.warmup_steps, MAX_PROBE_STEPS))
+
     def ready(self, done: int) -> bool:
-        return len(self._durations) >= BUDGET_PROBE_STEPS - _WARMUP_STEPS_UNTIMED
+        return len(self._durations) >= self.probe_steps - _WARMUP_STEPS_UNTIMED
 
     def decide(self, done: int, elapsed_s: float, accum: int) -> int:
         """Fix the step count from the median step time measured so far."""
