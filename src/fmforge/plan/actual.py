@@ -19,10 +19,9 @@ from fmforge.plan.errors import PlanError
 from fmforge.rundir import RunDir, read_json_artifact, read_metrics
 
 
-def _error_pct(predicted: float | None, actual: float | None) -> float | None:
-    if predicted is None or actual is None or actual == 0:
-        return None
-    return (predicted - actual) / actual * 100.0
+def _row(metric: str, unit: str, predicted: float, actual: float) -> dict[str, Any]:
+    error = (predicted - actual) / actual * 100.0 if predicted is not None and actual else None
+    return {"metric": metric, "unit": unit, "predicted": predicted, "actual": actual, "error_pct": error}
 
 
 def _logged(metrics: list[dict[str, Any]], key: str) -> list[float]:
@@ -37,18 +36,13 @@ def _median(values: list[float]) -> float | None:
 
 
 def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
-    """Measured tokens/s, MFU, wall time and cost of a run beside its plan.
-
-    Returns ``run, gpu, num_gpus, flops_convention, tokens, rows[{metric, unit,
-    predicted, actual, error_pct}], trainer_mfu, notes``; the row metrics are ``tokens_per_s``, ``mfu``,
-    ``wall_s`` and ``cost_usd`` (wall time and cost for the tokens actually trained)."""
+    """Measured tokens/s, MFU, wall time and cost of a run beside its plan (keys in
+    docs/planner.md); wall time and cost are for the tokens actually trained."""
     run = RunDir(run_dir)
     root = run.root
     if not run.plan_json.is_file():
-        raise PlanError(
-            f"{run.plan_json} does not exist: the run was not started by `fmforge run` with planning, "
-            "or the path is not a run directory"
-        )
+        raise PlanError(f"{run.plan_json} does not exist: the run was not started by `fmforge run` with "
+                        "planning, or the path is not a run directory")
     try:
         plan = read_json_artifact(run.plan_json, "run")
         summary = (run.stage_record("train") or {}).get("summary") or {}
@@ -57,9 +51,7 @@ def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
         raise PlanError(str(exc)) from exc
     notes: list[str] = []
     if not summary and not metrics:
-        raise PlanError(
-            f"{root} has no finished train stage (stages.json) and no metrics.jsonl: nothing measured yet"
-        )
+        raise PlanError(f"{root} has no finished train stage (stages.json) and no metrics.jsonl: nothing measured yet")
 
     logged_tps, logged_mfu = _logged(metrics, "tokens_per_s"), _logged(metrics, "mfu")
 
@@ -89,25 +81,14 @@ def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
     pred_tps = plan["tokens_per_s"]
     measured_mfu = tps * fpt / (peak * n)
 
-    rows = [
-        {"metric": "tokens_per_s", "unit": "tokens/s", "predicted": pred_tps, "actual": tps,
-         "error_pct": _error_pct(pred_tps, tps)},
-        {"metric": "mfu", "unit": "fraction of peak", "predicted": plan["mfu"], "actual": measured_mfu,
-         "error_pct": _error_pct(plan["mfu"], measured_mfu)},
-    ]
+    rows = [_row("tokens_per_s", "tokens/s", pred_tps, tps), _row("mfu", "fraction of peak", plan["mfu"], measured_mfu)]
     if tokens and wall_s:
         pred_wall = tokens / pred_tps
-        rows.append({"metric": "wall_s", "unit": "s", "predicted": pred_wall, "actual": float(wall_s),
-                     "error_pct": _error_pct(pred_wall, float(wall_s))})
-        pred_cost = pred_wall / 3600 * n * price
-        cost = float(wall_s) / 3600 * n * price
-        rows.append({"metric": "cost_usd", "unit": "US$", "predicted": pred_cost, "actual": cost,
-                     "error_pct": _error_pct(pred_cost, cost)})
+        rows.append(_row("wall_s", "s", pred_wall, float(wall_s)))
+        rows.append(_row("cost_usd", "US$", pred_wall / 3600 * n * price, float(wall_s) / 3600 * n * price))
         if abs(tokens - plan["tokens"]) > 0.01 * plan["tokens"]:
-            notes.append(
-                f"the run trained {tokens:.3g} tokens, the plan {plan['tokens']:.3g}: wall time and cost are "
-                "compared for the tokens actually trained"
-            )
+            notes.append(f"the run trained {tokens:.3g} tokens, the plan {plan['tokens']:.3g}: wall time and cost "
+                         "are compared for the tokens actually trained")
     else:
         notes.append("no wall time and token count in the train summary: wall time and cost not compared")
     trainer_mfu = _median(logged_mfu)
@@ -115,13 +96,5 @@ def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
         notes.append(f"the trainer's own logged MFU (median): {trainer_mfu:.3f}")
     if logged_tps and summary.get("tokens_per_s"):
         notes.append(f"median logged tokens/s (after the first record): {_median(logged_tps):,.0f}")
-    return {
-        "run": str(root),
-        "gpu": plan.get("gpu"),
-        "num_gpus": n,
-        "flops_convention": plan.get("flops_convention"),
-        "tokens": tokens,
-        "rows": rows,
-        "trainer_mfu": trainer_mfu,
-        "notes": notes,
-    }
+    return {"run": str(root), "gpu": plan.get("gpu"), "num_gpus": n, "flops_convention": plan.get("flops_convention"),
+            "tokens": tokens, "rows": rows, "trainer_mfu": trainer_mfu, "notes": notes}

@@ -56,11 +56,9 @@ class PlanOptions:
 
     def given(self) -> list[str]:
         """The flags set to something other than their default, as the user typed them."""
-        def flag(name: str) -> str:
-            return "CONFIG" if name == "config" else ("overrides" if name == "overrides"
-                                                      else "--" + name.replace("_", "-"))
-        defaults = PlanOptions()
-        return [flag(f.name) for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+        defaults, positional = PlanOptions(), {"config": "CONFIG", "overrides": "overrides"}
+        return [positional.get(f.name, "--" + f.name.replace("_", "-"))
+                for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
 
 
 @dataclass
@@ -69,18 +67,20 @@ class PlanOutput:
     data: dict[str, Any]  # what --json prints
 
 
+# flags that say the same thing two ways
+EXCLUSIVE = (("--hf-config", "--params"), ("--budget", "--gpu-hours"), ("--data-tokens", "--run"),
+             ("--base-params", "--base-hf-config"))
+
+
 def _check(o: PlanOptions, has_config: bool) -> None:
     given = o.given()
-    for a, b in (("--hf-config", "--params"), ("--budget", "--gpu-hours"), ("--data-tokens", "--run"),
-                 ("--base-params", "--base-hf-config")):
+    for a, b in EXCLUSIVE:
         if a in given and b in given:
             raise PlanError(f"give either {a} or {b}, not both")
     if o.strategy is not None and o.strategy not in ("ddp", "fsdp"):
         raise PlanError(f"--strategy must be 'ddp' or 'fsdp', got {o.strategy!r}")
     if o.seq_len is not None:
-        if isinstance(o.seq_len, bool) or not isinstance(o.seq_len, int):
-            raise PlanError(f"--seq-len must be a whole number, got {o.seq_len!r}")
-        require_positive("--seq-len", o.seq_len)
+        require_positive("--seq-len", o.seq_len, whole=True)
         if o.hf_config is None and (not has_config or o.params is not None):
             raise PlanError("--seq-len needs an architecture (a CONFIG or --hf-config); "
                             "with --params alone FLOPs are 6·params and no activations are counted")

@@ -2,18 +2,10 @@
 
 Each option is priced alike: a one-time cost (GPU-hours × price) and a monthly
 cost of using the model for ``monthly_tokens`` tokens, over ``horizon_months``.
-
-* Train: the compute-optimal model for the budget (sizing.py), capped at what the
-  data supports (4 epochs at 20 tokens/param); with no budget N = data tokens / 20,
-  one pass. FLOPs = 6·N·D.
-* Customize: LoRA on a base of ``base_params`` over the data for ``lora_epochs``
-  epochs, ``lora_flops_per_token`` FLOPs a token (4·N without an architecture).
-* Buy: ``api_price_per_m`` dollars per million tokens × ``monthly_tokens``.
-
-Owning a model adds serving: always-on replicas (730 h a month), each on the GPUs
-that hold 2 bytes/param × ``SERVE_MEMORY_OVERHEAD`` (KV cache, activations), as
-many as 2·N FLOPs per token at ``SERVE_MFU`` need. Decoding is memory-bound, so
-``SERVE_MFU`` is low (0.10).
+Owning a model adds serving: always-on replicas, each on the GPUs that hold its
+bf16 weights with room for KV cache and activations, as many as 2·N FLOPs a token
+need at ``SERVE_MFU`` (low: decoding is memory-bound). docs/planner.md has the
+formulas for each option.
 """
 
 from __future__ import annotations
@@ -96,7 +88,8 @@ def _train_size(hw: Hardware, data_tokens: float, budget_usd: float | None, mfu:
     d = compute_at(m) / (6 * n)
     epochs = d / data_tokens
     notes.append(f"Train: ${budget_usd:,.0f} buys {gpu_hours:,.0f} {hw.key} GPU-hours = {compute_at(m):.2e} FLOPs at "
-                 f"MFU {m:.2f}: compute-optimal is {n:.3g} parameters on {d:.3g} tokens ({epochs:.1f} epochs of your data).")
+                 f"MFU {m:.2f}: compute-optimal is {n:.3g} parameters on {d:.3g} tokens ({epochs:.1f} epochs of "
+                 "your data).")
     if epochs <= MAX_USEFUL_EPOCHS:
         return n, d
     # Data, not money, is the limit: price the model the data can feed; the rest of the budget buys nothing.
@@ -107,20 +100,11 @@ def _train_size(hw: Hardware, data_tokens: float, budget_usd: float | None, mfu:
     return d / TOKENS_PER_PARAM, d
 
 
-def compare_options(
-    hardware: Hardware,
-    data_tokens: float,
-    base_params: float,
-    api_price_per_m: float,
-    monthly_tokens: float,
-    num_gpus: int = 8,
-    budget_usd: float | None = None,
-    mfu: float | None = None,
-    base_arch: Architecture | None = None,
-    lora_epochs: float = DEFAULT_LORA_EPOCHS,
-    lora_rank: int = 16,
-    horizon_months: int = DEFAULT_HORIZON_MONTHS,
-) -> Decision:
+def compare_options(hardware: Hardware, data_tokens: float, base_params: float, api_price_per_m: float,
+                    monthly_tokens: float, num_gpus: int = 8, budget_usd: float | None = None,
+                    mfu: float | None = None, base_arch: Architecture | None = None,
+                    lora_epochs: float = DEFAULT_LORA_EPOCHS, lora_rank: int = 16,
+                    horizon_months: int = DEFAULT_HORIZON_MONTHS) -> Decision:
     for name, v in (("data tokens", data_tokens), ("base model params", base_params), ("number of GPUs", num_gpus),
                     ("LoRA epochs", lora_epochs), ("horizon in months", horizon_months),
                     ("budget in dollars", budget_usd), ("MFU", mfu), ("LoRA rank", lora_rank)):
@@ -179,16 +163,15 @@ def compare_options(
     cheapest = min(options, key=lambda o: o.total_usd)
     comparable = min((o for o in options if not (o.option == "train" and n_train < base_params / TOY_RATIO)),
                      key=lambda o: o.total_usd)
+    quality = "quality is not priced here: evaluate a customized base and the API on your own task before choosing."
     if cheapest is not comparable:
         notes.append(f"Over {horizon_months} months train is cheapest ({fmt.usd(cheapest.total_usd)}), but its "
                      f"{n_train:.3g}-parameter model is {base_params / n_train:,.0f}x smaller than the base: not a "
                      f"like-for-like alternative. Of the options with a model of that class the cheapest is "
-                     f"{comparable.option} ({fmt.usd(comparable.total_usd)}); quality is not priced here: evaluate a "
-                     "customized base and the API on your own task before choosing.")
+                     f"{comparable.option} ({fmt.usd(comparable.total_usd)}); {quality}")
     else:
-        notes.append(f"Over {horizon_months} months the cheapest is {cheapest.option} ({fmt.usd(cheapest.total_usd)}); "
-                     "quality is not priced here: evaluate a customized base and the API on your own task "
-                     "before choosing.")
+        notes.append(f"Over {horizon_months} months the cheapest is {cheapest.option} "
+                     f"({fmt.usd(cheapest.total_usd)}); {quality}")
     return Decision(horizon_months, options, notes, {
         "gpu": hw.key, "price_per_gpu_hour": price, "num_gpus": num_gpus, "serve_mfu": SERVE_MFU,
         "serve_memory_overhead": SERVE_MEMORY_OVERHEAD, "hours_per_month": HOURS_PER_MONTH,

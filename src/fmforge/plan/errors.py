@@ -1,4 +1,4 @@
-"""The planner's one error type."""
+"""The planner's one error type, and the check every numeric input goes through."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ class PlanError(ValueError):
     """Input the planner cannot price: says what was wrong and what to do."""
 
 
-def require_positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
-    """Raise PlanError unless ``value`` is a positive (or, if allowed, zero) number."""
+def require_positive(name: str, value: float | int | None, *, allow_zero: bool = False, whole: bool = False) -> None:
+    """Raise PlanError unless ``value`` is a positive (or, if allowed, zero) number,
+    and a whole one if ``whole``; None (not given) passes unless ``whole``."""
+    if whole and (isinstance(value, bool) or not isinstance(value, int)):
+        raise PlanError(f"{name} must be a whole number, got {value!r}")
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -17,8 +20,5 @@ def require_positive(name: str, value: float | int | None, *, allow_zero: bool =
         raise PlanError(f"{name} must be a number, got NaN")
     if value in (float("inf"), float("-inf")):
         raise PlanError(f"{name} must be a finite number, got {value}")
-    if allow_zero:
-        if value < 0:
-            raise PlanError(f"{name} must be >= 0, got {value:g}")
-    elif value <= 0:
-        raise PlanError(f"{name} must be > 0, got {value:g}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise PlanError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value:g}")

@@ -20,14 +20,8 @@ from typing import Any, Callable
 from fmforge.config import RunConfig
 from fmforge.hardware import Hardware, cpu_has_native_bf16, detect_gpu, get_hardware
 from fmforge.launch import current_launch
-from fmforge.model.counting import (
-    DEFAULT_CONVENTION,
-    Architecture,
-    check_convention,
-    count_params,
-    from_model_config,
-    train_flops_per_token,
-)
+from fmforge.model.counting import (DEFAULT_CONVENTION, Architecture, check_convention, count_params,
+                                    from_model_config, train_flops_per_token)
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.memory import GB, estimate_memory, max_micro_batch, min_gpus, state_bytes_per_param, usable_bytes
 
@@ -65,12 +59,6 @@ def settle_mfu(params_at: Callable[[float], float], hardware: Hardware, dtype: s
     return mfu
 
 
-def check_mfu(mfu: float) -> None:
-    require_positive("MFU", mfu)
-    if mfu > 1:
-        raise PlanError(f"MFU must be a fraction of peak in (0, 1], got {mfu:g} (did you mean {mfu / 100:g}?)")
-
-
 def gpu_hours_for(flops: float, mfu: float, peak_flops: float) -> float:
     """Device-hours to do ``flops`` of model work at ``mfu`` of ``peak_flops``."""
     return flops / (mfu * peak_flops) / 3600
@@ -86,16 +74,15 @@ def implied_mfu(train_flops: float, gpu_hours: float, peak_flops: float) -> floa
 def _memory_section(arch: Architecture | None, params: float, hw: Hardware, num_gpus: int, micro_batch: int,
                     dtype: str, checkpointing: bool, strategy: str | None, warnings: list[str]) -> dict[str, Any]:
     """memory, memory_per_gpu_gb, min_gpus(_strategy), max_micro_batch of the plan."""
-    sb = state_bytes_per_param(dtype)
     if arch is None:  # states only: no architecture, no activations
+        sb, usable = state_bytes_per_param(dtype), usable_bytes(hw)
         strategy = strategy or "fsdp"
         shard = num_gpus if strategy == "fsdp" else 1
         per_gpu = params * sb.per_param / shard / GB
-        n_min = max(1, math.ceil(params * sb.per_param / usable_bytes(hw)))
+        n_min = max(1, math.ceil(params * sb.per_param / usable))
         memory = {"strategy": strategy, "weights_gb": params * sb.weights / shard / GB,
                   "grads_gb": params * sb.grads / shard / GB, "optimizer_gb": params * sb.optimizer / shard / GB,
-                  "activations_gb": None, "total_gb": per_gpu, "usable_gb": usable_bytes(hw) / GB,
-                  "fits": per_gpu * GB <= usable_bytes(hw)}
+                  "activations_gb": None, "total_gb": per_gpu, "usable_gb": usable / GB, "fits": per_gpu * GB <= usable}
         return {"memory_per_gpu_gb": per_gpu, "memory": memory, "min_gpus": n_min,
                 "min_gpus_strategy": "ddp" if n_min == 1 else "fsdp", "max_micro_batch": None}
     by = {s: estimate_memory(arch, hw, micro_batch, num_gpus, s, dtype, checkpointing) for s in ("ddp", "fsdp")}
@@ -116,19 +103,10 @@ def _memory_section(arch: Architecture | None, params: float, hw: Hardware, num_
             "max_micro_batch": max_micro_batch(arch, hw, num_gpus, chosen.strategy, dtype, checkpointing)}
 
 
-def make_plan(
-    hardware: Hardware,
-    tokens: float,
-    arch: Architecture | None = None,
-    params: float | None = None,
-    num_gpus: int = 1,
-    mfu: float | None = None,
-    micro_batch: int = 1,
-    dtype: str = "bfloat16",
-    checkpointing: bool = False,
-    strategy: str | None = None,
-    convention: str = DEFAULT_CONVENTION,
-) -> dict[str, Any]:
+def make_plan(hardware: Hardware, tokens: float, arch: Architecture | None = None, params: float | None = None,
+              num_gpus: int = 1, mfu: float | None = None, micro_batch: int = 1, dtype: str = "bfloat16",
+              checkpointing: bool = False, strategy: str | None = None,
+              convention: str = DEFAULT_CONVENTION) -> dict[str, Any]:
     """Price training ``arch`` (or a bare ``params`` count) on ``tokens`` tokens.
     ``strategy``: "ddp" or "fsdp"; None picks DDP when everything fits on each
     device, else FSDP. With activation checkpointing the forward pass runs twice:
@@ -136,9 +114,7 @@ def make_plan(
     check_convention(convention)
     require_positive("tokens", tokens)
     require_positive("micro-batch size", micro_batch)
-    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int):
-        raise PlanError(f"number of GPUs must be a whole number, got {num_gpus!r}")
-    require_positive("number of GPUs", num_gpus)
+    require_positive("number of GPUs", num_gpus, whole=True)
     warnings: list[str] = []
     if arch is not None:
         n_params: float = count_params(arch).total
@@ -152,12 +128,12 @@ def make_plan(
             "for activations, min GPUs with activations and the largest micro-batch")
     else:
         raise PlanError("give the model: a config, --hf-config PATH, or --params N")
+    source = "given" if mfu is not None else "default for CPU" if hardware.is_cpu else "default for model size"
     if mfu is None:
-        mfu, source = default_mfu(n_params, hardware, dtype), (
-            "default for CPU" if hardware.is_cpu else "default for model size")
-    else:
-        source = "given"
-    check_mfu(mfu)
+        mfu = default_mfu(n_params, hardware, dtype)
+    require_positive("MFU", mfu)
+    if mfu > 1:
+        raise PlanError(f"MFU must be a fraction of peak in (0, 1], got {mfu:g} (did you mean {mfu / 100:g}?)")
     if not hardware.peak_flops > 0:
         raise PlanError(f"{hardware.key}: peak FLOP/s unknown (measure the CPU first)")
     work = 4 / 3 if checkpointing else 1.0
@@ -168,32 +144,20 @@ def make_plan(
     gpu_hours = gpu_hours_for(train_flops * work, mfu, hardware.peak_flops)
     memory = _memory_section(arch, n_params, hardware, num_gpus, micro_batch, dtype, checkpointing,
                              strategy, warnings)
+    # the keys and their order are the JSON schema (docs/planner.md)
     return {
-        "schema": PLAN_SCHEMA,
-        "params": n_params,
+        "schema": PLAN_SCHEMA, "params": n_params,
         "params_breakdown": count_params(arch).to_dict() if arch is not None else None,
         "architecture": arch.to_dict() if arch is not None else None,
-        "tokens": float(tokens),
-        "flops_convention": convention,
-        "flops_per_token": fpt,
+        "tokens": float(tokens), "flops_convention": convention, "flops_per_token": fpt,
         "train_flops": float(train_flops),
-        "gpu": hardware.key,
-        "gpu_name": hardware.name,
-        "peak_flops": hardware.peak_flops,
-        "gpu_memory_gb": hardware.memory_gb,
-        "interconnect": hardware.interconnect,
-        "num_gpus": num_gpus,
-        "mfu": float(mfu),
-        "mfu_source": source,
-        "price_per_gpu_hour": hardware.price_per_hour,
+        "gpu": hardware.key, "gpu_name": hardware.name, "peak_flops": hardware.peak_flops,
+        "gpu_memory_gb": hardware.memory_gb, "interconnect": hardware.interconnect, "num_gpus": num_gpus,
+        "mfu": float(mfu), "mfu_source": source, "price_per_gpu_hour": hardware.price_per_hour,
         "tokens_per_s": num_gpus * mfu * hardware.peak_flops / (fpt * work),
-        "gpu_hours": gpu_hours,
-        "wall_hours": gpu_hours / num_gpus,
-        "wall_days": gpu_hours / num_gpus / 24,
+        "gpu_hours": gpu_hours, "wall_hours": gpu_hours / num_gpus, "wall_days": gpu_hours / num_gpus / 24,
         "cost_usd": gpu_hours * hardware.price_per_hour,
-        "dtype": dtype,
-        "micro_batch_size": micro_batch,
-        "seq_len": arch.seq_len if arch is not None else None,
+        "dtype": dtype, "micro_batch_size": micro_batch, "seq_len": arch.seq_len if arch is not None else None,
         "checkpointing": checkpointing,
         **memory,
         "sources": {"spec": hardware.spec_source, "price": hardware.price_source},
@@ -227,25 +191,17 @@ def run_dtype(cfg: RunConfig, device_key: str) -> str:
     return "autocast" if dtype == "bfloat16" else "float32"
 
 
-def tokens_for_run(cfg: RunConfig, world_size: int, tokens_per_s: float | None = None) -> int:
-    """Tokens a run trains: ``max_steps`` steps of ``train.tokens_per_step`` over
-    ``world_size`` processes; under a ``max_minutes`` budget the whole steps that
-    fit at ``tokens_per_s`` (capped by ``max_steps`` when both are set)."""
+def plan_run_tokens(cfg: RunConfig, world_size: int, plan_at: Callable[[float], dict[str, Any]]) -> dict[str, Any]:
+    """``plan_at(tokens)`` for the tokens run ``cfg`` trains: ``max_steps`` steps of
+    ``train.tokens_per_step`` over ``world_size`` processes. A ``max_minutes`` budget
+    trains the whole steps that fit at the predicted speed (capped by ``max_steps``
+    when both are set), so it is priced in two passes."""
     t = cfg.train
     per_step = t.tokens_per_step(cfg.model.seq_len, world_size)
-    steps = t.max_steps
-    if t.max_minutes is not None and tokens_per_s:
-        by_time = max(1, int(tokens_per_s * 60 * t.max_minutes // per_step))
-        steps = min(steps, by_time) if steps else by_time
-    return (steps or 1) * per_step
-
-
-def plan_run_tokens(cfg: RunConfig, world_size: int, plan_at: Callable[[float], dict[str, Any]]) -> dict[str, Any]:
-    """``plan_at(tokens)`` for the tokens run ``cfg`` trains; a minutes budget trains
-    what the predicted speed does in that time, so it is priced in two passes."""
-    plan = plan_at(tokens_for_run(cfg, world_size))
-    if cfg.train.max_minutes is not None:
-        plan = plan_at(tokens_for_run(cfg, world_size, plan["tokens_per_s"]))
+    plan = plan_at((t.max_steps or 1) * per_step)
+    if t.max_minutes is not None:
+        by_time = max(1, int(plan["tokens_per_s"] * 60 * t.max_minutes // per_step))
+        plan = plan_at((min(t.max_steps, by_time) if t.max_steps else by_time) * per_step)
     return plan
 
 

@@ -1,19 +1,12 @@
 """Memory per device for training, and how many devices a model needs.
 
-Model states, bytes per parameter with AdamW (ZeRO, Rajbhandari et al. 2020, §3.1):
-bf16 mixed precision 2 + 2 + 12 (fp32 master, m, v); fp32 4 + 4 + 8; ``autocast``
-(fmforge's trainer: fp32 weights, bf16 matmuls) 4 + 4 + 8 plus the bf16 copy of
-every matmul weight autograd keeps. DDP holds all of it on every device (plus a
-gradient copy in its buckets when N > 1); FSDP (ZeRO-3) 1/N plus all-gather buffers.
-
-Activations are every tensor autograd saves, counted per token and layer the way
-Korthikanti et al. 2022 (§4) do, for fmforge's block (census taken with
-torch.autograd.graph.saved_tensors_hooks): 11·h + 4·f elements, no s² term with
-fused attention. docs/planner.md has the census, the byte counts per precision,
-checkpointing, and the check against measured peak RSS (within 25%).
-
-Usable memory: (capacity − ``GPU_RESERVED_GB``) × ``GPU_USABLE_FRACTION`` on a GPU
-(CUDA context, NCCL buffers, fragmentation); ``CPU_USABLE_FRACTION`` of RAM.
+Model states are bytes per parameter with AdamW (ZeRO, Rajbhandari et al. 2020,
+§3.1); activations are every tensor autograd saves, counted per token and layer
+the way Korthikanti et al. 2022 (§4) do, for fmforge's block (fused attention: no
+s² term). docs/planner.md has the census, the bytes per precision, checkpointing,
+and the check against measured peak RSS (within 25%). DDP holds all of it on every
+device (plus its gradient buckets when N > 1); FSDP (ZeRO-3) 1/N of the states
+plus all-gather buffers.
 """
 
 from __future__ import annotations
@@ -26,10 +19,14 @@ from fmforge.hardware import Hardware
 from fmforge.model.counting import LOSS_CHUNK, Architecture, count_params
 from fmforge.plan.errors import PlanError, require_positive
 
+# usable memory: (capacity − reserved) × fraction on a GPU (CUDA context, NCCL
+# buffers, fragmentation); a fraction of RAM on a CPU
 GPU_RESERVED_GB = 1.0
 GPU_USABLE_FRACTION = 0.92
 CPU_USABLE_FRACTION = 0.80
 GB = 1e9
+MAX_GPUS = 1_000_000
+
 
 @dataclass(frozen=True)
 class StateBytes:
@@ -42,20 +39,15 @@ class StateBytes:
         return self.weights + self.grads + self.optimizer
 
 
-DTYPES = ("bfloat16", "autocast", "float32")
-
-
-def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise PlanError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return dtype
+# bf16 mixed precision: 2 + 2 + 12 (fp32 master, m, v); fp32 and ``autocast``
+# (fmforge's trainer: fp32 weights, bf16 matmuls): 4 + 4 + 8
+STATE_BYTES = {"bfloat16": StateBytes(2, 2, 12), "autocast": StateBytes(4, 4, 8), "float32": StateBytes(4, 4, 8)}
 
 
 def state_bytes_per_param(dtype: str) -> StateBytes:
-    check_dtype(dtype)
-    if dtype == "bfloat16":
-        return StateBytes(weights=2, grads=2, optimizer=12)
-    return StateBytes(weights=4, grads=4, optimizer=8)
+    if dtype not in STATE_BYTES:
+        raise PlanError(f"dtype must be one of {', '.join(STATE_BYTES)}, got {dtype!r}")
+    return STATE_BYTES[dtype]
 
 
 def _act_bytes(dtype: str) -> int:
@@ -64,7 +56,7 @@ def _act_bytes(dtype: str) -> int:
 
 def activation_bytes_per_token_layer(arch: Architecture, dtype: str) -> float:
     """Bytes saved for backward per token per transformer block (no checkpointing)."""
-    check_dtype(dtype)
+    state_bytes_per_param(dtype)  # raises on an unknown dtype
     h, f = arch.d_model, arch.ffn_dim
     if dtype == "autocast":
         # fp32 residual stream: each fused RMSNorm keeps only its fp32 input (8h),
@@ -93,24 +85,23 @@ def head_bytes_constant(arch: Architecture, dtype: str) -> float:
     ``LOSS_CHUNK`` rows of logits, their fp32 log-softmax turned gradient, and the
     head's fp32 weight gradient, built during the forward pass."""
     v = arch.vocab_size
-    logits = _act_bytes("float32" if dtype == "float32" else "bfloat16")
+    logits = _act_bytes(dtype)
     return LOSS_CHUNK * v * (logits + 4 + logits) + 4 * v * arch.d_model
 
 
 def activation_bytes(arch: Architecture, micro_batch: int, dtype: str, checkpointing: bool) -> float:
     """Peak activation bytes of one micro-batch of ``micro_batch`` sequences of arch.seq_len."""
     require_positive("micro-batch size", micro_batch)
-    tokens = micro_batch * arch.seq_len
     layer = activation_bytes_per_token_layer(arch, dtype)
     if checkpointing:
-        # each block keeps its input (residual stream, fp32 on CPU / 16-bit on GPU);
-        # one block at a time is recomputed in full
-        # (under autocast the residual stream is fp32: 4 bytes)
+        # each block keeps its input (the residual stream: fp32 under autocast and in
+        # float32, 16-bit in bfloat16); one block at a time is recomputed in full
         residual = 4 if dtype == "autocast" else _act_bytes(dtype)
         per_token = arch.n_layers * residual * arch.d_model + layer
     else:
         per_token = arch.n_layers * layer
-    return tokens * (per_token + head_bytes_per_token(arch, dtype)) + head_bytes_constant(arch, dtype)
+    return (micro_batch * arch.seq_len * (per_token + head_bytes_per_token(arch, dtype))
+            + head_bytes_constant(arch, dtype))
 
 
 def usable_bytes(hw: Hardware) -> float:
@@ -154,19 +145,13 @@ def _buffers(arch: Architecture, params: int, sb: StateBytes, strategy: str, num
 
 
 def _autocast_copy_bytes(arch: Architecture, dtype: str) -> float:
-    """Under autocast, autograd keeps the bf16 copy of every matmul weight for backward."""
+    """Under autocast, autograd keeps the bf16 copy of every matmul weight until
+    backward uses it: memory that is neither state nor per-sequence activation."""
     return 2.0 * count_params(arch).matmul if dtype == "autocast" else 0.0
 
 
-def estimate_memory(
-    arch: Architecture,
-    hw: Hardware,
-    micro_batch: int,
-    num_gpus: int = 1,
-    strategy: str = "fsdp",
-    dtype: str = "bfloat16",
-    checkpointing: bool = False,
-) -> MemoryEstimate:
+def estimate_memory(arch: Architecture, hw: Hardware, micro_batch: int, num_gpus: int = 1,
+                    strategy: str = "fsdp", dtype: str = "bfloat16", checkpointing: bool = False) -> MemoryEstimate:
     require_positive("number of GPUs", num_gpus)
     if strategy not in ("ddp", "fsdp"):
         raise PlanError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
@@ -175,57 +160,33 @@ def estimate_memory(
     sb = state_bytes_per_param(dtype)
     params = count_params(arch).total
     shard = num_gpus if strategy == "fsdp" else 1
-    act_full = activation_bytes(arch, micro_batch, dtype, False)
-    act_ckpt = activation_bytes(arch, micro_batch, dtype, True)
+    cast = _autocast_copy_bytes(arch, dtype) / shard  # sharded like the weights it copies
+    act_full = activation_bytes(arch, micro_batch, dtype, False) + cast
+    act_ckpt = activation_bytes(arch, micro_batch, dtype, True) + cast
     act = act_ckpt if checkpointing else act_full
-    if dtype == "autocast":
-        # autograd keeps autocast's bf16 copy of every weight until backward uses it
-        cast = _autocast_copy_bytes(arch, dtype) / (num_gpus if strategy == "fsdp" else 1)
-        act_full, act_ckpt, act = act_full + cast, act_ckpt + cast, act + cast
     buf = _buffers(arch, params, sb, strategy, num_gpus)
     w, g, o = (params * x / shard for x in (sb.weights, sb.grads, sb.optimizer))
-    total = w + g + o + act + buf
-    usable = usable_bytes(hw)
+    total, usable = w + g + o + act + buf, usable_bytes(hw)
     return MemoryEstimate(
-        strategy=strategy,
-        num_gpus=num_gpus,
-        micro_batch=micro_batch,
-        dtype=dtype,
-        checkpointing=checkpointing,
-        weights_gb=w / GB,
-        grads_gb=g / GB,
-        optimizer_gb=o / GB,
-        activations_gb=act / GB,
-        activations_checkpointed_gb=act_ckpt / GB,
-        activations_full_gb=act_full / GB,
-        buffers_gb=buf / GB,
-        total_gb=total / GB,
-        usable_gb=usable / GB,
-        fits=total <= usable,
-    )
+        strategy=strategy, num_gpus=num_gpus, micro_batch=micro_batch, dtype=dtype, checkpointing=checkpointing,
+        weights_gb=w / GB, grads_gb=g / GB, optimizer_gb=o / GB, activations_gb=act / GB,
+        activations_checkpointed_gb=act_ckpt / GB, activations_full_gb=act_full / GB, buffers_gb=buf / GB,
+        total_gb=total / GB, usable_gb=usable / GB, fits=total <= usable)
 
 
-def max_micro_batch(
-    arch: Architecture, hw: Hardware, num_gpus: int = 1, strategy: str = "fsdp",
-    dtype: str = "bfloat16", checkpointing: bool = False,
-) -> int:
+def max_micro_batch(arch: Architecture, hw: Hardware, num_gpus: int = 1, strategy: str = "fsdp",
+                    dtype: str = "bfloat16", checkpointing: bool = False) -> int:
     """The largest micro-batch (sequences) that fits on each device; 0 if none does."""
     base = estimate_memory(arch, hw, 1, num_gpus, strategy, dtype, checkpointing)
     # what one more sequence adds (under autocast activations_gb also holds the bf16
     # weight copies, which do not grow with the batch)
-    per_seq = (activation_bytes(arch, 2, dtype, checkpointing)
-               - activation_bytes(arch, 1, dtype, checkpointing))
+    per_seq = activation_bytes(arch, 2, dtype, checkpointing) - activation_bytes(arch, 1, dtype, checkpointing)
     room = base.usable_gb * GB - base.total_gb * GB
     return max(0, 1 + int(room // per_seq)) if room >= 0 else 0
 
 
-MAX_GPUS = 1_000_000
-
-
-def min_gpus(
-    arch: Architecture, hw: Hardware, micro_batch: int, dtype: str = "bfloat16",
-    checkpointing: bool = False,
-) -> tuple[int, str]:
+def min_gpus(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str = "bfloat16",
+             checkpointing: bool = False) -> tuple[int, str]:
     """The fewest devices of type ``hw`` that hold the training state plus one
     micro-batch's activations: one device if it fits unsharded, else FSDP over N.
     Raises PlanError, saying what would fit, when no number of devices does."""
@@ -235,8 +196,7 @@ def min_gpus(
     if hw.is_cpu:
         raise PlanError(
             f"training needs {one.total_gb:.1f} GB but this machine has {one.usable_gb:.1f} GB usable "
-            f"({hw.memory_gb:.1f} GB RAM); {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}"
-        )
+            f"({hw.memory_gb:.1f} GB RAM); {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}")
     # Sharded states shrink as 1/N; activations and buffers do not.
     probe, fixed = _unsharded(arch, hw, micro_batch, dtype, checkpointing)
     cast = _autocast_copy_bytes(arch, dtype)  # sharded like the states
@@ -248,8 +208,7 @@ def min_gpus(
             f"the model fits on no number of {hw.key} GPUs at micro-batch {micro_batch}: "
             f"activations ({probe.activations_gb - cast / 2 / GB:.1f} GB) and buffers ({probe.buffers_gb:.1f} GB) "
             f"alone exceed the {probe.usable_gb:.1f} GB usable per GPU, and FSDP does not shard "
-            f"activations; {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}"
-        )
+            f"activations; {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}")
     n = max(n, 2)
     while not estimate_memory(arch, hw, micro_batch, n, "fsdp", dtype, checkpointing).fits:
         n += 1  # rounding; at most a step or two
@@ -264,20 +223,18 @@ def _unsharded(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str,
     return e, (e.activations_gb + e.buffers_gb) * GB - _autocast_copy_bytes(arch, dtype) / 2
 
 
-def _unshardable_fits(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str,
-                      checkpointing: bool) -> bool:
-    """Whether activations and buffers (what FSDP does not shard) leave room for states."""
-    e, fixed = _unsharded(arch, hw, micro_batch, dtype, checkpointing)
-    return fixed < e.usable_gb * GB
-
-
 def _what_fits(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str, checkpointing: bool) -> str:
+    def leaves_room(micro_batch: int, checkpointing: bool) -> bool:
+        """Whether what FSDP does not shard leaves room for the states."""
+        e, fixed = _unsharded(arch, hw, micro_batch, dtype, checkpointing)
+        return fixed < e.usable_gb * GB
+
     hints = []
-    if not checkpointing and _unshardable_fits(arch, hw, micro_batch, dtype, True):
+    if not checkpointing and leaves_room(micro_batch, True):
         hints.append("turn on activation checkpointing (--checkpointing)")
-    if micro_batch > 1 and _unshardable_fits(arch, hw, 1, dtype, checkpointing):
+    if micro_batch > 1 and leaves_room(1, checkpointing):
         hints.append("lower the micro-batch size to 1")
-    if not hints and not checkpointing and micro_batch > 1 and _unshardable_fits(arch, hw, 1, dtype, True):
+    if not hints and not checkpointing and micro_batch > 1 and leaves_room(1, True):
         hints.append("turn on activation checkpointing and lower the micro-batch size to 1")
     hints.append(f"use a shorter sequence than {arch.seq_len}")
     hints.append("shard the activations too (tensor, sequence or context parallelism, not modelled here)")

@@ -4,13 +4,21 @@ so what is printed and what ``--json`` emits cannot disagree."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from fmforge.plan import format as fmt
+
+
+def _table(title: str, columns: Iterable[str], numbers_right: bool = False) -> Table:
+    """A left-titled table; with ``numbers_right`` every column after the first is right-aligned."""
+    t = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if numbers_right and i else "left")
+    return t
 
 
 def render_plan(p: dict[str, Any]) -> list[Any]:
@@ -64,22 +72,19 @@ def render_plan(p: dict[str, Any]) -> list[Any]:
 
 
 def render_sizing(s: dict[str, Any]) -> list[Any]:
-    t = Table(
-        title=f"What {fmt.usd(s['budget_usd'])} = {s['gpu_hours']:,.0f} {s['gpu']} GPU-hours buys "
-              f"({s['compute_flops']:.3g} FLOPs at MFU {s['mfu']:.2f})",
-        title_justify="left",
-    )
     data = s.get("data_tokens_available") is not None
-    for col in ("option", "params", "tokens", "tok/param", "fit loss", "serve FLOPs/tok",
-                *(("epochs of your data", "more data") if data else ())):
-        t.add_column(col)
+    t = _table(f"What {fmt.usd(s['budget_usd'])} = {s['gpu_hours']:,.0f} {s['gpu']} GPU-hours buys "
+               f"({s['compute_flops']:.3g} FLOPs at MFU {s['mfu']:.2f})",
+               ("option", "params", "tokens", "tok/param", "fit loss", "serve FLOPs/tok",
+                *(("epochs of your data", "more data") if data else ())))
     for o in s["options"]:
         t.add_row(o["label"], fmt.count(o["params"]), fmt.count(o["tokens"]), f"{o['tokens_per_param']:.0f}",
                   f"{o['chinchilla_loss']:.3f}", fmt.count(o["inference_flops_per_token"]),
                   *((f"{o['epochs_of_data']:,.1f}", fmt.count(o["more_tokens_needed"] or None)) if data else ()))
     out: list[Any] = [t, *(Text(n) for n in s.get("notes", []))]
     if data:
-        out.append(Text(f"your data: {fmt.count(s['data_tokens_available'])} tokens ({s.get('data_source') or 'given'})"))
+        source = s.get("data_source") or "given"
+        out.append(Text(f"your data: {fmt.count(s['data_tokens_available'])} tokens ({source})"))
     return out + [Text(n) for n in s.get("data_notes", [])]
 
 
@@ -95,14 +100,12 @@ def _payback(o: dict[str, Any], buy_monthly: float) -> str:
 def render_decision(d: dict[str, Any]) -> list[Any]:
     h, a = d["horizon_months"], d["assumptions"]
     buy_monthly = next(o["monthly_usd"] for o in d["options"] if o["option"] == "buy")
-    t = Table(title=f"Train, customize or buy (over {h} months)", title_justify="left")
-    for col in ("option", "model", "one-time", "monthly", f"total {h} mo", "time to first model",
-                "pays back", "needs"):
-        t.add_column(col)
-    p = Table(title=f"How each option is priced ({a['gpu']} at ${a['price_per_gpu_hour']:g}/GPU-hour)",
-              title_justify="left")
-    for col in ("option", "tokens", "FLOPs/token", "FLOPs", "MFU", "GPU-hours", "on GPUs", "serving GPUs"):
-        p.add_column(col, justify="left" if col == "option" else "right")
+    t = _table(f"Train, customize or buy (over {h} months)",
+               ("option", "model", "one-time", "monthly", f"total {h} mo", "time to first model", "pays back",
+                "needs"))
+    p = _table(f"How each option is priced ({a['gpu']} at ${a['price_per_gpu_hour']:g}/GPU-hour)",
+               ("option", "tokens", "FLOPs/token", "FLOPs", "MFU", "GPU-hours", "on GPUs", "serving GPUs"),
+               numbers_right=True)
     for o in d["options"]:
         days, fpt = o["time_to_first_model_days"], o["flops_per_token"]
         t.add_row(o["option"], fmt.count(o["model_params"]), fmt.usd(o["one_time_usd"]), fmt.usd(o["monthly_usd"]),
@@ -118,15 +121,10 @@ def render_decision(d: dict[str, Any]) -> list[Any]:
 
 
 def render_actual(c: dict[str, Any]) -> list[Any]:
-    t = Table(title=f"Plan versus actual: {c['run']}", title_justify="left")
-    for col in ("metric", "predicted", "actual", "error"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
-    shown = {"tokens_per_s": fmt.count, "mfu": lambda x: f"{x:.3f}", "wall_s": lambda x: f"{x:,.1f} s", "cost_usd": fmt.usd}
+    t = _table(f"Plan versus actual: {c['run']}", ("metric", "predicted", "actual", "error"), numbers_right=True)
+    shown = {"tokens_per_s": fmt.count, "mfu": lambda x: f"{x:.3f}", "wall_s": lambda x: f"{x:,.1f} s",
+             "cost_usd": fmt.usd}
     for r in c["rows"]:
         f = shown.get(r["metric"], fmt.count)
         t.add_row(r["metric"], f(r["predicted"]), f(r["actual"]), fmt.pct(r["error_pct"]))
     return [t, *(Text(n, style="dim") for n in c["notes"])]
-
-
-def as_group(renderables: list[Any]) -> Group:
-    return Group(*renderables)

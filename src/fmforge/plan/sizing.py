@@ -86,10 +86,9 @@ def size_for_budget(hardware: Hardware, mfu: float, budget_usd: float | None = N
     GPU-hours on ``hardware`` at ``mfu``, against the data available if known."""
     if budget_usd is None and gpu_hours is None:
         raise PlanError("give a budget in dollars (--budget) or GPU-hours (--gpu-hours)")
-    require_positive("budget in dollars", budget_usd)
-    require_positive("budget in GPU-hours", gpu_hours)
-    require_positive("MFU", mfu)
-    require_positive("data tokens", data_tokens)
+    for name, v in (("budget in dollars", budget_usd), ("budget in GPU-hours", gpu_hours), ("MFU", mfu),
+                    ("data tokens", data_tokens)):
+        require_positive(name, v)
     if gpu_hours is None:
         if hardware.price_per_hour <= 0:
             raise PlanError("a dollar budget needs a price per GPU-hour above 0 (--price)")
