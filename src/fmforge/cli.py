@@ -220,19 +220,30 @@ def generate(
     temperature: float = typer.Option(0.8, "--temperature", min=0.0,
                                       help="0 is greedy and deterministic"),
     top_k: Optional[int] = typer.Option(50, "--top-k", min=1),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0,
+                                          help="nucleus sampling: keep the likeliest tokens "
+                                               "whose probability reaches this"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop",
+                                             help="stop before this text (repeatable)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="make sampling reproducible"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Sample a completion from the run's latest checkpoint; prints only the completion."""
+    """Sample a completion from the run's latest checkpoint; prints only the completion.
+
+    A prompt longer than the context (model.seq_len minus --max-new-tokens) keeps
+    its last tokens."""
     from fmforge.rundir import resolve_run
-    from fmforge.inference.generate import generate_text
+    from fmforge.inference.engine import Engine, GenerationRequest
     from fmforge.inference.loading import load_trained
 
     try:
         trained = load_trained(resolve_run(run), device=device)
+        request = GenerationRequest(prompt=prompt, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                    stop=list(stop or []), truncate="left")
+        text = Engine(trained, max_batch=1).generate([request])[0].text
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    text = generate_text(trained, prompt, max_new_tokens, temperature, top_k, seed)
     sys.stdout.write(text + "\n")
 
 

@@ -4,6 +4,12 @@ RMSNorm before each block, rotary position embeddings, grouped-query attention
 (``n_kv_heads`` key/value heads shared by ``n_heads`` query heads), a SwiGLU MLP,
 no biases, and optionally the output head tied to the token embedding. The model
 is single-device; data/tensor parallelism is applied from outside (train/).
+
+``forward`` is the training (and scoring) path: whole sequences, causal attention.
+``forward_cached`` is the decoding path the inference engine uses: it runs a few
+new positions of some sequences, stores their keys/values in a ``KVCache`` and
+attends to those stored before, so each generated token costs one position, not
+a recomputation of the whole context.
 """
 
 from __future__ import annotations
@@ -16,6 +22,79 @@ from torch import nn
 
 from fmforge.config import ModelConfig
 from fmforge.model.counting import LOSS_CHUNK
+
+
+class KVCache:
+    """Keys and values of the positions decoded so far, preallocated per layer as
+    (rows, kv_heads, length, head_dim): one row per sequence, and only the
+    ``n_kv_heads`` heads grouped-query attention keeps (not repeated per query head).
+    Which row holds which sequence, and how long it is, the caller tracks."""
+
+    def __init__(self, cfg: ModelConfig, rows: int, length: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        if length > cfg.seq_len:
+            raise ValueError(f"a cache of {length} positions exceeds model.seq_len={cfg.seq_len}")
+        shape = (rows, cfg.kv_heads, length, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+
+    @property
+    def rows(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[2]
+
+    def grow(self, rows: int, length: int) -> None:
+        """Make room for at least ``rows`` sequences of ``length`` positions, keeping
+        what is stored."""
+        if rows <= self.rows and length <= self.length:
+            return
+        rows, length = max(rows, self.rows), max(length, self.length)
+        for cache in (self.k, self.v):
+            for i, old in enumerate(cache):
+                new = old.new_zeros((rows, old.shape[1], length, old.shape[3]))
+                new[: old.shape[0], :, : old.shape[2]] = old
+                cache[i] = new
+
+
+class CacheStep:
+    """Where one ``forward_cached`` call reads and writes the cache: sequence i of
+    the batch lives in cache row ``rows[i]`` and its new tokens take positions
+    ``start[i] .. start[i] + t - 1``. Each sequence has its own positions (no
+    padding): a query at position p sees the keys at positions <= p of its row,
+    so whatever a row holds past its length is never read."""
+
+    def __init__(self, rows: list[int], start: list[int], t: int, device: torch.device):
+        b = len(rows)
+        self.pos = (torch.tensor(start, device=device)[:, None]
+                    + torch.arange(t, device=device))  # (b, t)
+        self.length = max(start) + t  # keys to read: positions [0, length)
+        contiguous = rows == list(range(rows[0], rows[0] + b))
+        # A run of rows is read as a view; scattered rows (after others finished) by a gather.
+        self.rows = slice(rows[0], rows[0] + b) if contiguous else torch.tensor(rows, device=device)
+        self.row_index = torch.tensor(rows, device=device)[:, None]  # (b, 1) for the write
+        self.causal, self.mask = False, None
+        if not any(start):
+            self.causal = t > 1  # a prefill: the usual causal mask over [0, t)
+        elif b > 1:  # decoding sequences of different lengths together
+            keys = torch.arange(self.length, device=device)
+            self.mask = (keys <= self.pos[:, :, None])[:, None]  # (b, 1, t, length)
+        elif t > 1:  # one sequence, several new positions after a cached prefix
+            keys = torch.arange(self.length, device=device)
+            self.mask = keys <= self.pos[0, :, None]  # (t, length)
+        # else one sequence, one new position: it sees every key stored so far.
+
+    def update(self, k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new k, v (batch, t, kv_heads, head_dim) and return all keys and
+        values of these rows so far, (batch, kv_heads, length, head_dim)."""
+        # Indices on dims 0 and 2 around a slice: the indexed view is (b, t, kv, hd),
+        # exactly k's layout.
+        k_cache[self.row_index, :, self.pos] = k
+        v_cache[self.row_index, :, self.pos] = v
+        return k_cache[self.rows, :, : self.length], v_cache[self.rows, :, : self.length]
 
 
 class RMSNorm(nn.Module):
@@ -43,7 +122,8 @@ def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[..., i], x[..., i + d/2]) by the tables' angles.
-    x: (batch, seq, heads, head_dim); cos, sin: (seq, 1, head_dim)."""
+    x: (batch, seq, heads, head_dim); cos, sin: (seq, 1, head_dim), or
+    (batch, seq, 1, head_dim) when each sequence has its own positions."""
     x1, x2 = x.chunk(2, dim=-1)
     out = x * cos + torch.cat((x2, x1), dim=-1) * sin
     return out.type_as(x)  # bf16 under autocast: the tables are float32
@@ -65,7 +145,8 @@ class Attention(nn.Module):
                                   bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor, CacheStep] | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         h, kv = self.n_heads, self.n_kv_heads
         qkv = self.qkv_proj(x).view(b, t, h + 2 * kv, self.head_dim)
@@ -74,8 +155,14 @@ class Attention(nn.Module):
         q, k, v = qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]
         # enable_gqa: each group of n_heads/n_kv_heads query heads reads one k/v
         # head inside the kernel, without materialising repeated copies.
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, enable_gqa=kv != h)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                               v.transpose(1, 2), is_causal=True, enable_gqa=kv != h)
+        else:
+            k_cache, v_cache, step = cache
+            k, v = step.update(k_cache, v_cache, k, v)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=step.mask,
+                                               is_causal=step.causal, enable_gqa=kv != h)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, h * self.head_dim))
 
 
@@ -156,8 +243,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor, CacheStep] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -210,6 +298,32 @@ class Transformer(nn.Module):
         if torch.is_grad_enabled() and (h.requires_grad or self.lm_head.weight.requires_grad):
             return HeadCrossEntropy.apply(h, self.lm_head.weight, targets, self.loss_chunk)
         return F.cross_entropy(self.lm_head(h).float(), targets, ignore_index=-100)
+
+    @torch.no_grad()
+    def forward_cached(self, tokens: torch.Tensor, cache: KVCache, rows: list[int],
+                       start: list[int], last: list[int] | None = None) -> torch.Tensor:
+        """Decode: ``tokens`` (batch, t) are positions ``start[i] ..`` of the sequence
+        in cache row ``rows[i]``; their keys/values are stored there and they attend
+        to all that row's positions before them. Returns the logits (batch, vocab)
+        of position ``last[i]`` of each row of ``tokens`` (default: the last).
+
+        Sequences of different lengths are prefilled together right-padded, with
+        ``start`` 0 and ``last`` each one's final real token: a pad's key lands past
+        its row's length, where a later token's key overwrites it before any query
+        may see it."""
+        b, t = tokens.shape
+        step = CacheStep(rows, start, t, tokens.device)
+        if step.length > cache.length:
+            raise ValueError(f"positions up to {step.length} exceed the cache's {cache.length}")
+        cos, sin = self.rope_cos[step.pos][:, :, None], self.rope_sin[step.pos][:, :, None]
+        x = self.embed(tokens)
+        for block, k_cache, v_cache in zip(self.blocks, cache.k, cache.v):
+            x = block(x, cos, sin, (k_cache, v_cache, step))
+        if last is None:
+            x = x[:, -1]
+        else:
+            x = x[torch.arange(b, device=x.device), torch.tensor(last, device=x.device)]
+        return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head is counted once)."""
