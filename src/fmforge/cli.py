@@ -304,6 +304,98 @@ def plan(
             stdout.print(r)
 
 
+export_app = typer.Typer(help="Export a run's latest checkpoint (Hugging Face, GGUF).",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+import_app = typer.Typer(help="Make a run directory from another format.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+RunArg = typer.Argument(..., help="run directory, or a run name under runs/")
+
+
+@export_app.command("hf")
+def export_hf_command(run: str = RunArg,
+                      out_dir: Path = typer.Argument(..., help="directory to write (replaced whole)")) -> None:
+    """A Hugging Face LlamaForCausalLM directory (config, safetensors, tokenizer) for
+    transformers and vLLM."""
+    from fmforge.export.hf import export_hf
+    from fmforge.rundir import resolve_run
+
+    with _reported("the same command"):
+        try:
+            out = export_hf(resolve_run(run), out_dir)
+        except FileExistsError as exc:
+            _fail(str(exc))
+    sys.stdout.write(f"{out}\n")
+
+
+@export_app.command("gguf")
+def export_gguf_command(run: str = RunArg,
+                        out: Path = typer.Argument(..., help="the .gguf file to write"),
+                        dtype: str = typer.Option("f16", "--dtype", help="f32 | f16 | q8_0")) -> None:
+    """One GGUF file in llama.cpp's Llama layout (`llama-cli -m OUT.gguf -p ...`)."""
+    from fmforge.export.gguf import export_gguf
+    from fmforge.rundir import resolve_run
+
+    with _reported("the same command"):
+        try:
+            path = export_gguf(resolve_run(run), out, dtype)
+        except ImportError as exc:
+            _fail(str(exc))
+    sys.stdout.write(f"{path}\n")
+
+
+@import_app.command("hf")
+def import_hf_command(hf_dir: Path = typer.Argument(..., help="a Llama checkpoint on local disk"),
+                      run: Path = typer.Argument(..., help="the new run directory")) -> None:
+    """A Llama-family Hugging Face checkpoint (config.json, safetensors, tokenizer.json)
+    becomes a run directory that `fmforge generate` and the server read."""
+    from fmforge.export.hf import import_hf
+
+    with _reported("the same command"):
+        try:
+            out = import_hf(hf_dir, run)
+        except FileExistsError as exc:
+            _fail(str(exc))
+    sys.stdout.write(f"{out.root}\n")
+
+
+@app.command()
+def serve(
+    path: str = typer.Argument(..., help="a run directory (or name under runs/), or an exported "
+                                         "Hugging Face directory"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FMFORGE_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' (or FMFORGE_API_KEY)"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="the model id clients send "
+                                             "(default: the run's or directory's name)"),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="sequences decoded together"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Serve a model behind an OpenAI-compatible API (/v1/completions,
+    /v1/chat/completions, /v1/models) with a chat page at /."""
+    import tempfile
+
+    from fmforge.inference.loading import load_trained
+    from fmforge.rundir import resolve_run
+    from fmforge.serve.server import serve as run_server
+
+    target = Path(path)
+    with tempfile.TemporaryDirectory(prefix="fmforge-serve-") as tmp:
+        try:
+            if (target / "config.json").is_file() and not (target / "config.yaml").is_file():
+                from fmforge.export.hf import import_hf
+
+                run_dir = import_hf(target, Path(tmp) / target.name)  # weights into fmforge's model
+            else:
+                run_dir = resolve_run(path)
+            trained = load_trained(run_dir, device=device)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        run_server(trained, model_name or target.resolve().name, host=host, port=port,
+                   api_key=api_key, tokenizer_dir=run_dir.tokenizer, max_batch=max_batch)
+
+
 def main() -> None:
     import signal
 

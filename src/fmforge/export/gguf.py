@@ -1,0 +1,203 @@
+"""GGUF export in the layout llama.cpp reads for Llama models.
+
+Tensors are named as llama.cpp's ``llama`` architecture names them (``token_embd``,
+``blk.N.attn_q`` ..., ``output_norm``, ``output``; no ``output`` when the head is
+tied: llama.cpp then reuses ``token_embd``). The q and k projections are
+permuted the way llama.cpp's ``convert_hf_to_gguf.py`` permutes a Hugging Face
+Llama's: llama.cpp rotates adjacent pairs (2i, 2i+1) of a head, Hugging Face
+(and fmforge) rotate i with i + head_dim/2, so the rows of each head are
+interleaved (the rotation commutes with the row order, since q·k sums over
+both). The tokenizer is stored as GPT-2 byte-level BPE (``tokenizer.ggml.model
+= "gpt2"``, pre-tokenizer ``gpt2``: fmforge's ByteLevel pre-tokenizer uses the
+GPT-2 split pattern).
+
+``dtype``: f32; f16 (matrices in f16, norms in f32, like llama.cpp's converter);
+q8_0 (matrices quantised in blocks of 32, norms in f32; a matrix whose rows are
+not a multiple of 32 falls back to f16, as llama.cpp's converter does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmforge.config import ModelConfig
+from fmforge.export.hf import special_token_ids
+from fmforge.inference.loading import TrainedModel, load_trained
+from fmforge.rundir import RunDir, fsync_dir
+
+DTYPES = ("f32", "f16", "q8_0")
+# GPT-2's split pattern: what tokenizers' ByteLevel(use_regex=True) applies.
+GPT2_PRE = "gpt2"
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("GGUF export needs the gguf package: `pip install 'fmforge[gguf]'` "
+                          "(or `pip install gguf`)") from None
+    return gguf
+
+
+def permute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q or k projection from the rotate-half layout (HF, fmforge) to the
+    interleaved one llama.cpp's Llama expects: within each head, row j of the first
+    half goes to 2j, row j of the second half to 2j+1 (``LlamaModel.permute`` in
+    llama.cpp's convert_hf_to_gguf.py)."""
+    return (w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """fmforge weights -> llama.cpp's names and layout, as float32 arrays in
+    PyTorch's (rows, columns) order (the gguf writer reverses it to ggml's)."""
+    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    out = {"token_embd.weight": state["embed.weight"], "output_norm.weight": state["norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = state["lm_head.weight"]
+    for i in range(cfg.n_layers):
+        ours, b = f"blocks.{i}.", f"blk.{i}."
+        q, k, v = state[ours + "attn.qkv_proj.weight"].split([q_rows, kv_rows, kv_rows])
+        gate, up = state[ours + "mlp.gate_up_proj.weight"].split([cfg.ffn_dim, cfg.ffn_dim])
+        out.update({
+            b + "attn_norm.weight": state[ours + "attn_norm.weight"],
+            b + "attn_q.weight": permute_rope_rows(q, cfg.n_heads),
+            b + "attn_k.weight": permute_rope_rows(k, cfg.kv_heads),
+            b + "attn_v.weight": v,
+            b + "attn_output.weight": state[ours + "attn.o_proj.weight"],
+            b + "ffn_norm.weight": state[ours + "mlp_norm.weight"],
+            b + "ffn_gate.weight": gate,
+            b + "ffn_up.weight": up,
+            b + "ffn_down.weight": state[ours + "mlp.down_proj.weight"],
+        })
+    return {name: t.detach().float().cpu().contiguous().numpy().copy() for name, t in out.items()}
+
+
+def tokenizer_metadata(tokenizer_json: dict[str, Any], n_vocab: int) -> dict[str, Any]:
+    """tokens, token types and merges of a byte-level BPE ``tokenizer.json``, the
+    token list padded to the model's ``n_vocab`` rows (llama.cpp requires one
+    entry per embedding row; the padding is typed UNUSED, as in llama.cpp's
+    converter)."""
+    gguf = _gguf()
+    model = tokenizer_json.get("model", {})
+    if model.get("type") != "BPE":
+        raise ValueError(f"GGUF export supports byte-level BPE tokenizers; this one is "
+                         f"{model.get('type')!r}")
+    vocab: dict[str, int] = dict(model["vocab"])
+    special, added = set(), {}
+    for t in tokenizer_json.get("added_tokens", []):
+        added[t["id"]] = t["content"]
+        if t.get("special"):
+            special.add(t["id"])
+    by_id = {i: tok for tok, i in vocab.items()} | added
+    if by_id and max(by_id) >= n_vocab:
+        raise ValueError(f"the tokenizer has ids up to {max(by_id)}, beyond the model's "
+                         f"{n_vocab} embedding rows")
+    tokens, types = [], []
+    for i in range(n_vocab):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.CONTROL if i in special else
+                         gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return {"tokens": tokens, "types": types, "merges": merges}
+
+
+def _add_tensor(writer, gguf, name: str, data: np.ndarray, dtype: str) -> None:
+    q = gguf.GGMLQuantizationType
+    if data.ndim == 1 or dtype == "f32":  # norms stay f32 (llama.cpp's converter does too)
+        writer.add_tensor(name, data.astype(np.float32))
+    elif dtype == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[q.Q8_0][0] == 0:
+        writer.add_tensor(name, gguf.quants.quantize(data, q.Q8_0), raw_dtype=q.Q8_0)
+    else:
+        writer.add_tensor(name, data.astype(np.float16))
+
+
+def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
+                trained: TrainedModel | None = None) -> Path:
+    """Write the run's latest checkpoint as one GGUF file (written aside, then renamed)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    gguf = _gguf()
+    out_path = Path(out_path)
+    trained = trained or load_trained(run, device="cpu")
+    cfg = trained.model.cfg
+    tensors = gguf_tensors(trained.model.state_dict(), cfg)
+    tok_json = json.loads((run.tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
+    pre = tok_json.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        raise ValueError(f"{run.tokenizer / 'tokenizer.json'}: GGUF export supports the GPT-2 "
+                         f"byte-level pre-tokenizer; this one is {pre.get('type')!r}")
+    meta = tokenizer_metadata(tok_json, int(cfg.vocab_size))
+    ids = special_token_ids(run.tokenizer, trained.tokenizer)
+    eos = trained.eos_id if trained.eos_id is not None else ids["eos"]
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        writer.add_name(run.root.resolve().name)
+        writer.add_file_type(int(file_type))
+        writer.add_context_length(cfg.seq_len)
+        writer.add_embedding_length(cfg.d_model)
+        writer.add_block_count(cfg.n_layers)
+        writer.add_feed_forward_length(cfg.ffn_dim)
+        writer.add_head_count(cfg.n_heads)
+        writer.add_head_count_kv(cfg.kv_heads)
+        writer.add_rope_freq_base(cfg.rope_theta)
+        writer.add_layer_norm_rms_eps(cfg.norm_eps)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_vocab_size(int(cfg.vocab_size))
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(GPT2_PRE)
+        writer.add_token_list(meta["tokens"])
+        writer.add_token_types(meta["types"])
+        writer.add_token_merges(meta["merges"])
+        # No BOS in fmforge's tokenizer: llama.cpp gets the EOS id (GPT-2's
+        # convention) and is told not to add it; documents are separated by EOS.
+        bos = ids["bos"] if ids["bos"] is not None else eos
+        if bos is not None:
+            writer.add_bos_token_id(bos)
+        if eos is not None:
+            writer.add_eos_token_id(eos)
+        if ids["pad"] is not None:
+            writer.add_pad_token_id(ids["pad"])
+        writer.add_add_bos_token(ids["bos"] is not None and _adds_bos(run))
+        writer.add_add_eos_token(False)
+        for name, data in tensors.items():
+            _add_tensor(writer, gguf, name, data, dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+        fsync_dir(out_path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def _adds_bos(run: RunDir) -> bool:
+    """Whether the run's tokenizer prepends BOS to a prompt (an imported Llama's
+    ``add_bos_token``); fmforge's own tokenizers do not."""
+    path = run.tokenizer / "tokenizer_config.json"
+    if not path.is_file():
+        return False
+    return bool(json.loads(path.read_text(encoding="utf-8")).get("add_bos_token", False))
