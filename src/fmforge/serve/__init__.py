@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server over the generation engine, and its chat page."""
