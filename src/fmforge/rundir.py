@@ -62,6 +62,9 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # Some writers (safetensors, mkstemp) create files readable by their owner
+    # only; a run directory is shared (other users, vLLM, other nodes).
+    standard_permissions(tmp)
     # On disk before the rename: after a power loss the directory is either the
     # old one or the complete new one, never a renamed but empty shell.
     fsync_tree(tmp)
@@ -73,6 +76,25 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def standard_permissions_of_file(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def standard_permissions(root: Path) -> None:
+    """Give every file under ``root`` the mode a plain ``open()`` would (0666 less
+    the umask) and every directory 0777 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for here, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(here, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(here, name), 0o666 & ~umask)
 
 
 def fsync_dir(path: Path) -> None:

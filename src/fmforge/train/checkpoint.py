@@ -27,7 +27,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from fmforge.rundir import atomic_directory, atomic_write_json, fsync_dir, fsync_tree
+from fmforge.rundir import (
+    atomic_directory,
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    standard_permissions,
+    standard_permissions_of_file,
+)
 
 class CheckpointFormatError(ValueError):
     """A sound checkpoint that this way of training cannot resume (not damage)."""
@@ -105,6 +112,7 @@ def save_sharded_checkpoint(root: Path, step: int, model: torch.nn.Module,
     barrier()
     if is_main:
         atomic_write_json(tmp / "trainer_state.json", {"step": step, **state})
+        standard_permissions(tmp)
         fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -174,6 +182,7 @@ def consolidate(ckpt: Path, model: torch.nn.Module) -> Path:
     out = ckpt / "model.safetensors"
     tmp = ckpt / ".model.safetensors.tmp"
     save_model(model, str(tmp))
+    standard_permissions_of_file(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, out)
