@@ -59,14 +59,15 @@ def activation_bytes_per_token_layer(arch: Architecture, dtype: str) -> float:
     state_bytes_per_param(dtype)  # raises on an unknown dtype
     h, f = arch.d_model, arch.ffn_dim
     if dtype == "autocast":
-        # fp32 residual stream: each fused RMSNorm keeps only its fp32 input (8h),
+        # fp32 residual stream: each norm keeps its fp32 input and output (16h),
         # every projection its own bf16 cast of its input (q, k, v, gate, up:
         # 10h), SDPA q, k, v, out (8h), o_proj input (2h), SwiGLU (8f)
-        return 28 * h + 8 * f
+        return 36 * h + 8 * f
     p = _act_bytes(dtype)
-    # two norm inputs, the two projection inputs (norm outputs), SDPA q, k, v and
-    # output, the o-projection input (9h); gate, up, silu(gate), their product (4f)
-    return p * (9 * h + 4 * f) + (4 - p) * 2 * h
+    # two norm inputs and outputs, the two projection inputs, SDPA q, k, v and
+    # output, the o-projection input (11h); gate, up, silu(gate), their product (4f).
+    # Checked against the tensors autograd saves for one block (saved_tensors_hooks).
+    return p * (11 * h + 4 * f) + (4 - p) * 2 * h
 
 
 def head_bytes_per_token(arch: Architecture, dtype: str) -> float:
@@ -166,7 +167,10 @@ def estimate_memory(arch: Architecture, hw: Hardware, micro_batch: int, num_gpus
     act = act_ckpt if checkpointing else act_full
     buf = _buffers(arch, params, sb, strategy, num_gpus)
     w, g, o = (params * x / shard for x in (sb.weights, sb.grads, sb.optimizer))
-    total, usable = w + g + o + act + buf, usable_bytes(hw)
+    # Gradients and activations do not peak together: backward frees each block's
+    # activations as it fills in that block's gradients, and the trainer frees the
+    # gradients (zero_grad(set_to_none=True)) before the next forward.
+    total, usable = w + o + max(g, act) + buf, usable_bytes(hw)
     return MemoryEstimate(
         strategy=strategy, num_gpus=num_gpus, micro_batch=micro_batch, dtype=dtype, checkpointing=checkpointing,
         weights_gb=w / GB, grads_gb=g / GB, optimizer_gb=o / GB, activations_gb=act / GB,
@@ -209,9 +213,18 @@ def min_gpus(arch: Architecture, hw: Hardware, micro_batch: int, dtype: str = "b
             f"activations ({probe.activations_gb - cast / 2 / GB:.1f} GB) and buffers ({probe.buffers_gb:.1f} GB) "
             f"alone exceed the {probe.usable_gb:.1f} GB usable per GPU, and FSDP does not shard "
             f"activations; {_what_fits(arch, hw, micro_batch, dtype, checkpointing)}")
+    # n counts gradients beside the activations, so it fits; gradients and
+    # activations do not peak together, so fewer may: the smallest that fits.
     n = max(n, 2)
     while not estimate_memory(arch, hw, micro_batch, n, "fsdp", dtype, checkpointing).fits:
         n += 1  # rounding; at most a step or two
+    low = 2
+    while low < n:
+        mid = (low + n) // 2
+        if estimate_memory(arch, hw, micro_batch, mid, "fsdp", dtype, checkpointing).fits:
+            n = mid
+        else:
+            low = mid + 1
     return n, "fsdp"
 
 
