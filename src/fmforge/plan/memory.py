@@ -64,10 +64,12 @@ def activation_bytes_per_token_layer(arch: Architecture, dtype: str) -> float:
         # 10h), SDPA q, k, v, out (8h), o_proj input (2h), SwiGLU (8f)
         return 36 * h + 8 * f
     p = _act_bytes(dtype)
-    # two norm inputs and outputs, the two projection inputs, SDPA q, k, v and
-    # output, the o-projection input (11h); gate, up, silu(gate), their product (4f).
-    # Checked against the tensors autograd saves for one block (saved_tensors_hooks).
-    return p * (11 * h + 4 * f) + (4 - p) * 2 * h
+    kv = arch.n_kv_heads * arch.head_dim
+    # per norm its input, output and the projection's copy of it (6h for two);
+    # the fused q/k/v output (h + 2kv), the rotated q and k (h + kv), the
+    # o-projection input (h); gate|up, silu(gate) and their product (4f). The
+    # tensors autograd saves for one block (saved_tensors_hooks): 12h + 4f with MHA.
+    return p * (9 * h + 3 * kv + 4 * f) + (4 - p) * 2 * h
 
 
 def head_bytes_per_token(arch: Architecture, dtype: str) -> float:
