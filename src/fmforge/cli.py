@@ -226,12 +226,14 @@ def generate(
     stop: Optional[List[str]] = typer.Option(None, "--stop",
                                              help="stop before this text (repeatable)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="make sampling reproducible"),
+    truncate: bool = typer.Option(False, "--truncate", help="keep the last tokens of a prompt "
+                                  "too long for the context instead of refusing it"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Sample a completion from the run's latest checkpoint; prints only the completion.
 
-    A prompt longer than the context (model.seq_len minus --max-new-tokens) keeps
-    its last tokens."""
+    A prompt longer than the context (model.seq_len minus --max-new-tokens) is
+    refused with the lengths, or keeps its last tokens with --truncate."""
     from fmforge.rundir import resolve_run
     from fmforge.inference.engine import Engine, GenerationRequest
     from fmforge.inference.loading import load_trained
@@ -240,7 +242,7 @@ def generate(
         trained = load_trained(resolve_run(run), device=device)
         request = GenerationRequest(prompt=prompt, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    stop=list(stop or []), truncate="left")
+                                    stop=list(stop or []), truncate="left" if truncate else "error")
         text = Engine(trained, max_batch=1).generate([request])[0].text
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

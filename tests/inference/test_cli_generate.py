@@ -40,9 +40,13 @@ def test_generate_command_uses_the_engine(tmp_path: Path, make_tiny_config):
     assert cut == want[: want.index(stop)] + "\n"
     seeded = ("generate", str(run), "-p", "def", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "20")
     assert invoke(*seeded) == invoke(*seeded)
-    # A prompt past the context keeps its last tokens (seq_len is 32 here).
+    # A prompt past the context is refused with the lengths (seq_len is 32 here),
+    # or keeps its last tokens with --truncate.
+    too_long = runner.invoke(app, ["generate", str(run), "-p", "def alpha(beta, gamma): " * 20,
+                                   "--temperature", "0", "--max-new-tokens", "8"])
+    assert too_long.exit_code == 2 and "leaves room for 24" in too_long.output
     long = invoke("generate", str(run), "-p", "def alpha(beta, gamma): " * 20, "--temperature", "0",
-                  "--max-new-tokens", "8")
+                  "--max-new-tokens", "8", "--truncate")
     assert long.strip()
     bad = runner.invoke(app, ["generate", str(run), "-p", "x", "--max-new-tokens", "40"])
     assert bad.exit_code != 0 and "context of 32 tokens" in bad.output
