@@ -42,45 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from fmforge.config import ModelConfig
 from fmforge.inference.engine import Engine, GenerationRequest
 from fmforge.inference.loading import TrainedModel
+from fmforge.export.mapping import to_transformers as llama_twin
 from fmforge.model.transformer import Transformer
 
 DEMO = dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, seq_len=256, vocab_size=8192,
             tie_embeddings=True)
-
-
-def llama_twin(model: Transformer):
-    """A LlamaForCausalLM of the identical config holding a copy of ``model``'s weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = model.cfg
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
-        attn_implementation="sdpa"))
-    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    state = {"model.embed_tokens.weight": model.embed.weight,
-             "model.norm.weight": model.norm.weight, "lm_head.weight": model.lm_head.weight}
-    for i, block in enumerate(model.blocks):
-        p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv_proj.weight.split([q_rows, kv_rows, kv_rows])
-        gate, up = block.mlp.gate_up_proj.weight.chunk(2)
-        state.update({
-            p + "input_layernorm.weight": block.attn_norm.weight,
-            p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-            p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.o_proj.weight,
-            p + "post_attention_layernorm.weight": block.mlp_norm.weight,
-            p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-            p + "mlp.down_proj.weight": block.mlp.down_proj.weight,
-        })
-    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in state.items()},
-                                             strict=False)
-    if unexpected or not set(missing) <= {"lm_head.weight"}:
-        raise SystemExit(f"weight mapping failed: missing {missing}, unexpected {unexpected}")
-    return hf.eval()
 
 
 def stdlib_tokenizer(vocab_size: int):

@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from measure_step import train_step_worker  # benchmarks/, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name: (ModelConfig kwargs, micro-batch, warm-up steps, timed steps)
@@ -70,88 +72,6 @@ def _env() -> dict[str, str]:
 # ------------------------------------------------------------- 1+2: throughput
 
 
-def throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """In a fresh process: the trainer's step on random tokens, timed; peak memory."""
-    import math
-    import resource
-
-    import torch
-
-    from fmforge.config import ModelConfig, TrainConfig
-    from fmforge.model.transformer import Transformer
-    from fmforge.train.device import autocast
-    from fmforge.train.optim import build_optimizer
-
-    device = torch.device(spec["device"])
-    cuda = device.type == "cuda"
-    tcfg = TrainConfig(device=spec["device"], dtype=spec["dtype"], compile=spec["compile"])
-    cfg = ModelConfig(**spec["model"])
-    b, t = spec["micro_batch"], cfg.seq_len
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    def make_step(model, run, x, y):
-        opt = build_optimizer(model, tcfg)
-
-        def step() -> float:
-            with autocast(device, tcfg):
-                loss = run(x, y)
-            loss.backward()
-            loss_value = float(loss.detach())  # the trainer reads the loss every micro-step
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip))
-            if math.isfinite(loss_value) and math.isfinite(norm):  # checked before the step, as the trainer
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss_value
-        return step
-
-    # One-time allocations (cuBLAS workspace, autograd engine) go into the baseline.
-    tiny = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, seq_len=8)).to(device)
-    z = torch.zeros(1, 8, dtype=torch.long, device=device)
-    make_step(tiny, tiny, z, z)()
-    del tiny
-    sync()
-    if cuda:
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-    torch.manual_seed(0)
-    model = Transformer(cfg).to(device)
-    run = torch.compile(model) if spec["compile"] else model
-    x = torch.randint(0, cfg.vocab_size, (b, t), device=device)
-    y = torch.randint(0, cfg.vocab_size, (b, t), device=device)
-    step = make_step(model, run, x, y)
-
-    t0 = time.perf_counter()
-    for _ in range(spec["warmup"]):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
-    if cuda:
-        # Weights and optimizer state stay allocated, so the steady-state peak
-        # measured from here still counts them (less the pre-model baseline).
-        torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
-    for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
-        losses.append(step())
-        sync()
-        times.append(time.perf_counter() - t0)
-    out = {"step_times_s": times, "warmup_s": warmup_s, "loss_last": losses[-1],
-           "params_instantiated": model.num_parameters()}
-    if cuda:
-        out["peak_bytes"] = torch.cuda.max_memory_allocated() - base
-        out["memory_method"] = "torch.cuda.max_memory_allocated() over the timed steps, less the pre-model baseline"
-    else:
-        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        out["memory_method"] = "peak RSS (ru_maxrss) growth after a tiny warm-up step"
-    return out
-
-
 def planner_memory_gb(model_kwargs: dict[str, Any], micro_batch: int, device: str) -> tuple[float, str]:
     """The planner's peak-memory estimate for one device, bf16 autocast (as plan_vs_measured.py)."""
     from fmforge.config import ModelConfig
@@ -172,7 +92,8 @@ def run_throughput(name: str, preset, args) -> dict[str, Any]:
     from fmforge.model.counting import count_parameters, flops_per_token
 
     model_kwargs, b, warmup, steps = preset
-    spec = {"device": args.device, "dtype": "bfloat16", "compile": not args.no_compile,
+    spec = {"device": args.device, "train_dtype": "bfloat16", "peak_after_warmup": True,
+            "compile": not args.no_compile,
             "model": model_kwargs, "micro_batch": b, "warmup": warmup, "steps": steps}
     cfg = ModelConfig(**model_kwargs)
     res: dict[str, Any] = {"model": name, "params": count_parameters(cfg).total, "micro_batch": b,
@@ -371,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker_spec:
-        print(json.dumps(throughput_worker(json.loads(args.worker_spec))))
+        print(json.dumps(train_step_worker(json.loads(args.worker_spec))))
         return 0
 
     import torch

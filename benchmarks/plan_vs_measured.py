@@ -38,9 +38,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from measure_step import train_step_worker  # benchmarks/, beside this script
 
 # (model config, micro-batch, warm-up steps, timed steps)
 PRESETS: dict[str, tuple[dict[str, Any], int, int, int]] = {
@@ -54,90 +55,6 @@ PRESETS: dict[str, tuple[dict[str, Any], int, int, int]] = {
 
 
 # ------------------------------------------------------------------ measurement
-
-
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run in a fresh process: build the model, train, time the steps, and measure peak memory."""
-    import resource
-
-    import torch
-
-    from fmforge.config import ModelConfig, TrainConfig
-    from fmforge.model.transformer import Transformer
-    from fmforge.train.device import autocast
-    from fmforge.train.optim import build_optimizer
-
-    device = torch.device(spec["device"])
-    cuda = device.type == "cuda"
-    tcfg = TrainConfig(device=spec["device"], dtype=spec["train_dtype"])
-    cfg = ModelConfig(**spec["model"])
-    b, t = spec["micro_batch"], cfg.seq_len
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    def make_step(model: torch.nn.Module, run: torch.nn.Module, x, y):
-        opt = build_optimizer(model, tcfg)
-
-        def step() -> float:
-            with autocast(device, tcfg):
-                loss = run(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return float(loss.detach())  # the trainer syncs on the loss every step too
-        return step
-
-    # One-time allocations go into the baseline, not the delta.
-    tiny = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, seq_len=8)).to(device)
-    z = torch.zeros(1, 8, dtype=torch.long, device=device)
-    make_step(tiny, tiny, z, z)()
-    del tiny
-    sync()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-    torch.manual_seed(0)
-    model = Transformer(cfg).to(device)
-    if spec["checkpointing"]:
-        from functools import partial
-
-        from torch.utils.checkpoint import checkpoint
-        for block in model.blocks:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
-    run = torch.compile(model) if spec["compile"] else model
-    x = torch.randint(0, cfg.vocab_size, (b, t), device=device)
-    y = torch.randint(0, cfg.vocab_size, (b, t), device=device)
-    step = make_step(model, run, x, y)
-
-    t0 = time.perf_counter()
-    for _ in range(spec["warmup"]):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
-    times, losses = [], []
-    for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
-        losses.append(step())
-        sync()
-        times.append(time.perf_counter() - t0)
-
-    out: dict[str, Any] = {"step_times_s": times, "warmup_s": warmup_s, "loss_last": losses[-1],
-                           "params_instantiated": model.num_parameters()}
-    if cuda:
-        out["peak_bytes"] = torch.cuda.max_memory_allocated() - base
-        out["reserved_peak_bytes"] = torch.cuda.max_memory_reserved()
-        out["memory_method"] = "torch.cuda.max_memory_allocated() - baseline after a tiny warm-up step"
-    else:
-        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        out["memory_method"] = "peak RSS (ru_maxrss) growth in a fresh process after a tiny warm-up step"
-    return out
 
 
 def counted_flops_per_token(model_kwargs: dict[str, Any], micro_batch: int) -> float:
@@ -237,8 +154,6 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "mfu_source": plan["mfu_source"],
         "flops_per_token": fpt,
         "peak_memory_gb": mem.total_gb,
-        # memory.py: the sum counts grads and activations as coexisting; the peak may be up to min(grads, activations) lower
-        "peak_memory_low_gb": mem.total_gb - min(mem.grads_gb, mem.activations_gb),
         "memory": mem.to_dict(),
     }
     meas = {
@@ -288,10 +203,9 @@ def print_table(r: dict[str, Any]) -> None:
           f"{p['step_time_at_measured_mfu_s']:.4f} s/step (the time error is all MFU guess).")
     print(f"FLOPs/token: planner's formula vs {m['flops_counted_by']}.")
     mem = p["memory"]
-    print(f"memory predicted: weights {mem['weights_gb']:.3f} + grads {mem['grads_gb']:.3f} + optimizer "
-          f"{mem['optimizer_gb']:.3f} + activations {mem['activations_gb']:.3f} GB; the real peak can be "
-          f"as low as {p['peak_memory_low_gb']:.3f} GB (error vs that: "
-          f"{num(err_pct(p['peak_memory_low_gb'], m['peak_memory_gb']), '+.1f%')}). "
+    print(f"memory predicted: weights {mem['weights_gb']:.3f} + optimizer {mem['optimizer_gb']:.3f} "
+          f"+ the larger of grads {mem['grads_gb']:.3f} and activations {mem['activations_gb']:.3f} "
+          f"+ buffers {mem['buffers_gb']:.3f} GB (gradients and activations do not peak together). "
           f"Measured: {m['memory_method']}.")
 
 
@@ -316,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker_spec:
-        print(json.dumps(worker(json.loads(args.worker_spec))))
+        print(json.dumps(train_step_worker(json.loads(args.worker_spec))))
         return 0
     for name in ("steps", "micro_batch", "seq_len"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:

@@ -19,35 +19,11 @@ transformers = pytest.importorskip("transformers")
 
 
 def llama_twin(model: Transformer):
-    """A LlamaForCausalLM with the same architecture and a copy of ``model``'s weights."""
-    cfg = model.cfg
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.seq_len, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
-        attn_implementation="sdpa"))
-    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    state = {"model.embed_tokens.weight": model.embed.weight,
-             "model.norm.weight": model.norm.weight, "lm_head.weight": model.lm_head.weight}
-    for i, block in enumerate(model.blocks):
-        p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv_proj.weight.split([q_rows, kv_rows, kv_rows])
-        gate, up = block.mlp.gate_up_proj.weight.chunk(2)
-        state.update({
-            p + "input_layernorm.weight": block.attn_norm.weight,
-            p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-            p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.o_proj.weight,
-            p + "post_attention_layernorm.weight": block.mlp_norm.weight,
-            p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-            p + "mlp.down_proj.weight": block.mlp.down_proj.weight,
-        })
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    assert not unexpected
-    assert set(missing) <= {"lm_head.weight"} and (cfg.tie_embeddings or not missing)
-    return hf.eval()
+    """A LlamaForCausalLM with the same architecture and a copy of ``model``'s
+    weights, through the export's one weight mapping."""
+    from fmforge.export.mapping import to_transformers
+
+    return to_transformers(model)
 
 
 @pytest.mark.parametrize("kw", [

@@ -185,3 +185,20 @@ def model_config_from_hf(config: Mapping[str, Any], source: str = "config.json")
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UnsupportedModelError(f"{source}: not an architecture fmforge supports: {exc}") from exc
+
+
+def to_transformers(model, attn_implementation: str = "sdpa"):
+    """An in-memory ``transformers.LlamaForCausalLM`` with ``model``'s architecture and
+    a copy of its weights (what ``fmforge export hf`` writes, without the files):
+    for parity tests and side-by-side benchmarks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.cfg
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config(cfg, None, None, None),
+                                      attn_implementation=attn_implementation))
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), cfg), strict=False)
+    allowed = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    if unexpected or set(missing) - allowed:
+        raise ValueError(f"weight mapping to LlamaForCausalLM failed: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return hf.eval()

@@ -1,0 +1,106 @@
+"""The trainer's step on random tokens, timed, with its peak memory: what
+``plan_vs_measured.py`` and ``gpu_train_check.py`` measure, in one place.
+
+Run it in a fresh process (``python SCRIPT --worker-spec JSON``) so the RSS
+high-water mark and CUDA state start clean. ``spec`` keys: ``device``,
+``train_dtype`` (float32 | bfloat16), ``model`` (ModelConfig fields),
+``micro_batch``, ``warmup``, ``steps``, ``compile``, and optionally
+``checkpointing`` (activation checkpointing, as the trainer applies it) and
+``peak_after_warmup`` (on CUDA, measure the steady-state peak of the timed
+steps rather than the peak since the model was built).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+
+def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
+    import torch
+
+    from fmforge.config import ModelConfig, TrainConfig
+    from fmforge.model.transformer import Transformer
+    from fmforge.train.device import autocast
+    from fmforge.train.loop import apply_activation_checkpointing
+    from fmforge.train.optim import build_optimizer
+
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    tcfg = TrainConfig(device=spec["device"], dtype=spec["train_dtype"])
+    cfg = ModelConfig(**spec["model"])
+    b, t = spec["micro_batch"], cfg.seq_len
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def make_step(model, run, x, y):
+        opt = build_optimizer(model, tcfg)
+
+        def step() -> float:
+            with autocast(device, tcfg):
+                loss = run(x, y)
+            loss.backward()
+            loss_value = float(loss.detach())  # the trainer reads the loss every micro-step
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip))
+            if math.isfinite(loss_value) and math.isfinite(norm):  # checked before the step, as the trainer
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss_value
+        return step
+
+    # One-time allocations (thread pools, cuBLAS workspace, autograd engine) go
+    # into the baseline, not the delta.
+    tiny = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, seq_len=8)).to(device)
+    z = torch.zeros(1, 8, dtype=torch.long, device=device)
+    make_step(tiny, tiny, z, z)()
+    del tiny
+    sync()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(device)
+    if spec.get("checkpointing"):
+        apply_activation_checkpointing(model)
+    run = torch.compile(model) if spec["compile"] else model
+    x = torch.randint(0, cfg.vocab_size, (b, t), device=device)
+    y = torch.randint(0, cfg.vocab_size, (b, t), device=device)
+    step = make_step(model, run, x, y)
+
+    t0 = time.perf_counter()
+    for _ in range(spec["warmup"]):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    steady = cuda and spec.get("peak_after_warmup", False)
+    if steady:
+        # Weights and optimizer state stay allocated, so the peak measured from
+        # here still counts them (less the pre-model baseline).
+        torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for _ in range(spec["steps"]):
+        t0 = time.perf_counter()
+        losses.append(step())
+        sync()
+        times.append(time.perf_counter() - t0)
+
+    out: dict[str, Any] = {"step_times_s": times, "warmup_s": warmup_s, "loss_last": losses[-1],
+                           "params_instantiated": model.num_parameters()}
+    if cuda:
+        out["peak_bytes"] = torch.cuda.max_memory_allocated() - base
+        out["reserved_peak_bytes"] = torch.cuda.max_memory_reserved()
+        out["memory_method"] = ("torch.cuda.max_memory_allocated() over the timed steps" if steady else
+                                "torch.cuda.max_memory_allocated()") + ", less the pre-model baseline"
+    else:
+        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        out["memory_method"] = "peak RSS (ru_maxrss) growth in a fresh process after a tiny warm-up step"
+    return out
