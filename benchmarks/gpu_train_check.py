@@ -209,7 +209,7 @@ def run_fsdp_trainer(args, work: Path) -> dict[str, Any]:
     last = run / "checkpoints" / f"step-{FSDP_STEPS:06d}"
     res.update({
         "last_logged_step": max(steps) if steps else None,
-        "fsdp_in_log": f"fsdp on {procs} processes" in log,
+        "fsdp_in_log": f"fsdp on {procs} process(es)" in log,  # the trainer's startup line
         "sharded_checkpoint": (last / "dcp" / ".metadata").is_file(),
         "checkpoint_files": sorted(str(f.relative_to(last)) for f in last.rglob("*") if f.is_file())
         if last.is_dir() else [],
@@ -222,9 +222,8 @@ def run_fsdp_trainer(args, work: Path) -> dict[str, Any]:
     if not res["fsdp_in_log"] or not res["sharded_checkpoint"]:
         problems.append(
             f"train.parallel=fsdp did not shard: the log {'has' if res['fsdp_in_log'] else 'lacks'} "
-            f"'fsdp on {procs} processes' and {last.name} holds {res['checkpoint_files'] or 'nothing'}, "
-            "no dcp/.metadata" + (" (the trainer wraps with FSDP only when WORLD_SIZE > 1: "
-                                  "src/fmforge/train/distributed.py setup_parallel)" if procs == 1 else ""))
+            f"'fsdp on {procs} process(es)' and {last.name} holds {res['checkpoint_files'] or 'nothing'}"
+            + ("" if res["sharded_checkpoint"] else ", no dcp/.metadata"))
     else:
         c = call([sys.executable, "-m", "fmforge", "checkpoint", "consolidate", str(run)],
                  "fmforge checkpoint consolidate", 300)

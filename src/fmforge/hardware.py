@@ -256,8 +256,10 @@ def measure_cpu_peak_flops(refresh: bool = False, dtype: str = "float32") -> flo
     return peak
 
 
+@lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run at about twice the fp32 rate."""
+    """AVX512-BF16 or AMX: bf16 matmuls run at about twice the fp32 rate. Cached:
+    the trainer asks at every micro-step (through its autocast)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
             flags = f.read()

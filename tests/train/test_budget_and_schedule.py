@@ -23,11 +23,22 @@ def _write(tmp_path: Path, raw: dict, name: str = "c.yaml") -> Path:
     return path
 
 
+TRAIN_ONLY = ("data", "tokenizer", "tokenize", "train")
+
+
+def _train_losses(tmp_path: Path, make_tiny_config, name: str, **train) -> list[float]:
+    """Train the tiny config with these train settings in its own directory; the
+    logged loss of every step."""
+    raw = make_tiny_config(tmp_path / name, train=train)
+    run, _ = run_pipeline(load_config(_write(tmp_path, raw, f"{name}.yaml")), stages=TRAIN_ONLY)
+    return [r["loss"] for r in read_metrics(run.metrics)]
+
+
 def test_a_minutes_budget_fixes_the_steps_and_follows_that_schedule(tmp_path, make_tiny_config):
     raw = make_tiny_config(tmp_path, train={"max_steps": None, "max_minutes": 0.05,
                                             "warmup_steps": 8, "eval_every": 1000,
                                             "checkpoint_every": 1000})
-    run, _ = run_pipeline(load_config(_write(tmp_path, raw)), stages=("data", "tokenizer", "tokenize", "train"))
+    run, _ = run_pipeline(load_config(_write(tmp_path, raw)), stages=TRAIN_ONLY)
     budget = json.loads((run.root / "train_budget.json").read_text())
     steps = budget["max_steps"]
     summary = run.stage_record("train")["summary"]
@@ -68,32 +79,29 @@ def test_a_finished_wsd_run_is_extended_from_where_its_decay_began(tmp_path, mak
 
 
 def test_global_batch_tokens_sets_accumulation_and_trains_like_the_old_fields(tmp_path, make_tiny_config):
-    by_tokens = make_tiny_config(tmp_path / "a", train={"max_steps": 6, "micro_batch_size": 4,
-                                                        "global_batch_tokens": 4 * 32 * 2})
-    by_steps = make_tiny_config(tmp_path / "b", train={"max_steps": 6, "micro_batch_size": 4,
-                                                       "grad_accum_steps": 2})
-    a, _ = run_pipeline(load_config(_write(tmp_path, by_tokens, "a.yaml")), stages=("data", "tokenizer", "tokenize", "train"))
-    b, _ = run_pipeline(load_config(_write(tmp_path, by_steps, "b.yaml")), stages=("data", "tokenizer", "tokenize", "train"))
-    assert [r["loss"] for r in read_metrics(a.metrics)] == [r["loss"] for r in read_metrics(b.metrics)]
+    by_tokens = _train_losses(tmp_path, make_tiny_config, "a", max_steps=6, micro_batch_size=4,
+                              global_batch_tokens=4 * 32 * 2)
+    by_steps = _train_losses(tmp_path, make_tiny_config, "b", max_steps=6, micro_batch_size=4,
+                             grad_accum_steps=2)
+    assert len(by_tokens) == 6
+    assert by_tokens == by_steps
     with pytest.raises(ConfigError, match="not a multiple"):
         TrainConfig(micro_batch_size=4, global_batch_tokens=1000).grad_accum_for(32, 1)
 
 
 def test_activation_checkpointing_changes_memory_not_the_losses(tmp_path, make_tiny_config):
-    losses = []
-    for i, ac in enumerate((False, True)):
-        raw = make_tiny_config(tmp_path / str(i), train={"max_steps": 5, "activation_checkpointing": ac})
-        run, _ = run_pipeline(load_config(_write(tmp_path, raw, f"{i}.yaml")),
-                              stages=("data", "tokenizer", "tokenize", "train"))
-        losses.append([r["loss"] for r in read_metrics(run.metrics)])
-    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    plain = _train_losses(tmp_path, make_tiny_config, "plain", max_steps=5)
+    recomputed = _train_losses(tmp_path, make_tiny_config, "ac", max_steps=5,
+                               activation_checkpointing=True)
+    assert len(plain) == 5
+    assert plain == pytest.approx(recomputed, rel=1e-6)
 
 
 def test_tensorboard_gets_the_logged_scalars(tmp_path, make_tiny_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     raw = make_tiny_config(tmp_path, train={"max_steps": 10, "eval_every": 5})
-    run, _ = run_pipeline(load_config(_write(tmp_path, raw)), stages=("data", "tokenizer", "tokenize", "train"))
+    run, _ = run_pipeline(load_config(_write(tmp_path, raw)), stages=TRAIN_ONLY)
     events = EventAccumulator(str(run.root / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -114,10 +122,7 @@ def test_float16_is_refused_without_cuda(tmp_path, make_tiny_config):
 def test_compiled_training_matches_eager(tmp_path, make_tiny_config):
     """train.compile runs the model through torch.compile (inductor, a C++ compiler
     on CPU); the losses agree with eager to float32 rounding."""
-    losses = []
-    for i, compiled in enumerate((False, True)):
-        raw = make_tiny_config(tmp_path / str(i), train={"max_steps": 4, "compile": compiled})
-        run, _ = run_pipeline(load_config(_write(tmp_path, raw, f"{i}.yaml")),
-                              stages=("data", "tokenizer", "tokenize", "train"))
-        losses.append([r["loss"] for r in read_metrics(run.metrics)])
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    eager = _train_losses(tmp_path, make_tiny_config, "eager", max_steps=4)
+    compiled = _train_losses(tmp_path, make_tiny_config, "compiled", max_steps=4, compile=True)
+    assert len(eager) == 4
+    assert compiled == pytest.approx(eager, rel=1e-4)
