@@ -47,19 +47,37 @@ class Section(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
+SOURCE_TYPES = ("text", "jsonl", "parquet", "csv", "html", "warc", "wet", "hf_disk")
+FILTER_PRESETS = ("none", "web", "prose", "code")
+
+
 class SourceConfig(Section):
-    """One corpus source. ``paths`` are glob patterns; ``{python_stdlib}``,
-    ``{site_packages}``, ``{home}`` and ``{config_dir}`` are resolved at run time."""
+    """One corpus source. ``paths`` are glob patterns (local paths or fsspec URLs);
+    ``{python_stdlib}``, ``{site_packages}``, ``{home}`` and ``{config_dir}`` are
+    resolved at run time."""
 
     name: str
-    type: Literal["text"] = "text"
+    type: Literal["text", "jsonl", "parquet", "csv", "html", "warc", "wet", "hf_disk"] = "text"
     paths: list[str] = Field(min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    # jsonl: the key holding the text (a dotted path reaches into nested objects).
+    text_field: str = "text"
+    # parquet, csv, hf_disk: the column holding the text.
+    text_column: str = "text"
+    # hf_disk: which split of a saved DatasetDict (None: the only one, or "train").
+    hf_split: str | None = None
     # Mixture weight in "epochs", The Pile's convention: 2.0 puts every training
     # document of this source in the mix twice, 0.5 keeps half of them.
     weight: float = Field(default=1.0, gt=0)
-    # Stop reading this source after this many bytes of accepted text (None: all).
+    # Instead of a weight: this source's share of data.total_tokens.
+    share: float | None = Field(default=None, gt=0, le=1)
+    # Keep at most this many bytes of accepted text, in reading order (None: all).
     max_bytes: int | None = Field(default=None, gt=0)
+    # Filter preset for this source (None: data.filters.preset).
+    filters: Literal["none", "web", "prose", "code"] | None = None
+    # Keep only documents identified as one of these languages (ISO 639-1 codes
+    # as fastText lid.176 writes them, e.g. en, de, fr); None: no language filter.
+    languages: list[str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -67,12 +85,147 @@ class SourceConfig(Section):
         return _simple_name("source", v)
 
 
+# ---- document filters (thresholds default to the published values) ----
+
+
+class GopherQualityConfig(Section):
+    """Rae et al. 2021 (Gopher, MassiveText), appendix A.1.1."""
+
+    enabled: bool = True
+    min_words: int = Field(default=50, ge=0)
+    max_words: int = Field(default=100_000, gt=0)
+    min_avg_word_length: float = Field(default=3.0, ge=0)
+    max_avg_word_length: float = Field(default=10.0, gt=0)
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0)  # '#' and '...' per word
+    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1)
+    min_alpha_words_ratio: float = Field(default=0.8, ge=0, le=1)
+    min_stop_words: int = Field(default=2, ge=0)
+
+
+class GopherRepetitionConfig(Section):
+    """Rae et al. 2021, table A1: duplicate lines/paragraphs and n-gram repetition."""
+
+    enabled: bool = True
+    max_dup_line_fraction: float = Field(default=0.30, ge=0, le=1)
+    max_dup_paragraph_fraction: float = Field(default=0.30, ge=0, le=1)
+    max_dup_line_char_fraction: float = Field(default=0.20, ge=0, le=1)
+    max_dup_paragraph_char_fraction: float = Field(default=0.20, ge=0, le=1)
+    # n -> max share of characters in the most frequent n-gram (n = 2, 3, 4)
+    max_top_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    # n -> max share of characters in duplicated n-grams (n = 5..10)
+    max_dup_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+
+
+class C4Config(Section):
+    """Raffel et al. 2020 (C4), section 2.2: line- and page-level heuristics."""
+
+    enabled: bool = True
+    min_words_per_line: int = Field(default=3, ge=0)
+    min_sentences: int = Field(default=5, ge=0)
+    max_word_length: int = Field(default=1000, gt=0)
+    drop_lines_without_terminal_punctuation: bool = True
+    drop_javascript_lines: bool = True
+    drop_policy_lines: bool = True
+    drop_lorem_ipsum: bool = True
+    drop_curly_bracket: bool = True
+    remove_citations: bool = True
+
+
+class FineWebConfig(Section):
+    """Penedo et al. 2024 (FineWeb), section 3.5: the three custom rules."""
+
+    enabled: bool = True
+    min_punctuated_line_fraction: float = Field(default=0.12, ge=0, le=1)
+    max_short_line_fraction: float = Field(default=0.67, ge=0, le=1)
+    short_line_chars: int = Field(default=30, gt=0)
+    max_duplicate_line_char_fraction: float = Field(default=0.01, ge=0, le=1)
+    max_newline_word_ratio: float = Field(default=0.3, ge=0)
+
+
+class CodeQualityConfig(Section):
+    """Source-code rules in the manner of The Stack / StarCoder (Li et al. 2023)."""
+
+    enabled: bool = True
+    max_line_length: int = Field(default=1000, gt=0)
+    max_mean_line_length: float = Field(default=100.0, gt=0)
+    min_alphanumeric_fraction: float = Field(default=0.25, ge=0, le=1)
+    # A document whose first lines carry one of these markers is machine-written.
+    autogenerated_markers: list[str] = Field(default_factory=lambda: [
+        "auto-generated", "autogenerated", "automatically generated",
+        "generated by", "do not edit"])
+    autogenerated_scan_lines: int = Field(default=5, ge=0)
+
+
+class LanguageConfig(Section):
+    """Language identification (fastText lid.176, shipped inside a PyPI package)."""
+
+    min_score: float = Field(default=0.65, ge=0, le=1)
+
+
+class PIIConfig(Section):
+    """Redaction of personal data by typed placeholders."""
+
+    enabled: bool = False
+    email: bool = True
+    ip_address: bool = True
+    phone: bool = True
+    credit_card: bool = True
+
+
+class CleaningConfig(Section):
+    fix_mojibake: bool = False  # ftfy
+    remove_control_characters: bool = True
+
+
+class FiltersConfig(Section):
+    """Quality filters. ``preset`` picks which run (per source with
+    ``sources[].filters``); each filter's thresholds are set here."""
+
+    preset: Literal["none", "web", "prose", "code"] = "none"
+    gopher_quality: GopherQualityConfig = Field(default_factory=GopherQualityConfig)
+    gopher_repetition: GopherRepetitionConfig = Field(default_factory=GopherRepetitionConfig)
+    c4: C4Config = Field(default_factory=C4Config)
+    fineweb: FineWebConfig = Field(default_factory=FineWebConfig)
+    code: CodeQualityConfig = Field(default_factory=CodeQualityConfig)
+
+
+class MinHashConfig(Section):
+    """Near-duplicate detection, FineWeb's setting: word 5-grams, 14 bands x 8 rows."""
+
+    ngram: int = Field(default=5, gt=0)
+    bands: int = Field(default=14, gt=0)
+    rows: int = Field(default=8, gt=0)
+    seed: int = 1
+
+
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(min_length=1)
     min_chars: int = Field(default=32, ge=0)
     max_chars: int | None = Field(default=None, gt=0)
     val_fraction: float = Field(default=0.01, ge=0, lt=1)
-    dedup: Literal["exact", "none"] = "exact"
+    dedup: Literal["exact", "minhash", "none"] = "exact"
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    pii: PIIConfig = Field(default_factory=PIIConfig)
+    # Write dropped documents (with the reason) to data/rejected/.
+    keep_rejected: bool = False
+    # Stop at the first bad input (unreadable file, bad line) instead of counting it.
+    strict: bool = False
+    # With sources[].share: the training mixture's size in tokens.
+    total_tokens: int | None = Field(default=None, gt=0)
+    executor: Literal["local", "ray"] = "local"
+    workers: int | None = Field(default=None, gt=0)  # None: the CPU count
+    ray_address: str | None = None  # None: a local Ray instance
+    # Where tasks write their intermediate files and completion markers
+    # (a local path, NFS, or an fsspec URL); None: runs/NAME/data.work
+    work_dir: str | None = None
+    # Input bytes per task (a task never splits a file).
+    task_bytes: int = Field(default=64_000_000, gt=0)
     shard_max_docs: int = Field(default=50_000, gt=0)
 
     @model_validator(mode="after")
@@ -83,6 +236,17 @@ class DataConfig(Section):
             raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
         if self.max_chars is not None and self.max_chars < self.min_chars:
             raise ValueError(f"max_chars={self.max_chars} must be >= min_chars={self.min_chars}")
+        shares = [s.share for s in self.sources]
+        if any(x is not None for x in shares):
+            if self.total_tokens is None:
+                raise ValueError("sources[].share needs data.total_tokens (the mixture's size in tokens)")
+            if any(x is None for x in shares):
+                missing = [s.name for s in self.sources if s.share is None]
+                raise ValueError(f"give every source a share, or none; missing: {missing}")
+            if abs(sum(shares) - 1.0) > 1e-6:  # type: ignore[arg-type]
+                raise ValueError(f"sources[].share must sum to 1, got {sum(shares):g}")  # type: ignore[arg-type]
+        elif self.total_tokens is not None:
+            raise ValueError("data.total_tokens needs a share on every source")
         return self
 
 

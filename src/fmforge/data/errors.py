@@ -26,3 +26,7 @@ class EmptyCorpusError(DataError):
 
 class UnknownSourceTypeError(DataError):
     """A ``type:`` with no registered reader."""
+
+
+class BadInputError(DataError):
+    """With ``data.strict: true``: the first unreadable file, line or record."""
