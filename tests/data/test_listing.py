@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from fmforge.config import SourceConfig
-from fmforge.data.errors import NoFilesMatchedError, UnknownPlaceholderError
-from fmforge.data.listing import glob_root, list_source_files, translate_exclude
+from fmforge.data.errors import DataError, NoFilesMatchedError, UnknownPlaceholderError
+from fmforge.data.listing import glob_root, list_source_files, open_binary, translate_exclude
 
 
 def _spec(**kw) -> SourceConfig:
@@ -88,3 +88,50 @@ def test_glob_root_and_exclude_translation():
     assert translate_exclude("*.py[co]").fullmatch("a/b.pyc")
     assert translate_exclude("[!a]*.txt").fullmatch("b.txt")
     assert not translate_exclude("[!a]*.txt").fullmatch("a.txt")
+
+
+# ---- fsspec URLs and saved datasets ----
+
+
+def test_file_urls_are_listed_through_fsspec_and_keep_their_url(tree, tmp_path):
+    base = (tmp_path / "lib").as_posix()
+    listing = list_source_files(_spec(paths=[f"file://{base}/**/*.py"], exclude=["**/test/**"]), None)
+    rels = [f.rel for f in listing.files]
+    assert rels == sorted(rels) and "pkg/c.py" in rels and "pkg/test/t1.py" not in rels
+    first = listing.files[0]
+    assert first.path == f"file://{base}/{first.rel}" and listing.root == f"file://{base}"
+    assert first.size == (tmp_path / "lib" / first.rel).stat().st_size and first.mtime_ns > 0
+    with open_binary(first.path) as f:
+        assert f.read() == f"# lib/{first.rel}\n".encode()
+
+
+def test_memory_filesystem_glob_errors_and_mixing(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for rel, body in [("a.jsonl", b"{}\n"), ("sub/b.jsonl", b"{}\n{}\n"), ("sub/c.txt", b"x")]:
+        fs.pipe(f"/fmforge-listing-test/{rel}", body)
+    try:
+        listing = list_source_files(_spec(paths=["memory://fmforge-listing-test/**/*.jsonl"]), None)
+        assert [(f.rel, f.size) for f in listing.files] == [("a.jsonl", 3), ("sub/b.jsonl", 6)]
+        assert listing.files[1].path == "memory:///fmforge-listing-test/sub/b.jsonl"
+        with pytest.raises(NoFilesMatchedError, match=r"'src'.*\*\*/\*\.parquet"):
+            list_source_files(_spec(paths=["memory://fmforge-listing-test/**/*.parquet"]), None)
+        with pytest.raises(DataError, match="mix local paths and URLs"):
+            list_source_files(_spec(paths=["memory://fmforge-listing-test/*.jsonl", "lib/*.py"]), str(tmp_path))
+    finally:
+        fs.rm("/fmforge-listing-test", recursive=True)
+
+
+def test_hf_disk_lists_saved_dataset_directories_not_their_files(write, tmp_path):
+    write("ds/one/dataset_info.json", "{}")
+    write("ds/one/state.json", "{}")
+    write("ds/one/data-00000-of-00001.arrow", "12345")
+    write("ds/two/dataset_dict.json", "{}")
+    write("ds/two/train/dataset_info.json", "{}")
+    write("ds/two/train/state.json", "{}")
+    write("ds/notes/readme.txt", "not a dataset")
+    listing = list_source_files(_spec(type="hf_disk", paths=["ds/**"]), str(tmp_path))
+    assert [(f.rel, f.size) for f in listing.files] == [("one", 9), ("two", 6)]  # train/ is part of two
+    with pytest.raises(NoFilesMatchedError, match="save_to_disk"):
+        list_source_files(_spec(type="hf_disk", paths=["ds/notes"]), str(tmp_path))

@@ -1,36 +1,29 @@
 """Source readers: how the files of one source become ``Document`` objects.
 
-A reader is chosen by the source's ``type``. Adding a format (JSONL, Parquet,
-WARC) means writing one class with ``read_file`` and registering it in
-``READERS``; listing, filtering, dedup, splitting, mixing and sharding stay as
-they are. A reader also keeps its own counters (decode problems, bad lines...),
-which the data card reports per source.
+A reader is chosen by the source's ``type`` (``READERS``); each family of
+formats lives in its own module under ``fmforge.data.readers``. Readers yield
+the *raw* text (the stage's cleaning step normalises it), report what they
+cannot read to the source's ``InputProblems`` with the file and line or record,
+and keep counters (bytes, documents, skipped records...) for the data card.
+Adding a format means one reader class and one line here; listing, filtering,
+dedup, splitting, mixing and sharding stay as they are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+import importlib
+from typing import Iterator, Protocol
 
 from fmforge.config import SourceConfig
+from fmforge.data.document import Document
 from fmforge.data.errors import UnknownSourceTypeError
 from fmforge.data.listing import SourceFile
-from fmforge.data.normalize import decode_utf8, normalize_text
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One normalised document. ``id`` is stable across machines and runs."""
-
-    id: str
-    text: str
-    source: str
-    path: str
+from fmforge.data.problems import InputProblems
 
 
 class SourceReader(Protocol):
     def read_file(self, file: SourceFile) -> Iterator[Document]:
-        """The documents of one listed file, normalised."""
+        """The documents of one listed file, raw text (not normalised)."""
         ...
 
     def counters(self) -> dict[str, int]:
@@ -38,50 +31,30 @@ class SourceReader(Protocol):
         ...
 
 
-class TextFileReader:
-    """``type: text``: each file is one document, decoded as UTF-8."""
-
-    def __init__(self, spec: SourceConfig):
-        self.name = spec.name
-        self.raw_bytes = 0
-        self.decode_error_files = 0
-        self.replaced_bytes = 0
-
-    def read_file(self, file: SourceFile) -> Iterator[Document]:
-        with open(file.path, "rb") as f:
-            data = f.read()
-        self.raw_bytes += len(data)
-        text, replaced = decode_utf8(data)
-        if replaced:
-            self.decode_error_files += 1
-            self.replaced_bytes += replaced
-        yield Document(
-            id=f"{self.name}/{file.rel}",
-            text=normalize_text(text),
-            source=self.name,
-            path=file.path,
-        )
-
-    def counters(self) -> dict[str, int]:
-        return {
-            "raw_bytes": self.raw_bytes,
-            "decode_error_files": self.decode_error_files,
-            "replaced_bytes": self.replaced_bytes,
-        }
-
-
-READERS: dict[str, Callable[[SourceConfig], SourceReader]] = {
-    "text": TextFileReader,
+# type -> "module:class" under fmforge.data.readers; imported on use, so a source
+# type's optional dependencies load only when a config uses that type.
+READERS: dict[str, str] = {
+    "text": "text:TextReader",
+    "jsonl": "jsonl:JsonlReader",
+    "parquet": "tabular:ParquetReader",
+    "csv": "tabular:CsvReader",
+    "html": "web:HtmlReader",
+    "warc": "web:WebArchiveReader",
+    "wet": "web:WebArchiveReader",
+    "hf_disk": "hf_disk:HfDiskReader",
 }
 
 
-def open_reader(spec: SourceConfig) -> SourceReader:
-    """The reader for ``spec.type``; an unknown type names the ones available."""
+def open_reader(spec: SourceConfig, problems: InputProblems | None = None) -> SourceReader:
+    """The reader for ``spec.type``; an unknown type names the ones available.
+
+    ``problems`` collects what the reader cannot read (by default a fresh,
+    non-strict ``InputProblems`` for the source)."""
     try:
-        factory = READERS[spec.type]
+        module, cls = READERS[spec.type].split(":")
     except KeyError:
         raise UnknownSourceTypeError(
-            f"source {spec.name!r}: type {spec.type!r} has no reader; "
-            f"available: {sorted(READERS)}"
+            f"source {spec.name!r}: type {spec.type!r} has no reader; available: {sorted(READERS)}"
         ) from None
-    return factory(spec)
+    factory = getattr(importlib.import_module(f"fmforge.data.readers.{module}"), cls)
+    return factory(spec, problems if problems is not None else InputProblems(spec.name))

@@ -1,0 +1,74 @@
+"""What every reader shares: its source, where it reports problems, its counters,
+and how a document's id and metadata are formed (see ``Document``)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from fmforge.config import SourceConfig
+from fmforge.data.document import Document
+from fmforge.data.listing import SourceFile
+from fmforge.data.problems import InputProblems
+
+
+def require(module: str, source_type: str) -> ModuleType:
+    """Import an optional dependency when a reader first needs it, so
+    ``import fmforge`` stays fast and a missing extra is named, not a traceback."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"source type {source_type!r} needs the {module.split('.')[0]} package, which is not "
+            "installed: pip install 'fmforge[data]'"
+        ) from None
+
+
+class ReaderBase:
+    """Counters start at zero for every key in ``COUNTERS`` so the data card shows
+    the same keys for every source of a type; other keys appear when counted."""
+
+    COUNTERS: tuple[str, ...] = ("files", "raw_bytes", "documents")
+
+    def __init__(self, spec: SourceConfig, problems: InputProblems):
+        self.spec = spec
+        self.name = spec.name
+        self.problems = problems
+        self._counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def start_file(self, file: SourceFile) -> None:
+        self.count("files")
+        self.count("raw_bytes", file.size)  # bytes as stored (compressed, if it is)
+
+    def report(self, kind: str, where: str, detail: str) -> None:
+        self.problems.report(kind, where, detail)
+
+    def document(
+        self,
+        file: SourceFile,
+        text: str,
+        *,
+        line: int | None = None,
+        record: int | None = None,
+        **extra: Any,
+    ) -> Document:
+        """``SOURCE/REL`` for a whole file, ``SOURCE/REL:LINE`` (1-based) or ``SOURCE/REL#RECORD``
+        (0-based); ``extra`` (``url``) goes into the metadata when it is not None."""
+        doc_id = f"{self.name}/{file.rel}"
+        metadata: dict[str, Any] = {"path": file.path}
+        if line is not None:
+            doc_id += f":{line}"
+            metadata["line"] = line
+        if record is not None:
+            doc_id += f"#{record}"
+            metadata["record"] = record
+        metadata.update((k, v) for k, v in extra.items() if v is not None)
+        self.count("documents")
+        return Document(id=doc_id, text=text, source=self.name, metadata=metadata)
