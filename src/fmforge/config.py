@@ -69,8 +69,6 @@ class SourceConfig(Section):
     # Mixture weight in "epochs", The Pile's convention: 2.0 puts every training
     # document of this source in the mix twice, 0.5 keeps half of them.
     weight: float = Field(default=1.0, gt=0)
-    # Instead of a weight: this source's share of data.total_tokens.
-    share: float | None = Field(default=None, gt=0, le=1)
     # Keep at most this many bytes of accepted text, in reading order (None: all).
     max_bytes: int | None = Field(default=None, gt=0)
     # Filter preset for this source (None: data.filters.preset).
@@ -216,8 +214,6 @@ class DataConfig(Section):
     keep_rejected: bool = False
     # Stop at the first bad input (unreadable file, bad line) instead of counting it.
     strict: bool = False
-    # With sources[].share: the training mixture's size in tokens.
-    total_tokens: int | None = Field(default=None, gt=0)
     executor: Literal["local", "ray"] = "local"
     workers: int | None = Field(default=None, gt=0)  # None: the CPU count
     ray_address: str | None = None  # None: a local Ray instance
@@ -236,17 +232,6 @@ class DataConfig(Section):
             raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
         if self.max_chars is not None and self.max_chars < self.min_chars:
             raise ValueError(f"max_chars={self.max_chars} must be >= min_chars={self.min_chars}")
-        shares = [s.share for s in self.sources]
-        if any(x is not None for x in shares):
-            if self.total_tokens is None:
-                raise ValueError("sources[].share needs data.total_tokens (the mixture's size in tokens)")
-            if any(x is None for x in shares):
-                missing = [s.name for s in self.sources if s.share is None]
-                raise ValueError(f"give every source a share, or none; missing: {missing}")
-            if abs(sum(shares) - 1.0) > 1e-6:  # type: ignore[arg-type]
-                raise ValueError(f"sources[].share must sum to 1, got {sum(shares):g}")  # type: ignore[arg-type]
-        elif self.total_tokens is not None:
-            raise ValueError("data.total_tokens needs a share on every source")
         return self
 
 

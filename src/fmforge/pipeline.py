@@ -64,8 +64,9 @@ def own_config(cfg: RunConfig, stage: str) -> dict:
     if stage == "data":
         from fmforge.data.stage import data_inputs_fingerprint
 
-        return {"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed,
-                "files": data_inputs_fingerprint(cfg)}
+        # the data config (less how the work is scheduled: executor, workers,
+        # work_dir), the seed and every listed file's size and mtime
+        return {"inputs": data_inputs_fingerprint(cfg)}
     if stage == "tokenizer":
         return {"tokenizer": cfg.tokenizer.model_dump(mode="json", exclude={"encode_batch_docs"})}
     if stage == "tokenize":

@@ -8,7 +8,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from fmforge.data import shards as shards_mod
+from fmforge.data import stage as stage_mod
 from fmforge.data.errors import EmptyCorpusError, NoFilesMatchedError
 from fmforge.data.shards import iter_split_records, iter_split_texts, list_shards, read_data_card
 from fmforge.data.stage import data_inputs_fingerprint, run_data_stage
@@ -47,7 +47,8 @@ def test_shards_columns_and_card_counts(write, make_cfg, run, doc_text):
     _assert_counts_add_up(card)
     a = card["sources"]["a"]
     assert a["files_matched"] == 32 and a["documents_read"] == 32
-    assert a["dropped"]["too_short"] == 1 and a["dropped"]["empty"] == 1
+    assert a["dropped_reasons"]["length:too_short"] == 1 and a["dropped_reasons"]["length:empty"] == 1
+    assert a["dropped"]["length"] == 2
     assert a["kept_documents"] == 30
 
     train_shards = list_shards(run.data, "train")
@@ -164,9 +165,10 @@ def test_max_bytes_caps_a_source(write, make_cfg, run):
     cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"], "max_bytes": 550}], val_fraction=0.0)
     run_data_stage(cfg, run)
     a = _card(run)["sources"]["a"]
+    # accepted in reading order until the next document would pass 550 bytes
     assert a["kept_bytes"] == 500 and a["kept_documents"] == 5
-    assert a["dropped"]["max_bytes"] == 1
-    assert a["files_read"] == 6 and a["files_skipped_max_bytes"] == 14
+    assert a["dropped"]["max_bytes"] == 5 and a["duplicates"] == 10  # only 10 distinct texts
+    assert {r["id"] for r in iter_split_records(run.data, "train")} == {f"a/{i:02d}.txt" for i in range(5)}
     assert a["documents_read"] == a["kept_documents"] + a["dropped_total"] + a["duplicates"]
 
 
@@ -193,7 +195,7 @@ def test_failure_while_writing_leaves_no_data_dir(write, make_cfg, run, monkeypa
     for i in range(20):
         write(f"a/{i}.txt", doc_text(i))
     cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"]}], shard_max_docs=3)
-    real = shards_mod.pq.write_table
+    real = stage_mod._copy_out
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -202,7 +204,7 @@ def test_failure_while_writing_leaves_no_data_dir(write, make_cfg, run, monkeypa
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shards_mod.pq, "write_table", flaky)
+    monkeypatch.setattr(stage_mod, "_copy_out", flaky)
     with pytest.raises(OSError, match="disk full"):
         run_data_stage(cfg, run)
     assert calls["n"] == 3  # it did fail midway, after writing shards
@@ -216,7 +218,7 @@ def test_failed_rerun_keeps_previous_data(write, make_cfg, run, monkeypatch, doc
     cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"]}])
     run_data_stage(cfg, run)
     before = _card(run)
-    monkeypatch.setattr(shards_mod.pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    monkeypatch.setattr(stage_mod, "_copy_out", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError):
         run_data_stage(cfg, run)
     assert _card(run) == before

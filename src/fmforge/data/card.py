@@ -2,89 +2,102 @@
 
 It is the record a person reads to trust a corpus (and the place a test checks
 that nothing vanished): for every source, documents read equal documents kept
-plus documents dropped (per reason) plus duplicates.
+plus documents dropped (per step) plus duplicates. ``dropped`` counts by step
+(``length``, ``language``, ``gopher_quality``, ..., ``max_bytes``);
+``dropped_reasons`` splits each step by rule (``length:too_short``,
+``gopher_quality:min_words``, ...). It is built from the per-task statistics of
+the stage's phases, summed in task order.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fmforge.data.filters import DROP_REASONS
+from fmforge.config import DataConfig
 from fmforge.data.listing import FileListing
-from fmforge.data.mixture import MixStats
+from fmforge.data.problems import InputProblems
 
-CARD_VERSION = 1
+CARD_VERSION = 2
 
-
-@dataclass
-class SourceStats:
-    name: str
-    type: str
-    weight: float
-    max_bytes: int | None
-    root: str
-    patterns: list[str]
-    excludes: list[str]
-    files_matched: int = 0
-    files_excluded: int = 0
-    files_read: int = 0
-    files_skipped_max_bytes: int = 0
-    documents_read: int = 0
-    bytes_read: int = 0  # UTF-8 bytes of the normalised text
-    reader: dict[str, int] = field(default_factory=dict)  # e.g. raw_bytes, decode_error_files, replaced_bytes
-    dropped: dict[str, int] = field(default_factory=lambda: {r: 0 for r in DROP_REASONS})
-    duplicates: int = 0
-    kept_documents: int = 0
-    kept_bytes: int = 0
-    train_documents: int = 0
-    train_bytes: int = 0
-    val_documents: int = 0
-    val_bytes: int = 0
-    mixture: MixStats = field(default_factory=MixStats)
-
-    @classmethod
-    def from_listing(cls, listing: FileListing, type_: str, weight: float, max_bytes: int | None) -> SourceStats:
-        return cls(
-            name=listing.source,
-            type=type_,
-            weight=weight,
-            max_bytes=max_bytes,
-            root=listing.root,
-            patterns=listing.patterns,
-            excludes=listing.excludes,
-            files_matched=listing.matched,
-            files_excluded=listing.excluded,
-        )
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["dropped_total"] = self.dropped_total
-        d["mixture"] = {"weight": self.weight, **asdict(self.mixture)}
-        return d
+_SUMMED = ("files_read", "documents_read", "bytes_read", "train_documents", "train_bytes",
+           "val_documents", "val_bytes")
 
 
-_TOTAL_KEYS = (
-    "files_matched", "files_excluded", "files_read", "files_skipped_max_bytes",
-    "documents_read", "bytes_read", "duplicates", "kept_documents", "kept_bytes",
-    "train_documents", "train_bytes", "val_documents", "val_bytes",
-)  # fmt: skip
+def _add_counts(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + int(v)
 
 
-def totals(stats: list[SourceStats]) -> dict[str, Any]:
-    """Sums over sources of every count (nested ``dropped`` and ``reader`` included)."""
-    out: dict[str, Any] = {k: sum(getattr(s, k) for s in stats) for k in _TOTAL_KEYS}
-    out["dropped"] = {r: sum(s.dropped.get(r, 0) for s in stats) for r in DROP_REASONS}
-    out["dropped_total"] = sum(out["dropped"].values())
-    reader: dict[str, int] = {}
-    for s in stats:
-        for k, v in s.reader.items():
-            reader[k] = reader.get(k, 0) + v
-    out["reader"] = reader
-    out["mixed_train_documents"] = sum(s.mixture.documents_after for s in stats)
-    out["mixed_train_bytes"] = sum(s.mixture.bytes_after for s in stats)
+def source_stats(data: DataConfig, listings: list[FileListing], curate: list[dict[str, Any]],
+                 decisions: dict[str, Any], scatter: list[dict[str, Any]], step_names: tuple[str, ...]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per-source card entries from the phases' per-task statistics."""
+    out: dict[str, dict[str, Any]] = {}
+    problems: dict[str, InputProblems] = {}
+    for spec, listing in zip(data.sources, listings):
+        out[spec.name] = {
+            "name": spec.name, "type": spec.type, "weight": spec.weight, "max_bytes": spec.max_bytes,
+            "filters": spec.filters or data.filters.preset, "languages": spec.languages,
+            "root": listing.root, "patterns": listing.patterns, "excludes": listing.excludes,
+            "files_matched": listing.matched, "files_excluded": listing.excluded, "tasks": 0,
+            **{k: 0 for k in _SUMMED},
+            "reader": {}, "steps": {}, "dropped": {s: 0 for s in (*step_names, "max_bytes")},
+            "dropped_reasons": {}, "duplicates": 0, "kept_documents": 0, "kept_bytes": 0,
+            "mixture": {"weight": spec.weight, "documents_before": 0, "bytes_before": 0,
+                        "documents_after": 0, "bytes_after": 0, "share_of_train_bytes": 0.0},
+        }
+        problems[spec.name] = InputProblems(spec.name)
+    for cur, sca in zip(curate, scatter):
+        s = out[cur["source"]]
+        s["tasks"] += 1
+        for k in ("files_read", "documents_read", "bytes_read"):
+            s[k] += cur[k]
+        for k in ("train_documents", "train_bytes", "val_documents", "val_bytes"):
+            s[k] += sca[k]
+        _add_counts(s["reader"], cur["reader"])
+        for step, counters in cur["steps"].items():
+            _add_counts(s["steps"].setdefault(step, {}), counters)
+        for reason, n in cur["dropped"].items():
+            step = reason.split(":", 1)[0]
+            s["dropped"][step] = s["dropped"].get(step, 0) + n
+            s["dropped_reasons"][reason] = s["dropped_reasons"].get(reason, 0) + n
+        s["mixture"]["documents_after"] += sca["mixed_documents"]
+        s["mixture"]["bytes_after"] += sca["mixed_bytes"]
+        problems[cur["source"]].merge(cur["problems"])
+    for name, s in out.items():
+        d = decisions["per_source"][name]
+        s["duplicates"] = d["duplicates"]
+        s["dropped"]["max_bytes"] = d["max_bytes"]
+        if d["max_bytes"]:
+            s["dropped_reasons"]["max_bytes"] = d["max_bytes"]
+        s["kept_documents"] = d["documents"]
+        s["kept_bytes"] = d["bytes"]
+        s["dropped_total"] = sum(s["dropped"].values())
+        s["problems"] = problems[name].to_dict()
+        s["mixture"]["documents_before"] = s["train_documents"]
+        s["mixture"]["bytes_before"] = s["train_bytes"]
+    total = sum(s["mixture"]["bytes_after"] for s in out.values())
+    for s in out.values():
+        s["mixture"]["share_of_train_bytes"] = s["mixture"]["bytes_after"] / total if total else 0.0
+    return out
+
+
+_TOTAL_KEYS = ("files_matched", "files_excluded", *_SUMMED, "duplicates", "kept_documents",
+               "kept_bytes", "dropped_total")
+
+
+def totals(sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sums over sources of every count (nested ``dropped``, ``reader`` and problems included)."""
+    out: dict[str, Any] = {k: sum(s[k] for s in sources.values()) for k in _TOTAL_KEYS}
+    for key in ("dropped", "dropped_reasons", "reader"):
+        acc: dict[str, int] = {}
+        for s in sources.values():
+            _add_counts(acc, s[key])
+        out[key] = acc
+    problems: dict[str, int] = {}
+    for s in sources.values():
+        _add_counts(problems, s["problems"]["counts"])
+    out["problems"] = problems
+    out["mixed_train_documents"] = sum(s["mixture"]["documents_after"] for s in sources.values())
+    out["mixed_train_bytes"] = sum(s["mixture"]["bytes_after"] for s in sources.values())
     return out

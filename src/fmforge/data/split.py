@@ -11,11 +11,15 @@ smallest hash move to val; if every hash does, the one(s) with the largest hash
 move to train. Documents sharing that extreme hash (identical texts) move
 together, unless that would empty the other split, in which case only the
 first of them (by id) moves.
+
+The data stage sees its documents as a stream spread over tasks, so the rule is
+computed by ``SplitGuard`` from running counts and extremes; ``assign_val`` is
+the same rule over a list.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Sequence
 
 from fmforge.data.hashing import hash_u64
 
@@ -27,25 +31,64 @@ def split_key(digest: bytes, seed: int) -> int:
     return hash_u64(seed, _SPLIT_PURPOSE, digest)
 
 
+def split_threshold(val_fraction: float) -> int:
+    return int(val_fraction * 2**64)
+
+
+class SplitGuard:
+    """Counts a stream of split keys and says which documents must change side.
+
+    ``add(key, order, ref)``: ``order`` breaks ties among identical keys (the
+    document id), ``ref`` is what ``moves`` returns to name the document.
+    """
+
+    def __init__(self, val_fraction: float):
+        self.val_fraction = val_fraction
+        self.threshold = split_threshold(val_fraction)
+        self.n = 0
+        self.n_val = 0
+        self._min: tuple[int, list[tuple[str, Hashable]]] | None = None
+        self._max: tuple[int, list[tuple[str, Hashable]]] | None = None
+
+    def add(self, key: int, order: str, ref: Hashable) -> bool:
+        """Record one document; return its natural side (True: val)."""
+        self.n += 1
+        is_val = key < self.threshold
+        self.n_val += is_val
+        if self._min is None or key < self._min[0]:
+            self._min = (key, [(order, ref)])
+        elif key == self._min[0]:
+            self._min[1].append((order, ref))
+        if self._max is None or key > self._max[0]:
+            self._max = (key, [(order, ref)])
+        elif key == self._max[0]:
+            self._max[1].append((order, ref))
+        return is_val
+
+    def moves(self) -> tuple[set[Hashable], set[Hashable]]:
+        """``(to_val, to_train)``: the refs whose side the guarantee changes."""
+        if self.val_fraction <= 0 or self.n < 2:
+            return set(), set()
+        if self.n_val == 0 and self._min is not None:
+            return self._tied(self._min[1]), set()
+        if self.n_val == self.n and self._max is not None:
+            return set(), self._tied(self._max[1])
+        return set(), set()
+
+    def _tied(self, tied: list[tuple[str, Hashable]]) -> set[Hashable]:
+        if len(tied) == self.n:  # all identical: moving all would empty the other split
+            return {min(tied, key=lambda t: t[0])[1]}
+        return {ref for _, ref in tied}
+
+
 def assign_val(keys: Sequence[int], val_fraction: float, ids: Sequence[str] | None = None) -> list[bool]:
     """``is_val`` for each document, from its ``split_key``; see the module docstring."""
-    n = len(keys)
-    threshold = int(val_fraction * 2**64)
-    is_val = [k < threshold for k in keys]
-    if val_fraction <= 0 or n < 2:
-        return is_val
-    order_ids = list(ids) if ids is not None else [""] * n
-    n_val = sum(is_val)
-    if n_val == 0:
-        _move(is_val, keys, order_ids, to_val=True, extreme=min(keys))
-    elif n_val == n:
-        _move(is_val, keys, order_ids, to_val=False, extreme=max(keys))
+    guard = SplitGuard(val_fraction)
+    order_ids = list(ids) if ids is not None else [""] * len(keys)
+    is_val = [guard.add(k, order_ids[i], i) for i, k in enumerate(keys)]
+    to_val, to_train = guard.moves()
+    for i in to_val:
+        is_val[i] = True  # type: ignore[index]
+    for i in to_train:
+        is_val[i] = False  # type: ignore[index]
     return is_val
-
-
-def _move(is_val: list[bool], keys: Sequence[int], ids: list[str], *, to_val: bool, extreme: int) -> None:
-    tied = [i for i, k in enumerate(keys) if k == extreme]
-    if len(tied) == len(keys):  # all identical: moving all would empty the other split
-        tied = [min(tied, key=lambda i: (ids[i], i))]
-    for i in tied:
-        is_val[i] = to_val

@@ -1,51 +1,53 @@
-"""The data stage: sources -> normalised, filtered, deduplicated, split, mixed
+"""The data stage: sources -> cleaned, filtered, deduplicated, split, mixed
 parquet shards plus a data card, written atomically to ``runs/NAME/data/``.
 
-Order of operations, and why:
+The input is cut into tasks (``tasks.py``: runs of files of one source, about
+``data.task_bytes`` each, numbered in reading order) and processed in four
+phases, each a set of tasks that write to the work directory and leave a
+completion marker (``workdir.py``), so any executor (``executor.py``: in
+process, a process pool, Ray) gives byte-identical shards and a rerun after a
+kill resumes where it stopped:
 
-1. list every source's files first, so a bad pattern fails before any work;
-2. read sources in config order and files in sorted order, and per document:
-   normalise -> length filters -> exact dedup -> the source's ``max_bytes`` cap
-   (so the cap counts only text that will actually be used);
-3. split by a seeded hash of the text (val never sees a training text);
-4. mix the train split by source weight, shuffle both splits with the seed;
-5. write shards and ``data_card.json`` into a temporary directory that is
-   renamed to ``data/`` only when complete.
+1. curate (per task): read, clean, filter, hash (``curate.py``);
+2. decide (once): duplicate clusters across all sources, ``max_bytes`` caps,
+   the split guarantee (``decide.py``);
+3. scatter (per task): split, mixture copies, shuffle keys into partitions
+   (``scatter.py``);
+4. gather (per output shard): sort a partition by key (``gather.py``).
 
-The kept documents are held in memory between reading and writing, which is
-fine for corpora of a few GB of text; larger corpora need an external shuffle.
+Memory is bounded by a task and a partition, not by the corpus. The work
+directory is removed when the data directory is in place.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fmforge.config import DataConfig, RunConfig
-from fmforge.data.card import CARD_VERSION, SourceStats, totals
-from fmforge.data.dedup import ExactDedup, content_digest
+from fmforge.data.card import CARD_VERSION, source_stats, totals
+from fmforge.data.curate import PHASE as CURATE, curate_task, task_dir
+from fmforge.data.decide import PHASE as DECIDE, decide
 from fmforge.data.errors import EmptyCorpusError
-from fmforge.data.filters import describe_reason, length_filter_reason
+from fmforge.data.executor import ExecutorSpec, TaskRunner
+from fmforge.data.filters import describe_reason
+from fmforge.data.gather import PHASE as GATHER, gather_task, gathered_path
 from fmforge.data.listing import FileListing, list_source_files
-from fmforge.data.mixture import mix, shuffle
-from fmforge.data.shards import DATA_CARD, write_shards
-from fmforge.data.sources import open_reader
-from fmforge.data.split import assign_val, split_key
-from fmforge.progress import log, progress_bar
+from fmforge.data.scatter import PHASE as SCATTER, scatter_dir, scatter_task
+from fmforge.data.shards import DATA_CARD, SPLITS, shard_name
+from fmforge.data.steps import STEP_NAMES
+from fmforge.data.tasks import TaskSpec, plan_tasks, split_docref
+from fmforge.data.workdir import WorkDir
+from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_directory, fingerprint
 
-
-@dataclass(frozen=True, slots=True)
-class _Kept:
-    """A document that survived filters and dedup, with what later steps need."""
-
-    id: str
-    text: str
-    source: str
-    digest: bytes
-    nbytes: int
+DEDUP_PARTITION_BYTES = 256 * 2**20  # input bytes per dedup bucket partition
+REJECTED_DIR = "rejected"
+INLINE_BELOW_BYTES = 32 * 2**20  # with data.workers unset, smaller inputs run in this process
 
 
 def list_all_sources(cfg: RunConfig) -> list[FileListing]:
@@ -64,11 +66,18 @@ def data_inputs_fingerprint(cfg: RunConfig) -> str:
     return _inputs_fingerprint(cfg, list_all_sources(cfg))
 
 
+# Settings that change how the work is scheduled, not what it produces.
+_SCHEDULING_KEYS = ("executor", "workers", "ray_address", "work_dir")
+
+
 def _inputs_fingerprint(cfg: RunConfig, listings: list[FileListing]) -> str:
+    data = cfg.data.model_dump(mode="json")
+    for k in _SCHEDULING_KEYS:
+        data.pop(k, None)
     return fingerprint(
-        "data-inputs-v1",
+        "data-inputs-v2",
         cfg.seed,
-        cfg.data.model_dump(mode="json"),
+        data,
         [
             {"source": l.source, "root": l.root, "files": [[f.rel, f.size, f.mtime_ns] for f in l.files]}
             for l in listings
@@ -76,70 +85,31 @@ def _inputs_fingerprint(cfg: RunConfig, listings: list[FileListing]) -> str:
     )
 
 
-def _read_sources(
-    cfg: RunConfig, listings: list[FileListing]
-) -> tuple[list[_Kept], list[SourceStats]]:
-    data = cfg.data
-    dedup = ExactDedup(enabled=data.dedup == "exact")
-    kept: list[_Kept] = []
-    all_stats: list[SourceStats] = []
-    total_files = sum(len(l.files) for l in listings)
-    with progress_bar("data: reading files", total=total_files) as bar:
-        for spec, listing in zip(data.sources, listings):
-            bar.update(info=spec.name)
-            reader = open_reader(spec)
-            st = SourceStats.from_listing(listing, spec.type, spec.weight, spec.max_bytes)
-            accepted = 0
-            capped = False
-            for i, file in enumerate(listing.files):
-                if capped:
-                    st.files_skipped_max_bytes = len(listing.files) - i
-                    bar.advance(st.files_skipped_max_bytes)
-                    break
-                st.files_read += 1
-                for doc in reader.read_file(file):
-                    st.documents_read += 1
-                    if capped:  # rest of a multi-document file after the cap
-                        st.bytes_read += len(doc.text.encode("utf-8"))
-                        st.dropped["max_bytes"] += 1
-                        continue
-                    encoded = doc.text.encode("utf-8")
-                    st.bytes_read += len(encoded)
-                    reason = length_filter_reason(doc.text, data.min_chars, data.max_chars)
-                    if reason is not None:
-                        st.dropped[reason] += 1
-                        continue
-                    digest = content_digest(encoded)
-                    if dedup.is_duplicate(digest):
-                        st.duplicates += 1
-                        continue
-                    if spec.max_bytes is not None and accepted + len(encoded) > spec.max_bytes:
-                        capped = True
-                        st.dropped["max_bytes"] += 1
-                        continue
-                    dedup.add(digest)
-                    accepted += len(encoded)
-                    kept.append(_Kept(doc.id, doc.text, doc.source, digest, len(encoded)))
-                    st.kept_documents += 1
-                    st.kept_bytes += len(encoded)
-                bar.advance(1)
-            st.reader = reader.counters()
-            all_stats.append(st)
-    return kept, all_stats
+def work_dir_url(cfg: RunConfig, run: RunDir, inputs_fp: str) -> str:
+    base = cfg.data.work_dir or str(Path(run.root) / "data.work")
+    return f"{base.rstrip('/')}/{inputs_fp}"
 
 
-def _explain_empty(stats: list[SourceStats], data: DataConfig) -> str:
+def _explain_empty(sources: dict[str, dict[str, Any]], data: DataConfig) -> str:
     lines = []
-    for st in stats:
+    for s in sources.values():
         reasons = ", ".join(
-            f"{n} {describe_reason(r, data, st.max_bytes)}" for r, n in st.dropped.items() if n
+            f"{n} {r.split(':', 1)[0]}:{describe_reason(r.split(':', 1)[-1], data, s['max_bytes'])}"
+            if r.startswith("length:") else f"{n} {describe_reason(r, data, s['max_bytes'])}"
+            for r, n in s["dropped_reasons"].items() if n
         )
+        problems = ", ".join(f"{n} {kind}" for kind, n in s["problems"]["counts"].items())
         lines.append(
-            f"  source {st.name!r}: {st.documents_read} read, {st.kept_documents} kept"
+            f"  source {s['name']!r}: {s['documents_read']} read, {s['kept_documents']} kept"
             + (f"; dropped: {reasons}" if reasons else "")
-            + (f"; {st.duplicates} duplicates" if st.duplicates else "")
+            + (f"; {s['duplicates']} duplicates" if s["duplicates"] else "")
+            + (f"; unreadable inputs: {problems} (listed in the warnings above)" if problems else "")
         )
     return "\n".join(lines)
+
+
+def _partitions(n: int, max_per_partition: int) -> int:
+    return max(1, math.ceil(n / max_per_partition))
 
 
 def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -147,102 +117,187 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     t0 = time.perf_counter()
     data = cfg.data
     listings = list_all_sources(cfg)
-    kept, stats = _read_sources(cfg, listings)
-    by_name = {s.name: s for s in stats}
+    tasks = plan_tasks(listings, data.task_bytes)
+    inputs_fp = _inputs_fingerprint(cfg, listings)
+    work = WorkDir(work_dir_url(cfg, run, inputs_fp))
+    input_bytes = sum(t.input_bytes for t in tasks)
+    # workers left to fmforge: a small corpus is done before a process pool has started
+    workers = data.workers or (1 if input_bytes < INLINE_BELOW_BYTES else None)
+    executor = ExecutorSpec(data.executor, workers, data.ray_address)
+    data_json = data.model_dump(mode="json")
+    dedup_partitions = _partitions(input_bytes, DEDUP_PARTITION_BYTES)
+    resumed = sum(work.is_done(CURATE, t.index) for t in tasks)
+    if resumed:
+        log(f"data: resuming, {resumed} of {len(tasks)} tasks already curated in {work.url}")
 
-    if not kept:
-        raise EmptyCorpusError(
-            "no documents remain after filtering and dedup:\n"
-            + _explain_empty(stats, data)
-            + "\nloosen data.min_chars / data.max_chars / max_bytes, or add sources"
-        )
-    for st in stats:
-        if st.kept_documents == 0:
-            log(
-                f"[yellow]warning:[/] data source {st.name!r} contributes no documents "
-                f"({st.documents_read} read, {st.dropped_total} dropped, {st.duplicates} duplicates)"
+    with TaskRunner(executor) as runner:
+        # 1. curate
+        runner.run(curate_task, [
+            {"data": data_json, "task": t.to_dict(), "work": work.url, "partitions": dedup_partitions}
+            for t in tasks if not work.is_done(CURATE, t.index)
+        ], f"data: reading {len(tasks)} tasks")
+        curated = [work.read_json(f"{task_dir(t.index)}/stats.json") for t in tasks]
+
+        # 2. decide
+        if work.is_done(DECIDE, 0):
+            decisions = work.read_json("decisions/decisions.json")
+        else:
+            decisions = decide(data, cfg.seed, work, curated, dedup_partitions)
+        if decisions["documents"] == 0:
+            empty = source_stats(data, listings, curated, decisions, [_no_scatter(t) for t in tasks], STEP_NAMES)
+            raise EmptyCorpusError(
+                "no documents remain after filtering and dedup:\n" + _explain_empty(empty, data)
+                + "\nloosen data.min_chars / data.max_chars / the filters / max_bytes, or add sources"
             )
 
-    # split
-    keys = [split_key(k.digest, cfg.seed) for k in kept]
-    is_val = assign_val(keys, data.val_fraction, [k.id for k in kept])
-    train = [k for k, v in zip(kept, is_val) if not v]
-    val = [k for k, v in zip(kept, is_val) if v]
-    for k, v in zip(kept, is_val):
-        st = by_name[k.source]
-        if v:
-            st.val_documents += 1
-            st.val_bytes += k.nbytes
-        else:
-            st.train_documents += 1
-            st.train_bytes += k.nbytes
-    if data.val_fraction > 0 and not val:
-        log("[yellow]warning:[/] only one document survived; the val split is empty")
+        # 3. scatter
+        kept = decisions["documents"]
+        expected_train = sum(
+            decisions["per_source"][s.name]["documents"] * (1 - data.val_fraction) * s.weight for s in data.sources
+        )
+        parts = {"train": _partitions(int(expected_train) + 1, data.shard_max_docs),
+                 "val": _partitions(int(kept * data.val_fraction) + 1, data.shard_max_docs)}
+        moves = {k: _by_task(decisions["split_moves"][k]) for k in ("to_val", "to_train")}
+        runner.run(scatter_task, [
+            {"data": data_json, "seed": cfg.seed, "task": t.index, "source_index": t.source_index,
+             "work": work.url, "partitions_train": parts["train"], "partitions_val": parts["val"],
+             "has_docs": c["has_docs"], "to_val": moves["to_val"].get(t.index, []),
+             "to_train": moves["to_train"].get(t.index, [])}
+            for t, c in zip(tasks, curated) if not work.is_done(SCATTER, t.index)
+        ], "data: splitting and mixing")
+        scattered = [work.read_json(f"{scatter_dir(t.index)}/stats.json") for t in tasks]
 
-    # mixture (train only), then shuffle both splits
-    weights = {s.name: s.weight for s in data.sources}
-    mixed, mix_stats = mix(train, weights, cfg.seed)
-    for name, ms in mix_stats.items():
-        by_name[name].mixture = ms
-    if not mixed:
+        # 4. gather
+        gathers = []
+        for split in SPLITS:
+            for k in range(parts[split]):
+                contributing = [s["task"] for s in scattered if k in s["partitions"][split]]
+                if contributing and not work.is_done(f"{GATHER}-{split}", k):
+                    gathers.append({"work": work.url, "split": split, "k": k, "tasks": contributing,
+                                    "shard_max_docs": data.shard_max_docs})
+        runner.run(gather_task, gathers, "data: shuffling into shards")
+
+    sources = source_stats(data, listings, curated, decisions, scattered, STEP_NAMES)
+    tot = totals(sources)
+    if tot["mixed_train_documents"] == 0:
+        weights = {s.name: s.weight for s in data.sources}
         raise EmptyCorpusError(
-            f"the mixture left no training documents ({len(train)} before mixing, weights "
+            f"the mixture left no training documents ({tot['train_documents']} before mixing, weights "
             f"{weights}); raise the source weights (weight < 1 keeps only that fraction)"
         )
-    train_rows = [(k.id, k.text, k.source) for k, _ in shuffle(mixed, cfg.seed)]
-    val_rows = [(k.id, k.text, k.source) for k, _ in shuffle([(k, 0) for k in val], cfg.seed, "fmforge.shuffle.val")]
+    for s in sources.values():
+        if s["kept_documents"] == 0:
+            log(
+                f"[yellow]warning:[/] data source {s['name']!r} contributes no documents "
+                f"({s['documents_read']} read, {s['dropped_total']} dropped, {s['duplicates']} duplicates)"
+            )
+    if data.val_fraction > 0 and tot["val_documents"] == 0:
+        log("[yellow]warning:[/] only one document survived; the val split is empty")
 
     with atomic_directory(run.data) as tmp:
-        shards = {
-            "train": write_shards(tmp, "train", train_rows, data.shard_max_docs),
-            "val": write_shards(tmp, "val", val_rows, data.shard_max_docs),
-        }
-        tot = totals(stats)
+        shard_names = {split: _place_shards(work, tmp, split, parts[split], scattered) for split in SPLITS}
+        rejected = _place_rejected(work, tmp, tasks, curated, scattered) if data.keep_rejected else []
         card = {
             "version": CARD_VERSION,
             "seed": cfg.seed,
-            "config": data.model_dump(mode="json"),
-            "inputs_fingerprint": _inputs_fingerprint(cfg, listings),
-            "sources": {s.name: s.to_dict() for s in stats},
+            "config": data_json,
+            "inputs_fingerprint": inputs_fp,
+            "tasks": len(tasks),
+            "executor": {"kind": data.executor, "workers": executor.n_workers},
+            "sources": sources,
             "totals": tot,
+            "dedup": {"method": data.dedup, **decisions["dedup"]},
             "splits": {
                 "train": {
-                    "documents": len(train_rows),
+                    "documents": tot["mixed_train_documents"],
                     "bytes": tot["mixed_train_bytes"],
-                    "unique_documents": len(train),
+                    "unique_documents": tot["train_documents"],
                     "unique_bytes": tot["train_bytes"],
-                    "shards": shards["train"],
+                    "shards": shard_names["train"],
                 },
-                "val": {
-                    "documents": len(val_rows),
-                    "bytes": tot["val_bytes"],
-                    "shards": shards["val"],
-                },
+                "val": {"documents": tot["val_documents"], "bytes": tot["val_bytes"],
+                        "shards": shard_names["val"]},
             },
+            "rejected_shards": rejected,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        # the directory as a whole is renamed into place, so a plain write suffices
         (tmp / DATA_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    work.remove()
 
     summary = {
-        "sources": len(stats),
+        "sources": len(sources),
         "files": tot["files_read"],
         "documents_read": tot["documents_read"],
-        "train_docs": len(train_rows),
+        "train_docs": tot["mixed_train_documents"],
         "train_bytes": tot["mixed_train_bytes"],
-        "val_docs": len(val_rows),
+        "val_docs": tot["val_documents"],
         "val_bytes": tot["val_bytes"],
         "dropped": tot["dropped_total"],
         "duplicates": tot["duplicates"],
-        "decode_error_files": tot["reader"].get("decode_error_files", 0),
-        "shards": len(shards["train"]) + len(shards["val"]),
+        "problems": sum(tot["problems"].values()),
+        "shards": len(shard_names["train"]) + len(shard_names["val"]),
         "seconds": card["seconds"],
     }
     log(
-        f"data: {summary['documents_read']:,} documents from {summary['files']:,} files -> "
-        f"train {summary['train_docs']:,} docs / {summary['train_bytes']:,} B, "
+        f"data: {summary['documents_read']:,} documents from {summary['files']:,} files "
+        f"({len(tasks)} tasks) -> train {summary['train_docs']:,} docs / {summary['train_bytes']:,} B, "
         f"val {summary['val_docs']:,} docs / {summary['val_bytes']:,} B "
-        f"({summary['dropped']:,} dropped, {summary['duplicates']:,} duplicates) "
-        f"in {summary['seconds']:.1f}s"
+        f"({summary['dropped']:,} dropped, {summary['duplicates']:,} duplicates"
+        + (f", {summary['problems']:,} unreadable inputs" if summary["problems"] else "")
+        + f") in {summary['seconds']:.1f}s"
     )
+    _log_mixture(sources)
     return summary
+
+
+def _log_mixture(sources: dict[str, dict[str, Any]]) -> None:
+    parts = [
+        f"{name} {s['mixture']['share_of_train_bytes']:.1%} (weight {s['weight']:g})"
+        for name, s in sources.items()
+    ]
+    log("data: training mixture by bytes: " + ", ".join(parts))
+
+
+def _no_scatter(task: TaskSpec) -> dict[str, Any]:
+    return {"task": task.index, "train_documents": 0, "train_bytes": 0, "val_documents": 0,
+            "val_bytes": 0, "mixed_documents": 0, "mixed_bytes": 0, "partitions": {"train": [], "val": []}}
+
+
+def _by_task(refs: list[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for ref in refs:
+        out.setdefault(split_docref(ref)[0], []).append(ref)
+    return out
+
+
+def _copy_out(work: WorkDir, rel: str, dest: Path) -> None:
+    with work.open_read(rel) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, length=4 * 2**20)
+
+
+def _place_shards(work: WorkDir, tmp: Path, split: str, partitions: int, scattered: list[dict]) -> list[str]:
+    """Copy the gathered partitions into the data directory under consecutive names."""
+    names: list[str] = []
+    for k in range(partitions):
+        if not any(k in s["partitions"][split] for s in scattered):
+            continue
+        chunks = work.read_json(work.marker(f"{GATHER}-{split}", k))["chunks"]
+        for c in range(chunks):
+            name = shard_name(split, len(names))
+            _copy_out(work, gathered_path(split, k, c), tmp / name)
+            names.append(name)
+    return names
+
+
+def _place_rejected(work: WorkDir, tmp: Path, tasks: list[TaskSpec], curated: list[dict],
+                    scattered: list[dict]) -> list[str]:
+    (tmp / REJECTED_DIR).mkdir()
+    names: list[str] = []
+    for t, c, s in zip(tasks, curated, scattered):
+        for rel, present in ((f"{task_dir(t.index)}/rejected.parquet", c["has_rejected"]),
+                             (f"{scatter_dir(t.index)}/rejected.parquet", s["has_rejected"])):
+            if present:
+                name = f"{REJECTED_DIR}/rejected-{len(names):05d}.parquet"
+                _copy_out(work, rel, tmp / name)
+                names.append(name)
+    return names

@@ -1,0 +1,201 @@
+"""Phase 1 of the data stage, one task: read a task's files, clean and filter
+every document, and write what survives with its hashes.
+
+Per task, into the work directory:
+
+- ``tasks/NNNNN/docs.parquet``: the kept documents in reading order (``id``,
+  ``text``, ``source``, ``digest`` = BLAKE2b-128 of the cleaned text, ``nbytes``);
+  a document's local index is its row number;
+- ``tasks/NNNNN/rejected.parquet`` (with ``data.keep_rejected``): dropped
+  documents with their reason;
+- ``dedup/``: the document's dedup keys (MinHash bands and the exact-content key)
+  in bucket files partitioned by key, for phase 2;
+- ``tasks/NNNNN/stats.json``: counts per step and reason, reader counters and
+  input problems;
+- the completion marker, last.
+
+Memory is bounded by a batch of documents, not by the task or the corpus.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmforge.config import DataConfig
+from fmforge.data.dedup import BucketWriter, content_digest, exact_key
+from fmforge.data.problems import InputProblems
+from fmforge.data.sources import open_reader
+from fmforge.data.steps import build_steps
+from fmforge.data.tasks import MAX_DOCS_PER_TASK, TaskSpec
+from fmforge.data.workdir import WorkDir
+
+PHASE = "curate"
+BATCH_ROWS = 1024
+DOCS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+    ("digest", pa.binary(16)), ("nbytes", pa.int64()),
+])
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("reason", pa.string()),
+])
+
+
+def task_dir(index: int) -> str:
+    return f"tasks/{index:05d}"
+
+
+class _KeyBatcher:
+    """Dedup keys of kept documents, computed a batch at a time (MinHash is
+    about half again as fast over a batch) and handed to the bucket writer."""
+
+    BATCH = 256
+
+    def __init__(self, buckets: BucketWriter, hasher):
+        self.buckets, self.hasher = buckets, hasher
+        self.pending: list[tuple[int, str, bytes]] = []
+
+    def add(self, index: int, text: str, digest: bytes) -> None:
+        self.pending.append((index, text, digest))
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        exact = np.array([[exact_key(d)] for _, _, d in self.pending], dtype=np.uint64)
+        if self.hasher is not None:
+            keys = np.concatenate([self.hasher.band_keys_batch([t for _, t, _ in self.pending]), exact], axis=1)
+        else:
+            keys = exact
+        for (index, _, _), row in zip(self.pending, keys):
+            self.buckets.add(index, row)
+        self.pending.clear()
+
+
+class _BatchedParquet:
+    """Rows into a parquet file in the work directory, a batch at a time."""
+
+    def __init__(self, work: WorkDir, rel: str, schema: pa.Schema):
+        self.work, self.rel, self.schema = work, rel, schema
+        self.columns: list[list[Any]] = [[] for _ in schema]
+        self.rows = 0
+        self._ctx = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, *row: Any) -> None:
+        for col, v in zip(self.columns, row):
+            col.append(v)
+        self.rows += 1
+        if len(self.columns[0]) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.columns[0]:
+            return
+        if self._writer is None:
+            self._ctx = self.work.open_write(self.rel)
+            self._writer = pq.ParquetWriter(self._ctx.__enter__(), self.schema, compression="zstd")
+        batch = pa.record_batch([pa.array(c, t.type) for c, t in zip(self.columns, self.schema)], schema=self.schema)
+        self._writer.write_batch(batch, row_group_size=BATCH_ROWS)
+        self.columns = [[] for _ in self.schema]
+
+    def close(self) -> None:
+        """Write what is left; a file exists only if there was at least one row."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            err = RuntimeError("task failed")
+            self._ctx.__exit__(RuntimeError, err, None)
+
+
+def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run phase 1 for one task (a top-level function: it travels to workers)."""
+    data = DataConfig.model_validate(payload["data"])
+    task = TaskSpec.from_dict(payload["task"])
+    work = WorkDir(payload["work"])
+    spec = data.sources[task.source_index]
+    t0 = time.perf_counter()
+
+    problems = InputProblems(spec.name, strict=data.strict, quiet=payload.get("quiet", False))
+    reader = open_reader(spec, problems)
+    steps = build_steps(data, spec)
+    hasher = None
+    if data.dedup == "minhash":
+        from fmforge.data.minhash import MinHasher
+
+        hasher = MinHasher(data.minhash)
+    buckets = (
+        BucketWriter(f"{work.url}/dedup", task.index, payload["partitions"]) if data.dedup != "none" else None
+    )
+    keys = _KeyBatcher(buckets, hasher) if buckets is not None else None
+
+    docs = _BatchedParquet(work, f"{task_dir(task.index)}/docs.parquet", DOCS_SCHEMA)
+    rejected = (
+        _BatchedParquet(work, f"{task_dir(task.index)}/rejected.parquet", REJECTED_SCHEMA)
+        if data.keep_rejected else None
+    )
+    dropped: dict[str, int] = {}
+    counts = {"files_read": 0, "documents_read": 0, "bytes_read": 0, "kept_documents": 0, "kept_bytes": 0}
+    try:
+        for file in task.files:
+            counts["files_read"] += 1
+            for doc in reader.read_file(file):
+                counts["documents_read"] += 1
+                counts["bytes_read"] += len(doc.text.encode("utf-8"))
+                reason = None
+                for step in steps:
+                    reason = step(doc)
+                    if reason is not None:
+                        break
+                if reason is not None:
+                    dropped[reason] = dropped.get(reason, 0) + 1
+                    if rejected is not None:
+                        rejected.add(doc.id, doc.text, doc.source, reason)
+                    continue
+                encoded = doc.text.encode("utf-8")
+                digest = content_digest(encoded)
+                if docs.rows >= MAX_DOCS_PER_TASK:
+                    raise ValueError(f"task {task.index} has over 2**32 documents; lower data.task_bytes")
+                if keys is not None:
+                    keys.add(docs.rows, doc.text, digest)
+                docs.add(doc.id, doc.text, doc.source, digest, len(encoded))
+                counts["kept_documents"] += 1
+                counts["kept_bytes"] += len(encoded)
+        docs.close()
+        if rejected is not None:
+            rejected.close()
+        if keys is not None:
+            keys.flush()
+            buckets.close()
+    except BaseException:
+        docs.abort()
+        if rejected is not None:
+            rejected.abort()
+        raise
+
+    stats = {
+        "task": task.index,
+        "source": spec.name,
+        "source_index": task.source_index,
+        **counts,
+        "dropped": dropped,
+        "steps": {s.name: s.counters() for s in steps},
+        "reader": reader.counters(),
+        "problems": problems.to_dict(),
+        "has_docs": docs.rows > 0,
+        "has_rejected": rejected is not None and rejected.rows > 0,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    work.write_json(f"{task_dir(task.index)}/stats.json", stats)
+    work.mark_done(PHASE, task.index)
+    return stats

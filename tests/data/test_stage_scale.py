@@ -1,0 +1,130 @@
+"""The data stage as parallel tasks: the same shards however the work is cut or
+scheduled, resumption after a kill, rejected documents kept with their reason,
+and bad input counted while the stage goes on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fmforge.data import stage as stage_mod
+from fmforge.data.shards import iter_split_records
+from fmforge.data.stage import run_data_stage
+from fmforge.rundir import RunDir
+
+
+def _shard_bytes(run: RunDir) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.data.glob("*.parquet"))}
+
+
+def _corpus(write, doc_text, n: int = 60) -> list[dict]:
+    for i in range(n):
+        write(f"a/{i:03d}.txt", doc_text(i, "alpha") + f" unique {i}")
+    for i in range(n // 2):
+        write(f"b/{i:03d}.txt", doc_text(i, "beta") + f" unique {i}")
+    write("b/copy.txt", doc_text(3, "alpha") + " unique 3")  # an exact duplicate of a/003
+    return [{"name": "a", "paths": ["a/*.txt"]}, {"name": "b", "paths": ["b/*.txt"], "weight": 1.5}]
+
+
+def test_same_shards_however_the_input_is_cut_into_tasks(write, make_cfg, tmp_path, doc_text):
+    sources = _corpus(write, doc_text)
+    one = RunDir(tmp_path / "one")
+    many = RunDir(tmp_path / "many")
+    s1 = run_data_stage(make_cfg(sources, val_fraction=0.1, shard_max_docs=20, workers=1), one)
+    s2 = run_data_stage(make_cfg(sources, val_fraction=0.1, shard_max_docs=20, workers=1, task_bytes=500), many)
+    card = json.loads(many.data_card.read_text())
+    assert card["tasks"] > 20  # really cut into many tasks
+    assert json.loads(one.data_card.read_text())["tasks"] == 2  # one per source
+    assert s1["duplicates"] == s2["duplicates"] == 1
+    assert _shard_bytes(one) == _shard_bytes(many)
+    # the survivor of the duplicate pair is the first in reading order
+    ids = {r["id"] for split in ("train", "val") for r in iter_split_records(many.data, split)}
+    assert "a/003.txt" in ids and "b/copy.txt" not in ids
+    assert not (many.root / "data.work").exists() or not any((many.root / "data.work").iterdir())
+
+
+def test_process_pool_gives_the_same_shards(write, make_cfg, tmp_path, doc_text):
+    sources = _corpus(write, doc_text, n=30)
+    inline, pool = RunDir(tmp_path / "inline"), RunDir(tmp_path / "pool")
+    run_data_stage(make_cfg(sources, workers=1, task_bytes=2000), inline)
+    run_data_stage(make_cfg(sources, workers=2, task_bytes=2000), pool)
+    assert _shard_bytes(inline) == _shard_bytes(pool)
+
+
+def test_a_killed_stage_resumes_from_its_markers(write, make_cfg, tmp_path, doc_text, monkeypatch):
+    sources = _corpus(write, doc_text, n=40)
+    cfg = make_cfg(sources, workers=1, task_bytes=3000, val_fraction=0.1)
+    run = RunDir(tmp_path / "killed")
+    real_scatter, real_curate = stage_mod.scatter_task, stage_mod.curate_task
+    calls = {"scatter": 0, "curate": 0}
+
+    def dies_midway(payload):
+        calls["scatter"] += 1
+        if calls["scatter"] == 3:
+            raise KeyboardInterrupt  # what a kill looks like from inside
+        return real_scatter(payload)
+
+    monkeypatch.setattr(stage_mod, "scatter_task", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_data_stage(cfg, run)
+    assert not run.data.exists()
+
+    def counting_curate(payload):
+        calls["curate"] += 1
+        return real_curate(payload)
+
+    calls["scatter"] = 100  # no more failures
+    monkeypatch.setattr(stage_mod, "curate_task", counting_curate)
+    monkeypatch.setattr(stage_mod, "scatter_task", real_scatter)
+    run_data_stage(cfg, run)
+    assert calls["curate"] == 0  # every task's reading was done before the kill
+    fresh = RunDir(tmp_path / "fresh")
+    run_data_stage(cfg, fresh)
+    assert _shard_bytes(run) == _shard_bytes(fresh)
+
+
+def test_rejected_documents_are_kept_with_their_reason(write, make_cfg, tmp_path, doc_text):
+    for i in range(10):
+        write(f"a/{i:02d}.txt", doc_text(i, "kept") + f" {i}")
+    write("a/short.txt", "tiny")
+    write("a/zz-dup.txt", doc_text(0, "kept") + " 0")
+    cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"], "max_bytes": 450}], min_chars=10,
+                   keep_rejected=True, val_fraction=0.0)
+    run = RunDir(tmp_path / "r")
+    run_data_stage(cfg, run)
+    card = json.loads(run.data_card.read_text())
+    rows = pa.concat_tables([pq.read_table(run.data / p) for p in card["rejected_shards"]]).to_pylist()
+    reasons = {r["id"]: r["reason"] for r in rows}
+    a = card["sources"]["a"]
+    assert reasons["a/short.txt"] == "length:too_short"
+    assert reasons["a/zz-dup.txt"] in ("duplicate", "max_bytes")
+    assert sum(v == "max_bytes" for v in reasons.values()) == a["dropped"]["max_bytes"] > 0
+    # nothing lost: every document read is kept or rejected
+    kept = [r["id"] for r in iter_split_records(run.data, "train")]
+    assert len(kept) + len(rows) == a["documents_read"] == 12
+    assert not set(kept) & set(reasons)
+
+
+def test_work_dir_can_be_an_fsspec_url(write, make_cfg, tmp_path, doc_text):
+    sources = _corpus(write, doc_text, n=10)
+    local, url = RunDir(tmp_path / "local"), RunDir(tmp_path / "url")
+    run_data_stage(make_cfg(sources, workers=1), local)
+    run_data_stage(make_cfg(sources, workers=1, work_dir=f"file://{tmp_path}/shared-work"), url)
+    assert _shard_bytes(local) == _shard_bytes(url)
+    assert Path(tmp_path / "shared-work").is_dir()
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_byte_identical_shards(write, make_cfg, tmp_path, doc_text):
+    pytest.importorskip("ray")
+    sources = _corpus(write, doc_text, n=30)
+    local, on_ray = RunDir(tmp_path / "local"), RunDir(tmp_path / "ray")
+    run_data_stage(make_cfg(sources, workers=1, task_bytes=2000), local)
+    run_data_stage(make_cfg(sources, executor="ray", workers=2, task_bytes=2000), on_ray)
+    assert _shard_bytes(local) == _shard_bytes(on_ray)
+    card = json.loads(on_ray.data_card.read_text())
+    assert card["executor"]["kind"] == "ray"
