@@ -172,12 +172,17 @@ def test_max_bytes_caps_a_source(write, make_cfg, run):
     assert a["documents_read"] == a["kept_documents"] + a["dropped_total"] + a["duplicates"]
 
 
-def test_pattern_matching_nothing_is_an_error_naming_the_source(write, make_cfg, run):
+def test_pattern_matching_nothing_is_reported_and_strict_makes_it_an_error(write, make_cfg, run):
     write("a/1.txt", "some text")
-    cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"]}, {"name": "docs", "paths": ["dosc/**/*.md"]}])
+    sources = [{"name": "a", "paths": ["a/*.txt"]}, {"name": "docs", "paths": ["dosc/**/*.md"]}]
+    run_data_stage(make_cfg(sources, val_fraction=0.0), run)  # goes on without it
+    docs = _card(run)["sources"]["docs"]
+    assert docs["problems"]["counts"] == {"no_match": 1}
+    assert "dosc" in docs["problems"]["examples"][0]["detail"]
     with pytest.raises(NoFilesMatchedError, match="'docs'.*dosc"):
-        run_data_stage(cfg, run)
-    assert not run.data.exists()
+        run_data_stage(make_cfg(sources, strict=True), RunDir(run.root.parent / "strict"))
+    with pytest.raises(NoFilesMatchedError, match="(?s)no source matched any file.*dosc"):
+        run_data_stage(make_cfg(sources[1:]), RunDir(run.root.parent / "none"))
 
 
 def test_everything_filtered_explains_which_filter(write, make_cfg, run):

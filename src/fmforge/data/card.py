@@ -46,7 +46,9 @@ def source_stats(data: DataConfig, listings: list[FileListing], curate: list[dic
             "mixture": {"weight": spec.weight, "documents_before": 0, "bytes_before": 0,
                         "documents_after": 0, "bytes_after": 0, "share_of_train_bytes": 0.0},
         }
-        problems[spec.name] = InputProblems(spec.name)
+        problems[spec.name] = InputProblems(spec.name, quiet=True)
+        for m in listing.missing:  # already warned about when listed
+            problems[spec.name].report("no_match", m["pattern"], m["message"])
     for cur, sca in zip(curate, scatter):
         s = out[cur["source"]]
         s["tasks"] += 1

@@ -59,6 +59,8 @@ class FileListing:
     matched: int  # distinct files matched by the include patterns
     excluded: int  # of which removed by an exclude pattern
     per_pattern: dict[str, int] = field(default_factory=dict)  # files matched per pattern
+    # patterns that matched nothing, when listed with strict=False: {"pattern", "message"}
+    missing: list[dict[str, str]] = field(default_factory=list)
 
 
 def glob_root(pattern: str) -> str:
@@ -275,11 +277,14 @@ def _rel(path: str, root: str) -> str:
     return posixpath.relpath(path, root)
 
 
-def list_source_files(spec: SourceConfig, config_dir: str | None) -> FileListing:
+def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool = True) -> FileListing:
     """Resolve, glob, exclude and sort the files of one source.
 
     Raises ``UnknownPlaceholderError`` or ``NoFilesMatchedError`` naming the
     source and the pattern (``DataError`` for a source mixing local paths and URLs).
+    With ``strict=False`` a pattern that matches nothing (a missing path, a glob
+    with no match) is recorded in ``FileListing.missing`` instead, and the
+    listing may be empty: the data stage reports it and goes on.
     """
     fs, patterns = _resolve(spec, config_dir)
     excludes = [
@@ -292,6 +297,7 @@ def list_source_files(spec: SourceConfig, config_dir: str | None) -> FileListing
 
     found: dict[str, None] = {}
     per_pattern: dict[str, int] = {}
+    missing: list[dict[str, str]] = []
     for original, pattern in zip(spec.paths, patterns):
         matched = fs.glob(pattern)
         if datasets:
@@ -305,10 +311,13 @@ def list_source_files(spec: SourceConfig, config_dir: str | None) -> FileListing
                         "or dataset_dict.json)")
             else:
                 hint = fs.missing_hint(pattern)
-            raise NoFilesMatchedError(
+            message = (
                 f"source {spec.name!r}: pattern {original!r} (resolved to {pattern!r}) "
                 f"matched no {'saved datasets' if datasets else 'files'}; {hint}"
             )
+            if strict:
+                raise NoFilesMatchedError(message)
+            missing.append({"pattern": original, "message": message})
         per_pattern[original] = len(hits)
         for h in hits:
             found.setdefault(h, None)
@@ -323,11 +332,14 @@ def list_source_files(spec: SourceConfig, config_dir: str | None) -> FileListing
             continue
         size, mtime_ns = fs.tree_stat(path) if datasets else fs.stat(path)
         files.append(SourceFile(path=url, rel=rel, size=size, mtime_ns=mtime_ns))
-    if not files:
-        raise NoFilesMatchedError(
+    if not files and found:
+        message = (
             f"source {spec.name!r}: all {len(found)} matched files were removed by the "
             f"exclude patterns {spec.exclude}; loosen `exclude` or fix `paths`"
         )
+        if strict:
+            raise NoFilesMatchedError(message)
+        missing.append({"pattern": ", ".join(spec.exclude), "message": message})
     files.sort(key=lambda f: f.rel)
     return FileListing(
         source=spec.name,
@@ -338,4 +350,5 @@ def list_source_files(spec: SourceConfig, config_dir: str | None) -> FileListing
         matched=len(found),
         excluded=len(found) - len(files),
         per_pattern=per_pattern,
+        missing=missing,
     )

@@ -40,7 +40,7 @@ class InputProblems:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append({"kind": kind, "where": where, "detail": detail})
         if not self.quiet and self.total <= MAX_WARNINGS:
-            log(f"[yellow]warning:[/] {message}; skipped and counted in the data card")
+            log(f"[yellow]warning:[/] {message}; counted in the data card")
 
     @property
     def total(self) -> int:

@@ -32,7 +32,7 @@ from fmforge.config import DataConfig, RunConfig
 from fmforge.data.card import CARD_VERSION, source_stats, totals
 from fmforge.data.curate import PHASE as CURATE, curate_task, task_dir
 from fmforge.data.decide import PHASE as DECIDE, decide
-from fmforge.data.errors import EmptyCorpusError
+from fmforge.data.errors import EmptyCorpusError, NoFilesMatchedError
 from fmforge.data.executor import ExecutorSpec, TaskRunner
 from fmforge.data.filters import describe_reason
 from fmforge.data.gather import PHASE as GATHER, gather_task, gathered_path
@@ -51,8 +51,24 @@ INLINE_BELOW_BYTES = 32 * 2**20  # with data.workers unset, smaller inputs run i
 
 
 def list_all_sources(cfg: RunConfig) -> list[FileListing]:
-    """The file listing of every source (raises on unknown placeholders or empty patterns)."""
-    return [list_source_files(spec, cfg.config_dir) for spec in cfg.data.sources]
+    """The file listing of every source.
+
+    A pattern that matches nothing is recorded in its listing (and reported by
+    the stage) unless ``data.strict``; nothing listed at all is always an error.
+    Unknown placeholders are always errors.
+    """
+    listings = [list_source_files(spec, cfg.config_dir, strict=cfg.data.strict) for spec in cfg.data.sources]
+    if not any(l.files for l in listings):
+        raise NoFilesMatchedError(
+            "no source matched any file:\n" + "\n".join(f"  {m['message']}" for l in listings for m in l.missing)
+        )
+    return listings
+
+
+def _report_missing(listings: list[FileListing]) -> None:
+    for l in listings:
+        for m in l.missing:
+            log(f"[yellow]warning:[/] {m['message']}; the stage goes on without it (data.strict stops here)")
 
 
 def data_inputs_fingerprint(cfg: RunConfig) -> str:
@@ -117,6 +133,7 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     t0 = time.perf_counter()
     data = cfg.data
     listings = list_all_sources(cfg)
+    _report_missing(listings)
     tasks = plan_tasks(listings, data.task_bytes)
     inputs_fp = _inputs_fingerprint(cfg, listings)
     work = WorkDir(work_dir_url(cfg, run, inputs_fp))
