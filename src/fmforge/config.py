@@ -116,6 +116,14 @@ class GopherRepetitionConfig(Section):
     max_dup_ngram_char_fraction: dict[int, float] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
 
+    @field_validator("max_top_ngram_char_fraction", "max_dup_ngram_char_fraction")
+    @classmethod
+    def _ngram_sizes(cls, v: dict[int, float]) -> dict[int, float]:
+        bad = {n: f for n, f in v.items() if n < 1 or not 0 <= f <= 1}
+        if bad:
+            raise ValueError(f"n-gram sizes must be >= 1 and fractions within [0, 1]; got {bad}")
+        return v
+
 
 class C4Config(Section):
     """Raffel et al. 2020 (C4), section 2.2: line- and page-level heuristics."""

@@ -2,11 +2,14 @@
 
 Each filter returns the reason it drops a document (a short key) so the data
 card can count drops per source and per reason; nothing is removed silently.
+:class:`LengthFilter` is the ``length`` step of a source's chain
+(:mod:`fmforge.data.steps`); the quality filters have their own modules.
 """
 
 from __future__ import annotations
 
 from fmforge.config import DataConfig
+from fmforge.data.document import Document
 
 # Every reason a document can be dropped; the data card lists all of them (zeros
 # included) so a reader sees which filters ran.
@@ -37,3 +40,23 @@ def describe_reason(reason: str, data: DataConfig, max_bytes: int | None = None)
         "too_long": f"too_long (data.max_chars={data.max_chars})",
         "max_bytes": f"max_bytes (source max_bytes={max_bytes})",
     }.get(reason, reason)
+
+
+class LengthFilter:
+    """The ``length`` step: ``data.min_chars`` / ``data.max_chars`` over the
+    cleaned text; reasons ``length:empty``, ``length:too_short``,
+    ``length:too_long``."""
+
+    name = "length"
+    reasons = ("length:empty", "length:too_short", "length:too_long")
+
+    def __init__(self, min_chars: int, max_chars: int | None) -> None:
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def __call__(self, doc: Document) -> str | None:
+        reason = length_filter_reason(doc.text, self.min_chars, self.max_chars)
+        return None if reason is None else f"length:{reason}"
