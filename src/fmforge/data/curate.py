@@ -30,7 +30,7 @@ from fmforge.config import DataConfig
 from fmforge.data.dedup import BucketWriter, content_digest, exact_key
 from fmforge.data.problems import InputProblems
 from fmforge.data.sources import open_reader
-from fmforge.data.steps import build_steps
+from fmforge.data.steps import build_steps, run_steps
 from fmforge.data.tasks import MAX_DOCS_PER_TASK, TaskSpec
 from fmforge.data.workdir import WorkDir
 
@@ -152,11 +152,7 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
             for doc in reader.read_file(file):
                 counts["documents_read"] += 1
                 counts["bytes_read"] += len(doc.text.encode("utf-8"))
-                reason = None
-                for step in steps:
-                    reason = step(doc)
-                    if reason is not None:
-                        break
+                reason = run_steps(steps, doc)
                 if reason is not None:
                     dropped[reason] = dropped.get(reason, 0) + 1
                     if rejected is not None:
