@@ -73,3 +73,13 @@ def test_nothing_readable_is_fatal(write, make_cfg, tmp_path):
     with pytest.raises(EmptyCorpusError, match=r"not_json"):
         run_data_stage(make_cfg([{"name": "j", "type": "jsonl", "paths": ["j/*.jsonl"]}]),
                        RunDir(tmp_path / "r"))
+
+
+def test_a_lone_surrogate_from_json_is_replaced_and_counted(write, make_cfg, tmp_path):
+    write("j/s.jsonl", '{"text": "abc \\ud800 def, a document with a broken escape"}\n{"text": "a clean one"}\n')
+    run = RunDir(tmp_path / "r")
+    run_data_stage(make_cfg([{"name": "j", "type": "jsonl", "paths": ["j/*.jsonl"]}], val_fraction=0.0), run)
+    texts = {r["id"]: r["text"] for r in iter_split_records(run.data, "train")}
+    assert texts["j/s.jsonl:1"] == "abc \ufffd def, a document with a broken escape"
+    card = json.loads(run.data_card.read_text())
+    assert card["sources"]["j"]["problems"]["counts"] == {"lone_surrogates": 1}

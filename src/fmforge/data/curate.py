@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from fmforge.config import DataConfig
 from fmforge.data.dedup import BucketWriter, content_digest, exact_key
+from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import InputProblems
 from fmforge.data.sources import open_reader
 from fmforge.data.steps import build_steps, run_steps
@@ -151,6 +152,11 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
             counts["files_read"] += 1
             for doc in reader.read_file(file):
                 counts["documents_read"] += 1
+                doc.text, surrogates = replace_lone_surrogates(doc.text)
+                if surrogates:
+                    problems.report("lone_surrogates", doc.id,
+                                    f"{surrogates} lone UTF-16 surrogate(s) (e.g. a JSON \\ud800 escape) "
+                                    "replaced by U+FFFD; the document is kept")
                 counts["bytes_read"] += len(doc.text.encode("utf-8"))
                 reason = run_steps(steps, doc)
                 if reason is not None:

@@ -10,6 +10,7 @@ dropped silently, so the data card shows how dirty a source was.
 from __future__ import annotations
 
 import codecs
+import re
 import threading
 import unicodedata
 
@@ -54,3 +55,16 @@ def normalize_text(text: str) -> str:
     if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
     return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> tuple[str, int]:
+    """Replace lone UTF-16 surrogates (a JSON ``"\\ud800"`` escape decodes to one)
+    by U+FFFD; they cannot be written as UTF-8. Returns the text and how many."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        return _SURROGATE.subn("\ufffd", text)
