@@ -406,6 +406,11 @@ class EvalConfig(Section):
     batch_size: int = Field(default=8, gt=0)
     # Evaluate at most this many held-out tokens (None: the whole val split).
     max_tokens: int | None = Field(default=None, gt=0)
+    # Sliding-window stride in tokens (None: the window, non-overlapping windows).
+    stride: int | None = Field(default=None, gt=0)
+    # Fixed prompts the run report completes greedily at the latest checkpoint.
+    report_prompts: list[str] = Field(default_factory=lambda: ["The ", "def ", "# "])
+    report_max_new_tokens: int = Field(default=48, ge=0)
     # After `fmforge run`, print a completion of this prompt (None: no sample).
     sample_prompt: str | None = None
     sample_max_new_tokens: int = Field(default=64, ge=0)

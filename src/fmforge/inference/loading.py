@@ -35,15 +35,24 @@ class StaleCheckpointError(ValueError):
     """The checkpoint was trained on tokens that no longer match the run's tokenizer."""
 
 
-def load_trained(run: RunDir, device: str = "auto") -> TrainedModel:
-    """The latest checkpoint with the tokenizer it was trained with. Refuses a
-    checkpoint whose token shards (hence tokenizer) have since been rebuilt."""
+def load_trained(run: RunDir, device: str = "auto", step: int | None = None) -> TrainedModel:
+    """The latest checkpoint (or that of ``step``) with the tokenizer it was trained
+    with. Refuses a checkpoint whose token shards (hence tokenizer) have since been
+    rebuilt."""
     cfg = config_from_dict(yaml.safe_load(run.config.read_text(encoding="utf-8")))
     ckpt = latest_checkpoint(run.checkpoints)
     if ckpt is None:
         raise FileNotFoundError(
             f"no complete checkpoint under {run.checkpoints}: run `fmforge train` first"
         )
+    if step is not None:
+        found = dict(list_checkpoints(run.checkpoints))
+        if step not in found:
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} under {run.checkpoints}; there are: "
+                f"{', '.join(str(s) for s in sorted(found))} (train.checkpoint_every and "
+                "train.keep_checkpoints decide which steps `fmforge train` keeps)")
+        ckpt = found[step]
     dev = pick_device(device)
     state = load_trainer_state(ckpt)
     tokens_record = run.stage_record("tokenize")

@@ -1,5 +1,12 @@
-"""How well a model predicts a stream of tokens: total nats over non-overlapping
-windows, and the UTF-8 bytes those tokens stand for.
+"""How well a model predicts a stream of tokens: total nats over windows of the
+model's context, and the UTF-8 bytes those tokens stand for.
+
+Windows are non-overlapping by default (every token sees the context since the
+start of its window: on average half a window). With a ``stride`` shorter than
+the window, windows start every ``stride`` tokens and each scores only the
+targets no earlier window scored, so every target but those of the first window
+sees at least ``seq_len - stride`` tokens of context (the sliding-window
+perplexity of the Hugging Face docs); it costs ``seq_len / stride`` times more.
 
 The one scorer behind the trainer's periodic validation and the eval stage. It
 lives beside the model (not in ``eval/``) because the trainer, which sits below
@@ -58,40 +65,65 @@ def sequential_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None 
         pos = end - 1
 
 
+def sliding_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None,
+                    max_tokens: int | None = None):
+    """Windows of ``seq_len`` inputs starting every ``stride`` tokens (None or
+    ``seq_len``: the sequential windows). Yields (inputs, targets, scored): only
+    the last ``scored`` targets of a window are new; every target but the first
+    token is scored exactly once."""
+    stride = seq_len if stride is None else stride
+    if not 0 < stride <= seq_len:
+        raise ValueError(f"stride must be in 1..{seq_len} (the window), got {stride}")
+    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    pos, done = 0, 0  # done: tokens[1 : done + 1] have been scored
+    while done < n - 1:
+        end = min(pos + seq_len + 1, n)
+        chunk = np.asarray(tokens[pos:end], dtype=np.int64)
+        yield chunk[:-1], chunk[1:], end - 1 - done
+        done = end - 1
+        pos += stride
+
+
 @torch.no_grad()
 def score_tokens(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
                  device: torch.device, max_tokens: int | None = None,
-                 token_bytes: np.ndarray | None = None, autocast=None) -> TokenScore:
+                 token_bytes: np.ndarray | None = None, autocast=None,
+                 stride: int | None = None) -> TokenScore:
     """Score ``tokens`` (at most ``max_tokens`` predictions) in windows of
     ``seq_len``, ``batch_size`` windows at a time. ``token_bytes[id]`` gives the
     bytes of each id for bits per byte; ``autocast`` is a context factory (None:
-    full float32, the exact figure)."""
+    full float32, the exact figure); ``stride`` < ``seq_len`` slides the window
+    (see the module docstring)."""
     was_training = model.training
     model.eval()
     nats, count, n_bytes = 0.0, 0, 0
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    pending: list[tuple[np.ndarray, np.ndarray, int]] = []
 
     def flush():
         nonlocal nats, count, n_bytes
         if not pending:
             return
         x = torch.from_numpy(np.stack([p[0] for p in pending])).to(device)
-        y = torch.from_numpy(np.stack([p[1] for p in pending])).to(device)
+        targets = np.stack([p[1] for p in pending])
+        for row, (_, t, scored) in enumerate(pending):
+            targets[row, : len(t) - scored] = -100  # scored by an earlier window
+        y = torch.from_numpy(targets).to(device)
         with (autocast() if autocast else contextlib.nullcontext()):
             logits = model(x)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                              reduction="sum")
+                              reduction="sum", ignore_index=-100)
         nats += float(nll)
-        count += y.numel()
+        kept = targets[targets != -100]
+        count += kept.size
         if token_bytes is not None:
-            n_bytes += int(token_bytes[y.cpu().numpy()].sum())
+            n_bytes += int(token_bytes[kept].sum())
         pending.clear()
 
     try:
-        for inputs, targets in sequential_windows(tokens, seq_len, max_tokens):
+        for inputs, targets, scored in sliding_windows(tokens, seq_len, stride, max_tokens):
             if pending and len(inputs) != len(pending[0][0]):
                 flush()
-            pending.append((inputs, targets))
+            pending.append((inputs, targets, scored))
             if len(pending) == batch_size:
                 flush()
         flush()
