@@ -249,13 +249,18 @@ class DataConfig(Section):
 class TokenizerConfig(Section):
     vocab_size: int = Field(default=8192, ge=260, le=1_000_000)
     min_frequency: int = Field(default=2, ge=1)
+    # Pre-tokenizer split: GPT-4's (cl100k) regex, or GPT-2's.
+    split: Literal["gpt4", "gpt2"] = "gpt4"
+    # Bring your own: a tokenizer.json or a Hugging Face tokenizer directory; no training.
+    path: str | None = None
     eos_token: str = "<|endoftext|>"
     pad_token: str = "<|pad|>"
+    bos_token: str = "<|startoftext|>"
+    # Chat turn markers, reserved with fixed ids after eos, pad and bos.
+    chat_roles: list[str] = Field(default_factory=lambda: ["system", "user", "assistant"])
     extra_special_tokens: list[str] = Field(default_factory=list)
     # Train the BPE on at most this many bytes of training text (None: all of it).
     max_train_bytes: int | None = Field(default=None, gt=0)
-    # Documents per encode_batch call; the Rust encoder spreads each batch over all cores.
-    encode_batch_docs: int = Field(default=512, gt=0)
 
 
 # -------------------------------------------------------------------------- model
@@ -430,6 +435,91 @@ class PlanConfig(Section):
     price_per_gpu_hour: float | None = Field(default=None, ge=0)
 
 
+# ----------------------------------------------------------------------- finetune
+
+
+class LoraConfig(Section):
+    """LoRA adapters (Hu et al. 2021) through the ``peft`` library."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: float = Field(default=32.0, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    # Names of the linear layers that get adapters (None: the family's defaults,
+    # every attention and MLP projection; see docs/finetune.md).
+    target_modules: list[str] | None = None
+
+
+class FinetuneConfig(Section):
+    """Customize a pretrained Hugging Face causal LM: LoRA, QLoRA or full fine-tuning
+    on chat / prompt-completion JSONL, or continued pretraining on token shards."""
+
+    # A local Hugging Face model directory, or an fmforge run (directory or name
+    # under runs/), exported to Hugging Face format first.
+    base: str
+    method: Literal["lora", "qlora", "full"] = "lora"
+    # examples: chat or prompt/completion JSONL (finetune.data), loss on the
+    # assistant/completion tokens only. tokens: the run's own token shards (from
+    # the data and tokenize stages), every token (continued pretraining).
+    train_on: Literal["examples", "tokens"] = "examples"
+    data: list[str] = Field(default_factory=list)  # JSONL files or glob patterns
+    val_data: list[str] = Field(default_factory=list)  # held-out JSONL (empty: val_fraction)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    # auto: the base tokenizer's chat template if it has one, else fmforge's.
+    template: Literal["auto", "base", "fmforge"] = "auto"
+    packing: bool = False  # several short examples per sequence (attention kept apart)
+    max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    seq_len: int = Field(default=512, gt=0)
+    micro_batch_size: int = Field(default=8, gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)  # None: from epochs
+    lr: float = Field(default=2e-4, gt=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=100, gt=0)
+    eval_batches: int = Field(default=8, gt=0)
+    checkpoint_every: int = Field(default=100, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tensorboard: bool = True
+    num_threads: int = Field(default=0, ge=0)
+    # Where the adapter (lora, qlora) or the model (full) is written; None:
+    # runs/NAME/finetune/adapter or runs/NAME/finetune/model.
+    output: str | None = None
+
+    @model_validator(mode="after")
+    def _data_given(self) -> FinetuneConfig:
+        if self.train_on == "examples" and not self.data:
+            raise ValueError("finetune.data must name the training JSONL files (or set "
+                             "finetune.train_on=tokens for continued pretraining)")
+        if self.train_on == "tokens" and self.method != "full":
+            raise ValueError("finetune.train_on=tokens (continued pretraining) needs "
+                             f"finetune.method=full, got {self.method}")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"finetune.warmup_steps={self.warmup_steps} must be <= "
+                             f"finetune.max_steps={self.max_steps}")
+        return self
+
+    def train_view(self, max_steps: int) -> TrainConfig:
+        """The training engine's settings (schedule, optimizer, precision) for this run."""
+        return TrainConfig(
+            max_steps=max_steps, micro_batch_size=self.micro_batch_size,
+            grad_accum_steps=self.grad_accum_steps, lr=self.lr, schedule=self.schedule,
+            decay_fraction=self.decay_fraction, min_lr_ratio=self.min_lr_ratio,
+            warmup_steps=min(self.warmup_steps, max_steps), weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip, log_every=self.log_every, eval_every=self.eval_every,
+            eval_batches=self.eval_batches, checkpoint_every=self.checkpoint_every,
+            keep_checkpoints=self.keep_checkpoints, device=self.device, dtype=self.dtype,
+            tensorboard=self.tensorboard, num_threads=self.num_threads, parallel="none")
+
+
 # ---------------------------------------------------------------------------- run
 
 
@@ -437,12 +527,14 @@ class RunConfig(Section):
     name: str
     out_dir: str | None = None  # default: runs/NAME
     seed: int = 1337
-    data: DataConfig
+    # Required by every stage but `fmforge finetune` on JSONL examples.
+    data: DataConfig | None = None
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    finetune: FinetuneConfig | None = None  # `fmforge finetune`
     # Directory of the YAML file, for ``{config_dir}`` in source paths. Not a user key.
     config_dir: str | None = Field(default=None, exclude=True)
 
@@ -453,6 +545,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _vocab_consistent(self) -> RunConfig:
+        if self.data is None and (self.finetune is None or self.finetune.train_on == "tokens"):
+            raise ValueError("data: required key is missing (only a config for `fmforge finetune` "
+                             "on JSONL examples may leave it out)")
         if self.model.vocab_size is not None and self.model.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(
                 f"model.vocab_size={self.model.vocab_size} must be >= "
@@ -478,7 +573,7 @@ class RunConfig(Section):
         to the config file made absolute, so the copy in the run directory runs
         from anywhere. Machine placeholders such as {python_stdlib} stay."""
         raw = self.model_dump(mode="json")
-        if self.config_dir is not None:
+        if self.config_dir is not None and raw.get("data"):
             for source in raw["data"]["sources"]:
                 source["paths"] = [_absolute(p, self.config_dir) for p in source["paths"]]
         return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)

@@ -68,14 +68,21 @@ def own_config(cfg: RunConfig, stage: str) -> dict:
         # work_dir), the seed and every listed file's size and mtime
         return {"inputs": data_inputs_fingerprint(cfg)}
     if stage == "tokenizer":
-        return {"tokenizer": cfg.tokenizer.model_dump(mode="json", exclude={"encode_batch_docs"})}
+        own = {"tokenizer": cfg.tokenizer.model_dump(mode="json")}
+        if cfg.tokenizer.path is not None:  # a brought tokenizer: its content, not just its path
+            import hashlib
+
+            from fmforge.tokenizer.byo import resolve_tokenizer_file
+
+            own["file_sha256"] = hashlib.sha256(resolve_tokenizer_file(cfg.tokenizer.path).read_bytes()).hexdigest()
+        return own
     if stage == "tokenize":
         return {"vocab_size": cfg.vocab_size, "eos": cfg.tokenizer.eos_token}
     if stage == "train":
         return {"model": cfg.resolved_model().model_dump(mode="json"), "seed": cfg.seed,
                 "train": cfg.train.model_dump(mode="json", exclude=_TRAIN_NON_SEMANTIC)}
     if stage == "eval":
-        return {"eval": cfg.eval.model_dump(mode="json", exclude={"sample_prompt", "sample_max_new_tokens", "sample_temperature", "sample_top_k"})}
+        return {"eval": cfg.eval.model_dump(mode="json", exclude={"sample_prompt", "sample_max_new_tokens", "sample_temperature", "sample_top_k", "report_prompts", "report_max_new_tokens"})}
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
@@ -240,7 +247,25 @@ def run_pipeline(cfg: RunConfig, force: bool = False,
                 require_heldout_tokens(run)
             outcome, upstream = run_stage(cfg, run, stage, force=force, upstream=upstream)
             outcomes.append(outcome)
+        if "eval" in stages and current_launch().is_main:
+            try:
+                write_run_report(run, device=cfg.train.device)
+            except ImportError as exc:  # matplotlib is in the eval extra
+                log(f"[yellow]no report.html ({exc}): pip install 'fmforge[eval]'[/yellow]")
     return run, outcomes
+
+
+def write_run_report(run: RunDir, out: Path | None = None, device: str = "auto") -> Path:
+    """``report.html`` for the run, with the planner's plan-versus-actual figures
+    (computed here: the report's package and the planner are siblings)."""
+    from fmforge.eval.report import write_report
+    from fmforge.plan.actual import compare_plan_to_actual
+
+    try:
+        plan_actual, missing = compare_plan_to_actual(run.root), None
+    except ValueError as exc:  # PlanError included: no plan.json, nothing measured yet
+        plan_actual, missing = None, f"plan versus actual unavailable: {exc}"
+    return write_report(run, plan_actual, missing, out=out, device=device)
 
 
 def require_heldout_tokens(run: RunDir) -> None:

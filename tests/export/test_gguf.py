@@ -69,7 +69,7 @@ def test_gguf_reads_back_with_llama_names_shapes_and_values(tiny_run, tmp_path, 
     # Tokenizer: GPT-2 byte-level BPE, the run's vocabulary in id order, padded to the rows.
     tok_json = json.loads((tiny_run.tokenizer / "tokenizer.json").read_text())
     assert field(reader, "tokenizer.ggml.model") == "gpt2"
-    assert field(reader, "tokenizer.ggml.pre") == "gpt2"
+    assert field(reader, "tokenizer.ggml.pre") == "llama-bpe"  # the GPT-4 split, as Llama 3 has it
     tokens = field(reader, "tokenizer.ggml.tokens")
     types = field(reader, "tokenizer.ggml.token_type")
     assert len(tokens) == len(types) == cfg.vocab_size

@@ -34,7 +34,8 @@ def test_generate_command_uses_the_engine(tmp_path: Path, make_tiny_config):
                  "--max-new-tokens", "20")
     assert out == want + "\n"
     # --stop cuts before the stop string; --top-p and --seed are accepted.
-    stop = want.strip()[:2]
+    # (a stop string from the middle of the greedy text: it may be all indentation)
+    stop = want[len(want) // 2:len(want) // 2 + 2]
     cut = invoke("generate", str(run), "-p", "def alpha", "--temperature", "0",
                  "--max-new-tokens", "20", "--stop", stop, "--stop", "zzzz")
     assert cut == want[: want.index(stop)] + "\n"
@@ -47,7 +48,7 @@ def test_generate_command_uses_the_engine(tmp_path: Path, make_tiny_config):
     assert too_long.exit_code == 2 and "leaves room for 24" in too_long.output
     long = invoke("generate", str(run), "-p", "def alpha(beta, gamma): " * 20, "--temperature", "0",
                   "--max-new-tokens", "8", "--truncate")
-    assert long.strip()
+    assert long.rstrip("\n")  # some completion (possibly indentation) was written
     bad = runner.invoke(app, ["generate", str(run), "-p", "x", "--max-new-tokens", "40"])
     assert bad.exit_code != 0 and "context of 32 tokens" in bad.output
     # The sample a run prints after eval is lenient: at most seq_len - 1 new tokens.

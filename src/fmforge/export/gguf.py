@@ -7,9 +7,10 @@ permuted the way llama.cpp's ``convert_hf_to_gguf.py`` permutes a Hugging Face
 Llama's: llama.cpp rotates adjacent pairs (2i, 2i+1) of a head, Hugging Face
 (and fmforge) rotate i with i + head_dim/2, so the rows of each head are
 interleaved (the rotation commutes with the row order, since q·k sums over
-both). The tokenizer is stored as GPT-2 byte-level BPE (``tokenizer.ggml.model
-= "gpt2"``, pre-tokenizer ``gpt2``: fmforge's ByteLevel pre-tokenizer uses the
-GPT-2 split pattern).
+both). The tokenizer is stored as byte-level BPE (``tokenizer.ggml.model = "gpt2"``)
+with llama.cpp's pre-tokenizer of the same split: ``llama-bpe`` for the GPT-4
+split (``tokenizer.split: gpt4``, the default; Llama 3's regex), ``gpt2`` for
+GPT-2's.
 
 ``dtype``: f32; f16 (matrices in f16, norms in f32, like llama.cpp's converter);
 q8_0 (matrices quantised in blocks of 32, norms in f32; a matrix whose rows are
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from fmforge.config import ModelConfig
-from fmforge.export.hf import special_token_ids
+from fmforge.tokenizer.load import special_token_ids
 from fmforge.inference.loading import TrainedModel, load_trained
 from fmforge.rundir import RunDir, fsync_dir
 
@@ -78,6 +79,24 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
             b + "ffn_down.weight": state[ours + "mlp.down_proj.weight"],
         })
     return {name: t.detach().float().cpu().contiguous().numpy().copy() for name, t in out.items()}
+
+
+def llama_cpp_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str | None:
+    """llama.cpp's name for the tokenizer's split: ``gpt2`` for GPT-2's
+    byte-level regex, ``llama-bpe`` for GPT-4's (cl100k) split, which Llama 3
+    uses too; None for anything else."""
+    from fmforge.tokenizer.train import GPT4_SPLIT
+
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return GPT2_PRE
+    if pre.get("type") == "Sequence":
+        parts = pre.get("pretokenizers", [])
+        if (len(parts) == 2 and parts[0].get("type") == "Split"
+                and parts[0].get("pattern", {}).get("Regex") == GPT4_SPLIT
+                and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)):
+            return "llama-bpe"
+    return None
 
 
 def tokenizer_metadata(tokenizer_json: dict[str, Any], n_vocab: int) -> dict[str, Any]:
@@ -134,10 +153,11 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
     cfg = trained.model.cfg
     tensors = gguf_tensors(trained.model.state_dict(), cfg)
     tok_json = json.loads((run.tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
-    pre = tok_json.get("pre_tokenizer") or {}
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        raise ValueError(f"{run.tokenizer / 'tokenizer.json'}: GGUF export supports the GPT-2 "
-                         f"byte-level pre-tokenizer; this one is {pre.get('type')!r}")
+    pre_name = llama_cpp_pre_tokenizer(tok_json)
+    if pre_name is None:
+        pre = tok_json.get("pre_tokenizer") or {}
+        raise ValueError(f"{run.tokenizer / 'tokenizer.json'}: GGUF export supports fmforge's byte-level "
+                         f"pre-tokenizers (the GPT-2 and GPT-4 splits); this one is {pre.get('type')!r}")
     meta = tokenizer_metadata(tok_json, int(cfg.vocab_size))
     ids = special_token_ids(run.tokenizer, trained.tokenizer)
     eos = trained.eos_id if trained.eos_id is not None else ids["eos"]
@@ -162,7 +182,7 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
         writer.add_rope_dimension_count(cfg.head_dim)
         writer.add_vocab_size(int(cfg.vocab_size))
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(GPT2_PRE)
+        writer.add_tokenizer_pre(pre_name)
         writer.add_token_list(meta["tokens"])
         writer.add_token_types(meta["types"])
         writer.add_token_merges(meta["merges"])

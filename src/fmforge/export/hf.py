@@ -16,7 +16,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -33,6 +32,7 @@ from fmforge.export.mapping import (
 from fmforge.inference.loading import TrainedModel, load_trained
 from fmforge.model.transformer import Transformer
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json, atomic_write_text
+from fmforge.tokenizer.load import special_token_ids
 from fmforge.train.checkpoint import save_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -42,24 +42,6 @@ DATA_PLACEHOLDER = "SET-ME/path/to/your/text/**/*.txt"
 
 
 # ------------------------------------------------------------------- token ids
-
-
-def _token_text(value: Any) -> str | None:
-    """A special token in tokenizer_config.json: a string, or {"content": ...}."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def special_token_ids(tokenizer_dir: Path, tokenizer) -> dict[str, int | None]:
-    """bos/eos/pad ids as the tokenizer files name them (None where not set)."""
-    path = tokenizer_dir / "tokenizer_config.json"
-    conf = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    ids = {}
-    for role in ("bos", "eos", "pad"):
-        text = _token_text(conf.get(f"{role}_token"))
-        ids[role] = tokenizer.token_to_id(text) if text else None
-    return ids
 
 
 # ---------------------------------------------------------------------- export

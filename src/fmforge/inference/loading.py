@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from fmforge.config import ModelConfig, config_from_dict
 from fmforge.model.transformer import Transformer
 from fmforge.rundir import RunDir
-from fmforge.tokenizer.load import load_tokenizer
+from fmforge.tokenizer.load import load_tokenizer, special_token_ids
 from fmforge.train.checkpoint import (
     consolidate,
     latest_checkpoint,
@@ -69,8 +69,10 @@ def load_trained(run: RunDir, device: str = "auto", step: int | None = None) -> 
     state = load_checkpoint(ckpt, model)
     model.to(dev).eval()
     tok = load_tokenizer(run, raw_text=True)  # a prompt is text, like the training data
-    return TrainedModel(model=model, tokenizer=tok, device=dev, step=int(state["step"]),
-                        eos_id=tok.token_to_id(cfg.tokenizer.eos_token))
+    eos_id = special_token_ids(run.tokenizer, tok)["eos"]
+    if eos_id is None:
+        eos_id = tok.token_to_id(cfg.tokenizer.eos_token)
+    return TrainedModel(model=model, tokenizer=tok, device=dev, step=int(state["step"]), eos_id=eos_id)
 
 
 def consolidate_checkpoint(run: RunDir, step: int | None = None):

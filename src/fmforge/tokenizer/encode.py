@@ -1,37 +1,59 @@
 """Encode the curated text shards into flat token files a trainer can memory-map.
 
-``tokens/train.bin`` and ``tokens/val.bin`` hold every document's tokens followed
-by the end-of-document token, as uint16 when the vocabulary fits (≤ 65,536) and
-uint32 otherwise. ``meta.json`` records dtype, vocabulary, EOS id and counts.
-Encoding uses ``Tokenizer.encode_batch``, which the Rust library spreads over
-all CPU cores.
+Per split, ``tokens/`` holds:
+
+- ``{split}.bin``: every document's tokens followed by the end-of-text token,
+  uint16 when the vocabulary fits (≤ 65,536 ids), else uint32;
+- ``{split}.docs.npy``: the token offset where each document starts (int64;
+  one more entry at the end: the total), for per-source evaluation and
+  document-aware training;
+- ``{split}.sources.npy``: each document's source, as an index into
+  ``meta.json``'s ``sources`` (uint16);
+
+and ``meta.json``: dtype, vocabulary, end-of-text id, the tokenizer's hash, and
+token, document and byte counts per split and per source.
+
+The work is cut into units of a few row groups of one shard, encoded in a
+process pool sized to the cores (``tokenizers``' batch encoding inside each),
+each written to ``tokens.work/`` with a completion marker, then concatenated in
+order. Memory holds one unit per worker, so it stays flat as the corpus grows; a
+killed encode resumes from the markers. A small corpus is encoded in this
+process (a pool takes seconds to start).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+import pyarrow.parquet as pq
 
 from fmforge.config import RunConfig
-from fmforge.data.shards import iter_split_texts
-from fmforge.progress import progress_bar
-from fmforge.rundir import RunDir, atomic_directory, atomic_write_json
-from fmforge.tokenizer.load import load_tokenizer
+from fmforge.data.shards import list_shards
+from fmforge.progress import log, progress_bar
+from fmforge.rundir import RunDir, atomic_directory, atomic_write_json, fingerprint
+from fmforge.tokenizer.load import load_tokenizer, special_token_names
 from fmforge.tokenizer.tokens import SPLITS, token_dtype
 
-# A batch holds at most this many characters, and a longer document is encoded in
-# pieces of about this size cut after a newline: the Rust encoder keeps offsets and
-# token strings for a whole batch, so memory grows with the batch, not the corpus.
-BATCH_CHARS = 4_000_000
+# A longer document is encoded in pieces of about this size cut after a newline:
+# the Rust encoder keeps offsets and token strings for a whole batch, so memory
+# grows with the batch, not with the document.
 PIECE_CHARS = 1_000_000
+ROW_GROUPS_PER_UNIT = 8  # the data stage writes row groups of 1,024 documents
+INLINE_BELOW_BYTES = 32 * 2**20
 
 
 def _pieces(text: str) -> list[str]:
     """Cut a long document after newlines into pieces of about PIECE_CHARS; short
-    documents stay whole. Byte-level BPE never merges across a newline followed by
-    text, so the tokens barely change at a cut and the bytes not at all."""
+    documents stay whole. The split regexes never join a newline to the text after
+    it, so the tokens barely change at a cut and the bytes not at all."""
     if len(text) <= PIECE_CHARS:
         return [text]
     pieces, start = [], 0
@@ -45,65 +67,158 @@ def _pieces(text: str) -> list[str]:
     return pieces
 
 
-def _batches(texts, max_docs: int):
-    """Batches of (piece, ends_document) bounded by documents and characters."""
-    batch: list[tuple[str, bool]] = []
-    chars = 0
+def tokenizer_hash(run: RunDir) -> str:
+    return hashlib.sha256((run.tokenizer / "tokenizer.json").read_bytes()).hexdigest()[:16]
+
+
+def _units(data_dir: Path) -> list[dict[str, Any]]:
+    units = []
+    for split in SPLITS:
+        for shard in list_shards(data_dir, split):
+            groups = pq.ParquetFile(shard).metadata.num_row_groups
+            for start in range(0, groups, ROW_GROUPS_PER_UNIT):
+                units.append({"split": split, "shard": str(shard),
+                              "row_groups": list(range(start, min(groups, start + ROW_GROUPS_PER_UNIT)))})
+    for i, u in enumerate(units):
+        u["index"] = i
+    return units
+
+
+def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
+    """Encode some row groups of one shard into ``work/NNNNN.*`` (top-level: it
+    travels to pool workers)."""
+    from fmforge.tokenizer.load import load_tokenizer
+
+    work = Path(payload["work"])
+    run = RunDir(payload["run"])
+    tok = load_tokenizer(run, raw_text=True)
+    eos, dtype, sources = payload["eos_id"], np.dtype(payload["dtype"]), payload["sources"]
+    table = pq.ParquetFile(payload["shard"]).read_row_groups(payload["row_groups"], columns=["text", "source"])
+    texts = table.column("text").to_pylist()
+    doc_sources = table.column("source").to_pylist()
+    pieces: list[str] = []
+    last_piece: list[int] = []  # index of each document's last piece
     for t in texts:
-        pieces = _pieces(t)
-        for i, piece in enumerate(pieces):
-            batch.append((piece, i == len(pieces) - 1))
-            chars += len(piece)
-            if len(batch) >= max_docs or chars >= BATCH_CHARS:
-                yield batch
-                batch, chars = [], 0
-    if batch:
-        yield batch
+        pieces.extend(_pieces(t))
+        last_piece.append(len(pieces) - 1)
+    encodings = tok.encode_batch_fast(pieces, add_special_tokens=False) if pieces else []
+    piece_ids = [e.ids for e in encodings]
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    chunks: list[list[int]] = []
+    first = 0
+    for d, last in enumerate(last_piece):
+        n = 0
+        for p in range(first, last + 1):
+            chunks.append(piece_ids[p])
+            n += len(piece_ids[p])
+        chunks.append([eos])
+        lengths[d] = n + 1
+        first = last + 1
+    total = int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(chunks), dtype=dtype, count=total)
+    src = np.array([sources.index(s) for s in doc_sources], dtype=np.uint16)
+    nbytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64)
+    i = payload["index"]
+    ids.tofile(work / f"{i:05d}.bin.tmp")
+    os.replace(work / f"{i:05d}.bin.tmp", work / f"{i:05d}.bin")
+    with open(work / f"{i:05d}.npz.tmp", "wb") as f:
+        np.savez(f, lengths=lengths, sources=src, nbytes=nbytes)
+    os.replace(work / f"{i:05d}.npz.tmp", work / f"{i:05d}.npz")
+    (work / f"{i:05d}.done").touch()
+    return {"index": i, "tokens": total, "bytes": int(nbytes.sum())}
 
 
-def encode_split(tok: Tokenizer, texts, out: Path, dtype: np.dtype, eos_id: int,
-                 batch_docs: int, bar) -> dict:
-    n_tokens = n_docs = n_bytes = 0
-    with open(out, "wb") as f:
-        for batch in _batches(texts, batch_docs):
-            # encode_batch_fast skips offsets, which we do not need.
-            encodings = tok.encode_batch_fast([p for p, _ in batch], add_special_tokens=False)
-            ids: list[int] = []
-            for enc, (_, ends_doc) in zip(encodings, batch):
-                ids.extend(enc.ids)
-                if ends_doc:
-                    ids.append(eos_id)
-                    n_docs += 1
-            arr = np.asarray(ids, dtype=dtype)
-            f.write(arr.tobytes())
-            batch_bytes = sum(len(p.encode("utf-8")) for p, _ in batch)
-            n_tokens += arr.size
-            n_bytes += batch_bytes
-            bar.advance(batch_bytes)
-    return {"tokens": n_tokens, "documents": n_docs, "bytes": n_bytes}
+def _run_units(payloads: list[dict[str, Any]], workers: int, bar) -> None:
+    if workers <= 1 or len(payloads) <= 1:
+        for p in payloads:
+            encode_unit(p)
+            bar.advance(1)
+        return
+    # each worker encodes its own unit; one Rust thread each keeps the cores busy
+    # without oversubscribing them
+    env = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for _ in pool.map(encode_unit, payloads):
+                bar.advance(1)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
     tok = load_tokenizer(run, raw_text=True)
-    eos_id = tok.token_to_id(cfg.tokenizer.eos_token)
+    eos_token = special_token_names(run.tokenizer)["eos"] or cfg.tokenizer.eos_token
+    eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
-        raise ValueError(f"tokenizer in {run.tokenizer} has no {cfg.tokenizer.eos_token!r} token")
+        raise ValueError(f"the tokenizer in {run.tokenizer} has no end-of-text token {eos_token!r}: "
+                         "rerun `fmforge tokenizer CONFIG`")
     vocab = cfg.vocab_size
+    if tok.get_vocab_size() > vocab:
+        raise ValueError(f"the tokenizer in {run.tokenizer} has {tok.get_vocab_size()} tokens but the model's "
+                         f"vocabulary is {vocab}: set tokenizer.vocab_size: {tok.get_vocab_size()}")
     dtype = token_dtype(vocab)
     card = run.read_data_card()
+    sources = list(card["sources"])
+    units = _units(run.data)
+    tok_hash = tokenizer_hash(run)
+    work = run.root / "tokens.work" / fingerprint("encode-v2", tok_hash, vocab, card.get("inputs_fingerprint"),
+                                                  [u["shard"] for u in units])
+    work.mkdir(parents=True, exist_ok=True)
+    todo = [u for u in units if not (work / f"{u['index']:05d}.done").is_file()]
+    if len(todo) < len(units):
+        log(f"tokenize: resuming, {len(units) - len(todo)} of {len(units)} units already encoded")
+    base = {"work": str(work), "run": str(run.root), "eos_id": eos_id, "dtype": dtype.name, "sources": sources}
     total_bytes = sum(int(card["splits"][s]["bytes"]) for s in SPLITS)
-    meta: dict = {"dtype": dtype.name, "vocab_size": vocab,
-                  "tokenizer_vocab_size": tok.get_vocab_size(), "eos_id": eos_id,
-                  "eos_token": cfg.tokenizer.eos_token}
-    with atomic_directory(run.tokens) as tmp, progress_bar("encoding", total=total_bytes, unit="bytes") as bar:
+    workers = (os.cpu_count() or 1) if total_bytes >= INLINE_BELOW_BYTES else 1
+    with progress_bar("encoding", total=len(units), unit="units") as bar:
+        bar.advance(len(units) - len(todo))
+        _run_units([{**base, **u} for u in todo], workers, bar)
+
+    meta: dict[str, Any] = {"dtype": dtype.name, "vocab_size": vocab, "tokenizer_vocab_size": tok.get_vocab_size(),
+                            "eos_id": eos_id, "eos_token": eos_token, "tokenizer_sha256": tok_hash,
+                            "sources": sources, "per_source": {}}
+    with atomic_directory(run.tokens) as tmp:
         for split in SPLITS:
-            counts = encode_split(tok, iter_split_texts(run.data, split), Path(tmp) / f"{split}.bin",
-                                  dtype, eos_id, cfg.tokenizer.encode_batch_docs, bar)
-            for k, v in counts.items():
-                meta[f"{split}_{k}"] = v
+            counts = _concatenate(work, [u for u in units if u["split"] == split], Path(tmp), split, len(sources))
+            meta[f"{split}_tokens"], meta[f"{split}_documents"], meta[f"{split}_bytes"] = (
+                counts["tokens"], counts["documents"], counts["bytes"])
+            meta["per_source"][split] = {
+                sources[i]: {"tokens": int(counts["source_tokens"][i]), "documents": int(counts["source_docs"][i]),
+                             "bytes": int(counts["source_bytes"][i]),
+                             "bytes_per_token": round(float(counts["source_bytes"][i]) / max(1, int(counts["source_tokens"][i]) - int(counts["source_docs"][i])), 4)}
+                for i in range(len(sources)) if counts["source_docs"][i]}
         meta["bytes_per_token"] = meta["train_bytes"] / max(1, meta["train_tokens"])
         atomic_write_json(Path(tmp) / "meta.json", meta)
+    shutil.rmtree(run.root / "tokens.work", ignore_errors=True)
     return {"train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"],
             "bytes_per_token": round(meta["bytes_per_token"], 3), "dtype": dtype.name}
 
 
+def _concatenate(work: Path, units: list[dict], out: Path, split: str, n_src: int) -> dict[str, Any]:
+    """Join a split's units, in order, into its token file and document index."""
+    lengths, srcs, nbytes = [], [], []
+    with open(out / f"{split}.bin", "wb") as f:
+        for u in units:
+            with open(work / f"{u['index']:05d}.bin", "rb") as part:
+                shutil.copyfileobj(part, f, length=8 * 2**20)
+            z = np.load(work / f"{u['index']:05d}.npz")
+            lengths.append(z["lengths"])
+            srcs.append(z["sources"])
+            nbytes.append(z["nbytes"])
+    lengths_a = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    src_a = np.concatenate(srcs) if srcs else np.zeros(0, np.uint16)
+    bytes_a = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
+    offsets = np.zeros(len(lengths_a) + 1, dtype=np.int64)
+    np.cumsum(lengths_a, out=offsets[1:])
+    np.save(out / f"{split}.docs.npy", offsets)
+    np.save(out / f"{split}.sources.npy", src_a)
+    return {"tokens": int(offsets[-1]), "documents": len(lengths_a), "bytes": int(bytes_a.sum()),
+            "source_tokens": np.bincount(src_a, weights=lengths_a, minlength=n_src).astype(np.int64),
+            "source_docs": np.bincount(src_a, minlength=n_src),
+            "source_bytes": np.bincount(src_a, weights=bytes_a, minlength=n_src).astype(np.int64)}

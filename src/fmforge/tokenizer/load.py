@@ -6,6 +6,10 @@ are the sum of its tokens' bytes, whatever the tokenizer.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 from tokenizers import Tokenizer
 
@@ -22,6 +26,28 @@ def load_tokenizer(run: RunDir, raw_text: bool = False) -> Tokenizer:
     tok = Tokenizer.from_file(str(path))
     tok.encode_special_tokens = raw_text
     return tok
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token in tokenizer_config.json: a string, or {"content": ...}."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def special_token_names(tokenizer_dir: Path) -> dict[str, str | None]:
+    """bos/eos/pad token text as the tokenizer's own files name them (None where
+    not set): the one place later stages learn which token ends a document, for
+    a trained tokenizer and a brought one alike."""
+    path = Path(tokenizer_dir) / "tokenizer_config.json"
+    conf = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {role: _token_text(conf.get(f"{role}_token")) for role in ("bos", "eos", "pad")}
+
+
+def special_token_ids(tokenizer_dir: Path, tokenizer: Tokenizer) -> dict[str, int | None]:
+    """bos/eos/pad ids as the tokenizer files name them (None where not set)."""
+    return {role: (tokenizer.token_to_id(text) if text else None)
+            for role, text in special_token_names(tokenizer_dir).items()}
 
 
 def token_byte_lengths(tok: Tokenizer, vocab_size: int) -> np.ndarray:
