@@ -92,10 +92,17 @@ def _reported(rerun: str):
         _fail(str(exc))
 
 
+def _needs_data(cfg, config: Path) -> None:
+    if cfg.data is None:
+        _fail(f"{config} has no data section, which this command needs (a config without one is "
+              "for `fmforge finetune` on JSONL examples)")
+
+
 def _stage_command(stage: str, config: Path, overrides, force: bool) -> None:
     from fmforge.pipeline import prepare_run_dir, run_stage
 
     cfg = _load(config, overrides)
+    _needs_data(cfg, config)
     run = prepare_run_dir(cfg)
     with _reported("the same command"):
         outcome, _ = run_stage(cfg, run, stage, force=force)
@@ -110,11 +117,14 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
     from fmforge.pipeline import run_pipeline
 
     cfg = _load(config, overrides)
+    _needs_data(cfg, config)
     with _reported(f"`fmforge run {config}`"):
         run_dir, outcomes = run_pipeline(cfg, force=force)
     _print_outcomes(run_dir, outcomes)
     _print_plan_vs_actual(run_dir)
     _print_headline(cfg, run_dir)
+    if (run_dir.root / "report.html").is_file():
+        sys.stdout.write(f"report: {run_dir.root / 'report.html'}\n")
 
 
 def _print_plan_vs_actual(run_dir) -> None:
@@ -186,10 +196,126 @@ def train(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bo
     _stage_command("train", config, overrides, force)
 
 
-@app.command("eval")
-def eval_(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
-    """Held-out loss, perplexity and bits per byte (vs gzip) into eval.json."""
-    _stage_command("eval", config, overrides, force)
+class _EvalGroup(typer.core.TyperGroup):
+    """`fmforge eval RUN|CONFIG ...` means `fmforge eval heldout ...`; `fmforge eval harness ...` stays."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["heldout", *args]
+        return super().resolve_command(ctx, args)
+
+
+eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
+                       help="Held-out evaluation (`fmforge eval RUN [--step N]`) and lm-eval benchmarks "
+                            "(`fmforge eval harness RUN --tasks ...`).")
+app.add_typer(eval_app, name="eval")
+
+
+def _run_and_config(target: str, overrides):
+    """A run given as a config file, a run directory or a name under runs/, with its config."""
+    from fmforge.pipeline import prepare_run_dir
+    from fmforge.rundir import resolve_run
+
+    path = Path(target)
+    if path.is_file():
+        cfg = _load(path, overrides)
+        return prepare_run_dir(cfg), cfg
+    try:
+        run = resolve_run(target)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    return run, _load(run.config, overrides)
+
+
+@eval_app.command("heldout")
+def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run name under runs/, or the run's config"),
+                 overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
+                 step: Optional[int] = typer.Option(None, "--step", help="evaluate this checkpoint (default: the latest)")) -> None:
+    """Held-out loss, perplexity and bits per byte, overall and per source, beside gzip -9
+    and xz -9e on the same bytes; appended to eval.json by step."""
+    from fmforge.eval.results import read_eval
+    from fmforge.pipeline import locked, run_stage
+
+    run, cfg = _run_and_config(target, overrides)
+    with _reported("the same command"):
+        if step is None:
+            outcome, _ = run_stage(cfg, run, "eval", force=force)
+            _print_outcomes(run, [outcome])
+        else:
+            from fmforge.eval.stage import run_eval_stage
+
+            with locked(run, f"fmforge eval --step {step}"):
+                run_eval_stage(cfg, run, step=step)
+        _print_heldout(read_eval(run), step)
+
+
+def _print_heldout(ev: dict, step: Optional[int]) -> None:
+    from rich.table import Table
+
+    from fmforge.progress import console
+
+    entry = (ev.get("steps") or {}).get(str(step if step is not None else ev.get("step")))
+    if not entry:
+        return
+    table = Table(title=f"held-out, step {step if step is not None else ev.get('step')} "
+                        f"(window {entry.get('window')}, stride {entry.get('stride')}): bits per byte")
+    for col in ("source", "model", "gzip -9", "xz -9e", "loss", "perplexity", "bytes"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for name, r in [("overall", entry["overall"]), *entry["per_source"].items()]:
+        table.add_row(name, *(_fmt(r.get(k)) for k in ("bits_per_byte", "gzip_bits_per_byte", "xz_bits_per_byte",
+                                                        "loss", "perplexity", "bytes")))
+    console.print(table)
+
+
+@eval_app.command("harness")
+def eval_harness(run: str = typer.Argument(..., help="run directory, or a run name under runs/"),
+                 tasks: str = typer.Option(..., "--tasks", help="comma-separated lm-eval tasks, e.g. hellaswag,arc_easy"),
+                 num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0),
+                 limit: Optional[float] = typer.Option(None, "--limit", help="at most N examples per task (or a fraction < 1)"),
+                 batch_size: int = typer.Option(8, "--batch-size", min=1),
+                 step: Optional[int] = typer.Option(None, "--step", help="this checkpoint (default: the latest)"),
+                 include_path: Optional[List[str]] = typer.Option(None, "--include-path",
+                                                                  help="a directory of lm-eval task YAML files (repeatable)"),
+                 device: str = typer.Option("auto", "--device")) -> None:
+    """Standard benchmarks through lm-evaluation-harness, in-process; prints lm-eval's
+    table and stores the results in eval.json. Nothing downloads: task data must be local."""
+    from fmforge.rundir import resolve_run
+
+    with _reported("the same command"):
+        try:
+            from fmforge.eval.harness import run_harness
+        except ImportError as exc:
+            _fail(f"lm-eval is not installed ({exc}): pip install 'fmforge[eval]'")
+        out = run_harness(resolve_run(run), [t.strip() for t in tasks.split(",") if t.strip()],
+                          num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device,
+                          step=step, include_path=include_path)
+    sys.stdout.write(out["table"] + "\n")
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="run directory, or a run name under runs/"),
+           out: Optional[Path] = typer.Option(None, "--out", help="where to write (default: RUN/report.html)"),
+           device: str = typer.Option("auto", "--device")) -> None:
+    """The run report: training curves, data card, held-out and lm-eval results, plan
+    against actual and sample completions, in one self-contained HTML file."""
+    from fmforge.pipeline import write_run_report
+    from fmforge.rundir import resolve_run
+
+    with _reported("the same command"):
+        path = write_run_report(resolve_run(run), out=out, device=device)
+    sys.stdout.write(f"{path}\n")
+
+
+@app.command()
+def compare(runs: List[str] = typer.Argument(..., help="two or more run directories or names under runs/"),
+            out: Path = typer.Option(Path("compare.html"), "--out", help="the HTML file to write")) -> None:
+    """Runs on shared axes (by tokens seen) with a table of final figures, in one HTML file."""
+    from fmforge.eval.compare import compare_runs
+    from fmforge.rundir import resolve_run
+
+    with _reported("the same command"):
+        path = compare_runs([resolve_run(r) for r in runs], out)
+    sys.stdout.write(f"{path}\n")
 
 
 checkpoint_app = typer.Typer(help="Work with a run's checkpoints.", no_args_is_help=True)
@@ -212,9 +338,27 @@ def checkpoint_consolidate(
     sys.stdout.write(f"{out}\n")
 
 
+def _run_of(path: str, tmp: Path):
+    """A run directory for ``path``: a run as it is; a Hugging Face model directory
+    imported into ``tmp``; a PEFT adapter merged into its base first."""
+    from fmforge.rundir import resolve_run
+
+    target = Path(path)
+    if (target / "adapter_config.json").is_file():
+        from fmforge.finetune.merge import merge_adapter
+
+        target = merge_adapter(target, tmp / "merged")
+    if (target / "config.json").is_file() and not (target / "config.yaml").is_file():
+        from fmforge.export.hf import import_hf
+
+        return import_hf(target, tmp / (Path(path).resolve().name or "model"))  # weights into fmforge's model
+    return resolve_run(path)
+
+
 @app.command()
 def generate(
-    run: str = typer.Argument(..., help="run directory, or a run name under runs/"),
+    run: str = typer.Argument(..., help="run directory, or a run name under runs/, or a Hugging "
+                                        "Face model directory, or a PEFT adapter directory"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=0),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0,
@@ -234,12 +378,17 @@ def generate(
 
     A prompt longer than the context (model.seq_len minus --max-new-tokens) is
     refused with the lengths, or keeps its last tokens with --truncate."""
-    from fmforge.rundir import resolve_run
+    import tempfile
+
     from fmforge.inference.engine import Engine, GenerationRequest
     from fmforge.inference.loading import load_trained
 
+    with tempfile.TemporaryDirectory(prefix="fmforge-generate-") as tmp:
+        try:
+            trained = load_trained(_run_of(run, Path(tmp)), device=device)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
     try:
-        trained = load_trained(resolve_run(run), device=device)
         request = GenerationRequest(prompt=prompt, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                     stop=list(stop or []), truncate="left" if truncate else "error")
@@ -379,18 +528,12 @@ def serve(
     import tempfile
 
     from fmforge.inference.loading import load_trained
-    from fmforge.rundir import resolve_run
     from fmforge.serve.server import serve as run_server
 
     target = Path(path)
     with tempfile.TemporaryDirectory(prefix="fmforge-serve-") as tmp:
         try:
-            if (target / "config.json").is_file() and not (target / "config.yaml").is_file():
-                from fmforge.export.hf import import_hf
-
-                run_dir = import_hf(target, Path(tmp) / target.name)  # weights into fmforge's model
-            else:
-                run_dir = resolve_run(path)
+            run_dir = _run_of(path, Path(tmp))
             trained = load_trained(run_dir, device=device)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
@@ -413,3 +556,72 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def finetune(
+    args: List[str] = typer.Argument(..., help="CONFIG [key=value ...] | merge ADAPTER OUT_DIR | "
+                                               "eval MODEL DATA.jsonl"),
+    force: bool = typer.Option(False, "--force", help="start afresh instead of resuming"),
+    base: Optional[Path] = typer.Option(None, "--base", help="merge/eval: the base model directory "
+                                        "(default: the one the adapter records)"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="eval: longest greedy answer"),
+    accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy",
+                                  help="eval: also answer each example greedily and count exact matches"),
+    device: str = typer.Option("auto", "--device", help="eval: cpu, cuda, mps or auto"),
+) -> None:
+    """Customize a pretrained Hugging Face model (LoRA, QLoRA, full, continued pretraining).
+
+    fmforge finetune CONFIG [key=value ...]   train per the config's finetune section
+    fmforge finetune merge ADAPTER OUT_DIR    base + adapter as one standalone HF model
+    fmforge finetune eval MODEL DATA.jsonl    held-out assistant-token loss (and greedy
+                                              accuracy) of an adapter, merged or base model"""
+    if args[0] == "merge":
+        if len(args) != 3:
+            _fail("usage: fmforge finetune merge ADAPTER OUT_DIR [--base BASE_DIR]")
+        from fmforge.finetune.merge import merge_adapter
+
+        with _reported("the same command"):
+            try:
+                out = merge_adapter(args[1], args[2], base)
+            except FileExistsError as exc:
+                _fail(str(exc))
+        sys.stdout.write(f"{out}\n")
+        return
+    if args[0] == "eval":
+        if len(args) != 3:
+            _fail("usage: fmforge finetune eval MODEL DATA.jsonl [--base BASE_DIR] [--no-accuracy]")
+        import json
+
+        from fmforge.finetune.evaluate import evaluate_model
+
+        with _reported("the same command"):
+            result = evaluate_model(args[1], args[2], base=base, device=device, accuracy=accuracy,
+                                    max_new_tokens=max_new_tokens)
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    config, overrides = Path(args[0]), args[1:]
+    cfg = _load(config, overrides)
+    if cfg.finetune is None:
+        _fail(f"{config} has no finetune section: see docs/finetune.md")
+    from fmforge.export.hf import export_hf
+    from fmforge.finetune.lora import BaseModelError, QLoRAUnavailable
+    from fmforge.finetune.stage import run_finetune
+    from fmforge.progress import console
+    from fmforge.rundir import RunDir, run_lock
+
+    def export_run(run_dir: Path, out: Path) -> Path:
+        return export_hf(RunDir(run_dir), out)
+
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with _reported(f"`fmforge finetune {config}`"):
+        try:
+            with run_lock(cfg.run_dir, "finetune"):
+                summary = run_finetune(cfg, fresh=force, export_run=export_run)
+        except (QLoRAUnavailable, BaseModelError) as exc:
+            _fail(str(exc))
+    shown = {k: summary.get(k) for k in ("method", "trainable_params", "trainable_share", "steps",
+                                         "first_loss", "final_loss", "val_loss", "tokens_per_s",
+                                         "wall_s", "output")}
+    console.print(", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), highlight=False, soft_wrap=True)
+    sys.stdout.write(f"{summary['output']}\n")
