@@ -141,83 +141,27 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     # workers left to fmforge: a small corpus is done before a process pool has started
     workers = data.workers or (1 if input_bytes < INLINE_BELOW_BYTES else None)
     executor = ExecutorSpec(data.executor, workers, data.ray_address)
-    data_json = data.model_dump(mode="json")
-    dedup_partitions = _partitions(input_bytes, DEDUP_PARTITION_BYTES)
     resumed = sum(work.is_done(CURATE, t.index) for t in tasks)
     if resumed:
         log(f"data: resuming, {resumed} of {len(tasks)} tasks already curated in {work.url}")
 
+    phases = _Phases(cfg, listings, tasks, work, _partitions(input_bytes, DEDUP_PARTITION_BYTES))
     with TaskRunner(executor) as runner:
-        # 1. curate
-        runner.run(curate_task, [
-            {"data": data_json, "task": t.to_dict(), "work": work.url, "partitions": dedup_partitions}
-            for t in tasks if not work.is_done(CURATE, t.index)
-        ], f"data: reading {len(tasks)} tasks")
-        curated = [work.read_json(f"{task_dir(t.index)}/stats.json") for t in tasks]
-
-        # 2. decide
-        if work.is_done(DECIDE, 0):
-            decisions = work.read_json("decisions/decisions.json")
-        else:
-            decisions = decide(data, cfg.seed, work, curated, dedup_partitions)
-        if decisions["documents"] == 0:
-            empty = source_stats(data, listings, curated, decisions, [_no_scatter(t) for t in tasks], STEP_NAMES)
-            raise EmptyCorpusError(
-                "no documents remain after filtering and dedup:\n" + _explain_empty(empty, data)
-                + "\nloosen data.min_chars / data.max_chars / the filters / max_bytes, or add sources"
-            )
-
-        # 3. scatter
-        kept = decisions["documents"]
-        expected_train = sum(
-            decisions["per_source"][s.name]["documents"] * (1 - data.val_fraction) * s.weight for s in data.sources
-        )
-        parts = {"train": _partitions(int(expected_train) + 1, data.shard_max_docs),
-                 "val": _partitions(int(kept * data.val_fraction) + 1, data.shard_max_docs)}
-        moves = {k: _by_task(decisions["split_moves"][k]) for k in ("to_val", "to_train")}
-        runner.run(scatter_task, [
-            {"data": data_json, "seed": cfg.seed, "task": t.index, "source_index": t.source_index,
-             "work": work.url, "partitions_train": parts["train"], "partitions_val": parts["val"],
-             "has_docs": c["has_docs"], "to_val": moves["to_val"].get(t.index, []),
-             "to_train": moves["to_train"].get(t.index, [])}
-            for t, c in zip(tasks, curated) if not work.is_done(SCATTER, t.index)
-        ], "data: splitting and mixing")
-        scattered = [work.read_json(f"{scatter_dir(t.index)}/stats.json") for t in tasks]
-
-        # 4. gather
-        gathers = []
-        for split in SPLITS:
-            for k in range(parts[split]):
-                contributing = [s["task"] for s in scattered if k in s["partitions"][split]]
-                if contributing and not work.is_done(f"{GATHER}-{split}", k):
-                    gathers.append({"work": work.url, "split": split, "k": k, "tasks": contributing,
-                                    "shard_max_docs": data.shard_max_docs})
-        runner.run(gather_task, gathers, "data: shuffling into shards")
+        curated = phases.curate(runner)
+        decisions = phases.decide(curated)
+        scattered, parts = phases.scatter(runner, curated, decisions)
+        phases.gather(runner, scattered, parts)
 
     sources = source_stats(data, listings, curated, decisions, scattered, STEP_NAMES)
     tot = totals(sources)
-    if tot["mixed_train_documents"] == 0:
-        weights = {s.name: s.weight for s in data.sources}
-        raise EmptyCorpusError(
-            f"the mixture left no training documents ({tot['train_documents']} before mixing, weights "
-            f"{weights}); raise the source weights (weight < 1 keeps only that fraction)"
-        )
-    for s in sources.values():
-        if s["kept_documents"] == 0:
-            log(
-                f"[yellow]warning:[/] data source {s['name']!r} contributes no documents "
-                f"({s['documents_read']} read, {s['dropped_total']} dropped, {s['duplicates']} duplicates)"
-            )
-    if data.val_fraction > 0 and tot["val_documents"] == 0:
-        log("[yellow]warning:[/] only one document survived; the val split is empty")
-
+    _check_mixture(data, sources, tot)
     with atomic_directory(run.data) as tmp:
         shard_names = {split: _place_shards(work, tmp, split, parts[split], scattered) for split in SPLITS}
         rejected = _place_rejected(work, tmp, tasks, curated, scattered) if data.keep_rejected else []
         card = {
             "version": CARD_VERSION,
             "seed": cfg.seed,
-            "config": data_json,
+            "config": data.model_dump(mode="json"),
             "inputs_fingerprint": inputs_fp,
             "tasks": len(tasks),
             "executor": {"kind": data.executor, "workers": executor.n_workers},
@@ -240,9 +184,91 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         }
         (tmp / DATA_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     work.remove()
+    return _summarise(card, len(tasks))
 
+
+class _Phases:
+    """The four phases of the stage over one work directory; each skips the
+    tasks whose completion marker exists."""
+
+    def __init__(self, cfg: RunConfig, listings: list[FileListing], tasks: list[TaskSpec], work: WorkDir,
+                 dedup_partitions: int):
+        self.cfg, self.data, self.listings, self.tasks, self.work = cfg, cfg.data, listings, tasks, work
+        self.data_json = cfg.data.model_dump(mode="json")
+        self.dedup_partitions = dedup_partitions
+
+    def curate(self, runner: TaskRunner) -> list[dict[str, Any]]:
+        runner.run(curate_task, [
+            {"data": self.data_json, "task": t.to_dict(), "work": self.work.url, "partitions": self.dedup_partitions}
+            for t in self.tasks if not self.work.is_done(CURATE, t.index)
+        ], f"data: reading {len(self.tasks)} tasks")
+        return [self.work.read_json(f"{task_dir(t.index)}/stats.json") for t in self.tasks]
+
+    def decide(self, curated: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.work.is_done(DECIDE, 0):
+            decisions = self.work.read_json("decisions/decisions.json")
+        else:
+            decisions = decide(self.data, self.cfg.seed, self.work, curated, self.dedup_partitions)
+        if decisions["documents"] == 0:
+            empty = source_stats(self.data, self.listings, curated, decisions,
+                                 [_no_scatter(t) for t in self.tasks], STEP_NAMES)
+            raise EmptyCorpusError(
+                "no documents remain after filtering and dedup:\n" + _explain_empty(empty, self.data)
+                + "\nloosen data.min_chars / data.max_chars / the filters / max_bytes, or add sources"
+            )
+        return decisions
+
+    def scatter(self, runner: TaskRunner, curated: list[dict[str, Any]], decisions: dict[str, Any]
+                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        data = self.data
+        kept = decisions["documents"]
+        expected_train = sum(
+            decisions["per_source"][s.name]["documents"] * (1 - data.val_fraction) * s.weight for s in data.sources
+        )
+        parts = {"train": _partitions(int(expected_train) + 1, data.shard_max_docs),
+                 "val": _partitions(int(kept * data.val_fraction) + 1, data.shard_max_docs)}
+        moves = {k: _by_task(decisions["split_moves"][k]) for k in ("to_val", "to_train")}
+        runner.run(scatter_task, [
+            {"data": self.data_json, "seed": self.cfg.seed, "task": t.index, "source_index": t.source_index,
+             "work": self.work.url, "partitions_train": parts["train"], "partitions_val": parts["val"],
+             "has_docs": c["has_docs"], "to_val": moves["to_val"].get(t.index, []),
+             "to_train": moves["to_train"].get(t.index, [])}
+            for t, c in zip(self.tasks, curated) if not self.work.is_done(SCATTER, t.index)
+        ], "data: splitting and mixing")
+        return [self.work.read_json(f"{scatter_dir(t.index)}/stats.json") for t in self.tasks], parts
+
+    def gather(self, runner: TaskRunner, scattered: list[dict[str, Any]], parts: dict[str, int]) -> None:
+        gathers = []
+        for split in SPLITS:
+            for k in range(parts[split]):
+                contributing = [s["task"] for s in scattered if k in s["partitions"][split]]
+                if contributing and not self.work.is_done(f"{GATHER}-{split}", k):
+                    gathers.append({"work": self.work.url, "split": split, "k": k, "tasks": contributing,
+                                    "shard_max_docs": self.data.shard_max_docs})
+        runner.run(gather_task, gathers, "data: shuffling into shards")
+
+
+def _check_mixture(data: DataConfig, sources: dict[str, dict[str, Any]], tot: dict[str, Any]) -> None:
+    if tot["mixed_train_documents"] == 0:
+        weights = {s.name: s.weight for s in data.sources}
+        raise EmptyCorpusError(
+            f"the mixture left no training documents ({tot['train_documents']} before mixing, weights "
+            f"{weights}); raise the source weights (weight < 1 keeps only that fraction)"
+        )
+    for s in sources.values():
+        if s["kept_documents"] == 0:
+            log(
+                f"[yellow]warning:[/] data source {s['name']!r} contributes no documents "
+                f"({s['documents_read']} read, {s['dropped_total']} dropped, {s['duplicates']} duplicates)"
+            )
+    if data.val_fraction > 0 and tot["val_documents"] == 0:
+        log("[yellow]warning:[/] only one document survived; the val split is empty")
+
+
+def _summarise(card: dict[str, Any], n_tasks: int) -> dict[str, Any]:
+    tot = card["totals"]
     summary = {
-        "sources": len(sources),
+        "sources": len(card["sources"]),
         "files": tot["files_read"],
         "documents_read": tot["documents_read"],
         "train_docs": tot["mixed_train_documents"],
@@ -252,18 +278,18 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         "dropped": tot["dropped_total"],
         "duplicates": tot["duplicates"],
         "problems": sum(tot["problems"].values()),
-        "shards": len(shard_names["train"]) + len(shard_names["val"]),
+        "shards": len(card["splits"]["train"]["shards"]) + len(card["splits"]["val"]["shards"]),
         "seconds": card["seconds"],
     }
     log(
         f"data: {summary['documents_read']:,} documents from {summary['files']:,} files "
-        f"({len(tasks)} tasks) -> train {summary['train_docs']:,} docs / {summary['train_bytes']:,} B, "
+        f"({n_tasks} tasks) -> train {summary['train_docs']:,} docs / {summary['train_bytes']:,} B, "
         f"val {summary['val_docs']:,} docs / {summary['val_bytes']:,} B "
         f"({summary['dropped']:,} dropped, {summary['duplicates']:,} duplicates"
         + (f", {summary['problems']:,} unreadable inputs" if summary["problems"] else "")
         + f") in {summary['seconds']:.1f}s"
     )
-    _log_mixture(sources)
+    _log_mixture(card["sources"])
     return summary
 
 
