@@ -1,0 +1,332 @@
+"""The run report: one self-contained ``report.html`` a person reads.
+
+Sections (each an ``<section id=...>``): training curves (loss and validation
+loss against tokens seen, learning rate, tokens/s, MFU, gradient norm), the data
+card (per source: weight, documents and bytes through each step, duplicates,
+tokens, bytes per token), held-out results beside the gzip and xz baselines per
+source, lm-eval results, plan against actual, and greedy completions of fixed
+prompts at the latest checkpoint. Plots are matplotlib PNGs embedded as base64,
+so the file can be mailed or attached as it is.
+
+The planner sits beside this package, so the plan-versus-actual figures are
+passed in by the caller (``fmforge.pipeline.write_run_report``) rather than
+computed here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from fmforge.eval.results import read_eval
+from fmforge.rundir import RunDir, atomic_write_text, read_metrics
+
+SECTIONS = ("training", "data", "heldout", "harness", "plan", "samples")
+COLORS = {"model": "#1f77b4", "gzip": "#d62728", "xz": "#ff7f0e"}
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1180px;
+padding:24px 32px;color:#1d1d1f;line-height:1.45}
+h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:34px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#666;font-size:14px} .note{color:#666;font-size:13px;margin:6px 0}
+.empty{color:#8a6d3b;background:#fcf8e3;padding:8px 12px;border-radius:4px;font-size:14px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0 4px}
+th,td{padding:4px 10px;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
+th{background:#f5f5f7;font-weight:600} td:first-child,th:first-child{text-align:left}
+.grid{display:grid;grid-template-columns:repeat(3,1fr);gap:8px} .grid img{width:100%}
+img.wide{max-width:100%} .kv td{text-align:left}
+pre{background:#f6f8fa;padding:10px 12px;border-radius:4px;white-space:pre-wrap;font-size:13px;margin:4px 0 12px}
+pre b{color:#0b5cad;font-weight:600}
+"""
+
+
+# --------------------------------------------------------------------------- pieces
+
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != v:
+            return "–"
+        if abs(v) >= 10_000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def table(headers: list[str], rows: Iterable[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def figure_png(fig) -> str:
+    """A matplotlib figure as an <img> with a base64 PNG, then closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    title = fig._suptitle.get_text() if fig._suptitle else (fig.axes[0].get_title() if fig.axes else "plot")
+    return (f'<img alt="{esc(title)}" src="data:image/png;base64,'
+            f'{base64.b64encode(buf.getvalue()).decode("ascii")}">')
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
+                         "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def empty(message: str) -> str:
+    return f'<p class="empty">{esc(message)}</p>'
+
+
+# --------------------------------------------------------------------------- sections
+
+def _series(metrics: list[dict], key: str, x: str = "tokens") -> tuple[list, list]:
+    pts = [(m[x], m[key]) for m in metrics
+           if isinstance(m.get(key), (int, float)) and isinstance(m.get(x), (int, float)) and not m.get("skipped")]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def training_section(run: RunDir) -> str:
+    metrics = read_metrics(run.metrics)
+    if not metrics:
+        return section("training", "Training", empty(f"no {run.metrics.name} yet: run `fmforge train CONFIG`"))
+    plt = _plt()
+    imgs = []
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.plot(*_series(metrics, "loss"), label="train loss", lw=1.2, color=COLORS["model"])
+    vx, vy = _series(metrics, "val_loss")
+    if vx:
+        ax.plot(vx, vy, "o-", label="validation loss", ms=4, lw=1.5, color=COLORS["gzip"])
+    ax.set(title="Loss against tokens seen", xlabel="tokens seen", ylabel="nats per token")
+    ax.legend()
+    imgs.append(figure_png(fig))
+    for key, title, ylabel in (("lr", "Learning rate", "lr"), ("tokens_per_s", "Throughput", "tokens/s"),
+                               ("mfu", "Model FLOPs utilisation", "MFU"), ("grad_norm", "Gradient norm", "norm")):
+        xs, ys = _series(metrics, key)
+        if not xs:
+            continue
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        ax.plot(xs, ys, lw=1.2, color=COLORS["model"])
+        ax.set(title=title, xlabel="tokens seen", ylabel=ylabel)
+        imgs.append(figure_png(fig))
+    last = metrics[-1]
+    val = [m for m in metrics if "val_loss" in m]
+    facts = [["steps", last.get("step")], ["tokens seen", last.get("tokens")],
+             ["final train loss", last.get("loss")], ["final validation loss", val[-1]["val_loss"] if val else None],
+             ["wall time (s)", last.get("elapsed_s")]]
+    body = f'<div class="grid">{"".join(imgs)}</div>' + table(["", "value"], facts, "kv")
+    return section("training", "Training", body)
+
+
+def data_section(run: RunDir) -> str:
+    if not run.data_card.is_file():
+        return section("data", "Data card", empty("no data card: run `fmforge data CONFIG`"))
+    card = run.read_data_card()
+    meta = run.tokens_meta() if (run.tokens / "meta.json").is_file() else {}
+    per_source_tokens = meta.get("per_source", {})
+    sources = card.get("sources", {})
+    sources = sources.values() if isinstance(sources, dict) else sources
+    rows, steps_rows = [], []
+    for s in sources:
+        name = s.get("name")
+        tok = {split: per_source_tokens.get(split, {}).get(name, {}) for split in ("train", "val")}
+        rows.append([name, s.get("type"), s.get("weight"), s.get("files_read"), s.get("documents_read"),
+                     s.get("bytes_read"), s.get("dropped_total"), s.get("duplicates"), s.get("kept_documents"),
+                     s.get("train_documents"), s.get("train_bytes"), s.get("val_documents"), s.get("val_bytes"),
+                     tok["train"].get("tokens"), tok["train"].get("bytes_per_token"),
+                     (s.get("mixture") or {}).get("share_of_train_bytes")])
+        dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
+        steps_rows.append([name, s.get("documents_read"),
+                           ", ".join(f"{k} {v:,}" for k, v in dropped.items()) or "none",
+                           s.get("duplicates"), s.get("kept_documents"),
+                           (s.get("problems") or {}).get("total", 0)])
+    body = table(["source", "type", "weight", "files", "docs read", "bytes read", "dropped", "duplicates",
+                  "kept", "train docs", "train bytes", "val docs", "val bytes", "train tokens",
+                  "bytes/token", "share of train"], rows)
+    body += "<p class='note'>Documents through each step (dropped per filter rule, then duplicates):</p>"
+    body += table(["source", "read", "dropped by step", "duplicates", "kept", "input problems"], steps_rows)
+    totals = card.get("totals", {})
+    dedup = card.get("dedup", {})
+    facts = [[k, v] for k, v in totals.items() if isinstance(v, (int, float))][:8]
+    facts += [[f"dedup {k}", v] for k, v in dedup.items() if isinstance(v, (int, float, str))][:4]
+    if facts:
+        body += table(["totals", ""], facts, "kv")
+    return section("data", "Data card", body)
+
+
+def heldout_section(run: RunDir) -> str:
+    ev = read_eval(run)
+    if not ev.get("steps"):
+        return section("heldout", "Held-out evaluation",
+                       empty("no held-out evaluation yet: run `fmforge eval RUN`"))
+    step = ev["step"]
+    entry = ev["steps"][str(step)]
+    rows = []
+    for name, r in [("overall", entry["overall"]), *entry["per_source"].items()]:
+        rows.append([name, r.get("bits_per_byte"), r.get("gzip_bits_per_byte"), r.get("xz_bits_per_byte"),
+                     r.get("loss"), r.get("perplexity"), r.get("tokens"), r.get("bytes"),
+                     r["bytes"] / r["tokens"] if r.get("tokens") else None])
+    stride, window = entry.get("stride"), entry.get("window")
+    how = ("non-overlapping windows of {w} tokens" if stride == window else
+           "a sliding window of {w} tokens moved {s} at a time").format(w=window, s=stride)
+    body = (f"<p class='sub'>Checkpoint of step {step}, {how}. Bits per byte = total nats / ln 2 / UTF-8 "
+            "bytes of the held-out text; gzip -9 and xz -9e compress exactly those bytes.</p>")
+    body += table(["source", "bits/byte", "gzip -9", "xz -9e", "loss", "perplexity", "tokens", "bytes",
+                   "bytes/token"], rows)
+    plt = _plt()
+    imgs = []
+    names = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.4 * len(names) + 2), 3.4))
+    width = 0.26
+    for i, (label, col, key) in enumerate((("model", 1, "model"), ("gzip -9", 2, "gzip"), ("xz -9e", 3, "xz"))):
+        vals = [r[col] if r[col] is not None else 0 for r in rows]
+        bars = ax.bar([j + (i - 1) * width for j in range(len(names))], vals, width, label=label,
+                      color=COLORS[key])
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set(title="Held-out bits per byte (lower is better)", ylabel="bits per byte")
+    ax.legend(fontsize=8)
+    imgs.append(figure_png(fig))
+    steps = sorted(int(s) for s in ev["steps"])
+    if len(steps) > 1:
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        xs = steps
+        ax.plot(xs, [ev["steps"][str(s)]["overall"]["bits_per_byte"] for s in xs], "o-", label="overall",
+                color=COLORS["model"])
+        for name in entry["per_source"]:
+            ys = [(ev["steps"][str(s)]["per_source"].get(name) or {}).get("bits_per_byte") for s in xs]
+            ax.plot(xs, ys, "o--", label=name, ms=3)
+        ax.set(title="Held-out bits per byte by checkpoint", xlabel="step", ylabel="bits per byte")
+        ax.legend(fontsize=8)
+        imgs.append(figure_png(fig))
+    body += f'<div class="grid">{"".join(imgs)}</div>'
+    return section("heldout", "Held-out evaluation", body)
+
+
+def harness_section(run: RunDir) -> str:
+    harness = read_eval(run).get("harness") or {}
+    if not harness:
+        return section("harness", "Benchmarks (lm-evaluation-harness)",
+                       empty("no lm-eval results: run `fmforge eval harness RUN --tasks hellaswag,arc_easy`"))
+    rows = []
+    for step, entry in sorted(harness.items(), key=lambda kv: int(kv[0])):
+        shots = {r.get("num_fewshot") for r in entry.get("runs", [])}
+        for task, metrics in sorted(entry["tasks"].items()):
+            for key, value in metrics.items():
+                if key == "alias" or "_stderr" in key or not isinstance(value, (int, float)):
+                    continue
+                metric, _, filt = key.partition(",")
+                rows.append([task, metric, filt, value, int(step), ", ".join(str(s) for s in shots)])
+    body = table(["task", "metric", "filter", "value", "step", "few-shot"], rows)
+    return section("harness", "Benchmarks (lm-evaluation-harness)", body)
+
+
+def plan_section(plan_actual: dict | None, why_missing: str | None) -> str:
+    if not plan_actual:
+        return section("plan", "Plan against actual",
+                       empty(why_missing or "no plan: the run was not started by `fmforge run`"))
+    rows = [[r["metric"], r["unit"], r["predicted"], r["actual"],
+             None if r.get("error_pct") is None else f"{r['error_pct']:+.1f}%"] for r in plan_actual["rows"]]
+    body = (f"<p class='sub'>Planned for {esc(plan_actual.get('num_gpus'))} × {esc(plan_actual.get('gpu'))}; "
+            "error = (predicted − actual) / actual (`fmforge plan --actual RUN`).</p>")
+    body += table(["metric", "unit", "predicted", "actual", "error"], rows)
+    body += "".join(f"<p class='note'>{esc(n)}</p>" for n in plan_actual.get("notes", []))
+    return section("plan", "Plan against actual", body)
+
+
+def sample_completions(run: RunDir, prompts: list[str], max_new_tokens: int,
+                       device: str = "auto") -> tuple[int, list[tuple[str, str]]]:
+    """Greedy completions of ``prompts`` at the latest checkpoint, decoded together."""
+    from fmforge.inference.engine import Engine, GenerationRequest
+    from fmforge.inference.loading import load_trained
+
+    trained = load_trained(run, device=device)
+    requests = [GenerationRequest(prompt=p, max_new_tokens=max_new_tokens, temperature=0.0, truncate="left")
+                for p in prompts]
+    results = Engine(trained, max_batch=max(1, len(prompts))).generate(requests)
+    return trained.step, [(p, r.text) for p, r in zip(prompts, results)]
+
+
+def samples_section(samples: tuple[int, list[tuple[str, str]]] | None, why_missing: str | None) -> str:
+    if not samples or not samples[1]:
+        return section("samples", "Sample completions",
+                       empty(why_missing or "no prompts: set eval.report_prompts"))
+    step, pairs = samples
+    body = f"<p class='sub'>Greedy completions at the checkpoint of step {step} (prompt in blue).</p>"
+    body += "".join(f"<pre><b>{esc(p)}</b>{esc(c)}</pre>" for p, c in pairs)
+    return section("samples", "Sample completions", body)
+
+
+# --------------------------------------------------------------------------- the report
+
+def _header(run: RunDir, cfg: dict | None) -> str:
+    facts = []
+    if cfg:
+        m = cfg.get("model", {})
+        facts.append(f"model d_model {m.get('d_model')}, {m.get('n_layers')} layers, context {m.get('seq_len')}")
+        facts.append(f"vocabulary {cfg.get('tokenizer', {}).get('vocab_size')}")
+    summary = (run.stage_record("train") or {}).get("summary", {})
+    if summary.get("params"):
+        facts.append(f"{summary['params']:,} parameters")
+    if summary.get("tokens"):
+        facts.append(f"{summary['tokens']:,} tokens trained")
+    return (f"<h1>Run report: {esc(run.root.name)}</h1><p class='sub'>{esc(run.root.resolve())} · "
+            f"{esc(' · '.join(facts))} · written {time.strftime('%Y-%m-%d %H:%M')}</p>")
+
+
+def render_report(run: RunDir, plan_actual: dict | None = None, plan_missing: str | None = None,
+                  samples: tuple[int, list[tuple[str, str]]] | None = None,
+                  samples_missing: str | None = None) -> str:
+    import yaml
+
+    cfg = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
+    parts = [training_section(run), data_section(run), heldout_section(run), harness_section(run),
+             plan_section(plan_actual, plan_missing), samples_section(samples, samples_missing)]
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>fmforge report: {esc(run.root.name)}</title><style>{CSS}</style></head><body>"
+            + _header(run, cfg) + "".join(parts) + "</body></html>\n")
+
+
+def write_report(run: RunDir, plan_actual: dict | None = None, plan_missing: str | None = None,
+                 out: Path | None = None, device: str = "auto") -> Path:
+    """Write ``report.html`` (or ``out``) for ``run``; returns its path. Samples
+    come from ``eval.report_prompts`` of the run's config."""
+    import yaml
+
+    from fmforge.config import config_from_dict
+
+    cfg = config_from_dict(yaml.safe_load(run.config.read_text(encoding="utf-8")))
+    samples, samples_missing = None, None
+    if cfg.eval.report_prompts and cfg.eval.report_max_new_tokens:
+        try:
+            samples = sample_completions(run, cfg.eval.report_prompts, cfg.eval.report_max_new_tokens, device)
+        except (FileNotFoundError, ValueError) as exc:
+            samples_missing = f"no completions: {exc}"
+    out = Path(out) if out is not None else run.root / "report.html"
+    atomic_write_text(out, render_report(run, plan_actual, plan_missing, samples, samples_missing))
+    return out
