@@ -69,6 +69,9 @@ class SourceConfig(Section):
     # Mixture weight in "epochs", The Pile's convention: 2.0 puts every training
     # document of this source in the mix twice, 0.5 keeps half of them.
     weight: float = Field(default=1.0, gt=0)
+    # Instead of a weight: this source's share of data.total_tokens (the tokenize
+    # stage repeats or subsamples the source's documents to reach it).
+    share: float | None = Field(default=None, gt=0, le=1)
     # Keep at most this many bytes of accepted text, in reading order (None: all).
     max_bytes: int | None = Field(default=None, gt=0)
     # Filter preset for this source (None: data.filters.preset).
@@ -220,6 +223,8 @@ class DataConfig(Section):
     pii: PIIConfig = Field(default_factory=PIIConfig)
     # Write dropped documents (with the reason) to data/rejected/.
     keep_rejected: bool = False
+    # With sources[].share: the training mixture's size in tokens.
+    total_tokens: int | None = Field(default=None, gt=0)
     # Stop at the first bad input (unreadable file, bad line) instead of counting it.
     strict: bool = False
     executor: Literal["local", "ray"] = "local"
@@ -240,7 +245,25 @@ class DataConfig(Section):
             raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
         if self.max_chars is not None and self.max_chars < self.min_chars:
             raise ValueError(f"max_chars={self.max_chars} must be >= min_chars={self.min_chars}")
+        shares = {s.name: s.share for s in self.sources}
+        if any(v is not None for v in shares.values()) or self.total_tokens is not None:
+            missing = [n for n, v in shares.items() if v is None]
+            if self.total_tokens is None or missing:
+                raise ValueError("a token-budget mixture needs data.total_tokens and a share on every source"
+                                 + (f"; no share on: {missing}" if missing else ""))
+            if abs(sum(shares.values()) - 1.0) > 1e-6:  # type: ignore[arg-type]
+                raise ValueError(f"sources[].share must sum to 1, got {sum(shares.values()):g}")  # type: ignore[arg-type]
+            weighted = [s.name for s in self.sources if s.weight != 1.0]
+            if weighted:
+                raise ValueError(f"give each source a weight or a share, not both: {weighted} have both")
         return self
+
+    @property
+    def token_budget(self) -> dict[str, float] | None:
+        """source -> share of ``total_tokens``, when the mixture is a token budget."""
+        if self.total_tokens is None:
+            return None
+        return {s.name: float(s.share) for s in self.sources}  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- tokenizer

@@ -194,10 +194,26 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
                              "bytes_per_token": round(float(counts["source_bytes"][i]) / max(1, int(counts["source_tokens"][i]) - int(counts["source_docs"][i])), 4)}
                 for i in range(len(sources)) if counts["source_docs"][i]}
         meta["bytes_per_token"] = meta["train_bytes"] / max(1, meta["train_tokens"])
+        if cfg.data.token_budget is not None:
+            _mix_to_budget(cfg, Path(tmp), meta, dtype)
         atomic_write_json(Path(tmp) / "meta.json", meta)
     shutil.rmtree(run.root / "tokens.work", ignore_errors=True)
     return {"train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"],
             "bytes_per_token": round(meta["bytes_per_token"], 3), "dtype": dtype.name}
+
+
+def _mix_to_budget(cfg: RunConfig, tmp: Path, meta: dict[str, Any], dtype: np.dtype) -> None:
+    """``data.total_tokens`` with a share per source: see ``mixture.py``."""
+    from fmforge.tokenizer.mixture import apply_token_budget
+
+    mix = apply_token_budget(tmp, "train", meta["sources"], cfg.data.token_budget, cfg.data.total_tokens,
+                             cfg.seed, dtype)
+    before = meta["per_source"]["train"]
+    meta["mixture"] = mix
+    meta["train_tokens"], meta["train_documents"] = mix["tokens"], mix["documents"]
+    # each source's bytes scale with its copies (its documents repeat whole)
+    meta["train_bytes"] = int(sum(b["bytes"] * mix["per_source"][s]["tokens"] / max(1, b["tokens"])
+                                  for s, b in before.items()))
 
 
 def _concatenate(work: Path, units: list[dict], out: Path, split: str, n_src: int) -> dict[str, Any]:
