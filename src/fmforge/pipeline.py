@@ -77,7 +77,10 @@ def own_config(cfg: RunConfig, stage: str) -> dict:
             own["file_sha256"] = hashlib.sha256(resolve_tokenizer_file(cfg.tokenizer.path).read_bytes()).hexdigest()
         return own
     if stage == "tokenize":
-        return {"vocab_size": cfg.vocab_size, "eos": cfg.tokenizer.eos_token}
+        own = {"vocab_size": cfg.vocab_size, "eos": cfg.tokenizer.eos_token}
+        if cfg.data.token_budget is not None:  # the token-budget mixture is applied when encoding
+            own.update(budget=cfg.data.token_budget, total_tokens=cfg.data.total_tokens, seed=cfg.seed)
+        return own
     if stage == "train":
         return {"model": cfg.resolved_model().model_dump(mode="json"), "seed": cfg.seed,
                 "train": cfg.train.model_dump(mode="json", exclude=_TRAIN_NON_SEMANTIC)}
