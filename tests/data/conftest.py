@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from fmforge.config import RunConfig, config_from_dict
+from fmforge.config import RunConfig, SourceConfig, config_from_dict
+from fmforge.data.document import Document
+from fmforge.data.listing import list_source_files
+from fmforge.data.problems import InputProblems
+from fmforge.data.sources import open_reader
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +55,30 @@ def doc_text() -> Callable[..., str]:
         return f"{tag} number {i}: " + "lorem ipsum dolor sit amet " * (1 + i % 5)
 
     return _text
+
+
+@dataclass
+class Read:
+    """What reading one source gave: documents, reader counters, problems."""
+
+    docs: list[Document]
+    counters: dict[str, int]
+    problems: InputProblems
+
+    def where(self, kind: str) -> list[str]:
+        return [e["where"] for e in self.problems.examples if e["kind"] == kind]
+
+
+@pytest.fixture
+def read(tmp_path: Path) -> Callable[..., Read]:
+    """``read(type, paths, strict=False, **source_keys)``: list and read a source
+    (paths relative to tmp_path) the way the stage does."""
+
+    def _read(type: str, paths: list[str], strict: bool = False, **kw: Any) -> Read:
+        spec = SourceConfig(name="src", type=type, paths=paths, **kw)
+        problems = InputProblems("src", strict=strict, quiet=True)
+        reader = open_reader(spec, problems)
+        docs = [d for f in list_source_files(spec, str(tmp_path)).files for d in reader.read_file(f)]
+        return Read(docs, reader.counters(), problems)
+
+    return _read

@@ -4,37 +4,12 @@ archives written with warcio, and ``datasets.save_to_disk`` directories."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fmforge.config import SourceConfig
-from fmforge.data.document import Document
 from fmforge.data.errors import BadInputError, DataError
 from fmforge.data.listing import list_source_files
-from fmforge.data.problems import InputProblems
-from fmforge.data.sources import open_reader
-
-
-@dataclass
-class Read:
-    docs: list[Document]
-    counters: dict[str, int]
-    problems: InputProblems
-
-    def where(self, kind: str) -> list[str]:
-        return [e["where"] for e in self.problems.examples if e["kind"] == kind]
-
-
-def read_source(tmp_path: Path, type: str, paths: list[str], strict: bool = False, **kw: Any) -> Read:
-    """List and read a source the way the stage does."""
-    spec = SourceConfig(name="src", type=type, paths=paths, **kw)
-    problems = InputProblems("src", strict=strict, quiet=True)
-    reader = open_reader(spec, problems)
-    docs = [d for f in list_source_files(spec, str(tmp_path)).files for d in reader.read_file(f)]
-    return Read(docs, reader.counters(), problems)
 
 
 ARTICLE = ("We walked along the shore of the lake for most of the morning, watching the herons "
@@ -54,10 +29,10 @@ def page(title: str, *paras: str, canonical: str | None = None) -> str:
 # ---- html ----
 
 
-def test_html_main_text_without_navigation_and_canonical_url(write, tmp_path):
+def test_html_main_text_without_navigation_and_canonical_url(read, write, tmp_path):
     write("web/lake.html", page("A day at the lake", ARTICLE, ARTICLE2, canonical="https://example.org/lake"))
     write("web/empty.html", "<html><head><script>var x = 1;</script></head><body><img src='a.png'></body></html>")
-    r = read_source(tmp_path, "html", ["web/*.html"])
+    r = read("html", ["web/*.html"])
     [doc] = r.docs
     assert doc.id == "src/lake.html"
     assert ARTICLE in doc.text and ARTICLE2 in doc.text
@@ -66,11 +41,11 @@ def test_html_main_text_without_navigation_and_canonical_url(write, tmp_path):
     assert r.where("no_text") == [(tmp_path / "web/empty.html").as_posix()]
 
 
-def test_html_in_a_legacy_encoding_is_decoded_by_its_meta_charset(write, tmp_path):
+def test_html_in_a_legacy_encoding_is_decoded_by_its_meta_charset(read, write, tmp_path):
     html = page("Caf\u00e9", "Le caf\u00e9 du coin ouvre \u00e0 sept heures et ferme tard le soir, m\u00eame le dimanche.")
     html = html.replace("<head>", '<head><meta charset="iso-8859-1">')
     write("web/fr.html", html.encode("latin-1"))
-    [doc] = read_source(tmp_path, "html", ["web/fr.html"]).docs
+    [doc] = read("html", ["web/fr.html"]).docs
     assert "Le caf\u00e9 du coin ouvre \u00e0 sept heures" in doc.text
 
 
@@ -106,11 +81,11 @@ def _crawl(n: int = 1) -> list[tuple[str, str, bytes, str | None]]:
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_warc_response_html_becomes_a_document_request_skipped_and_counted(write, tmp_path, gz):
+def test_warc_response_html_becomes_a_document_request_skipped_and_counted(read, write, tmp_path, gz):
     records = _crawl(1) + [("response", "https://example.org/logo.png", b"\x89PNG....", "image/png"),
                            ("metadata", "https://example.org/0", b"fetchTimeMs: 12\r\n", "application/warc-fields")]
     write("crawl/a.warc.gz" if gz else "crawl/a.warc", _warc(records, gz))
-    r = read_source(tmp_path, "warc", ["crawl/*"])
+    r = read("warc", ["crawl/*"])
     [doc] = r.docs
     name = "a.warc.gz" if gz else "a.warc"
     assert doc.id == f"src/{name}#2"  # record 0 is warcinfo, 1 the request
@@ -121,45 +96,45 @@ def test_warc_response_html_becomes_a_document_request_skipped_and_counted(write
     assert c["skipped_not_html"] == 1 and r.problems.total == 0
 
 
-def test_wet_conversion_records_are_text(write, tmp_path):
+def test_wet_conversion_records_are_text(read, write, tmp_path):
     text = "Plain text of a page.\nSecond line, caf\u00e9."
     write("crawl/a.warc.wet.gz", _warc([("conversion", "https://example.org/p", text.encode(), "text/plain")], gz=True))
-    r = read_source(tmp_path, "wet", ["crawl/*.wet.gz"])
+    r = read("wet", ["crawl/*.wet.gz"])
     assert [(d.id, d.text, d.metadata["url"]) for d in r.docs] == [("src/a.warc.wet.gz#1", text, "https://example.org/p")]
     assert r.counters["records_warcinfo"] == 1 and r.problems.total == 0
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_truncated_warc_keeps_the_records_before_the_cut(write, tmp_path, gz):
+def test_truncated_warc_keeps_the_records_before_the_cut(read, write, tmp_path, gz):
     data = _warc(_crawl(6), gz)
     write("crawl/cut.warc", data[: len(data) * 2 // 3])
-    r = read_source(tmp_path, "warc", ["crawl/cut.warc"])
+    r = read("warc", ["crawl/cut.warc"])
     n = len(r.docs)
     assert 1 <= n < 6
     assert [d.metadata["url"] for d in r.docs] == [f"https://example.org/{i}" for i in range(n)]
     assert r.problems.counts == {"truncated_archive": 1}
 
 
-def test_warc_cut_inside_record_headers_is_reported(write, tmp_path):
+def test_warc_cut_inside_record_headers_is_reported(read, write, tmp_path):
     data = _warc(_crawl(2), gz=False)
     last = data.rindex(b"WARC/1")
     write("crawl/cut.warc", data[: last + 40])  # the headers of the second page's response, cut
-    r = read_source(tmp_path, "warc", ["crawl/cut.warc"])
+    r = read("warc", ["crawl/cut.warc"])
     assert [d.metadata["url"] for d in r.docs] == ["https://example.org/0"]
     assert r.where("truncated_archive") == [f"{(tmp_path / 'crawl/cut.warc').as_posix()}#4"]
 
 
-def test_strict_mode_page_without_text_raises_naming_the_record(write, tmp_path):
+def test_strict_mode_page_without_text_raises_naming_the_record(read, write, tmp_path):
     empty = ("response", "https://example.org/blank", b"<html><body></body></html>", "text/html")
     write("crawl/a.warc.gz", _warc([empty], gz=True))
     with pytest.raises(BadInputError, match=r"a\.warc\.gz#1.*https://example.org/blank"):
-        read_source(tmp_path, "warc", ["crawl/*.warc.gz"], strict=True)
+        read("warc", ["crawl/*.warc.gz"], strict=True)
 
 
 # ---- hf_disk ----
 
 
-def test_hf_disk_dataset_and_dataset_dict(tmp_path):
+def test_hf_disk_dataset_and_dataset_dict(read, tmp_path):
     import datasets
 
     datasets.Dataset.from_dict({"content": ["alpha", "beta", None], "n": [1, 2, 3]}).save_to_disk(tmp_path / "ds/one")
@@ -172,23 +147,23 @@ def test_hf_disk_dataset_and_dataset_dict(tmp_path):
     assert [f.rel for f in listing.files] == ["one", "two"]  # directories, not their arrow files
     assert listing.files[0].size == sum(p.stat().st_size for p in (tmp_path / "ds/one").rglob("*") if p.is_file())
 
-    r = read_source(tmp_path, "hf_disk", ["ds/*"], text_column="content")
+    r = read("hf_disk", ["ds/*"], text_column="content")
     assert [(d.id, d.text) for d in r.docs] == [
         ("src/one#0", "alpha"), ("src/one#1", "beta"), ("src/two#0", "train 0"), ("src/two#1", "train 1"),
     ]  # fmt: skip
     assert r.docs[0].metadata == {"path": (tmp_path / "ds/one").as_posix(), "record": 0}
     assert r.where("null_text") == [f"{(tmp_path / 'ds/one').as_posix()}#2"]
-    test = read_source(tmp_path, "hf_disk", ["ds/two"], text_column="content", hf_split="test")
+    test = read("hf_disk", ["ds/two"], text_column="content", hf_split="test")
     assert [d.text for d in test.docs] == ["test 0"]
 
 
-def test_hf_disk_missing_column_or_split_names_what_exists(tmp_path):
+def test_hf_disk_missing_column_or_split_names_what_exists(read, tmp_path):
     import datasets
 
     datasets.DatasetDict({
         "a": datasets.Dataset.from_dict({"body": ["x"]}), "b": datasets.Dataset.from_dict({"body": ["y"]}),
     }).save_to_disk(tmp_path / "ds")  # fmt: skip
     with pytest.raises(DataError, match=r"no column 'text' \(it has 'body'\)"):
-        read_source(tmp_path, "hf_disk", ["ds"], hf_split="a")
+        read("hf_disk", ["ds"], hf_split="a")
     with pytest.raises(DataError, match=r"splits \['a', 'b'\].*hf_split"):
-        read_source(tmp_path, "hf_disk", ["ds"], text_column="body")
+        read("hf_disk", ["ds"], text_column="body")
