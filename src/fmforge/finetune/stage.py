@@ -239,6 +239,7 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
         for p in model.parameters():
             p.requires_grad_(True)
     else:
+        torch.manual_seed(cfg.seed)  # peft draws the adapters' A matrices from the global generator
         model = add_adapters(model, fc)
     trainable = count_trainable(model)
     log(str(trainable))
