@@ -27,9 +27,8 @@ tokens, standing in for datatrove's spaCy tokens).
 from __future__ import annotations
 
 from fmforge.config import FineWebConfig
-from fmforge.data.document import Document
 from fmforge.data.gopher import duplicates
-from fmforge.data.quality import WordSplit
+from fmforge.data.quality import RuleFilter, WordSplit
 
 SENTENCE_TERMINALS = tuple(
     ".?!"
@@ -40,7 +39,7 @@ SENTENCE_TERMINALS = tuple(
 )
 
 
-class FineWeb:
+class FineWeb(RuleFilter):
     name = "fineweb"
 
     def __init__(self, cfg: FineWebConfig, split: WordSplit | None = None) -> None:
@@ -50,12 +49,7 @@ class FineWeb:
             "empty", "min_punctuated_line_fraction", "max_short_line_fraction",
             "max_duplicate_line_char_fraction", "max_newline_word_ratio"))
 
-    def counters(self) -> dict[str, int]:
-        return {}
 
-    def __call__(self, doc: Document) -> str | None:
-        rule = self.check(doc.text)
-        return None if rule is None else f"fineweb:{rule}"
 
     def check(self, text: str) -> str | None:
         c = self.cfg

@@ -31,8 +31,7 @@ from itertools import compress
 from operator import itemgetter, mul
 
 from fmforge.config import GopherQualityConfig, GopherRepetitionConfig
-from fmforge.data.document import Document
-from fmforge.data.quality import WordSplit
+from fmforge.data.quality import RuleFilter, WordSplit
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 # Same word boundaries as quality.WORD_RE: "that's" is not "that".
@@ -47,7 +46,7 @@ def _n_lines(text: str) -> int:
     return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
-class GopherQuality:
+class GopherQuality(RuleFilter):
     name = "gopher_quality"
 
     def __init__(self, cfg: GopherQualityConfig, split: WordSplit | None = None) -> None:
@@ -58,12 +57,7 @@ class GopherQuality:
             "max_symbol_word_ratio", "max_bullet_lines_ratio", "max_ellipsis_lines_ratio",
             "min_alpha_words_ratio", "min_stop_words"))
 
-    def counters(self) -> dict[str, int]:
-        return {}
 
-    def __call__(self, doc: Document) -> str | None:
-        rule = self.check(doc.text)
-        return None if rule is None else f"{self.name}:{rule}"
 
     def check(self, text: str) -> str | None:
         c = self.cfg
@@ -117,7 +111,7 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return dup_items, sum(len(k) * (v - 1) for k, v in counts.items() if v > 1)
 
 
-class GopherRepetition:
+class GopherRepetition(RuleFilter):
     name = "gopher_repetition"
 
     def __init__(self, cfg: GopherRepetitionConfig, split: WordSplit | None = None) -> None:
@@ -131,12 +125,7 @@ class GopherRepetition:
             *(f"max_top_{n}gram_char_fraction" for n, _ in self.top),
             *(f"max_dup_{n}gram_char_fraction" for n, _ in self.dup)))
 
-    def counters(self) -> dict[str, int]:
-        return {}
 
-    def __call__(self, doc: Document) -> str | None:
-        rule = self.check(doc.text)
-        return None if rule is None else f"{self.name}:{rule}"
 
     def check(self, text: str) -> str | None:
         c = self.cfg

@@ -26,6 +26,11 @@ n-grams include punctuation tokens): a repeated comma is not repeated content.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fmforge.data.document import Document
+
 import re
 
 # Apostrophes inside a word keep it whole: contractions and possessives are
@@ -86,3 +91,21 @@ class WordSplit:
         if self._letterless < 0:
             self._letterless = sum(map(str.isdecimal, self._words))
         return self._letterless
+
+
+class RuleFilter:
+    """A filter that judges the text as written and never rewrites it:
+    ``check(text)`` gives the rule (config key) whose threshold the document
+    crossed, or None; the step's reason is ``NAME:RULE``."""
+
+    name = ""
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def check(self, text: str) -> str | None:
+        raise NotImplementedError
+
+    def __call__(self, doc: "Document") -> str | None:
+        rule = self.check(doc.text)
+        return None if rule is None else f"{self.name}:{rule}"
