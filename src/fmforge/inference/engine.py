@@ -43,7 +43,7 @@ import torch
 from fmforge.inference.detokenize import IncrementalDecoder
 from fmforge.inference.loading import TrainedModel
 from fmforge.inference.sampling import sample_token
-from fmforge.model.transformer import KVCache
+from fmforge.model.transformer import KVCache, PackedWeights
 
 FinishReason = Literal["stop", "length"]
 CONTEXT_IDS = 4  # prompt ids given to the incremental decoder as context
@@ -193,12 +193,21 @@ class Engine:
 
     ``max_batch``: sequences decoded together; more requests wait their turn. The
     cache grows to what the sequences in flight need (at most ``max_batch`` rows
-    of ``model.cfg.seq_len`` positions)."""
+    of ``model.cfg.seq_len`` positions). ``pack_weights``: keep MKL-packed copies
+    of the weights for the decode steps of a single sequence (``PackedWeights``:
+    faster matrix-vector products on CPU, one more copy of the weights in memory);
+    None: when the model is float32 on a CPU with MKL."""
 
-    def __init__(self, trained: TrainedModel, max_batch: int = 16):
+    def __init__(self, trained: TrainedModel, max_batch: int = 16,
+                 pack_weights: bool | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = trained.model.eval()
+        if pack_weights is None:
+            pack_weights = PackedWeights.supported(self.model)
+        elif pack_weights and not PackedWeights.supported(self.model):
+            raise ValueError("pack_weights needs a float32 model on a CPU and a torch built with MKL")
+        self.packed = PackedWeights(self.model) if pack_weights else None
         self.tokenizer = trained.tokenizer
         self.eos_id = trained.eos_id
         self.max_batch = max_batch
@@ -307,7 +316,7 @@ class Engine:
         seqs = sorted(seqs, key=lambda s: s.row)  # neighbouring rows are read as a view
         tokens = torch.tensor([[s.last_token] for s in seqs], device=self.device)
         logits = self.model.forward_cached(tokens, self.cache, [s.row for s in seqs],
-                                           [s.length for s in seqs])
+                                           [s.length for s in seqs], packed=self.packed)
         for seq in seqs:
             seq.length += 1
         self._sample(seqs, logits.float())
