@@ -67,7 +67,8 @@ def render_compare(runs: list[RunDir]) -> str:
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(range(len(names)), names)
     ax.set(title="Held-out bits per byte", ylabel="bits per byte")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.22)
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
     imgs.append(figure_png(fig))
     body = table(["run", "parameters", "vocabulary", "tokens seen", "steps", "final train loss",
                   "final val loss", "held-out bits/byte", "gzip -9", "xz -9e", "perplexity", "lm-eval"], rows)

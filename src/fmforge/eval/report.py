@@ -37,9 +37,9 @@ h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:34px 0 10px;border-bo
 table{border-collapse:collapse;font-size:13px;margin:8px 0 4px}
 th,td{padding:4px 10px;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
 th{background:#f5f5f7;font-weight:600} td:first-child,th:first-child{text-align:left}
-.grid{display:grid;grid-template-columns:repeat(3,1fr);gap:8px} .grid img{width:100%}
+.scroll{overflow-x:auto} .grid{display:grid;grid-template-columns:repeat(3,1fr);gap:8px} .grid img{width:100%}
 img.wide{max-width:100%} .kv td{text-align:left}
-pre{background:#f6f8fa;padding:10px 12px;border-radius:4px;white-space:pre-wrap;font-size:13px;margin:4px 0 12px}
+pre{background:#f6f8fa;padding:10px 12px;border-radius:4px;white-space:pre-wrap;font-size:13px;margin:4px 0 0}
 pre b{color:#0b5cad;font-weight:600}
 """
 
@@ -69,7 +69,8 @@ def fmt(v: Any, digits: int = 4) -> str:
 def table(headers: list[str], rows: Iterable[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
 
 
 def figure_png(fig) -> str:
@@ -172,10 +173,11 @@ def data_section(run: RunDir) -> str:
     body += table(["source", "read", "dropped by step", "duplicates", "kept", "input problems"], steps_rows)
     totals = card.get("totals", {})
     dedup = card.get("dedup", {})
-    facts = [[k, v] for k, v in totals.items() if isinstance(v, (int, float))][:8]
-    facts += [[f"dedup {k}", v] for k, v in dedup.items() if isinstance(v, (int, float, str))][:4]
+    facts = [(k.replace("_", " "), v) for k, v in totals.items() if isinstance(v, (int, float))][:8]
+    facts += [(f"dedup {k}".replace("_", " "), v) for k, v in dedup.items()
+              if isinstance(v, (int, float, str))][:4]
     if facts:
-        body += table(["totals", ""], facts, "kv")
+        body += "<p class='note'>Totals:</p>" + table([k for k, _ in facts], [[v for _, v in facts]])
     return section("data", "Data card", body)
 
 
@@ -210,14 +212,15 @@ def heldout_section(run: RunDir) -> str:
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(range(len(names)), names)
     ax.set(title="Held-out bits per byte (lower is better)", ylabel="bits per byte")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.22)
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
     imgs.append(figure_png(fig))
     steps = sorted(int(s) for s in ev["steps"])
     if len(steps) > 1:
         fig, ax = plt.subplots(figsize=(5.2, 3.4))
         xs = steps
         ax.plot(xs, [ev["steps"][str(s)]["overall"]["bits_per_byte"] for s in xs], "o-", label="overall",
-                color=COLORS["model"])
+                color="black", lw=2)
         for name in entry["per_source"]:
             ys = [(ev["steps"][str(s)]["per_source"].get(name) or {}).get("bits_per_byte") for s in xs]
             ax.plot(xs, ys, "o--", label=name, ms=3)
@@ -260,7 +263,7 @@ def plan_section(plan_actual: dict | None, why_missing: str | None) -> str:
 
 
 def sample_completions(run: RunDir, prompts: list[str], max_new_tokens: int,
-                       device: str = "auto") -> tuple[int, list[tuple[str, str]]]:
+                       device: str = "auto") -> tuple[int, list[tuple[str, str, str]]]:
     """Greedy completions of ``prompts`` at the latest checkpoint, decoded together."""
     from fmforge.inference.engine import Engine, GenerationRequest
     from fmforge.inference.loading import load_trained
@@ -269,16 +272,18 @@ def sample_completions(run: RunDir, prompts: list[str], max_new_tokens: int,
     requests = [GenerationRequest(prompt=p, max_new_tokens=max_new_tokens, temperature=0.0, truncate="left")
                 for p in prompts]
     results = Engine(trained, max_batch=max(1, len(prompts))).generate(requests)
-    return trained.step, [(p, r.text) for p, r in zip(prompts, results)]
+    ends = {"stop": "stopped at end-of-text", "length": "stopped at the length limit"}
+    return trained.step, [(p, r.text, f"{r.completion_tokens} tokens, {ends.get(r.finish_reason, r.finish_reason)}")
+                          for p, r in zip(prompts, results)]
 
 
-def samples_section(samples: tuple[int, list[tuple[str, str]]] | None, why_missing: str | None) -> str:
+def samples_section(samples: tuple[int, list[tuple[str, str, str]]] | None, why_missing: str | None) -> str:
     if not samples or not samples[1]:
         return section("samples", "Sample completions",
                        empty(why_missing or "no prompts: set eval.report_prompts"))
     step, pairs = samples
     body = f"<p class='sub'>Greedy completions at the checkpoint of step {step} (prompt in blue).</p>"
-    body += "".join(f"<pre><b>{esc(p)}</b>{esc(c)}</pre>" for p, c in pairs)
+    body += "".join(f"<pre><b>{esc(p)}</b>{esc(c)}</pre><p class='note'>{esc(how)}</p>" for p, c, how in pairs)
     return section("samples", "Sample completions", body)
 
 
@@ -295,12 +300,13 @@ def _header(run: RunDir, cfg: dict | None) -> str:
         facts.append(f"{summary['params']:,} parameters")
     if summary.get("tokens"):
         facts.append(f"{summary['tokens']:,} tokens trained")
-    return (f"<h1>Run report: {esc(run.root.name)}</h1><p class='sub'>{esc(run.root.resolve())} · "
+    name = (cfg or {}).get("name") or run.root.name
+    return (f"<h1>Run report: {esc(name)}</h1><p class='sub'>{esc(run.root.resolve())} · "
             f"{esc(' · '.join(facts))} · written {time.strftime('%Y-%m-%d %H:%M')}</p>")
 
 
 def render_report(run: RunDir, plan_actual: dict | None = None, plan_missing: str | None = None,
-                  samples: tuple[int, list[tuple[str, str]]] | None = None,
+                  samples: tuple[int, list[tuple[str, str, str]]] | None = None,
                   samples_missing: str | None = None) -> str:
     import yaml
 
