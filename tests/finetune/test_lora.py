@@ -156,3 +156,30 @@ def test_default_target_modules_per_family(tiny_base):
     assert default_target_modules("qwen2") == default_target_modules("mistral") == default_target_modules("llama")
     assert default_target_modules("phi3") == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     assert default_target_modules("something-new") == "all-linear"
+
+
+def test_plan_actual_checks_the_customize_row_against_the_measured_run(trained):
+    from fmforge.hardware import get_hardware
+    from fmforge.plan.actual import compare_customize_to_actual
+    from fmforge.plan.command import PlanOptions, plan_command
+
+    cfg, summary = trained
+    cmp = compare_customize_to_actual(cfg.run_dir)
+    rows = {r["metric"]: r for r in cmp["rows"]}
+    assert rows["tokens_per_s"]["actual"] == summary["tokens_per_s"]
+    assert rows["peak_memory_gb"]["actual"] == summary["peak_memory_bytes"] / 1e9
+    assert rows["wall_s"]["actual"] == summary["wall_s"]
+    # the prediction by hand: 4·N through the frozen base + attention + 6 per adapter parameter
+    # d 64, 2 layers, MLP 128, 2 of 4 heads for k/v (32 wide), vocabulary 21, untied head, T 64
+    per_layer = 64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128
+    matmul = 2 * per_layer + 21 * 64  # the head is a matmul, the embedding lookup is not
+    attention = 12 * 2 * 64 * 64  # PaLM: 12·L·d·T for QK^T and AV, forward and backward
+    adapters = 2 * 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)  # r·(d_in + d_out) each
+    assert adapters == summary["trainable_params"] == 16_384
+    fpt = 4 * matmul + attention + 6 * adapters
+    hw = get_hardware("cpu")
+    want = hw.peak_flops * rows["mfu"]["predicted"] / fpt
+    assert abs(rows["tokens_per_s"]["predicted"] - want) / want < 0.02
+    # `fmforge plan --actual RUN` on a run with only a finetune shows the customize table
+    out = plan_command(PlanOptions(actual=str(cfg.run_dir)))
+    assert set(out.data) == {"customize"}

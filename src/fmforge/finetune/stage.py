@@ -115,33 +115,41 @@ class _TokenWindows:
         return self.loader.epoch_at(step)
 
 
-def _token_data(cfg: RunConfig, tokenizer, model_vocab: int):
-    """Loaders over ``tokens/`` for continued pretraining, checked against the base."""
+def _run_tokenizer(run: RunDir):
+    """The run's own tokenizer (what its token shards were encoded with)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (run.tokenizer / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(run.tokenizer), local_files_only=True)
+    return PreTrainedTokenizerFast(tokenizer_file=str(run.tokenizer / "tokenizer.json"))
+
+
+def _token_data(cfg: RunConfig, base_tokenizer, model):
+    """Continued pretraining: loaders over the run's ``tokens/``, checked against the
+    base. The shards must come from the base's own tokenizer (``tokenizer.path``);
+    tokens the tokenizer stage added (a missing EOS or padding token) get new rows."""
     from fmforge.tokenizer.tokens import load_meta, open_tokens
     from fmforge.train.loader import EpochWindowLoader
 
     fc, run = cfg.finetune, RunDir(cfg.run_dir)
     meta = load_meta(run)
-    if meta["vocab_size"] > model_vocab:
-        raise ValueError(f"the token shards in {run.tokens} use a vocabulary of {meta['vocab_size']:,} "
-                         f"but the base model has {model_vocab:,} embeddings: tokenize with the base's "
-                         "tokenizer (tokenizer.path in the config)")
-    ours = (run.tokenizer / "tokenizer.json")
-    if ours.is_file() and ours.read_text(encoding="utf-8") != tokenizer.backend_tokenizer.to_str() and \
-            _vocab_of(ours) != tokenizer.get_vocab():
-        raise ValueError(f"the token shards in {run.tokens} were encoded with {ours}, not the base "
-                         "model's tokenizer: set tokenizer.path to the base model directory and rerun "
-                         "`fmforge tokenizer` and `fmforge tokenize`")
+    run_tok = _run_tokenizer(run)
+    ours, theirs = run_tok.get_vocab(), base_tokenizer.get_vocab()
+    differ = [t for t, i in theirs.items() if ours.get(t) != i]
+    if differ:
+        raise ValueError(
+            f"the token shards in {run.tokens} were encoded with a tokenizer that is not the base "
+            f"model's ({len(differ):,} of its {len(theirs):,} tokens have other ids, e.g. "
+            f"{differ[:3]}): set tokenizer.path to the base model directory "
+            f"({cfg.finetune.base}) and rerun `fmforge tokenizer` and `fmforge tokenize`")
+    rows = model.get_input_embeddings().num_embeddings
+    if meta["vocab_size"] > rows:
+        log(f"the run's tokenizer has {meta['vocab_size'] - rows} token(s) the base lacks: "
+            "adding embedding rows for them")
+        model.resize_token_embeddings(meta["vocab_size"])
     train = EpochWindowLoader(open_tokens(run, "train"), fc.seq_len, fc.micro_batch_size,
                               fc.grad_accum_steps, cfg.seed)
-    val_tokens = open_tokens(run, "val")
-    return _TokenWindows(train), val_tokens, train.n_windows
-
-
-def _vocab_of(path: Path) -> dict[str, int]:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path)).get_vocab()
+    return _TokenWindows(train), open_tokens(run, "val"), train.n_windows, run_tok
 
 
 def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = False,
@@ -180,7 +188,7 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
                       torch.bfloat16 if fc.method == "qlora" else torch.float32)
     counts: dict[str, Any] = {}
     if fc.train_on == "tokens":
-        batches, val_tokens, n_train = _token_data(cfg, tokenizer, model.get_input_embeddings().num_embeddings)
+        batches, val_tokens, n_train, tokenizer = _token_data(cfg, tokenizer, model)
         max_steps = fc.max_steps or max(1, int(fc.epochs * n_train / (fc.micro_batch_size * fc.grad_accum_steps)))
         data_fp = _files_fingerprint(sorted(RunDir(cfg.run_dir).tokens.glob("*")))
         counts = {"train_windows": n_train, "val_tokens": int(len(val_tokens))}

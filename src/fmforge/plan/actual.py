@@ -98,3 +98,51 @@ def compare_plan_to_actual(run_dir: str | Path) -> dict[str, Any]:
         notes.append(f"median logged tokens/s (after the first record): {_median(logged_tps):,.0f}")
     return {"run": str(root), "gpu": plan.get("gpu"), "num_gpus": n, "flops_convention": plan.get("flops_convention"),
             "tokens": tokens, "rows": rows, "trainer_mfu": trainer_mfu, "notes": notes}
+
+
+def compare_customize_to_actual(run_dir: str | Path) -> dict[str, Any]:
+    """The planner's ``customize`` estimate beside what ``fmforge finetune`` measured
+    (``runs/NAME/finetune/summary.json``): tokens/s from the LoRA FLOPs per token
+    (``lora_flops_per_token``: 4·N through the frozen base + attention + 6 per adapter
+    parameter; a full fine-tune: the training FLOPs per token) at the device's
+    default MFU, wall time for the tokens trained, and peak memory: the base's
+    weights + 16 bytes per trainable parameter (fp32 weight, gradient, two AdamW
+    moments) + the activations of one micro-batch (``plan.memory.activation_bytes``).
+    On CPU the measured peak is the process's resident set (Python and torch
+    included); on CUDA, torch's peak allocation."""
+    import json
+
+    from fmforge.hardware import detect_gpu, get_hardware
+    from fmforge.model.counting import count_params, from_hf_config, lora_flops_per_token, train_flops_per_token
+    from fmforge.plan.estimate import default_mfu
+    from fmforge.plan.memory import activation_bytes
+
+    path = Path(run_dir) / "finetune" / "summary.json"
+    if not path.is_file():
+        raise PlanError(f"{path} does not exist: run `fmforge finetune CONFIG` first")
+    s = json.loads(path.read_text(encoding="utf-8"))
+    arch = from_hf_config(s["base_config"], seq_len=s["seq_len"])
+    params = count_params(arch).total
+    method = s["method"]
+    dtype = "float32" if s.get("dtype") == "float32" else "autocast"
+    fpt = train_flops_per_token(arch, "palm") if method == "full" else lora_flops_per_token(arch, rank=s["lora_r"])
+    on_gpu = s.get("device", "cpu").startswith("cuda")
+    hw = get_hardware((detect_gpu() or "h100-sxm") if on_gpu else "cpu")
+    peak = hw.peak_flops
+    mfu = default_mfu(params, hw, dtype)
+    pred_tps = peak * mfu / fpt
+    weight_bytes = 0.5 if method == "qlora" else 4.0
+    pred_mem = (params * weight_bytes + 16 * s["trainable_params"]
+                + activation_bytes(arch, s["micro_batch_size"], dtype, False))
+    rows = [_row("tokens_per_s", "tokens/s", pred_tps, s.get("tokens_per_s")),
+            _row("mfu", "fraction of peak", mfu, (s.get("tokens_per_s") or 0) * fpt / peak)]
+    tokens = s.get("tokens")
+    if tokens and s.get("wall_s"):
+        rows.append(_row("wall_s", "s", tokens / pred_tps, float(s["wall_s"])))
+    rows.append(_row("peak_memory_gb", "GB", pred_mem / 1e9, s["peak_memory_bytes"] / 1e9))
+    notes = [f"customize ({method}, {s['trainable_params']:,} trainable of {params:,}): "
+             f"{fpt:.3g} FLOPs/token, {hw.key} peak {peak:.3g} FLOP/s at the default MFU {mfu:.2f}",
+             f"measured memory: {s['peak_memory_kind']}"
+             + (" (the whole process: Python, torch and the tokenizer too)" if not on_gpu else "")]
+    return {"run": str(Path(run_dir)), "gpu": hw.key, "num_gpus": 1, "flops_convention": "palm",
+            "tokens": tokens, "rows": rows, "trainer_mfu": None, "notes": notes}

@@ -14,7 +14,7 @@ from typing import Any
 from fmforge.config import load_config
 from fmforge.hardware import HardwareError, get_hardware
 from fmforge.model.counting import DEFAULT_CONVENTION, count_params, from_hf_config, from_model_config
-from fmforge.plan.actual import compare_plan_to_actual
+from fmforge.plan.actual import compare_customize_to_actual, compare_plan_to_actual
 from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan, plan_run_tokens, run_dtype, settle_mfu
@@ -114,8 +114,14 @@ def plan_command(o: PlanOptions) -> PlanOutput:
             root = resolve_run(o.actual).root
         except FileNotFoundError as exc:
             raise PlanError(str(exc)) from None
-        cmp = compare_plan_to_actual(root)
-        return PlanOutput(render_actual(cmp), {"actual": cmp})
+        data, shown = {}, []
+        if (root / "finetune" / "summary.json").is_file():  # a customized model: the customize row
+            data["customize"] = compare_customize_to_actual(root)
+            shown += render_actual(data["customize"])
+        if (root / "plan.json").is_file() or not data:
+            data["actual"] = compare_plan_to_actual(root)
+            shown = render_actual(data["actual"]) + shown
+        return PlanOutput(shown, data)
 
     if o.overrides and o.config is None:
         raise PlanError("overrides (key=value) need a CONFIG to apply to")

@@ -123,7 +123,7 @@ def render_decision(d: dict[str, Any]) -> list[Any]:
 def render_actual(c: dict[str, Any]) -> list[Any]:
     t = _table(f"Plan versus actual: {c['run']}", ("metric", "predicted", "actual", "error"), numbers_right=True)
     shown = {"tokens_per_s": fmt.count, "mfu": lambda x: f"{x:.3f}", "wall_s": lambda x: f"{x:,.1f} s",
-             "cost_usd": fmt.usd}
+             "cost_usd": fmt.usd, "peak_memory_gb": lambda x: f"{x:,.3f} GB"}
     for r in c["rows"]:
         f = shown.get(r["metric"], fmt.count)
         t.add_row(r["metric"], f(r["predicted"]), f(r["actual"]), fmt.pct(r["error_pct"]))
