@@ -234,7 +234,7 @@ class DataConfig(Section):
     # (a local path, NFS, or an fsspec URL); None: runs/NAME/data.work
     work_dir: str | None = None
     # Input bytes per task (a task never splits a file).
-    task_bytes: int = Field(default=64_000_000, gt=0)
+    task_bytes: int = Field(default=16_000_000, gt=0)
     shard_max_docs: int = Field(default=50_000, gt=0)
 
     @model_validator(mode="after")

@@ -253,3 +253,15 @@ def test_ngram_rules_agree_with_the_plain_loops(top):
         assert got == brute_force_rule(words, len(text), cfg), seed
         seen.add(got)
     assert None in seen and len(seen) >= 4  # the texts do exercise several rules
+
+
+def test_apostrophes_inside_words_are_not_symbol_tokens():
+    # found by the datatrove comparison (benchmarks/bench_data.py): "it's" was
+    # counted as a word plus a symbol, pushing contraction-rich prose under
+    # min_alpha_words_ratio where datatrove keeps it
+    from fmforge.data.quality import WordSplit
+
+    split = WordSplit()
+    text = "It's the author's view that we can't stop. 'Quoted' too."
+    assert split.words(text)[:3] == ["It's", "the", "author's"]
+    assert split.n_symbol_tokens(text) == 4  # ". ' ' ." -- the quotes around Quoted and two full stops

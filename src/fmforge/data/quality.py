@@ -36,7 +36,8 @@ import re
 # Apostrophes inside a word keep it whole: contractions and possessives are
 # one word to a reader, and splitting them would inflate the counts.
 _WORD = r"\w+(?:['\u2019]\w+)*"
-_SYMBOL = r"[^\w\s]+"
+# ... and an apostrophe inside a word is part of that word, not a symbol token.
+_SYMBOL = r"(?:[^\w\s'\u2019]|(?<!\w)['\u2019]|['\u2019](?!\w))+"
 WORD_RE = re.compile(_WORD)
 SYMBOL_RE = re.compile(_SYMBOL)
 # The same expressions with ASCII classes, for ASCII text (most English web

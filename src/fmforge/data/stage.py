@@ -47,7 +47,8 @@ from fmforge.rundir import RunDir, atomic_directory, fingerprint
 
 DEDUP_PARTITION_BYTES = 256 * 2**20  # input bytes per dedup bucket partition
 REJECTED_DIR = "rejected"
-INLINE_BELOW_BYTES = 32 * 2**20  # with data.workers unset, smaller inputs run in this process
+INLINE_BELOW_BYTES = 32 * 2**20
+PARTITION_BYTES = 32 * 2**20  # text per output partition, gathered in memory  # with data.workers unset, smaller inputs run in this process
 
 
 def list_all_sources(cfg: RunConfig) -> list[FileListing]:
@@ -221,12 +222,18 @@ class _Phases:
     def scatter(self, runner: TaskRunner, curated: list[dict[str, Any]], decisions: dict[str, Any]
                 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
         data = self.data
-        kept = decisions["documents"]
-        expected_train = sum(
-            decisions["per_source"][s.name]["documents"] * (1 - data.val_fraction) * s.weight for s in data.sources
-        )
-        parts = {"train": _partitions(int(expected_train) + 1, data.shard_max_docs),
-                 "val": _partitions(int(kept * data.val_fraction) + 1, data.shard_max_docs)}
+        # a partition is gathered in memory: about shard_max_docs documents and
+        # at most about PARTITION_BYTES of text, whichever gives more partitions
+        per = decisions["per_source"]
+        train_share = {s.name: (1 - data.val_fraction) * s.weight for s in data.sources}
+        expected = {
+            "train": (sum(per[n]["documents"] * w for n, w in train_share.items()),
+                      sum(per[n]["bytes"] * w for n, w in train_share.items())),
+            "val": (decisions["documents"] * data.val_fraction,
+                    sum(per[n]["bytes"] for n in per) * data.val_fraction),
+        }
+        parts = {split: max(_partitions(int(docs) + 1, data.shard_max_docs), _partitions(int(nbytes) + 1, PARTITION_BYTES))
+                 for split, (docs, nbytes) in expected.items()}
         moves = {k: _by_task(decisions["split_moves"][k]) for k in ("to_val", "to_train")}
         runner.run(scatter_task, [
             {"data": self.data_json, "seed": self.cfg.seed, "task": t.index, "source_index": t.source_index,
