@@ -34,8 +34,8 @@ padding:24px 32px;color:#1d1d1f;line-height:1.45}
 h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:34px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;font-size:14px} .note{color:#666;font-size:13px;margin:6px 0}
 .empty{color:#8a6d3b;background:#fcf8e3;padding:8px 12px;border-radius:4px;font-size:14px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0 4px}
-th,td{padding:4px 10px;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;font-size:12.5px;margin:8px 0 4px}
+th,td{padding:4px 7px;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
 th{background:#f5f5f7;font-weight:600} td:first-child,th:first-child{text-align:left}
 .scroll{overflow-x:auto} .grid{display:grid;grid-template-columns:repeat(3,1fr);gap:8px} .grid img{width:100%}
 img.wide{max-width:100%} .kv td{text-align:left}
@@ -156,7 +156,7 @@ def data_section(run: RunDir) -> str:
     for s in sources:
         name = s.get("name")
         tok = {split: per_source_tokens.get(split, {}).get(name, {}) for split in ("train", "val")}
-        rows.append([name, s.get("type"), s.get("weight"), s.get("files_read"), s.get("documents_read"),
+        rows.append([name, s.get("weight"), s.get("files_read"), s.get("documents_read"),
                      s.get("bytes_read"), s.get("dropped_total"), s.get("duplicates"), s.get("kept_documents"),
                      s.get("train_documents"), s.get("train_bytes"), s.get("val_documents"), s.get("val_bytes"),
                      tok["train"].get("tokens"), tok["train"].get("bytes_per_token"),
@@ -166,16 +166,16 @@ def data_section(run: RunDir) -> str:
                            ", ".join(f"{k} {v:,}" for k, v in dropped.items()) or "none",
                            s.get("duplicates"), s.get("kept_documents"),
                            (s.get("problems") or {}).get("total", 0)])
-    body = table(["source", "type", "weight", "files", "docs read", "bytes read", "dropped", "duplicates",
+    body = table(["source", "weight", "files", "docs read", "bytes read", "dropped", "duplicates",
                   "kept", "train docs", "train bytes", "val docs", "val bytes", "train tokens",
                   "bytes/token", "share of train"], rows)
     body += "<p class='note'>Documents through each step (dropped per filter rule, then duplicates):</p>"
     body += table(["source", "read", "dropped by step", "duplicates", "kept", "input problems"], steps_rows)
     totals = card.get("totals", {})
     dedup = card.get("dedup", {})
-    facts = [(k.replace("_", " "), v) for k, v in totals.items() if isinstance(v, (int, float))][:8]
+    facts = [(k.replace("_", " "), v) for k, v in totals.items() if isinstance(v, (int, float))][:7]
     facts += [(f"dedup {k}".replace("_", " "), v) for k, v in dedup.items()
-              if isinstance(v, (int, float, str))][:4]
+              if isinstance(v, (int, float, str)) and k != "method"][:2]
     if facts:
         body += "<p class='note'>Totals:</p>" + table([k for k, _ in facts], [[v for _, v in facts]])
     return section("data", "Data card", body)
