@@ -45,13 +45,13 @@ def make_base(path: Path, d: int, layers: int, vocab: int) -> None:
 
 class RandomBatches:
     def __init__(self, vocab: int, batch: int, seq_len: int, seed: int = 0):
-        self.vocab, self.batch, self.seq_len, self.seed = vocab, batch, seq_len, seed
+        self.vocab, self.batch_size, self.seq_len, self.seed = vocab, batch, seq_len, seed
 
     def batch(self, step: int, micro: int):
         import torch
 
         g = torch.Generator().manual_seed(self.seed * 100_000 + step * 10 + micro)
-        ids = torch.randint(0, self.vocab, (self.batch, self.seq_len + 1), generator=g)
+        ids = torch.randint(0, self.vocab, (self.batch_size, self.seq_len + 1), generator=g)
         return {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
 
     def epoch_at(self, step: int) -> float:

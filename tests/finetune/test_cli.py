@@ -75,3 +75,25 @@ def test_finetune_merge_eval_generate_from_the_command_line(tmp_path, ft, monkey
     # QLoRA here (no CUDA): a message, exit 2, no traceback
     res = runner.invoke(app, ["finetune", "ft.yaml", "finetune.method=qlora"])
     assert res.exit_code == 2 and "CUDA" in res.output
+
+
+def test_an_fmforge_run_as_the_base_is_exported_once(tmp_path, ft, monkeypatch):
+    from fmforge.export.hf import import_hf
+
+    monkeypatch.chdir(tmp_path)
+    import_hf(_base(tmp_path, ft), tmp_path / "runs" / "mine")  # an fmforge run with a step-0 checkpoint
+    rng = random.Random(4)
+    ft.write_jsonl(tmp_path / "train.jsonl", [ft.reverse_example(rng) for _ in range(16)])
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"name": "onrun", "finetune": {
+        "base": "mine", "data": ["train.jsonl"], "seq_len": 64, "micro_batch_size": 8, "max_steps": 2,
+        "device": "cpu", "dtype": "float32", "tensorboard": False}}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["finetune", "ft.yaml"])
+    assert res.exit_code == 0, res.output
+    exported = tmp_path / "runs" / "onrun" / "finetune" / "base-hf"
+    adapter_conf = json.loads((tmp_path / "runs/onrun/finetune/adapter/adapter_config.json").read_text())
+    assert adapter_conf["base_model_name_or_path"] == str(exported.resolve())
+    res = runner.invoke(app, ["finetune", "ft.yaml"])  # done already: resumes at the end, no new export
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "runs/onrun/finetune/summary.json").read_text())
+    assert summary["trained_steps_this_session"] == 0

@@ -166,13 +166,23 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
 
     ft = finetune_dir(cfg)
     ft.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ft.config, cfg.to_yaml())  # what this fine-tune ran with
+    run = RunDir(cfg.run_dir)
+    if not run.config.exists():  # a finetune-only run: the run directory's own record (`plan --actual`)
+        atomic_write_text(run.config, cfg.to_yaml())
     base_dir = Path(base_dir) if base_dir is not None else resolve_base(cfg)
     if is_fmforge_run(base_dir) and not (base_dir / "config.json").is_file():
         if export_run is None:
             raise ValueError(f"finetune.base={base_dir} is an fmforge run: export it first "
                              f"(`fmforge export hf {base_dir} OUT`) and name OUT")
-        base_dir = export_run(base_dir, ft.root / "base-hf")
-        log(f"base: the fmforge run exported to {base_dir}")
+        exported = ft.root / "base-hf"
+        states = list((base_dir / "checkpoints").glob("step-*/trainer_state.json"))
+        newest = max((p.stat().st_mtime for p in states), default=float("inf"))
+        if (exported / "config.json").is_file() and (exported / "config.json").stat().st_mtime >= newest:
+            base_dir = exported  # exported from the same checkpoint before: a rerun resumes
+        else:
+            base_dir = export_run(base_dir, exported)
+            log(f"base: the fmforge run exported to {base_dir}")
     base_dir = base_dir.resolve()
     model_type = base_config(base_dir).get("model_type")
 
