@@ -176,11 +176,44 @@ def data(config: Path, overrides: Optional[List[str]] = OverridesArg, force: boo
     _stage_command("data", config, overrides, force)
 
 
-@app.command()
-def tokenizer(config: Path, overrides: Optional[List[str]] = OverridesArg,
-              force: bool = ForceOpt) -> None:
-    """Train the byte-level BPE tokenizer on the training split."""
+class _TokenizerGroup(typer.core.TyperGroup):
+    """`fmforge tokenizer CONFIG ...` means `fmforge tokenizer train CONFIG ...`; `fmforge tokenizer eval RUN` stays."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["train", *args]
+        return super().resolve_command(ctx, args)
+
+
+tokenizer_app = typer.Typer(cls=_TokenizerGroup, no_args_is_help=True,
+                            help="Train the tokenizer (`fmforge tokenizer CONFIG`) and measure it on held-out "
+                                 "documents (`fmforge tokenizer eval RUN [--compare OTHER]`).")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
+                    force: bool = ForceOpt) -> None:
+    """Train the byte-level BPE tokenizer on the training split (or adopt tokenizer.path)."""
     _stage_command("tokenizer", config, overrides, force)
+
+
+@tokenizer_app.command("eval")
+def tokenizer_eval(target: str = typer.Argument(..., help="a run directory, a run name under runs/, or the run's config"),
+                   compare: Optional[str] = typer.Option(
+                       None, "--compare", help="another tokenizer, side by side: a tokenizer.json, a Hugging Face "
+                                               "tokenizer directory, or another run")) -> None:
+    """Bytes per token per source, vocabulary usage and round-trip exactness on the held-out
+    documents; written to RUN/tokenizer/eval.json."""
+    from fmforge.progress import console
+
+    run, _ = _run_and_config(target, None)
+    with _reported("the same command"):
+        from fmforge.tokenizer.evaluate import EVAL_JSON, evaluate_tokenizers, render_table
+
+        result = evaluate_tokenizers(run, compare)
+    console.print(render_table(result))
+    console.print(f"written to {run.tokenizer / EVAL_JSON}", highlight=False, soft_wrap=True)
 
 
 @app.command()

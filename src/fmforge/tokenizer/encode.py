@@ -16,7 +16,8 @@ token, document and byte counts per split and per source.
 The work is cut into units of a few row groups of one shard, encoded in a
 process pool sized to the cores (``tokenizers``' batch encoding inside each),
 each written to ``tokens.work/`` with a completion marker, then concatenated in
-order. Memory holds one unit per worker, so it stays flat as the corpus grows; a
+order. A unit is read one row group at a time and encoded ``BATCH_CHARS`` of text
+at a time, so memory stays flat as the corpus (or a document) grows; a
 killed encode resumes from the markers. A small corpus is encoded in this
 process (a pool takes seconds to start).
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmforge.config import RunConfig
@@ -48,6 +50,8 @@ from fmforge.tokenizer.tokens import SPLITS, token_dtype
 PIECE_CHARS = 1_000_000
 ROW_GROUPS_PER_UNIT = 8  # the data stage writes row groups of 1,024 documents
 INLINE_BELOW_BYTES = 32 * 2**20
+# Text encoded in one batch (pieces of documents): what a unit holds in memory at once.
+BATCH_CHARS = 4_000_000
 
 
 def _pieces(text: str) -> list[str]:
@@ -84,48 +88,82 @@ def _units(data_dir: Path) -> list[dict[str, Any]]:
     return units
 
 
+def _flatten(chunks: list[list[int]], total: int, dtype: np.dtype) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(chunks), dtype=dtype, count=total)
+
+
+def _encode_texts(tok, texts: list[str], eos: int, dtype: np.dtype, out) -> np.ndarray:
+    """Encode ``texts`` into ``out`` (each document's tokens, then ``eos``), a batch of
+    pieces at a time, so memory holds about BATCH_CHARS of text and its ids whatever
+    the unit's size. Returns each document's token count (its eos included)."""
+    lengths = np.ones(len(texts), dtype=np.int64)  # the eos
+    pieces: list[str] = []
+    owners: list[int] = []  # the document of each piece; -1-d marks the last piece of document d
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
+        chunks: list[list[int]] = []
+        total = 0
+        for owner, enc in zip(owners, encodings):
+            ids = enc.ids
+            d = owner if owner >= 0 else -1 - owner
+            lengths[d] += len(ids)
+            chunks.append(ids)
+            total += len(ids)
+            if owner < 0:
+                chunks.append([eos])
+                total += 1
+        _flatten(chunks, total, dtype).tofile(out)
+        pieces.clear()
+        owners.clear()
+        size = 0
+
+    for d, text in enumerate(texts):
+        parts = _pieces(text)
+        for k, piece in enumerate(parts):
+            pieces.append(piece)
+            owners.append(-1 - d if k == len(parts) - 1 else d)
+            size += len(piece)
+            if size >= BATCH_CHARS:
+                flush()
+    if pieces:
+        flush()
+    return lengths
+
+
 def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
     """Encode some row groups of one shard into ``work/NNNNN.*`` (top-level: it
-    travels to pool workers)."""
+    travels to pool workers). Reads one row group at a time and encodes a bounded
+    batch of text at a time, appending to the unit's file."""
     from fmforge.tokenizer.load import load_tokenizer
 
     work = Path(payload["work"])
     run = RunDir(payload["run"])
     tok = load_tokenizer(run, raw_text=True)
-    eos, dtype, sources = payload["eos_id"], np.dtype(payload["dtype"]), payload["sources"]
-    table = pq.ParquetFile(payload["shard"]).read_row_groups(payload["row_groups"], columns=["text", "source"])
-    texts = table.column("text").to_pylist()
-    doc_sources = table.column("source").to_pylist()
-    pieces: list[str] = []
-    last_piece: list[int] = []  # index of each document's last piece
-    for t in texts:
-        pieces.extend(_pieces(t))
-        last_piece.append(len(pieces) - 1)
-    encodings = tok.encode_batch_fast(pieces, add_special_tokens=False) if pieces else []
-    piece_ids = [e.ids for e in encodings]
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    chunks: list[list[int]] = []
-    first = 0
-    for d, last in enumerate(last_piece):
-        n = 0
-        for p in range(first, last + 1):
-            chunks.append(piece_ids[p])
-            n += len(piece_ids[p])
-        chunks.append([eos])
-        lengths[d] = n + 1
-        first = last + 1
-    total = int(lengths.sum())
-    ids = np.fromiter(itertools.chain.from_iterable(chunks), dtype=dtype, count=total)
-    src = np.array([sources.index(s) for s in doc_sources], dtype=np.uint16)
-    nbytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64)
+    eos, dtype = payload["eos_id"], np.dtype(payload["dtype"])
+    source_index = {s: i for i, s in enumerate(payload["sources"])}
+    pf = pq.ParquetFile(payload["shard"])
     i = payload["index"]
-    ids.tofile(work / f"{i:05d}.bin.tmp")
+    lengths, srcs, nbytes = [], [], []
+    with open(work / f"{i:05d}.bin.tmp", "wb") as out:
+        for g in payload["row_groups"]:
+            table = pf.read_row_group(g, columns=["text", "source"])
+            texts = table.column("text").to_pylist()
+            nbytes.append(pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64))
+            srcs.append(np.array([source_index[s] for s in table.column("source").to_pylist()], dtype=np.uint16))
+            del table
+            lengths.append(_encode_texts(tok, texts, eos, dtype, out))
+    lengths_a = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    src_a = np.concatenate(srcs) if srcs else np.zeros(0, np.uint16)
+    bytes_a = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
     os.replace(work / f"{i:05d}.bin.tmp", work / f"{i:05d}.bin")
     with open(work / f"{i:05d}.npz.tmp", "wb") as f:
-        np.savez(f, lengths=lengths, sources=src, nbytes=nbytes)
+        np.savez(f, lengths=lengths_a, sources=src_a, nbytes=bytes_a)
     os.replace(work / f"{i:05d}.npz.tmp", work / f"{i:05d}.npz")
     (work / f"{i:05d}.done").touch()
-    return {"index": i, "tokens": total, "bytes": int(nbytes.sum())}
+    return {"index": i, "tokens": int(lengths_a.sum()), "bytes": int(bytes_a.sum())}
 
 
 def _run_units(payloads: list[dict[str, Any]], workers: int, bar) -> None:

@@ -1,0 +1,278 @@
+"""The tokenize stage against raw ``tokenizers``, same text, same tokenizer.
+
+Why: issue 11 asks the encode stage (parquet shards to token files on disk) to
+run at least 0.9x the speed of ``tokenizers.Tokenizer.encode_batch`` on the same
+strings already in memory, with a peak RSS that stays flat as the corpus grows,
+and the compression of the GPT-4 split against the GPT-2 split.
+
+Corpus: demo-like, built offline from this machine as ``configs/demo.yaml`` builds
+it (the interpreter's standard library ``.py`` files up to 8 MB, the installed
+packages' METADATA/LICENSE/README files up to 3 MB), written directly as the data
+stage's shards (96% train, 4% val, seeded), so only the tokenizer stages are timed.
+
+- **speed**: a BPE at vocab 8192 (GPT-4 split) is trained once; then, interleaved
+  and twice each: ``run_tokenize_stage`` on the run (reads the parquet shards,
+  encodes, writes ``tokens/``; wall seconds) and ``Tokenizer.encode_batch`` (and
+  ``encode_batch_fast``, no offsets) on the same texts held in a Python list.
+  MB/s = UTF-8 MB of text / wall seconds; both use all cores (Rust threads). Also
+  MB per CPU-second (the process's and its children's), steadier on a shared machine.
+- **RSS**: ``run_tokenize_stage`` in a fresh subprocess on the 1x corpus and on a
+  10x corpus (each document repeated 10 times, each copy with its own first line
+  and a per-copy word swap): peak RSS (``VmHWM``) of the process and of each pool
+  worker (polled), in the inline path (1x) and with the process pool (1x forced, 10x
+  by default).
+- **compression**: held-out bytes per token (``fmforge.tokenizer.evaluate``) of a
+  GPT-4-split and a GPT-2-split BPE at vocab 8192, both trained on the same train split.
+
+    python benchmarks/bench_tokenize.py            # about 4-6 minutes on 2 busy cores
+    python benchmarks/bench_tokenize.py --skip-rss --json /tmp/bench_tokenize.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+STDLIB_MB, DOCS_MB = 8.0, 3.0
+
+
+def demo_like_texts(seed: int = 0) -> list[tuple[str, str]]:
+    """(source, text) pairs from the same places the demo config reads."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    site = Path(sysconfig.get_paths()["purelib"])
+    skip = ("site-packages", "/test/", "/tests/", "idlelib", "lib2to3", "__pycache__")
+    code = sorted(p for p in stdlib.rglob("*.py") if not any(s in str(p) for s in skip))
+    docs = sorted({*site.glob("*.dist-info/METADATA"), *site.glob("*.dist-info/LICENSE*"),
+                   *site.glob("*.dist-info/licenses/**/*"), *site.glob("*/README*")})
+    docs = [p for p in docs if p.is_file() and "fmforge" not in p.name and "__editable__" not in str(p)]
+    out = []
+    for source, files, cap in (("stdlib-code", code, STDLIB_MB), ("package-docs", docs, DOCS_MB)):
+        total = 0
+        for p in files:
+            try:
+                text = p.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if len(text) < 64:
+                continue
+            n = len(text.encode())
+            if total + n > cap * 1e6:
+                break
+            total += n
+            out.append((source, text))
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def perturbed(texts: list[tuple[str, str]], copies: int) -> list[tuple[str, str]]:
+    """Each document ``copies`` times, each copy distinct (first line, a swapped word)."""
+    out = []
+    for k in range(copies):
+        for i, (source, text) in enumerate(texts):
+            body = text if k == 0 else text.replace(" the ", f" the{k} ", 3)
+            out.append((source, f"# copy {k} of document {i}\n{body}"))
+    return out
+
+
+def write_run(root: Path, texts: list[tuple[str, str]], vocab: int, split: str = "gpt4"):
+    """A run directory whose data stage is done: shards of ``texts`` and a data card."""
+    from fmforge.config import config_from_dict
+    from fmforge.data.shards import write_shards
+    from fmforge.rundir import RunDir
+
+    raw = {"name": root.name, "out_dir": str(root), "seed": 7,
+           "data": {"sources": [{"name": "stdlib-code", "paths": ["unused"]},
+                                {"name": "package-docs", "paths": ["unused"]}]},
+           "tokenizer": {"vocab_size": vocab, "split": split},
+           "model": {"d_model": 64, "n_layers": 1, "n_heads": 2, "seq_len": 256}}
+    cfg = config_from_dict(raw)
+    run = RunDir(root)
+    run.data.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    rows = {"train": [], "val": []}
+    for i, (source, text) in enumerate(texts):
+        rows["val" if rng.random() < 0.04 else "train"].append((f"d{i}", text, source))
+    for s, r in rows.items():
+        write_shards(run.data, s, r, 50_000)
+    card = {"sources": {"stdlib-code": {}, "package-docs": {}},
+            "splits": {s: {"documents": len(r), "bytes": sum(len(t.encode()) for _, t, _ in r)}
+                       for s, r in rows.items()}}
+    (run.data / "data_card.json").write_text(json.dumps(card))
+    (run.root / "config.yaml").write_text(cfg.to_yaml())
+    return cfg, run
+
+
+def train(cfg, run) -> float:
+    from fmforge.tokenizer.train import run_tokenizer_stage
+
+    t = time.perf_counter()
+    run_tokenizer_stage(cfg, run)
+    return time.perf_counter() - t
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def bench_speed(cfg, run, repeats: int = 2) -> dict:
+    import shutil
+
+    from fmforge.data.shards import iter_split_texts
+    from fmforge.tokenizer.encode import run_tokenize_stage
+    from fmforge.tokenizer.load import load_tokenizer
+
+    texts = [t for s in ("train", "val") for t in iter_split_texts(run.data, s)]
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    tok = load_tokenizer(run, raw_text=True)
+    rows: dict[str, list[float]] = {"stage": [], "encode_batch": [], "encode_batch_fast": []}
+    cpu_rows: dict[str, list[float]] = {k: [] for k in rows}
+    for r in range(repeats):
+        order = ["stage", "encode_batch", "encode_batch_fast"]
+        for what in (order if r % 2 == 0 else order[::-1]):
+            shutil.rmtree(run.tokens, ignore_errors=True)
+            c = time.process_time() + _children_cpu()
+            t = time.perf_counter()
+            if what == "stage":
+                run_tokenize_stage(cfg, run)
+            elif what == "encode_batch":
+                tok.encode_batch(texts, add_special_tokens=False)
+            else:
+                tok.encode_batch_fast(texts, add_special_tokens=False)
+            rows[what].append(mb / (time.perf_counter() - t))
+            cpu_rows[what].append(mb / (time.process_time() + _children_cpu() - c))
+    best = {k: max(v) for k, v in rows.items()}
+    best_cpu = {k: max(v) for k, v in cpu_rows.items()}
+    return {"mb": round(mb, 2), "mb_per_s": {k: [round(x, 2) for x in v] for k, v in rows.items()},
+            "mb_per_cpu_s": {k: [round(x, 2) for x in v] for k, v in cpu_rows.items()},
+            "cpu_ratio_vs_encode_batch": round(best_cpu["stage"] / best_cpu["encode_batch"], 3),
+            "cpu_ratio_vs_encode_batch_fast": round(best_cpu["stage"] / best_cpu["encode_batch_fast"], 3),
+            "ratio_vs_encode_batch": round(best["stage"] / best["encode_batch"], 3),
+            "ratio_vs_encode_batch_fast": round(best["stage"] / best["encode_batch_fast"], 3)}
+
+
+def _hwm_mb(pid: str | int = "self") -> float | None:
+    """Peak resident set (VmHWM) of a live process, in MB. Unlike ``ru_maxrss`` it
+    starts afresh at exec, so it does not inherit the RSS of the process that forked it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _watch_children(peaks: dict[int, float], stop) -> None:
+    """Poll the peak RSS of this process's children (the pool's workers) until ``stop``."""
+    while not stop.is_set():
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for pid in kids:
+                mb = _hwm_mb(pid)
+                if mb is not None:
+                    peaks[int(pid)] = max(peaks.get(int(pid), 0.0), mb)
+        stop.wait(0.05)
+
+
+def rss_child(run_root: str, pool: bool) -> None:
+    """In a fresh process: the tokenize stage, then peak RSS (self, the pool's workers) as JSON."""
+    import threading
+
+    from fmforge.config import load_config
+    from fmforge.rundir import RunDir
+    from fmforge.tokenizer import encode
+
+    if pool:
+        encode.INLINE_BELOW_BYTES = 0
+    run = RunDir(run_root)
+    cfg = load_config(run.config)
+    peaks: dict[int, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_children, args=(peaks, stop), daemon=True)
+    watcher.start()
+    t = time.perf_counter()
+    encode.run_tokenize_stage(cfg, run)
+    wall = time.perf_counter() - t
+    stop.set()
+    watcher.join()
+    me = _hwm_mb() or 0.0
+    print(json.dumps({"self_mb": round(me, 1), "workers": len(peaks),
+                      "largest_worker_mb": round(max(peaks.values(), default=0.0), 1),
+                      "self_plus_workers_mb": round(me + sum(peaks.values()), 1), "seconds": round(wall, 1)}))
+
+
+def measure_rss(run, pool: bool) -> dict:
+    import shutil
+
+    shutil.rmtree(run.tokens, ignore_errors=True)
+    out = subprocess.run([sys.executable, __file__, "--rss-child", str(run.root)] + (["--pool"] if pool else []),
+                         capture_output=True, text=True, check=True, env={**os.environ, "FMFORGE_NO_PROGRESS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--skip-split", action="store_true")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--rss-child")
+    ap.add_argument("--pool", action="store_true")
+    args = ap.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.pool)
+        return
+    os.environ.setdefault("FMFORGE_NO_PROGRESS", "1")
+    result: dict = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    texts = demo_like_texts()
+    with tempfile.TemporaryDirectory(prefix="bench_tokenize-") as tmp:
+        cfg, run = write_run(Path(tmp) / "gpt4", texts, args.vocab, "gpt4")
+        result["train_seconds_gpt4"] = round(train(cfg, run), 1)
+        result["speed"] = bench_speed(cfg, run)
+        print("speed:", json.dumps(result["speed"]), flush=True)
+        if not args.skip_split:
+            from fmforge.tokenizer.evaluate import evaluate_tokenizers
+
+            cfg2, run2 = write_run(Path(tmp) / "gpt2", texts, args.vocab, "gpt2")
+            result["train_seconds_gpt2"] = round(train(cfg2, run2), 1)
+            ev = evaluate_tokenizers(run, compare=run2.root, write=False)
+            result["compression"] = {
+                split: {"bytes_per_token": t["bytes_per_token"],
+                        "per_source": {s: v["bytes_per_token"] for s, v in t["per_source"].items()},
+                        "round_trip_exact": t["round_trip_exact"], "vocab_usage": t["vocab_usage"]}
+                for split, t in zip(("gpt4", "gpt2"), ev["tokenizers"])}
+            result["compression"]["gpt4_over_gpt2"] = round(
+                ev["tokenizers"][0]["bytes_per_token"] / ev["tokenizers"][1]["bytes_per_token"], 4)
+            print("compression:", json.dumps(result["compression"]), flush=True)
+        if not args.skip_rss:
+            import shutil
+
+            big_cfg, big = write_run(Path(tmp) / "x10", perturbed(texts, 10), args.vocab, "gpt4")
+            shutil.copytree(run.tokenizer, big.tokenizer)
+            result["rss"] = {}
+            for name, r, pool in (("1x", run, False), ("1x", run, True), ("10x", big, True)):
+                key = f"{name} {'pool' if pool else 'inline'}"
+                card = r.read_data_card()["splits"]
+                result["rss"][key] = {**measure_rss(r, pool),
+                                      "text_mb": round((card["train"]["bytes"] + card["val"]["bytes"]) / 1e6, 1)}
+                print("rss", key, json.dumps(result["rss"][key]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
