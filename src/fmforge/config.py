@@ -592,13 +592,15 @@ class RunConfig(Section):
         return self.model.model_copy(update={"vocab_size": self.vocab_size})
 
     def to_yaml(self) -> str:
-        """The fully resolved config: defaults filled in, and source paths relative
-        to the config file made absolute, so the copy in the run directory runs
+        """The fully resolved config: defaults filled in, and source paths (and
+        ``tokenizer.path``) relative to the config file made absolute, so the copy in the run directory runs
         from anywhere. Machine placeholders such as {python_stdlib} stay."""
         raw = self.model_dump(mode="json")
         if self.config_dir is not None and raw.get("data"):
             for source in raw["data"]["sources"]:
                 source["paths"] = [_absolute(p, self.config_dir) for p in source["paths"]]
+        if self.config_dir is not None and raw.get("tokenizer", {}).get("path"):
+            raw["tokenizer"]["path"] = _absolute(raw["tokenizer"]["path"], self.config_dir)
         return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
 

@@ -74,7 +74,7 @@ def own_config(cfg: RunConfig, stage: str) -> dict:
 
             from fmforge.tokenizer.byo import resolve_tokenizer_file
 
-            own["file_sha256"] = hashlib.sha256(resolve_tokenizer_file(cfg.tokenizer.path).read_bytes()).hexdigest()
+            own["file_sha256"] = hashlib.sha256(resolve_tokenizer_file(cfg.tokenizer.path, cfg.config_dir).read_bytes()).hexdigest()
         return own
     if stage == "tokenize":
         own = {"vocab_size": cfg.vocab_size, "eos": cfg.tokenizer.eos_token}

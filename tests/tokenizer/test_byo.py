@@ -143,3 +143,24 @@ def test_adopted_tokenizer_round_trips_corpus(tmp_path, data_done):
     text = "naïve 東京 <|endoftext|>"
     assert load_tokenizer(run, raw_text=True).decode(load_tokenizer(run, raw_text=True).encode(text).ids) == text
     assert tok.token_to_id("<|endoftext|>") is not None
+
+
+def test_a_relative_tokenizer_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    # found in review: it was resolved against the current directory
+    from fmforge.tokenizer.byo import resolve_tokenizer_file
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "tok.json").write_text("{}")
+    monkeypatch.chdir("/")
+    assert resolve_tokenizer_file("tok.json", str(tmp_path / "conf")) == tmp_path / "conf" / "tok.json"
+
+
+def test_a_bare_tokenizer_json_gets_a_chat_template_transformers_can_apply(tmp_path, data_done):
+    # found in review: only a directory with its own tokenizer_config.json had one
+    from transformers import AutoTokenizer
+
+    plain_bpe().save(str(tmp_path / "mine.json"))
+    assert invoke("tokenizer", data_done, f"tokenizer.path={tmp_path / 'mine.json'}").exit_code == 0
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "run" / "tokenizer"))
+    text = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|user|>\nhi\n<|assistant|>\n"

@@ -24,6 +24,7 @@ from fmforge.config import RunConfig
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json
 from fmforge.tokenizer.load import special_token_names
+from fmforge.tokenizer.specials import chat_template
 
 
 class TokenizerPathError(ValueError):
@@ -37,8 +38,12 @@ COMMON_NAMES = {
 COPIED_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
-def resolve_tokenizer_file(path: str | Path) -> Path:
+def resolve_tokenizer_file(path: str | Path, config_dir: str | None = None) -> Path:
+    """The tokenizer.json that ``tokenizer.path`` names; a relative path is taken
+    relative to the config file, as source paths are."""
     p = Path(path).expanduser()
+    if not p.is_absolute() and config_dir is not None:
+        p = Path(config_dir) / p
     if p.is_dir():
         f = p / "tokenizer.json"
         if not f.is_file():
@@ -72,7 +77,7 @@ def _find(tok: Tokenizer, role: str, configured: str, own: str | None) -> tuple[
 
 def adopt_tokenizer(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     tcfg = cfg.tokenizer
-    file = resolve_tokenizer_file(tcfg.path)  # type: ignore[arg-type]
+    file = resolve_tokenizer_file(tcfg.path, cfg.config_dir)  # type: ignore[arg-type]
     tok = load_tokenizer_file(file)
     source_dir = file.parent
     own = special_token_names(source_dir) if (source_dir / "tokenizer_config.json").is_file() else {}
@@ -96,6 +101,10 @@ def adopt_tokenizer(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         conf = json.loads(conf_path.read_text(encoding="utf-8")) if conf_path.is_file() else {
             "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
         conf.update({"eos_token": eos, "pad_token": pad, "model_max_length": cfg.model.seq_len})
+        if not conf.get("chat_template"):
+            # fmforge's template, its role markers as plain text (this vocabulary
+            # has no such tokens): what the server's fallback renders too
+            conf["chat_template"] = chat_template(tcfg)
         atomic_write_json(conf_path, conf)
         atomic_write_json(Path(tmp) / "byo.json", {
             "path": str(file), "eos_token": eos, "pad_token": pad,

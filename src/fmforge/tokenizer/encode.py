@@ -231,7 +231,8 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
                              "bytes": int(counts["source_bytes"][i]),
                              "bytes_per_token": round(float(counts["source_bytes"][i]) / max(1, int(counts["source_tokens"][i]) - int(counts["source_docs"][i])), 4)}
                 for i in range(len(sources)) if counts["source_docs"][i]}
-        meta["bytes_per_token"] = meta["train_bytes"] / max(1, meta["train_tokens"])
+        # text tokens only, as per source: the end-of-text token after each document is not text
+        meta["bytes_per_token"] = meta["train_bytes"] / max(1, meta["train_tokens"] - meta["train_documents"])
         if cfg.data.token_budget is not None:
             _mix_to_budget(cfg, Path(tmp), meta, dtype)
         atomic_write_json(Path(tmp) / "meta.json", meta)

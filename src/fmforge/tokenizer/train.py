@@ -63,7 +63,8 @@ class _Sample:
                 return
             n = len(text.encode("utf-8"))
             if self.limit is not None and seen + n > self.limit:
-                text = text[: max(0, self.limit - seen)]
+                # cut at the byte budget, never inside a character
+                text = text.encode("utf-8")[: max(0, self.limit - seen)].decode("utf-8", errors="ignore")
                 n = len(text.encode("utf-8"))
             seen += n
             self.per_source[rec["source"]] = self.per_source.get(rec["source"], 0) + n
