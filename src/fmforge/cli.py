@@ -282,6 +282,22 @@ def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run 
         _print_heldout(read_eval(run), step)
 
 
+@eval_app.command("chat")
+def eval_chat(model: str = typer.Argument(..., help="a PEFT adapter directory, a merged or any Hugging Face causal LM directory"),
+              data: str = typer.Argument(..., help="held-out chat or prompt/completion JSONL"),
+              base: Optional[str] = typer.Option(None, "--base", help="the adapter's base model directory (default: as the adapter records it)"),
+              accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="also greedy-decode each answer and count exact matches")) -> None:
+    """Held-out assistant-token loss (and greedy accuracy) of a fine-tuned model on chat
+    data: the same as `fmforge finetune eval`."""
+    import json
+
+    from fmforge.finetune.evaluate import evaluate_model
+
+    with _reported("the same command"):
+        result = evaluate_model(model, data, base=base, device="auto", accuracy=accuracy, max_new_tokens=64)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
 def _print_heldout(ev: dict, step: Optional[int]) -> None:
     from rich.table import Table
 

@@ -63,6 +63,10 @@ def test_finetune_merge_eval_generate_from_the_command_line(tmp_path, ft, monkey
     assert adapter_eval["examples"] == merged_eval["examples"] == 4
     assert abs(adapter_eval["loss"] - merged_eval["loss"]) < 1e-4
     assert merged_eval["accuracy"] is None and adapter_eval["accuracy"] is not None
+    # `fmforge eval chat` is the same evaluation under the eval command
+    res = runner.invoke(app, ["eval", "chat", "merged", "val.jsonl", "--no-accuracy"])
+    assert res.exit_code == 0, res.output
+    assert abs(json.loads(res.stdout[res.stdout.index("{"):])["loss"] - merged_eval["loss"]) < 1e-6
 
     outs = []
     for target in (str(adapter), "merged"):
