@@ -18,11 +18,11 @@ from typing import Any
 
 
 def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import resource
 
     import torch
 
     from fmforge.config import ModelConfig, TrainConfig
+    from fmforge.hardware import peak_rss_bytes
     from fmforge.model.transformer import Transformer
     from fmforge.train.device import autocast
     from fmforge.train.loop import apply_activation_checkpointing
@@ -65,7 +65,7 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        base = peak_rss_bytes()
 
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
@@ -101,6 +101,6 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
         out["memory_method"] = ("torch.cuda.max_memory_allocated() over the timed steps" if steady else
                                 "torch.cuda.max_memory_allocated()") + ", less the pre-model baseline"
     else:
-        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        out["memory_method"] = "peak RSS (ru_maxrss) growth in a fresh process after a tiny warm-up step"
+        out["peak_bytes"] = peak_rss_bytes() - base
+        out["memory_method"] = "peak RSS (VmHWM) growth in a fresh process after a tiny warm-up step"
     return out

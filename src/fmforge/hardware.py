@@ -276,3 +276,27 @@ def device_peak_flops(device_type: str, dtype: str) -> float | None:
     if key is None:
         return None
     return get_hardware(key, cpu_dtype=dtype if dtype in ("float32", "bfloat16") else "float32").peak_flops
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size, in bytes.
+
+    Linux: ``VmHWM`` from /proc/self/status, the peak of this process image.
+    Not getrusage's ``ru_maxrss`` there: it survives exec, so a process started
+    by a large one (a benchmark worker, a test's subprocess) would report its
+    parent's peak until it outgrew it. Elsewhere ``ru_maxrss`` (KiB on Linux and
+    BSD, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,17 @@ from safetensors.torch import load_file, save_file
 from fmforge.config import TrainConfig
 from fmforge.finetune.data import IGNORE
 from fmforge.finetune.evaluate import loss_sum, shifted_targets
+from fmforge.hardware import peak_rss_bytes
 from fmforge.progress import log, progress_bar
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json
 from fmforge.train.checkpoint import checkpoint_dir, list_checkpoints, prune_checkpoints
 from fmforge.train.device import autocast
-from fmforge.train.loop import StopRequest, _install_stop_handlers, _restore_handlers, set_aside
+from fmforge.train.loop import (
+    StopRequest,
+    _install_stop_handlers,
+    _restore_handlers,
+    set_aside,
+)
 from fmforge.train.metrics import MetricsLog, ScalarBoard
 from fmforge.train.optim import build_optimizer, lr_at
 
@@ -107,7 +112,7 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, what was measured): CUDA's peak allocation, else the process's peak RSS."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_peak_rss"
+    return peak_rss_bytes(), "process_peak_rss"
 
 
 def run_loop(model, batches: Batches, tcfg: TrainConfig, ft: RunDir, s: LoopSettings,
