@@ -176,16 +176,21 @@ def data(config: Path, overrides: Optional[List[str]] = OverridesArg, force: boo
     _stage_command("data", config, overrides, force)
 
 
-class _TokenizerGroup(typer.core.TyperGroup):
-    """`fmforge tokenizer CONFIG ...` means `fmforge tokenizer train CONFIG ...`; `fmforge tokenizer eval RUN` stays."""
+def _group_with_default(default: str) -> type[typer.core.TyperGroup]:
+    """A command group whose first argument, unless it names a sub-command (or asks
+    for help), belongs to ``default``: `fmforge tokenizer CONFIG` is `fmforge
+    tokenizer train CONFIG`, `fmforge eval RUN` is `fmforge eval heldout RUN`."""
 
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["train", *args]
-        return super().resolve_command(ctx, args)
+    class Group(typer.core.TyperGroup):
+        def resolve_command(self, ctx, args):
+            if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+                args = [default, *args]
+            return super().resolve_command(ctx, args)
+
+    return Group
 
 
-tokenizer_app = typer.Typer(cls=_TokenizerGroup, no_args_is_help=True,
+tokenizer_app = typer.Typer(cls=_group_with_default("train"), no_args_is_help=True,
                             help="Train the tokenizer (`fmforge tokenizer CONFIG`) and measure it on held-out "
                                  "documents (`fmforge tokenizer eval RUN [--compare OTHER]`).")
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -229,16 +234,7 @@ def train(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bo
     _stage_command("train", config, overrides, force)
 
 
-class _EvalGroup(typer.core.TyperGroup):
-    """`fmforge eval RUN|CONFIG ...` means `fmforge eval heldout ...`; `fmforge eval harness ...` stays."""
-
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["heldout", *args]
-        return super().resolve_command(ctx, args)
-
-
-eval_app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
+eval_app = typer.Typer(cls=_group_with_default("heldout"), no_args_is_help=True,
                        help="Held-out evaluation (`fmforge eval RUN [--step N]`) and lm-eval benchmarks "
                             "(`fmforge eval harness RUN --tasks ...`).")
 app.add_typer(eval_app, name="eval")
