@@ -144,10 +144,10 @@ class GopherRepetition(RuleFilter):
             return "max_dup_line_fraction"
         if dup_chars / n_chars > c.max_dup_line_char_fraction:
             return "max_dup_line_char_fraction"
-        words = self.split.words(text)
-        if len(words) < 2:
+        tokens = self.split.tokens(text)  # words and punctuation, as datatrove counts n-grams
+        if len(tokens) < 2:
             return None
-        return _ngram_rule(words, n_chars, dict(self.top), dict(self.dup))
+        return _ngram_rule(tokens, n_chars, dict(self.top), dict(self.dup))
 
 
 def _ngram_rule(words: list[str], n_chars: int, top_n: dict[int, float],

@@ -20,8 +20,10 @@ model to load:
 Rules that datatrove counts over all spaCy tokens (the alphabetic-word share,
 the '#'/ellipsis-per-word ratios, FineWeb's newlines per word) count words plus
 symbol tokens here; rules over "non-symbol" tokens (word count, mean word
-length) count words. The n-gram repetition rules use words only (datatrove's
-n-grams include punctuation tokens): a repeated comma is not repeated content.
+length) count words. The n-gram repetition rules run over words and symbol
+tokens in order, as datatrove's n-grams include its punctuation tokens (with
+words only, agreement with datatrove's gopher_repetition was 95.7%; see
+benchmarks/README.md, bench_data).
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ _WORD = r"\w+(?:['\u2019]\w+)*"
 _SYMBOL = r"(?:[^\w\s'\u2019]|(?<!\w)['\u2019]|['\u2019](?!\w))+"
 WORD_RE = re.compile(_WORD)
 SYMBOL_RE = re.compile(_SYMBOL)
+TOKEN_RE = re.compile(f"{_WORD}|{_SYMBOL}")
 # The same expressions with ASCII classes, for ASCII text (most English web
 # text): the same matches there, found ~30% faster than with Unicode classes.
 _WORD_ASCII_RE = re.compile(_WORD, re.ASCII)
 _SYMBOL_ASCII_RE = re.compile(_SYMBOL, re.ASCII)
+_TOKEN_ASCII_RE = re.compile(f"{_WORD}|{_SYMBOL}", re.ASCII)
 
 
 class WordSplit:
@@ -53,7 +57,7 @@ class WordSplit:
     process runs one chain at a time, so no lock is needed).
     """
 
-    __slots__ = ("_text", "_ascii", "_words", "_symbols", "_letterless")
+    __slots__ = ("_text", "_ascii", "_words", "_symbols", "_letterless", "_tokens")
 
     def __init__(self) -> None:
         self._text: str | None = None
@@ -61,6 +65,7 @@ class WordSplit:
         self._words: list[str] = []
         self._symbols = -1
         self._letterless = -1
+        self._tokens: list[str] | None = None
 
     def _see(self, text: str) -> None:
         if text is not self._text:
@@ -69,6 +74,15 @@ class WordSplit:
             self._words = (_WORD_ASCII_RE if self._ascii else WORD_RE).findall(text)
             self._symbols = -1
             self._letterless = -1
+            self._tokens = None
+
+    def tokens(self, text: str) -> list[str]:
+        """Words and symbol tokens in text order (what datatrove's word
+        tokenizer returns: punctuation included)."""
+        self._see(text)
+        if self._tokens is None:
+            self._tokens = (_TOKEN_ASCII_RE if self._ascii else TOKEN_RE).findall(text)
+        return self._tokens
 
     def words(self, text: str) -> list[str]:
         self._see(text)
