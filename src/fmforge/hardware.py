@@ -292,7 +292,7 @@ def peak_rss_bytes() -> int:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except OSError:  # no /proc (macOS, BSD): fall back to getrusage below
         pass
     import resource
     import sys

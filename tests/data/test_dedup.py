@@ -14,7 +14,6 @@ import pytest
 from fmforge.config import MinHashConfig
 from fmforge.data.dedup import (
     BucketWriter,
-    ExactDedup,
     content_digest,
     dedup_keys,
     docref,
@@ -248,15 +247,7 @@ def test_union_find_matches_breadth_first_search() -> None:
 
 def test_dedup_keys_layout() -> None:
     digest = content_digest(b"some text")
-    assert dedup_keys("some text", digest, None).tolist() == [int.from_bytes(digest[:8], "little")]
-    keys = dedup_keys("some text", digest, MinHasher(CFG))
-    assert keys.shape == (CFG.bands + 1,) and keys[-1] == int.from_bytes(digest[:8], "little")
-
-
-def test_in_memory_exact_dedup_first_occurrence_wins() -> None:
-    d = ExactDedup()
-    a, b = content_digest(b"alpha"), content_digest(b"beta")
-    assert not d.is_duplicate(a)
-    d.add(a)
-    assert d.is_duplicate(a) and not d.is_duplicate(b)
-    assert not ExactDedup(enabled=False).is_duplicate(a)
+    assert dedup_keys(["some text"], [digest], None).tolist() == [[int.from_bytes(digest[:8], "little")]]
+    keys = dedup_keys(["some text", "other"], [digest, content_digest(b"other")], MinHasher(CFG))
+    assert keys.shape == (2, CFG.bands + 1) and keys[0, -1] == int.from_bytes(digest[:8], "little")
+    assert (keys[0, :-1] == MinHasher(CFG).band_keys("some text")).all()

@@ -1,20 +1,12 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
 
-from fmforge.data.mixture import copies, mix, shuffle
-
-
-@dataclass(frozen=True)
-class Item:
-    id: str
-    source: str
-    digest: bytes
-    nbytes: int
+from fmforge.data.mixture import copies, document_copies, shuffle_key
 
 
-def _items(source: str, n: int) -> list[Item]:
-    return [Item(f"{source}/{i}", source, f"{source}{i}".encode(), 10) for i in range(n)]
+def _docs(source: str, n: int) -> list[tuple[str, bytes]]:
+    return [(f"{source}/{i}", f"{source}{i}".encode()) for i in range(n)]
 
 
 def test_copies_floor_plus_fraction():
@@ -24,21 +16,26 @@ def test_copies_floor_plus_fraction():
 
 
 def test_weight_two_doubles_and_half_roughly_halves():
-    items = _items("a", 1000) + _items("b", 1000) + _items("c", 100)
-    out, stats = mix(items, {"a": 2.0, "b": 0.5, "c": 1.0}, seed=7)
-    assert stats["a"].documents_after == 2000 and stats["a"].bytes_after == 20000
-    assert 430 <= stats["b"].documents_after <= 570
-    assert stats["c"].documents_after == 100
-    assert len(out) == sum(s.documents_after for s in stats.values())
-    assert abs(sum(s.share_of_train_bytes for s in stats.values()) - 1) < 1e-9
-    assert {c for it, c in out if it.source == "a"} == {0, 1}
+    w = {"a": 2.0, "b": 0.5, "c": 1.0}
+    docs = {s: _docs(s, n) for s, n in (("a", 1000), ("b", 1000), ("c", 100))}
+    after = {s: sum(document_copies(w[s], 7, i, d) for i, d in ds) for s, ds in docs.items()}
+    assert after["a"] == 2000
+    assert 430 <= after["b"] <= 570
+    assert after["c"] == 100
 
 
 def test_mix_and_shuffle_are_deterministic_and_order_independent():
-    items = _items("a", 200) + _items("b", 200)
     w = {"a": 1.3, "b": 0.7}
-    out1 = shuffle(mix(items, w, 3)[0], 3)
-    out2 = shuffle(mix(list(reversed(items)), w, 3)[0], 3)
-    assert out1 == out2
-    assert [p[0].source for p in out1[:50]].count("a") not in (0, 50)  # actually shuffled
-    assert shuffle(mix(items, w, 4)[0], 4) != out1
+    docs = [(s, i, d) for s in "ab" for i, d in _docs(s, 200)]
+
+    def order(items, seed):
+        copies_ = [(s, i, d, c) for s, i, d in items for c in range(document_copies(w[s], seed, i, d))]
+        return [(s, i, c) for s, i, d, c in sorted(copies_, key=lambda x: shuffle_key(seed, "train", x[1], x[2], x[3]))]
+
+    out1 = order(docs, 3)
+    assert out1 == order(list(reversed(docs)), 3)
+    assert [s for s, _, _ in out1[:50]].count("a") not in (0, 50)  # actually shuffled
+    assert order(docs, 4) != out1
+    # the copies of a repeated document are keyed apart
+    assert max(Counter(i for _, i, _ in out1).values()) == 2
+    assert shuffle_key(3, "train", "a/0", b"a0", 0) != shuffle_key(3, "val", "a/0", b"a0", 0)

@@ -22,12 +22,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmforge.config import DataConfig
-from fmforge.data.dedup import BucketWriter, content_digest, exact_key
+from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
 from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import InputProblems
 from fmforge.data.sources import open_reader
@@ -68,11 +67,7 @@ class _KeyBatcher:
     def flush(self) -> None:
         if not self.pending:
             return
-        exact = np.array([[exact_key(d)] for _, _, d in self.pending], dtype=np.uint64)
-        if self.hasher is not None:
-            keys = np.concatenate([self.hasher.band_keys_batch([t for _, t, _ in self.pending]), exact], axis=1)
-        else:
-            keys = exact
+        keys = dedup_keys([t for _, t, _ in self.pending], [d for _, _, d in self.pending], self.hasher)
         for (index, _, _), row in zip(self.pending, keys):
             self.buckets.add(index, row)
         self.pending.clear()

@@ -70,34 +70,18 @@ def exact_key(digest: bytes) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def dedup_keys(text: str, digest: bytes, hasher: MinHasher | None) -> np.ndarray:
-    """What the stage passes to ``BucketWriter.add``: the band keys of ``text``
-    then its exact key (``hasher=None``, exact dedup: the exact key alone).
-    Texts with many documents should use ``hasher.band_keys_batch`` instead."""
-    exact = np.array([exact_key(digest)], dtype=np.uint64)
+def dedup_keys(texts: list[str], digests: list[bytes], hasher: MinHasher | None) -> np.ndarray:
+    """What the stage passes to ``BucketWriter.add``, one row per document: the
+    band keys of its text (a batch at a time: MinHash is faster over a batch)
+    then its exact key; with ``hasher=None`` (exact dedup) the exact key alone."""
+    exact = np.array([[exact_key(d)] for d in digests], dtype=np.uint64).reshape(len(digests), 1)
     if hasher is None:
         return exact
-    return np.concatenate([hasher.band_keys(text), exact])
+    return np.concatenate([hasher.band_keys_batch(texts), exact], axis=1)
 
 
 def docref(task: int, local_index: int) -> int:
     return task << DOCREF_SHIFT | local_index
-
-
-class ExactDedup:
-    """In-memory exact dedup for a single process: remembers digests of accepted
-    documents. ``enabled=False`` never reports a duplicate."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self._seen: set[bytes] = set()
-
-    def is_duplicate(self, digest: bytes) -> bool:
-        return self.enabled and digest in self._seen
-
-    def add(self, digest: bytes) -> None:
-        if self.enabled:
-            self._seen.add(digest)
 
 
 # --- the bucket directory ------------------------------------------------------

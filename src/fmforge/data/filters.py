@@ -11,11 +11,6 @@ from __future__ import annotations
 from fmforge.config import DataConfig
 from fmforge.data.document import Document
 
-# Every reason a document can be dropped; the data card lists all of them (zeros
-# included) so a reader sees which filters ran.
-DROP_REASONS: tuple[str, ...] = ("empty", "too_short", "too_long", "max_bytes")
-
-
 def length_filter_reason(text: str, min_chars: int, max_chars: int | None) -> str | None:
     """``None`` to keep, else the reason to drop.
 

@@ -28,6 +28,7 @@ benchmarks/README.md, bench_data).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class WordSplit:
         return self._letterless
 
 
-class RuleFilter:
+class RuleFilter(ABC):
     """A filter that judges the text as written and never rewrites it:
     ``check(text)`` gives the rule (config key) whose threshold the document
     crossed, or None; the step's reason is ``NAME:RULE``."""
@@ -118,8 +119,9 @@ class RuleFilter:
     def counters(self) -> dict[str, int]:
         return {}
 
+    @abstractmethod
     def check(self, text: str) -> str | None:
-        raise NotImplementedError
+        """The rule whose threshold ``text`` crosses, or None to keep it."""
 
     def __call__(self, doc: "Document") -> str | None:
         rule = self.check(doc.text)

@@ -24,8 +24,7 @@ import pyarrow as pa
 from fmforge.config import DataConfig
 from fmforge.data.curate import REJECTED_SCHEMA, task_dir
 from fmforge.data.decide import read_drops
-from fmforge.data.hashing import hash_u64, hash_uniform
-from fmforge.data.mixture import copies
+from fmforge.data.mixture import document_copies, shuffle_key
 from fmforge.data.split import split_key, split_threshold
 from fmforge.data.tasks import docref
 from fmforge.data.workdir import WorkDir
@@ -35,7 +34,6 @@ SCATTER_SCHEMA = pa.schema([
     ("key", pa.uint64()), ("id", pa.string()), ("text", pa.string()),
     ("source", pa.string()), ("copy", pa.int32()),
 ])
-SHUFFLE_PURPOSE = {"train": "fmforge.shuffle", "val": "fmforge.shuffle.val"}
 
 
 def scatter_dir(task: int) -> str:
@@ -44,10 +42,6 @@ def scatter_dir(task: int) -> str:
 
 def partition_path(task: int, split: str, k: int) -> str:
     return f"{scatter_dir(task)}/{split}-{k:05d}.parquet"
-
-
-def shuffle_key(seed: int, split: str, doc_id: str, digest: bytes, copy: int) -> int:
-    return hash_u64(seed, SHUFFLE_PURPOSE[split], doc_id, digest, str(copy))
 
 
 def scatter_task(payload: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +88,7 @@ def scatter_task(payload: dict[str, Any]) -> dict[str, Any]:
                 continue
             stats["train_documents"] += 1
             stats["train_bytes"] += nbytes[i]
-            n_copies = copies(spec.weight, hash_uniform(seed, "fmforge.mix", ids[i], digests[i]))
+            n_copies = document_copies(spec.weight, seed, ids[i], digests[i])
             stats["mixed_documents"] += n_copies
             stats["mixed_bytes"] += n_copies * nbytes[i]
             for c in range(n_copies):

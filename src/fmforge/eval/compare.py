@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fmforge.eval.report import CSS, _plt, _series, empty, esc, figure_png, section, table
+from fmforge.eval.report import CSS, _plt, _series, bits_per_byte_bars, empty, esc, figure_png, section, table
 from fmforge.eval.results import read_eval
 from fmforge.rundir import RunDir, atomic_write_text, read_metrics
 
@@ -59,17 +59,7 @@ def render_compare(runs: list[RunDir]) -> str:
         imgs.append(figure_png(fig))
     rows = [_final_row(r) for r in runs]
     names = [r[0] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5.6, 1.2 * len(names) + 2), 3.6))
-    width = 0.26
-    for i, (label, col) in enumerate((("model", 7), ("gzip -9", 8), ("xz -9e", 9))):
-        bars = ax.bar([j + (i - 1) * width for j in range(len(names))], [r[col] or 0 for r in rows], width,
-                      label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(range(len(names)), names)
-    ax.set(title="Held-out bits per byte", ylabel="bits per byte")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.22)
-    ax.legend(fontsize=8, ncol=3, loc="upper center")
-    imgs.append(figure_png(fig))
+    imgs.append(bits_per_byte_bars([[r[0], r[7], r[8], r[9]] for r in rows], "Held-out bits per byte"))
     body = table(["run", "parameters", "vocabulary", "tokens seen", "steps", "final train loss",
                   "final val loss", "held-out bits/byte", "gzip -9", "xz -9e", "perplexity", "lm-eval"], rows)
     plots = f'<div class="grid">{"".join(imgs)}</div>' if imgs else empty("no metrics.jsonl in these runs")

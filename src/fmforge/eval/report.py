@@ -181,6 +181,26 @@ def data_section(run: RunDir) -> str:
     return section("data", "Data card", body)
 
 
+def bits_per_byte_bars(rows: list[list[Any]], title: str = "Held-out bits per byte (lower is better)") -> str:
+    """Grouped bars of held-out bits per byte, ``[name, model, gzip, xz]`` per row
+    (a missing figure drawn as 0), as an embedded PNG: the report's per-source
+    chart and the compare page's per-run chart."""
+    plt = _plt()
+    names = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.4 * len(names) + 2), 3.4))
+    width = 0.26
+    for i, (label, key) in enumerate((("model", "model"), ("gzip -9", "gzip"), ("xz -9e", "xz"))):
+        vals = [r[i + 1] if r[i + 1] is not None else 0 for r in rows]
+        bars = ax.bar([j + (i - 1) * width for j in range(len(names))], vals, width, label=label,
+                      color=COLORS[key])
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set(title=title, ylabel="bits per byte")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.22)
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
+    return figure_png(fig)
+
+
 def heldout_section(run: RunDir) -> str:
     ev = read_eval(run)
     if not ev.get("steps"):
@@ -202,19 +222,7 @@ def heldout_section(run: RunDir) -> str:
                    "bytes/token"], rows)
     plt = _plt()
     imgs = []
-    names = [r[0] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5.2, 1.4 * len(names) + 2), 3.4))
-    width = 0.26
-    for i, (label, col, key) in enumerate((("model", 1, "model"), ("gzip -9", 2, "gzip"), ("xz -9e", 3, "xz"))):
-        vals = [r[col] if r[col] is not None else 0 for r in rows]
-        bars = ax.bar([j + (i - 1) * width for j in range(len(names))], vals, width, label=label,
-                      color=COLORS[key])
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(range(len(names)), names)
-    ax.set(title="Held-out bits per byte (lower is better)", ylabel="bits per byte")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.22)
-    ax.legend(fontsize=8, ncol=3, loc="upper center")
-    imgs.append(figure_png(fig))
+    imgs.append(bits_per_byte_bars([[r[0], r[1], r[2], r[3]] for r in rows]))
     steps = sorted(int(s) for s in ev["steps"])
     if len(steps) > 1:
         fig, ax = plt.subplots(figsize=(5.2, 3.4))

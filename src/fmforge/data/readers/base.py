@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from fmforge.config import SourceConfig
 from fmforge.data.document import Document
@@ -36,6 +36,7 @@ class ReaderBase:
         self.name = spec.name
         self.problems = problems
         self._counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
+        self.row = 0  # see column_documents
 
     def count(self, key: str, n: int = 1) -> None:
         self._counts[key] = self._counts.get(key, 0) + n
@@ -72,3 +73,18 @@ class ReaderBase:
         metadata.update((k, v) for k, v in extra.items() if v is not None)
         self.count("documents")
         return Document(id=doc_id, text=text, source=self.name, metadata=metadata)
+
+    def column_documents(self, file: SourceFile, column: str, batches: Iterable[list[Any]]) -> Iterator[Document]:
+        """One document per row of a text column read in batches (Parquet, saved
+        datasets): a null is reported with its record, not kept. ``self.row`` is
+        the record about to be read, for a reader that must say where it broke."""
+        self.row = 0
+        for values in batches:
+            for value in values:
+                self.count("rows")
+                if value is None:
+                    self.report("null_text", f"{file.path}#{self.row}", f"{column!r} is null")
+                else:
+                    yield self.document(file, value, record=self.row)
+                self.row += 1
+

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -70,8 +71,9 @@ class _DecompressingRaw(io.RawIOBase):
         self._pos += len(data)
         return len(data)
 
-    def _read(self, n: int) -> bytes:  # at most n bytes; b"" at the end or on damage
-        raise NotImplementedError
+    @abstractmethod  # io.RawIOBase's metaclass is ABCMeta: only gzip/zstd subclasses are made
+    def _read(self, n: int) -> bytes:
+        """At most ``n`` decompressed bytes; b"" at the end or on damage (set ``self.damage``)."""
 
 
 class _GzipRaw(_DecompressingRaw):

@@ -34,15 +34,8 @@ class HfDiskReader(ReaderBase):
         if dtype not in ("string", "large_string"):
             raise DataError(f"source {self.name!r}: column {column!r} of dataset {file.path} holds "
                             f"{dataset.features[column]}, not strings; set text_column to a text column")
-        record = 0
-        for batch in dataset.select_columns([column]).iter(batch_size=BATCH_ROWS):
-            for value in batch[column]:
-                self.count("rows")
-                if value is None:
-                    self.report("null_text", f"{file.path}#{record}", f"{column!r} is null")
-                else:
-                    yield self.document(file, value, record=record)
-                record += 1
+        batches = (batch[column] for batch in dataset.select_columns([column]).iter(batch_size=BATCH_ROWS))
+        yield from self.column_documents(file, column, batches)
 
     def _dataset(self, file: SourceFile):
         datasets = require("datasets", "hf_disk")

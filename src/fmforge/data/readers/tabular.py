@@ -44,7 +44,6 @@ class ParquetReader(ReaderBase):
 
         self.start_file(file)
         column = self.spec.text_column
-        record = 0
         with open_binary(file.path) as f:
             try:
                 pf = pq.ParquetFile(f)
@@ -60,18 +59,12 @@ class ParquetReader(ReaderBase):
             if str(ftype) not in ("string", "large_string", "string_view"):
                 self.report("not_string", file.path, f"column {column!r} holds {ftype}, not strings")
                 return
+            batches = (b.column(0).to_pylist() for b in pf.iter_batches(batch_size=BATCH_ROWS, columns=[column]))
             try:
-                for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[column]):
-                    for value in batch.column(0).to_pylist():
-                        self.count("rows")
-                        if value is None:
-                            self.report("null_text", f"{file.path}#{record}", f"{column!r} is null")
-                        else:
-                            yield self.document(file, value, record=record)
-                        record += 1
+                yield from self.column_documents(file, column, batches)
             except (pa.ArrowException, OSError) as e:
-                self.report("damaged_file", f"{file.path}#{record}",
-                            f"unreadable from row {record} on ({e}); the rows before it were read")
+                self.report("damaged_file", f"{file.path}#{self.row}",
+                            f"unreadable from row {self.row} on ({e}); the rows before it were read")
 
 
 class CsvReader(ReaderBase):

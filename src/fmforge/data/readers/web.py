@@ -162,6 +162,6 @@ class WebArchiveReader(ReaderBase):
 def _cut_short(rec) -> bool:
     """Whether a record's block ended before its Content-Length (warcio does not say)."""
     stream = rec.raw_stream
-    while stream.read(1 << 16):
-        pass
+    while stream.read(1 << 16):  # drain what is left of the block; only the remaining limit matters
+        continue
     return getattr(stream, "limit", 0) > 0
