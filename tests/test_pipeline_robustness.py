@@ -32,7 +32,8 @@ def test_rebuilding_an_earlier_stage_makes_later_ones_stale(tiny_config_file: Pa
     run = tiny_config_file.parent / "run"
     cfg = str(tiny_config_file)
     invoke("run", cfg)
-    invoke("tokenizer", cfg, "tokenizer.min_frequency=3")
+    # An option of the default sub-command before the config (tokenizer = tokenizer train).
+    invoke("tokenizer", "--force", cfg, "tokenizer.min_frequency=3")
     assert set(records(run)) == {"data", "tokenizer"}
     # The old model must not be paired with the new tokenizer.
     out = invoke("generate", str(run), "--prompt", "def", code=2).output

@@ -182,10 +182,12 @@ def _group_with_default(default: str) -> type[typer.core.TyperGroup]:
     tokenizer train CONFIG`, `fmforge eval RUN` is `fmforge eval heldout RUN`."""
 
     class Group(typer.core.TyperGroup):
-        def resolve_command(self, ctx, args):
+        # Before the group parses its own options, so that an option of the
+        # default command may come first (`fmforge tokenizer --force CONFIG`).
+        def parse_args(self, ctx, args):
             if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
                 args = [default, *args]
-            return super().resolve_command(ctx, args)
+            return super().parse_args(ctx, args)
 
     return Group
 

@@ -18,6 +18,7 @@ import pytest
 from fmforge.config import SourceConfig
 from fmforge.data.errors import BadInputError, UnknownSourceTypeError
 from fmforge.data.problems import InputProblems
+from fmforge.data.listing import list_source_files
 from fmforge.data.sources import READERS, open_reader
 
 
@@ -70,12 +71,22 @@ def test_binary_file_among_text_files_is_skipped_and_reported(read, write, tmp_p
     assert r.counters["binary_files"] == 2 and r.problems.counts == {"binary_file": 2}
 
 
-def test_empty_text_file_reported(read, write, tmp_path):
+def test_empty_text_file_counted_without_a_warning(write, tmp_path, capsys):
+    # A source tree has many empty __init__.py files: each is counted in the
+    # data card, but printing a warning for each would bury the real ones.
     write("c/empty.txt", "")
     write("c/full.txt", "x")
-    r = read("text", ["c/*.txt"])
-    assert [d.id for d in r.docs] == ["src/full.txt"]
-    assert r.where("empty_file") == [f"{tmp_path.as_posix()}/c/empty.txt"]
+    write("c/latin.txt", b"caf\xe9")
+    spec = SourceConfig(name="src", type="text", paths=["c/*.txt"])
+    problems = InputProblems("src")  # not quiet: warnings printed as the stage does
+    reader = open_reader(spec, problems)
+    docs = [d for f in list_source_files(spec, str(tmp_path)).files for d in reader.read_file(f)]
+    assert [d.id for d in docs] == ["src/full.txt", "src/latin.txt"]
+    assert problems.counts == {"empty_file": 1, "not_utf8": 1}
+    assert [e["where"] for e in problems.examples if e["kind"] == "empty_file"] == [
+        f"{tmp_path.as_posix()}/c/empty.txt"]
+    err = capsys.readouterr().err
+    assert "latin.txt" in err and "empty.txt" not in err
 
 
 # ---- jsonl ----

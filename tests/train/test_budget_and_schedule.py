@@ -75,7 +75,23 @@ def test_a_finished_wsd_run_is_extended_from_where_its_decay_began(tmp_path, mak
     fresh, _ = run_pipeline(load_config(_write(tmp_path, fresh_raw, "fresh.yaml")))
     reference = {r["step"]: r["loss"] for r in read_metrics(fresh.metrics)}
     assert extended == reference
-    assert (run.root / "checkpoints.previous" / "step-000020").is_dir()  # kept, not deleted
+    aside = list((run.root / "checkpoints.previous").glob("*/step-000020"))  # kept, not deleted
+    assert len(aside) == 1 and "max_steps changed from 20 to 40" in (aside[0].parent / "reason.txt").read_text()
+
+
+def test_each_change_of_training_keeps_the_earlier_checkpoints(tmp_path, make_tiny_config):
+    # Two changes in a row: the first lineage's checkpoints must survive the second.
+    train = {"max_steps": 6, "checkpoint_every": 3, "eval_every": 1000}
+    path = _write(tmp_path, make_tiny_config(tmp_path, train=train))
+    run, _ = run_pipeline(load_config(path))
+    run_pipeline(load_config(path, ["train.lr=0.002"]))
+    run_pipeline(load_config(path, ["train.lr=0.003"]))
+    asides = sorted((run.root / "checkpoints.previous").iterdir())
+    assert len(asides) == 2
+    for aside in asides:
+        assert [s for s, _ in list_checkpoints(aside)] == [3, 6]
+        assert "changed since the last checkpoint" in (aside / "reason.txt").read_text()
+    assert [s for s, _ in list_checkpoints(run.checkpoints)] == [3, 6]
 
 
 def test_global_batch_tokens_sets_accumulation_and_trains_like_the_old_fields(tmp_path, make_tiny_config):

@@ -28,18 +28,20 @@ class InputProblems:
         self.counts: dict[str, int] = {}
         self.examples: list[dict[str, str]] = []
 
-    def report(self, kind: str, where: str, detail: str) -> None:
+    def report(self, kind: str, where: str, detail: str, *, warn: bool = True) -> None:
         """Record one problem. ``kind`` is a short key (``not_json``,
         ``missing_field``, ``not_utf8``, ...), ``where`` is ``path:line``,
         ``path#record`` or ``path``, ``detail`` says what was wrong and, where
-        useful, what to do."""
+        useful, what to do. ``warn=False`` counts it (data card, summary line)
+        without printing a warning: for what is normal in some corpora, such as
+        the empty ``__init__.py`` files of a source tree."""
         message = f"source {self.source!r}: {where}: {detail}"
         if self.strict:
             raise BadInputError(message + " (data.strict is on; set it to false to count and skip)")
         self.counts[kind] = self.counts.get(kind, 0) + 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append({"kind": kind, "where": where, "detail": detail})
-        if not self.quiet and self.total <= MAX_WARNINGS:
+        if warn and not self.quiet and self.total <= MAX_WARNINGS:
             log(f"[yellow]warning:[/] {message}; counted in the data card")
 
     @property

@@ -120,7 +120,7 @@ def _explain_empty(sources: dict[str, dict[str, Any]], data: DataConfig) -> str:
             f"  source {s['name']!r}: {s['documents_read']} read, {s['kept_documents']} kept"
             + (f"; dropped: {reasons}" if reasons else "")
             + (f"; {s['duplicates']} duplicates" if s["duplicates"] else "")
-            + (f"; unreadable inputs: {problems} (listed in the warnings above)" if problems else "")
+            + (f"; input problems: {problems} (listed in the data card)" if problems else "")
         )
     return "\n".join(lines)
 
@@ -293,7 +293,7 @@ def _summarise(card: dict[str, Any], n_tasks: int) -> dict[str, Any]:
         f"({n_tasks} tasks) -> train {summary['train_docs']:,} docs / {summary['train_bytes']:,} B, "
         f"val {summary['val_docs']:,} docs / {summary['val_bytes']:,} B "
         f"({summary['dropped']:,} dropped, {summary['duplicates']:,} duplicates"
-        + (f", {summary['problems']:,} unreadable inputs" if summary["problems"] else "")
+        + (f", {summary['problems']:,} input problems in the data card" if summary["problems"] else "")
         + f") in {summary['seconds']:.1f}s"
     )
     _log_mixture(card["sources"])

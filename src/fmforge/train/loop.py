@@ -97,23 +97,26 @@ def apply_activation_checkpointing(model: Transformer) -> None:
         block.forward = lambda *args, _f=forward, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
 
 
-def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -> None:
-    """Move checkpoints that no longer match the config to ``checkpoints.previous/``
-    (all of them unless a list is given) rather than deleting days of training."""
-    aside = run.root / "checkpoints.previous"
+def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -> Path:
+    """Move checkpoints that no longer match the config (all of them unless a list
+    is given) into a new folder ``checkpoints.previous/<UTC time>/`` with the
+    reason in ``reason.txt``, rather than deleting days of training: each set-aside
+    gets its own folder, so a second change of config keeps the first one's too."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = run.root / "checkpoints.previous" / stamp
+    n = 1
+    while aside.exists():  # two set-asides within a second
+        n += 1
+        aside = aside.with_name(f"{stamp}-{n}")
+    aside.mkdir(parents=True)
+    (aside / "reason.txt").write_text(reason + "\n", encoding="utf-8")
+    which = "earlier" if checkpoints is None else "later"
     if checkpoints is None:
-        if aside.exists():
-            shutil.rmtree(aside)
-        run.checkpoints.rename(aside)
-        log(f"{reason}: starting afresh; the earlier checkpoints are kept in {aside}")
-        return
-    aside.mkdir(exist_ok=True)
+        checkpoints = list(run.checkpoints.iterdir()) if run.checkpoints.exists() else []
     for ck in checkpoints:
-        target = aside / ck.name
-        if target.exists():
-            shutil.rmtree(target)
-        ck.rename(target)
-    log(f"{reason}; the later checkpoints are kept in {aside}")
+        ck.rename(aside / ck.name)
+    log(f"{reason}; the {which} checkpoints are kept in {aside}")
+    return aside
 
 
 def _state_of(ckpt: Path) -> dict | None:

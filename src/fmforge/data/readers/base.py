@@ -48,8 +48,8 @@ class ReaderBase:
         self.count("files")
         self.count("raw_bytes", file.size)  # bytes as stored (compressed, if it is)
 
-    def report(self, kind: str, where: str, detail: str) -> None:
-        self.problems.report(kind, where, detail)
+    def report(self, kind: str, where: str, detail: str, *, warn: bool = True) -> None:
+        self.problems.report(kind, where, detail, warn=warn)
 
     def document(
         self,

@@ -43,7 +43,9 @@ class TextReader(ReaderBase):
         with open_binary(file.path) as f:
             data = f.read()
         if not data:
-            self.report("empty_file", file.path, "the file is empty")
+            # Counted, not warned about: a source tree is full of empty
+            # __init__.py files, and a warning each is noise.
+            self.report("empty_file", file.path, "the file is empty", warn=False)
             return
         if b"\0" in data[:SNIFF_BYTES]:
             self._binary(file, "NUL bytes in its first 8 KB")
