@@ -23,6 +23,7 @@ of the eager pair.
     python benchmarks/bench_train.py                 # eager, about 2 min on 2 cores
     python benchmarks/bench_train.py --compile       # compiled vs compiled
     python benchmarks/bench_train.py --rounds 9 --steps 5 --json out.json
+    python benchmarks/bench_train.py --profile       # where each model's step goes, by GEMM shape
 """
 
 from __future__ import annotations
@@ -207,6 +208,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def profile_shapes(args: argparse.Namespace, steps: int = 3) -> None:
+    """Each model's matrix products by shape (time per step and GFLOP/s), and the
+    rest of its step by operator: where the time goes, side by side."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
+                      n_heads=args.heads, n_kv_heads=args.kv_heads, seq_len=args.seq,
+                      tie_embeddings=not args.untied)
+    gen = torch.Generator().manual_seed(1)
+    buf = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=gen)
+    x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+    ours, theirs = build_pair(cfg)
+    for who, model, hf in (("fmforge Transformer", ours, False), ("Hugging Face LlamaForCausalLM", theirs, True)):
+        step = make_step(model, hf, torch.float32, False)
+        for _ in range(2):
+            step(x, y)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                step(x, y)
+        events = prof.key_averages(group_by_input_shape=True)
+        total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+        mm = sorted((e for e in events if e.key == "aten::mm"), key=lambda e: -e.self_cpu_time_total)
+        mm_ms = sum(e.self_cpu_time_total for e in mm) / 1e3 / steps
+        print(f"\n{who}: {total:.0f} ms per step, of which aten::mm {mm_ms:.0f} ms ({mm_ms / total:.0%})")
+        for e in mm:
+            (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+            ms = e.self_cpu_time_total / 1e3 / steps
+            print(f"  mm ({m} x {k}) @ ({k} x {n})  x{e.count // steps:<3} {ms:7.1f} ms  "
+                  f"{2 * m * k * n * e.count / (e.self_cpu_time_total * 1e3):6.1f} GFLOP/s")
+        by_op: dict[str, float] = {}
+        for e in events:
+            if e.key != "aten::mm":
+                by_op[e.key] = by_op.get(e.key, 0.0) + e.self_cpu_time_total / 1e3 / steps
+        for name, ms in sorted(by_op.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"  {name[:60]:<60} {ms:7.1f} ms")
+
+
 def _cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text(errors="ignore").splitlines():
         if line.startswith("model name"):
@@ -239,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: each model's step by GEMM shape and operator (float32, eager)")
     args = p.parse_args(argv)
+    if args.profile:
+        profile_shapes(args)
+        return 0
     result = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
