@@ -22,6 +22,8 @@ def test_the_mixed_sources_example_reads_every_source_type(tmp_path):
     assert types == {"jsonl", "parquet", "csv", "warc", "text"}
     assert all(s["problems"]["total"] == 0 for s in card["sources"].values())
     # the web preset ran on the crawl, the prose preset on the manuals
-    assert any(r.startswith(("c4:", "fineweb:", "gopher")) for r in card["sources"]["site"]["dropped_reasons"])
+    site = card["sources"]["site"]["dropped_reasons"]
+    assert any(n and r.startswith(("c4:", "fineweb:", "gopher")) for r, n in site.items())
+    assert "gopher_quality:min_words" in site  # every rule of the chain listed, from zero
     assert not any(r.startswith(("c4:", "fineweb:")) for r in card["sources"]["manuals"]["dropped_reasons"])
     assert card["dedup"]["method"] == "minhash"

@@ -30,7 +30,7 @@ from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
 from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import InputProblems
 from fmforge.data.sources import open_reader
-from fmforge.data.steps import build_steps, run_steps
+from fmforge.data.steps import build_steps, run_steps, step_reasons
 from fmforge.data.tasks import MAX_DOCS_PER_TASK, TaskSpec
 from fmforge.data.workdir import WorkDir
 
@@ -140,7 +140,9 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
         _BatchedParquet(work, f"{task_dir(task.index)}/rejected.parquet", REJECTED_SCHEMA)
         if data.keep_rejected else None
     )
-    dropped: dict[str, int] = {}
+    # Every rule of the chain, from zero: the card shows which rules ran, not
+    # only those that dropped something.
+    dropped: dict[str, int] = dict.fromkeys(step_reasons(steps), 0)
     counts = {"files_read": 0, "documents_read": 0, "bytes_read": 0, "kept_documents": 0, "kept_bytes": 0}
     try:
         for file in task.files:
