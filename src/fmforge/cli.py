@@ -7,6 +7,7 @@ Heavy modules (torch, tokenizers, pyarrow) are imported inside the commands so
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -118,7 +119,9 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
 
     cfg = _load(config, overrides)
     _needs_data(cfg, config)
-    with _reported(f"`fmforge run {config}`"):
+    # The overrides belong to the command to rerun (without them it is another
+    # config, whose training would start afresh); --force does not.
+    with _reported(f"`{shlex.join(['fmforge', 'run', str(config), *(overrides or [])])}`"):
         run_dir, outcomes = run_pipeline(cfg, force=force)
     _print_outcomes(run_dir, outcomes)
     _print_plan_vs_actual(run_dir)
@@ -402,11 +405,30 @@ def _run_of(path: str, tmp: Path):
     return resolve_run(path)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` typed on a command line as the characters they
+    name (a shell passes "\\n" through as a backslash and an n); any other
+    backslash stays as it is."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 @app.command()
 def generate(
     run: str = typer.Argument(..., help="run directory, or a run name under runs/, or a Hugging "
                                         "Face model directory, or a PEFT adapter directory"),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue"),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue; \\n, \\t and \\\\ "
+                                                         "are a newline, a tab and a backslash"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=0),
     temperature: float = typer.Option(0.8, "--temperature", min=0.0,
                                       help="0 is greedy and deterministic"),
@@ -415,7 +437,8 @@ def generate(
                                           help="nucleus sampling: keep the likeliest tokens "
                                                "whose probability reaches this"),
     stop: Optional[List[str]] = typer.Option(None, "--stop",
-                                             help="stop before this text (repeatable)"),
+                                             help="stop before this text (repeatable; escapes "
+                                                  "as in --prompt)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="make sampling reproducible"),
     truncate: bool = typer.Option(False, "--truncate", help="keep the last tokens of a prompt "
                                   "too long for the context instead of refusing it"),
@@ -436,9 +459,10 @@ def generate(
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
     try:
-        request = GenerationRequest(prompt=prompt, max_new_tokens=max_new_tokens,
+        request = GenerationRequest(prompt=unescape(prompt), max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    stop=list(stop or []), truncate="left" if truncate else "error")
+                                    stop=[unescape(s) for s in stop or []],
+                                    truncate="left" if truncate else "error")
         text = Engine(trained, max_batch=1).generate([request])[0].text
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

@@ -44,7 +44,7 @@ def test_same_shards_however_the_input_is_cut_into_tasks(write, make_cfg, tmp_pa
     # the survivor of the duplicate pair is the first in reading order
     ids = {r["id"] for split in ("train", "val") for r in iter_split_records(many.data, split)}
     assert "a/003.txt" in ids and "b/copy.txt" not in ids
-    assert not (many.root / "data.work").exists() or not any((many.root / "data.work").iterdir())
+    assert not (many.root / "data.work").exists()  # the work directory is gone once data/ is in place
 
 
 def test_process_pool_gives_the_same_shards(write, make_cfg, tmp_path, doc_text):

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from fmforge.cli import app
+from fmforge.cli import app, unescape
 from fmforge.inference.engine import Engine, GenerationRequest
 from fmforge.inference.generate import generate_text
 from fmforge.inference.loading import load_trained
@@ -39,6 +39,11 @@ def test_generate_command_uses_the_engine(tmp_path: Path, make_tiny_config):
     cut = invoke("generate", str(run), "-p", "def alpha", "--temperature", "0",
                  "--max-new-tokens", "20", "--stop", stop, "--stop", "zzzz")
     assert cut == want[: want.index(stop)] + "\n"
+    # "\n" typed in shell quotes arrives as backslash-n: it means a newline.
+    want_nl = Engine(trained).generate([GenerationRequest(prompt="def alpha():\n", max_new_tokens=12,
+                                                          temperature=0)])[0].text
+    assert invoke("generate", str(run), "-p", r"def alpha():\n", "--temperature", "0",
+                  "--max-new-tokens", "12") == want_nl + "\n"
     seeded = ("generate", str(run), "-p", "def", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "20")
     assert invoke(*seeded) == invoke(*seeded)
     # A prompt past the context is refused with the lengths (seq_len is 32 here),
@@ -53,3 +58,10 @@ def test_generate_command_uses_the_engine(tmp_path: Path, make_tiny_config):
     assert bad.exit_code != 0 and "context of 32 tokens" in bad.output
     # The sample a run prints after eval is lenient: at most seq_len - 1 new tokens.
     assert generate_text(trained, "def", max_new_tokens=64, temperature=0)
+
+
+def test_typed_escapes_become_characters_and_other_backslashes_stay():
+    assert unescape(r"Ticket: VPN drops\nCategory:") == "Ticket: VPN drops\nCategory:"
+    assert unescape(r"a\tb\\nc") == "a\tb\\nc"  # a doubled backslash is one backslash
+    assert unescape(r"C:\path\x") == r"C:\path\x"
+    assert unescape("ends with \\") == "ends with \\"

@@ -96,6 +96,7 @@ def test_cli_prints_both_side_by_side(run, tmp_path):
 
 def test_cli_errors_are_messages(run, tmp_path):
     result = CliRunner().invoke(app, ["tokenizer", "eval", str(run.root), "--compare", str(tmp_path / "nope")])
-    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "--compare" in result.output and "does not exist" in result.output
+    assert "tokenizer.path" not in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["tokenizer", "eval", str(tmp_path / "no-run")])
     assert result.exit_code == 2 and "no run at" in result.output

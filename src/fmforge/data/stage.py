@@ -21,6 +21,7 @@ directory is removed when the data directory is in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -185,6 +186,9 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         }
         (tmp / DATA_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     work.remove()
+    if cfg.data.work_dir is None:  # the run's own data.work/, now empty (a user's work_dir stays)
+        with contextlib.suppress(OSError):
+            (Path(run.root) / "data.work").rmdir()
     return _summarise(card, len(tasks))
 
 

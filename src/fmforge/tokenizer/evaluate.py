@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 
 from fmforge.data.shards import iter_split_records
 from fmforge.rundir import RunDir, atomic_write_json
-from fmforge.tokenizer.byo import load_tokenizer_file, resolve_tokenizer_file
+from fmforge.tokenizer.byo import TokenizerPathError, load_tokenizer_file, resolve_tokenizer_file
 from fmforge.tokenizer.load import load_tokenizer
 
 EVAL_JSON = "eval.json"
@@ -41,6 +41,10 @@ def resolve_tokenizer(target: str | Path) -> tuple[str, Tokenizer]:
     """(label, tokenizer) for a run directory, a Hugging Face tokenizer directory or
     a ``tokenizer.json``; ``TokenizerPathError`` (a ``ValueError``) when it is none."""
     p = Path(target).expanduser()
+    if not p.exists():
+        raise TokenizerPathError(f"--compare: {p} does not exist; give another run directory (made "
+                                 "with `fmforge run` or `fmforge tokenizer`), a tokenizer.json or a "
+                                 "Hugging Face tokenizer directory")
     if (p / "config.yaml").is_file() and (p / "tokenizer" / "tokenizer.json").is_file():
         tok = load_tokenizer(RunDir(p), raw_text=True)
         return str(p), tok
