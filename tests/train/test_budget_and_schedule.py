@@ -13,6 +13,7 @@ import yaml
 from fmforge.config import ConfigError, TrainConfig, load_config
 from fmforge.pipeline import run_pipeline
 from fmforge.rundir import read_metrics
+from fmforge.train.budget import warn_if_cpu_shared
 from fmforge.train.checkpoint import list_checkpoints
 from fmforge.train.optim import lr_at
 
@@ -34,7 +35,12 @@ def _train_losses(tmp_path: Path, make_tiny_config, name: str, **train) -> list[
     return [r["loss"] for r in read_metrics(run.metrics)]
 
 
-def test_a_minutes_budget_fixes_the_steps_and_follows_that_schedule(tmp_path, make_tiny_config):
+def test_a_minutes_budget_fixes_the_steps_and_follows_that_schedule(tmp_path, make_tiny_config,
+                                                                   monkeypatch, capsys):
+    # Another program's work on the CPU while the steps are timed: said, since it
+    # makes the (final) step count smaller than on an idle machine.
+    busy = torch.get_num_threads() + 1.5
+    monkeypatch.setattr("fmforge.train.budget.os.getloadavg", lambda: (busy, busy, busy))
     raw = make_tiny_config(tmp_path, train={"max_steps": None, "max_minutes": 0.05,
                                             "warmup_steps": 8, "eval_every": 1000,
                                             "checkpoint_every": 1000})
@@ -52,6 +58,14 @@ def test_a_minutes_budget_fixes_the_steps_and_follows_that_schedule(tmp_path, ma
     assert all(logged[s + 1] == lr_at(s, steps, cfg) for s in range(steps))
     ckpt_state = json.loads((list_checkpoints(run.checkpoints)[-1][1] / "trainer_state.json").read_text())
     assert ckpt_state["max_steps"] == steps
+    assert f"load average was {busy:.1f}" in capsys.readouterr().err
+
+
+def test_no_warning_when_only_training_loads_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr("fmforge.train.budget.os.getloadavg", lambda: (2.5, 2.0, 2.0))
+    warn_if_cpu_shared(2)  # 2 training threads; 0.5 of noise is not another program
+    warn_if_cpu_shared(1)  # 1.5 more than training's one thread is
+    assert capsys.readouterr().err.count("load average was 2.5") == 1
 
 
 def test_a_budget_needs_its_probe_steps_in_warmup():

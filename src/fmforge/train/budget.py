@@ -11,8 +11,11 @@ schedule of a run given that step count from the start.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
+
+import torch
 
 from fmforge.config import BUDGET_PROBE_STEPS, TrainConfig
 from fmforge.progress import log
@@ -104,4 +107,24 @@ class StepBudget:
         log(f"budget: {step_s:.3f} s per step measured over {len(self._durations)} steps; "
             f"{cfg.max_minutes:g} min → {steps} steps"
             + (f" (capped by train.max_steps={cfg.max_steps})" if capped else ""))
+        if self.par.device.type == "cpu" and self.par.is_main:
+            # Training's own threads: each process's, times the processes on this node.
+            warn_if_cpu_shared(torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return steps
+
+
+def warn_if_cpu_shared(training_threads: int, margin: float = 0.75) -> None:
+    """Say so when other programs were using the CPU while the steps were timed:
+    the decision is final (the schedule depends on it), so on a busy machine the
+    budget trains fewer steps than the same minutes would on an idle one. The
+    1-minute load average counts training's own threads; more than that by
+    ``margin`` is someone else's work."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return
+    if load > training_threads + margin:
+        log(f"[yellow]warning:[/] the load average was {load:.1f} while the budget timed its steps, "
+            f"with {training_threads} threads of training: other programs were using the CPU, so the run trains "
+            "fewer steps than an idle machine would in the same minutes. For the demo's figures, "
+            "run it on an idle machine.")
