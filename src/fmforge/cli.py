@@ -7,6 +7,7 @@ Heavy modules (torch, tokenizers, pyarrow) are imported inside the commands so
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -412,15 +413,7 @@ def unescape(text: str) -> str:
     """``\\n``, ``\\t`` and ``\\\\`` typed on a command line as the characters they
     name (a shell passes "\\n" through as a backslash and an n); any other
     backslash stays as it is."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPES:
-            out.append(_ESCAPES[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 @app.command()

@@ -289,11 +289,11 @@ def peak_rss_bytes() -> int:
     """
     try:
         with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # no /proc (macOS, BSD): fall back to getrusage below
-        pass
+            hwm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), None)
+    except OSError:  # no /proc (macOS, BSD): getrusage below
+        hwm = None
+    if hwm is not None:
+        return hwm
     import resource
     import sys
 

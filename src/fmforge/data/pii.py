@@ -7,8 +7,9 @@
 - ``ip_address`` -> ``<IP_ADDRESS>``: IPv4 dotted quads and IPv6 addresses
   that the ``ipaddress`` module accepts and calls global;
 - ``phone`` -> ``<PHONE>``: +country-code numbers (8-15 digits, E.164's
-  limit); North-American numbers in the NANP's own notation (NXX) NXX-XXXX,
-  N a digit 2-9 and X any digit ("(415) 555-2671"); national numbers with a trunk 0 in
+  limit); North-American numbers: a three-digit area code in parentheses, a
+  three-digit exchange, a dash and four digits, area code and exchange each
+  starting with 2-9 ("(415) 555-2671"); national numbers with a trunk 0 in
   groups ("020 7946 0958", "01 23 45 67 89", "030/1234567").
 
 Counters: one per type, the number of replacements.

@@ -97,7 +97,7 @@ def apply_activation_checkpointing(model: Transformer) -> None:
         block.forward = lambda *args, _f=forward, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
 
 
-def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -> Path:
+def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -> None:
     """Move checkpoints that no longer match the config (all of them unless a list
     is given) into a new folder ``checkpoints.previous/<UTC time>/`` with the
     reason in ``reason.txt``, rather than deleting days of training: each set-aside
@@ -110,13 +110,14 @@ def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -
         aside = aside.with_name(f"{stamp}-{n}")
     aside.mkdir(parents=True)
     (aside / "reason.txt").write_text(reason + "\n", encoding="utf-8")
-    which = "earlier" if checkpoints is None else "later"
     if checkpoints is None:
-        checkpoints = list(run.checkpoints.iterdir()) if run.checkpoints.exists() else []
+        for ck in list(run.checkpoints.iterdir()) if run.checkpoints.exists() else []:
+            ck.rename(aside / ck.name)
+        log(f"{reason}: starting afresh; the earlier checkpoints are kept in {aside}")
+        return
     for ck in checkpoints:
         ck.rename(aside / ck.name)
-    log(f"{reason}; the {which} checkpoints are kept in {aside}")
-    return aside
+    log(f"{reason}; the later checkpoints are kept in {aside}")
 
 
 def _state_of(ckpt: Path) -> dict | None:
