@@ -40,6 +40,10 @@ class CheckpointFormatError(ValueError):
     """A sound checkpoint that this way of training cannot resume (not damage)."""
 
 
+class CheckpointReadError(RuntimeError):
+    """Reading a sharded checkpoint failed (DCP's own exception, made an Exception)."""
+
+
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 DCP_DIR = "dcp"
 
@@ -130,9 +134,15 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
 def load_checkpoint(ckpt: Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Load weights (and optimizer state) into ``model``, which may be a plain
-    module or one sharded by FSDP; either checkpoint format works for either."""
+    module or one sharded by FSDP; either checkpoint format works for either.
+
+    A sharded checkpoint that was consolidated holds both ``dcp/`` and
+    ``model.safetensors``; its optimizer state lives only in ``dcp/``, so resuming
+    it (an optimizer given) reads ``dcp/``, on any number of processes."""
     ckpt = Path(ckpt)
-    if (ckpt / "model.safetensors").is_file() and not _is_sharded_module(model):
+    single_file = (ckpt / "model.safetensors").is_file()
+    sharded_too = (ckpt / DCP_DIR / ".metadata").is_file()
+    if single_file and not _is_sharded_module(model) and not (optimizer is not None and sharded_too):
         load_model(model, str(ckpt / "model.safetensors"), strict=True)
         if optimizer is not None:
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu",
@@ -140,6 +150,94 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module,
     else:
         _load_through_dcp(ckpt, model, optimizer)
     return load_trainer_state(ckpt)
+
+
+def checkpoint_damage(ckpt: Path) -> str | None:
+    """What is damaged in a checkpoint that ``list_checkpoints`` counts as complete,
+    or None when every file it holds is whole. Checks structure and sizes only
+    (what a killed copy, a full disk or a bad sector leaves), never by loading
+    tensors, so it tells damage apart from a failure of the loading itself (out of
+    memory, a bug): only damage may set a checkpoint aside. An I/O error while
+    checking propagates: an unreadable disk is not a damaged checkpoint."""
+    ckpt = Path(ckpt)
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"trainer_state.json is not valid JSON ({exc})"
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    sharded = ckpt / DCP_DIR
+    if (sharded / ".metadata").is_file():
+        found = _dcp_damage(sharded)
+        if found:
+            return found
+    if (ckpt / "model.safetensors").is_file():
+        found = _safetensors_damage(ckpt / "model.safetensors")
+        if found:
+            return found
+        if not (sharded / ".metadata").is_file():
+            if not (ckpt / "optimizer.pt").is_file():
+                return "optimizer.pt is missing"
+            return _zip_damage(ckpt / "optimizer.pt")
+    return None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """The file must be exactly its 8-byte header length, the JSON header, and the
+    tensor data that header describes."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path.name} is truncated ({size} bytes)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"{path.name} is truncated: its header alone needs {n + 8:,} bytes, the file has {size:,}"
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return f"{path.name} has a corrupt header"
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return f"{path.name} has a corrupt header"
+    if size != 8 + n + end:
+        return f"{path.name} has {size:,} bytes where its header describes {8 + n + end:,}"
+    return None
+
+
+def _zip_damage(path: Path) -> str | None:
+    """``torch.save`` writes a zip archive with a CRC per member: check them all."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"{path.name} is not a whole archive ({exc})"
+    return f"{path.name} is corrupt (member {bad} fails its CRC)" if bad else None
+
+
+def _dcp_damage(sharded: Path) -> str | None:
+    """Every byte range that ``dcp/.metadata`` points at must exist."""
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        meta = FileSystemReader(str(sharded)).read_metadata()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+        return f"{DCP_DIR}/.metadata is corrupt ({type(exc).__name__}: {exc})"
+    needed: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(needed.items()):
+        path = sharded / name
+        if not path.is_file():
+            return f"{DCP_DIR}/{name} is missing"
+        if path.stat().st_size < end:
+            return f"{DCP_DIR}/{name} is truncated ({path.stat().st_size:,} of {end:,} bytes)"
+    return None
 
 
 def _is_sharded_module(model: torch.nn.Module) -> bool:
@@ -151,6 +249,7 @@ def _is_sharded_module(model: torch.nn.Module) -> bool:
 def _load_through_dcp(ckpt: Path, model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer | None) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if (ckpt / DCP_DIR / ".metadata").is_file():
@@ -160,7 +259,12 @@ def _load_through_dcp(ckpt: Path, model: torch.nn.Module,
             # One process reading a sharded checkpoint is intended (resume on fewer
             # processes, inference, consolidation); DCP warns about it regardless.
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-            dcp.load(want, checkpoint_id=str(ckpt / DCP_DIR))
+            try:
+                dcp.load(want, checkpoint_id=str(ckpt / DCP_DIR))
+            except CheckpointException as exc:
+                # DCP's exception derives from BaseException, which no ``except
+                # Exception`` (the resume's damage check, the CLI) would see.
+                raise CheckpointReadError(f"reading {ckpt / DCP_DIR} failed: {exc}") from exc
         set_state_dict(model, optimizer if optimizer is not None else [],
                        model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))

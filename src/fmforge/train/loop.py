@@ -31,6 +31,7 @@ from fmforge.tokenizer.tokens import load_meta, open_tokens
 from fmforge.train.budget import StepBudget
 from fmforge.train.checkpoint import (
     CheckpointFormatError,
+    checkpoint_damage,
     list_checkpoints,
     load_checkpoint,
     load_trainer_state,
@@ -121,9 +122,11 @@ def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -
 
 
 def _state_of(ckpt: Path) -> dict | None:
+    """The checkpoint's trainer state, or None when the file is damaged (not JSON).
+    An I/O error propagates: a disk that cannot be read is not a damaged checkpoint."""
     try:
         return load_trainer_state(ckpt)
-    except (OSError, json.JSONDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -178,17 +181,31 @@ def _resume(run: RunDir, session_factory, par: Parallel, lineage: str, max_steps
                                    "learning-rate decay had not begun", later)
                 par.barrier()
                 continue
-        failure = None
+        failure, error = None, None
         if state is None:
-            failure = "its trainer_state.json is unreadable"
+            failure = "its trainer_state.json is not valid JSON"
         else:
             try:
                 load_checkpoint(ckpt, session.model if par.mode == "fsdp" else session.raw,
                                 session.optimizer)
             except CheckpointFormatError:
                 raise  # sound, but not resumable this way: the message says what to do
-            except Exception as exc:  # noqa: BLE001 - any damage means: use the one before
-                failure = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - sorted below into damage or not
+                # Only damage to the files may cost a checkpoint; an out-of-memory,
+                # an I/O error or a bug of ours stops the run and touches nothing.
+                try:
+                    damage = checkpoint_damage(ckpt)
+                except Exception:  # noqa: BLE001 - the check failing too is not damage
+                    damage = None
+                if damage is None:
+                    error = exc
+                else:
+                    failure = f"{damage}; loading said {type(exc).__name__}: {exc}"
+        if par.any(error is not None):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"another process failed to load {ckpt} (its log has the error); "
+                               "no checkpoint was set aside")
         if not par.any(failure is not None):
             log(f"resuming training from {ckpt} (step {step})")
             return session, state
