@@ -19,6 +19,7 @@ Memory is bounded by a batch of documents, not by the task or the corpus.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 
 from fmforge.config import DataConfig
 from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
+from fmforge.data.listing import is_url
 from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import InputProblems
 from fmforge.data.sources import open_reader
@@ -114,6 +116,28 @@ class _BatchedParquet:
             self._ctx.__exit__(RuntimeError, err, None)
 
 
+def _documents_of(reader, file, problems: InputProblems):
+    """The reader's documents of ``file``; a file listed at the start of the stage
+    and gone when its turn comes (deleted or moved meanwhile) is a counted input
+    problem, like a missing path: the stage goes on (``data.strict`` stops), and
+    the data card names the file."""
+    docs = reader.read_file(file)
+    try:
+        first = next(docs)  # readers open their file before the first document
+    except StopIteration:
+        return
+    except FileNotFoundError as e:
+        if not is_url(file.path) and os.path.exists(file.path):
+            raise  # something else is missing: not this file's problem
+        problems.report("vanished_file", file.path,
+                        f"listed when the stage started but gone when it was read (deleted or moved "
+                        f"meanwhile: {e.strerror}); its documents are not in this run: restore it "
+                        "and rerun with --force, or leave it out on purpose")
+        return
+    yield first
+    yield from docs
+
+
 def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Run phase 1 for one task (a top-level function: it travels to workers)."""
     data = DataConfig.model_validate(payload["data"])
@@ -147,7 +171,7 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
     try:
         for file in task.files:
             counts["files_read"] += 1
-            for doc in reader.read_file(file):
+            for doc in _documents_of(reader, file, problems):
                 counts["documents_read"] += 1
                 doc.text, surrogates = replace_lone_surrogates(doc.text)
                 if surrogates:

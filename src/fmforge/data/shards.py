@@ -10,12 +10,14 @@ so a reader never holds more than a batch of text in memory.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fmforge.data.errors import DataError
 from fmforge.rundir import read_json_artifact
 
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -76,22 +78,42 @@ def list_shards(path: str | Path, split: str) -> list[Path]:
     return sorted(path.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9].parquet"))
 
 
+class DamagedShardError(DataError):
+    """A shard of a completed data directory that cannot be read."""
+
+
+@contextmanager
+def reading_shard(shard: str | Path) -> Iterator[None]:
+    """Turn a read error of a data-stage shard into a message naming the shard and
+    the way out. A shard is rebuilt, not skipped: skipping would change the
+    corpus behind the user's back, and the data stage makes the same shard again."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        raise DamagedShardError(
+            f"{shard} is damaged or missing ({e}); it is the data stage's output, so rebuild it "
+            "with `fmforge data CONFIG --force` (the later stages then rerun on the new shards)"
+        ) from e
+
+
 def iter_split_records(
     path: str | Path, split: str, columns: tuple[str, ...] = ("id", "text", "source"), batch_size: int = 1024
 ) -> Iterator[dict[str, Any]]:
     """Rows of ``split`` as dicts, read shard by shard in batches."""
     for shard in list_shards(path, split):
-        pf = pq.ParquetFile(shard)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=list(columns)):
-            yield from batch.to_pylist()
+        with reading_shard(shard):
+            pf = pq.ParquetFile(shard)
+            for batch in pf.iter_batches(batch_size=batch_size, columns=list(columns)):
+                yield from batch.to_pylist()
 
 
 def iter_split_texts(path: str | Path, split: str, batch_size: int = 1024) -> Iterator[str]:
     """The ``text`` column of ``split``, in shard order, read in batches."""
     for shard in list_shards(path, split):
-        pf = pq.ParquetFile(shard)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=["text"]):
-            yield from batch.column(0).to_pylist()
+        with reading_shard(shard):
+            pf = pq.ParquetFile(shard)
+            for batch in pf.iter_batches(batch_size=batch_size, columns=["text"]):
+                yield from batch.column(0).to_pylist()
 
 
 def read_data_card(path: str | Path) -> dict[str, Any]:
