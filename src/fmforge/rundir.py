@@ -18,6 +18,9 @@ from typing import Any, Iterator
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it into
+    place and fsync the directory, so a power cut leaves the old file or the new
+    one under its name, never an empty one or none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,6 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)  # the rename itself, or stages.json may vanish at a power cut
 
 
 def atomic_write_text(path: Path, text: str) -> None:
