@@ -127,3 +127,24 @@ def test_a_crashed_holder_leaves_no_stuck_lock(tmp_path):
     assert "crash" in (tmp_path / ".lock").read_text()
     with run_lock(tmp_path, "next"):  # the kernel released the dead process's lock
         assert "next" in (tmp_path / ".lock").read_text()
+
+
+def test_fp16_with_its_gradient_scaler_also_stops_a_diverged_run(tmp_path, make_tiny_config, monkeypatch):
+    """Under float16 the gradient scaler skips overflowing steps and halves its
+    scale; an overflow that a lower scale cannot cure (here every gradient is
+    infinite from step 5 on) must still stop the run, as in float32 and bf16.
+    Float16 training needs CUDA, so the trainer is told it has float16 here:
+    the scaler itself runs on the CPU."""
+    _inject_infinite_gradient(monkeypatch, at_steps=set(range(5, 1000)))
+    monkeypatch.setattr(loop, "resolve_dtype", lambda device, cfg: "float16")
+    cfg = load_config(_config(tmp_path, make_tiny_config, max_steps=60, checkpoint_every=4,
+                              eval_every=1000, max_skipped_steps=3, warmup_steps=2))
+    with pytest.raises(loop.TrainingDiverged, match="3 consecutive steps"):
+        run_pipeline(cfg)
+    records = read_metrics(Path(cfg.run_dir) / "metrics.jsonl")
+    skipped = [r["step"] for r in records if r.get("skipped")]
+    # The scaler halves its scale of 2^16 at each overflow: 16 overflows bring it to
+    # 1, after which 3 more count as divergence.
+    assert skipped == list(range(5, 5 + 16 + 3))
+    steps = [s for s, _ in list_checkpoints(Path(cfg.run_dir) / "checkpoints")]
+    assert steps and steps[-1] <= 20  # the last good weights are kept; training stopped early

@@ -257,7 +257,9 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
     # FSDP's mixed-precision policy computes in bf16 itself; autocast is for the rest.
     use_autocast = not (par.mode == "fsdp" and dtype == "bfloat16")
     amp = lambda: autocast(device, tcfg) if use_autocast else torch.autocast(device.type, enabled=False)  # noqa: E731
-    scaler = torch.amp.GradScaler("cuda") if dtype == "float16" else None
+    # float16 needs CUDA in training (resolve_dtype refuses it elsewhere); the scaler
+    # follows the device so that its logic is the same wherever it runs.
+    scaler = torch.amp.GradScaler(device.type) if dtype == "float16" else None
 
     budget = StepBudget(run, tcfg, lineage, par, fresh=fresh)
     session, state = _resume(run, lambda: _Session(cfg, par, dtype), par, lineage,
@@ -351,6 +353,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                 grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
                 loss_value = par.mean(loss_sum / accum)
                 finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+                scale = scaler.get_scale() if scaler else None  # the scale of this step's backward
                 if finite:
                     # Checked before the step: a non-finite gradient never reaches the weights.
                     if scaler:
@@ -360,7 +363,12 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                     consecutive_skips = 0
                 else:
                     skipped_total += 1
-                    consecutive_skips += 1
+                    # Under float16 an overflowing step is the scaler calibrating: it skips
+                    # the step and halves its scale. That counts toward divergence only
+                    # when no scale can cure it: the loss itself is not finite, or the
+                    # gradient overflows even at a scale of 1 or less.
+                    if scale is None or not math.isfinite(loss_value) or scale <= 1.0:
+                        consecutive_skips += 1
                 if scaler:
                     scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -380,11 +388,15 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                               "loss": loss_value if math.isfinite(loss_value) else None,
                               "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                               "skipped_steps": skipped_total, "lr": lr}
+                    if scale is not None:
+                        record["loss_scale"] = scale
                     metrics.append(record)
                     board.add(done, {"skipped_steps": skipped_total})
                     log(f"[yellow]step {done}: non-finite {bad}, step skipped (weights and "
-                        f"optimizer unchanged; {consecutive_skips} in a row)[/yellow]")
-                    if consecutive_skips >= tcfg.max_skipped_steps and not scaler:
+                        f"optimizer unchanged; {consecutive_skips} in a row"
+                        + (f"; float16 loss scale {scale:g}, halved" if scale is not None else "")
+                        + ")[/yellow]")
+                    if consecutive_skips >= tcfg.max_skipped_steps:
                         raise TrainingDiverged(
                             f"{consecutive_skips} consecutive steps had a non-finite loss or "
                             f"gradient (up to step {done}): lower train.lr, raise "
