@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmforge.config import RunConfig
-from fmforge.data.shards import list_shards
+from fmforge.data.shards import list_shards, reading_shard
 from fmforge.progress import log, progress_bar
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json, fingerprint
 from fmforge.tokenizer.load import load_tokenizer, special_token_names
@@ -79,7 +79,8 @@ def _units(data_dir: Path) -> list[dict[str, Any]]:
     units = []
     for split in SPLITS:
         for shard in list_shards(data_dir, split):
-            groups = pq.ParquetFile(shard).metadata.num_row_groups
+            with reading_shard(shard):
+                groups = pq.ParquetFile(shard).metadata.num_row_groups
             for start in range(0, groups, ROW_GROUPS_PER_UNIT):
                 units.append({"split": split, "shard": str(shard),
                               "row_groups": list(range(start, min(groups, start + ROW_GROUPS_PER_UNIT)))})
@@ -144,12 +145,14 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
     tok = load_tokenizer(run, raw_text=True)
     eos, dtype = payload["eos_id"], np.dtype(payload["dtype"])
     source_index = {s: i for i, s in enumerate(payload["sources"])}
-    pf = pq.ParquetFile(payload["shard"])
+    with reading_shard(payload["shard"]):
+        pf = pq.ParquetFile(payload["shard"])
     i = payload["index"]
     lengths, srcs, nbytes = [], [], []
     with open(work / f"{i:05d}.bin.tmp", "wb") as out:
         for g in payload["row_groups"]:
-            table = pf.read_row_group(g, columns=["text", "source"])
+            with reading_shard(payload["shard"]):
+                table = pf.read_row_group(g, columns=["text", "source"])
             texts = table.column("text").to_pylist()
             nbytes.append(pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64))
             srcs.append(np.array([source_index[s] for s in table.column("source").to_pylist()], dtype=np.uint16))
