@@ -37,3 +37,21 @@ def test_bits_per_byte_matches_a_manual_computation():
     assert res.bytes == int(token_bytes[tokens[1:]].sum())
     assert math.isclose(res.bits_per_byte, nats / math.log(2) / res.bytes, rel_tol=1e-5)
     assert math.isclose(res.perplexity, math.exp(nats / 36), rel_tol=1e-5)
+
+
+def test_validation_windows_spread_over_the_whole_split_in_proportion():
+    from fmforge.model.scoring import spread_starts
+
+    seq_len, count = 16, 40
+    # Two sources back to back, 1 : 3 by tokens (as the val split orders them).
+    n_tokens = 4000 * seq_len + 1
+    starts = spread_starts(n_tokens, seq_len, count, seed=3)
+    assert len(starts) == count and len(set(starts.tolist())) == count
+    assert all(s % seq_len == 0 and s + seq_len + 1 <= n_tokens for s in starts)
+    first_source = int((starts < 1000 * seq_len).sum())
+    assert first_source == 10  # a quarter of the windows from a quarter of the tokens
+    # The same windows every time (every validation of a run), others for another seed.
+    assert np.array_equal(starts, spread_starts(n_tokens, seq_len, count, seed=3))
+    assert not np.array_equal(starts, spread_starts(n_tokens, seq_len, count, seed=4))
+    # A split with fewer windows than asked for is scored whole.
+    assert spread_starts(10 * seq_len + 1, seq_len, count, seed=3) is None

@@ -65,6 +65,23 @@ def sequential_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None 
         pos = end - 1
 
 
+def spread_starts(n_tokens: int, seq_len: int, count: int, seed: int) -> np.ndarray | None:
+    """Start positions of ``count`` non-overlapping windows of ``seq_len + 1`` tokens
+    spread over a whole split of ``n_tokens``: the split's windows are cut into
+    ``count`` equal runs and one window is drawn from each with ``seed``. Every
+    part of the split (every source, in whatever order the split holds them) gets
+    windows in proportion to its length, and the same seed gives the same windows
+    at every call, so validations during a run are comparable. None when the
+    split has no more windows than ``count``: score it whole."""
+    n_windows = (n_tokens - 1) // seq_len
+    if n_windows <= count:
+        return None
+    edges = (np.arange(count + 1) * n_windows) // count
+    rng = np.random.default_rng([seed, 0x5EED])
+    picks = edges[:-1] + (rng.random(count) * (edges[1:] - edges[:-1])).astype(np.int64)
+    return picks * seq_len
+
+
 def sliding_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None,
                     max_tokens: int | None = None):
     """Windows of ``seq_len`` inputs starting every ``stride`` tokens (None or
@@ -88,12 +105,13 @@ def sliding_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None,
 def score_tokens(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
                  device: torch.device, max_tokens: int | None = None,
                  token_bytes: np.ndarray | None = None, autocast=None,
-                 stride: int | None = None) -> TokenScore:
+                 stride: int | None = None, starts: np.ndarray | None = None) -> TokenScore:
     """Score ``tokens`` (at most ``max_tokens`` predictions) in windows of
     ``seq_len``, ``batch_size`` windows at a time. ``token_bytes[id]`` gives the
     bytes of each id for bits per byte; ``autocast`` is a context factory (None:
     full float32, the exact figure); ``stride`` < ``seq_len`` slides the window
-    (see the module docstring)."""
+    (see the module docstring); ``starts`` scores only the windows beginning
+    there (``spread_starts``: a sample of the split), each in full."""
     was_training = model.training
     model.eval()
     nats, count, n_bytes = 0.0, 0, 0
@@ -119,8 +137,13 @@ def score_tokens(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch
             n_bytes += int(token_bytes[kept].sum())
         pending.clear()
 
+    if starts is not None:
+        windows = ((w[:-1], w[1:], len(w) - 1) for w in
+                   (np.asarray(tokens[s: s + seq_len + 1], dtype=np.int64) for s in starts))
+    else:
+        windows = sliding_windows(tokens, seq_len, stride, max_tokens)
     try:
-        for inputs, targets, scored in sliding_windows(tokens, seq_len, stride, max_tokens):
+        for inputs, targets, scored in windows:
             if pending and len(inputs) != len(pending[0][0]):
                 flush()
             pending.append((inputs, targets, scored))

@@ -22,7 +22,7 @@ import torch
 from fmforge.config import RunConfig
 from fmforge.hardware import HardwareError, device_peak_flops
 from fmforge.model.counting import count_parameters, flops_per_token
-from fmforge.model.scoring import score_tokens
+from fmforge.model.scoring import score_tokens, spread_starts
 from fmforge.model.transformer import Transformer
 from fmforge.progress import log, progress_bar
 from fmforge.rundir import RunDir
@@ -310,12 +310,17 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                                 tcfg.keep_checkpoints, protect)
             par.barrier()
 
+    # The same windows at every validation, spread over the whole held-out split
+    # (every source in proportion), not its first batches: the curve then tracks
+    # the loss the eval stage measures on all of it.
+    val_starts = spread_starts(len(val_tokens), mcfg.seq_len,
+                               tcfg.eval_batches * tcfg.micro_batch_size, cfg.seed)
+
     def validate() -> dict:
         if len(val_tokens) < 2:
             return {}
         res = score_tokens(model if par.mode == "fsdp" else raw, val_tokens, mcfg.seq_len,
-                           tcfg.micro_batch_size, device,
-                           max_tokens=tcfg.eval_batches * tcfg.micro_batch_size * mcfg.seq_len,
+                           tcfg.micro_batch_size, device, starts=val_starts,
                            token_bytes=token_bytes, autocast=amp)
         out = {"val_loss": round(res.loss, 5)}
         if res.bits_per_byte is not None:  # unknown is absent, never a misleading 0
