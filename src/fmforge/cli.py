@@ -71,10 +71,10 @@ def _fmt(v) -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that carry a message a user can act on: printed, never a traceback."""
     from fmforge.pipeline import StageOrderError
-    from fmforge.rundir import RunLockedError
+    from fmforge.rundir import RunDirWriteError, RunLockedError
 
     errors: tuple[type[BaseException], ...] = (StageOrderError, FileNotFoundError, ValueError,
-                                               RunLockedError)
+                                               RunLockedError, RunDirWriteError)
     if "fmforge.train.loop" in sys.modules:  # only a training stage can diverge
         errors += (sys.modules["fmforge.train.loop"].TrainingDiverged,)
     return errors
@@ -89,9 +89,16 @@ def _reported(rerun: str):
     except KeyboardInterrupt as exc:
         _fail(f"interrupted: {exc}. Rerun {rerun} to resume.", code=130)
     except Exception as exc:
-        if not isinstance(exc, _user_errors()):
+        if isinstance(exc, _user_errors()):
+            _fail(str(exc))
+        from fmforge.rundir import storage_advice, storage_errno
+
+        code = storage_errno(exc)
+        if code is None:
             raise
-        _fail(str(exc))
+        # A full, read-only or forbidden disk: the user's to fix, not a bug of ours.
+        where = getattr(exc, "filename", None) or "the run directory"
+        _fail(f"cannot write {where}: {storage_advice(code, where)}; then rerun {rerun}")
 
 
 def _needs_data(cfg, config: Path) -> None:

@@ -7,6 +7,7 @@ complete, so a killed stage never leaves a half-written file a later stage trust
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,48 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+
+class RunDirWriteError(OSError):
+    """A run directory (or another output) could not be written: the disk is
+    full, the file system is read-only, or permission is denied. Carries a
+    message that says where and what to do; nothing half-written is kept."""
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+# Libraries that write from native code lose the errno but keep its text.
+_STORAGE_TEXTS = {"no space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
+                  "disk quota exceeded": errno.EDQUOT, "read-only file system": errno.EROFS,
+                  "os error 30": errno.EROFS}
+
+
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of a full, read-only or forbidden disk behind ``exc`` (or any
+    exception it was raised from), else None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        code = getattr(exc, "errno", None)
+        if code in _STORAGE_ERRNOS:
+            return code
+        text = str(exc).lower()
+        for needle, code in _STORAGE_TEXTS.items():
+            if needle in text:
+                return code
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def storage_advice(code: int, where: Path | str) -> str:
+    """What a user does about a storage errno at ``where``."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"{_STORAGE_ERRNOS[code]} on the disk holding {where}: free space there (or set out_dir elsewhere)"
+    if code == errno.EROFS:
+        return (f"{where} is on a read-only file system: reading commands (generate, serve, "
+                "export) work there; to train or evaluate, copy the run to a writable place "
+                "or set out_dir")
+    return f"permission denied writing {where}: make it writable for this user or set out_dir"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

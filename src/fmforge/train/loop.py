@@ -25,7 +25,7 @@ from fmforge.model.counting import count_parameters, flops_per_token
 from fmforge.model.scoring import score_tokens, spread_starts
 from fmforge.model.transformer import Transformer
 from fmforge.progress import log, progress_bar
-from fmforge.rundir import RunDir
+from fmforge.rundir import RunDir, RunDirWriteError, storage_advice, storage_errno
 from fmforge.tokenizer.load import load_tokenizer, token_byte_lengths
 from fmforge.tokenizer.tokens import load_meta, open_tokens
 from fmforge.train.budget import StepBudget
@@ -301,14 +301,26 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                  # The architecture travels with the weights, so loading never depends
                  # on a config.yaml that a later command may have rewritten.
                  "model": mcfg.model_dump(mode="json")}
-        if par.mode == "fsdp":
-            save_sharded_checkpoint(run.checkpoints, step, model, optimizer, state,
-                                    tcfg.keep_checkpoints, par.is_main, par.barrier, protect)
-        else:
-            if par.is_main:
-                save_checkpoint(run.checkpoints, step, raw, optimizer, state,
-                                tcfg.keep_checkpoints, protect)
-            par.barrier()
+        try:
+            if par.mode == "fsdp":
+                save_sharded_checkpoint(run.checkpoints, step, model, optimizer, state,
+                                        tcfg.keep_checkpoints, par.is_main, par.barrier, protect)
+            else:
+                if par.is_main:
+                    save_checkpoint(run.checkpoints, step, raw, optimizer, state,
+                                    tcfg.keep_checkpoints, protect)
+                par.barrier()
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            code = storage_errno(exc) or _full_disk(run.checkpoints)
+            if code is None:
+                raise
+            raise RunDirWriteError(
+                code, f"{storage_advice(code, run.checkpoints)}. The checkpoint of step {step} was "
+                f"not written (nothing half-written is left); rerun the same command once that is "
+                f"fixed: training resumes from step {last_saved}"
+                + ("" if last_saved else " (the start)")) from exc
 
     # The same windows at every validation, spread over the whole held-out split
     # (every source in proportion), not its first batches: the curve then tracks
@@ -465,6 +477,18 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
         "epochs": round(loader.epoch_at(budget.max_steps), 3),
         "last_checkpoint": last_saved,
     }
+
+
+def _full_disk(where: Path) -> int | None:
+    """ENOSPC when the disk under ``where`` has (almost) no room left: torch.save
+    reports a full disk only as "unexpected pos", without its errno."""
+    import errno
+
+    try:
+        free = shutil.disk_usage(where if where.exists() else where.parent).free
+    except OSError:
+        return None
+    return errno.ENOSPC if free < (1 << 20) else None
 
 
 def _nullcontext():
