@@ -26,13 +26,9 @@ CFG = MinHashConfig()
 
 
 def _keys(texts: list[str], hasher: MinHasher | None) -> np.ndarray:
-    """What the stage passes per document: band keys then the exact key."""
-    exact = np.array(
-        [[int.from_bytes(content_digest(t.encode())[:8], "little")] for t in texts], dtype=np.uint64
-    )
-    if hasher is None:
-        return exact
-    return np.concatenate([hasher.band_keys_batch(texts), exact], axis=1)
+    """The keys the stage passes per document, built by the stage's own builder
+    from the digests the stage computes."""
+    return dedup_keys(texts, [content_digest(t.encode()) for t in texts], hasher)
 
 
 def _dedup(tmp: Path | str, tasks: list[list[str]], partitions: int = 4, exact_only: bool = False, **kw):

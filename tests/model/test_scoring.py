@@ -7,15 +7,22 @@ import torch
 
 from fmforge.config import ModelConfig
 from fmforge.model.transformer import Transformer
-from fmforge.model.scoring import score_tokens, sequential_windows
+from fmforge.model.scoring import score_tokens, sliding_windows
 
 
 def test_every_token_but_the_first_is_scored_once():
     tokens = np.arange(100)
-    targets = np.concatenate([t for _, t in sequential_windows(tokens, seq_len=16)])
-    assert targets.tolist() == list(range(1, 100))
-    limited = np.concatenate([t for _, t in sequential_windows(tokens, 16, max_tokens=40)])
-    assert limited.tolist() == list(range(1, 41))
+    for stride in (None, 16, 5, 1):
+        windows = list(sliding_windows(tokens, seq_len=16, stride=stride))
+        scored = np.concatenate([t[len(t) - n:] for _, t, n in windows])
+        assert scored.tolist() == list(range(1, 100)), stride
+        # every window's inputs are the tokens before its targets, at most 16 of them
+        assert all(len(x) <= 16 and np.array_equal(x + 1, t) for x, t, _ in windows)
+    limited = list(sliding_windows(tokens, 16, max_tokens=40))
+    assert np.concatenate([t for _, t, _ in limited]).tolist() == list(range(1, 41))
+    # with a stride of 4, every target after the first window sees at least 12 tokens
+    for x, t, n in list(sliding_windows(tokens, 16, stride=4))[1:]:
+        assert len(x) - n >= 12
 
 
 def test_bits_per_byte_matches_a_manual_computation():
@@ -28,7 +35,11 @@ def test_bits_per_byte_matches_a_manual_computation():
                        token_bytes=token_bytes)
     with torch.no_grad():
         nats = 0.0
-        for x, y in sequential_windows(tokens, 8):
+        # by hand: windows of 8 inputs at 0, 8, 16, ...; the last one shorter
+        for start in range(0, 36, 8):
+            x = tokens[start: start + 8]
+            y = tokens[start + 1: start + 9]
+            x = x[: len(y)]
             logits = model(torch.from_numpy(x)[None])[0]
             nats += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y),
                                                             reduction="sum"))

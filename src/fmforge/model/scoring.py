@@ -52,19 +52,6 @@ class TokenScore:
                 "bits_per_byte": self.bits_per_byte}
 
 
-def sequential_windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None = None):
-    """Non-overlapping windows covering the split in order: every token but the
-    first is predicted exactly once. Yields (inputs, targets) as 1-D int64 arrays;
-    the last window may be shorter."""
-    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
-    pos = 0
-    while pos < n - 1:
-        end = min(pos + seq_len + 1, n)
-        chunk = np.asarray(tokens[pos:end], dtype=np.int64)
-        yield chunk[:-1], chunk[1:]
-        pos = end - 1
-
-
 def spread_starts(n_tokens: int, seq_len: int, count: int, seed: int) -> np.ndarray | None:
     """Start positions of ``count`` non-overlapping windows of ``seq_len + 1`` tokens
     spread over a whole split of ``n_tokens``: the split's windows are cut into
