@@ -30,6 +30,8 @@ import yaml
 from fmforge.rundir import read_metrics
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
+# The kill test launches torchrun (2 processes): also `dist`, so that runs which
+# cannot see into subprocesses (mutmut) leave it out.
 
 STEPS = 60
 TRAIN = {"max_steps": STEPS, "micro_batch_size": 2, "global_batch_tokens": 2 * 32 * 2,
@@ -112,6 +114,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+@pytest.mark.dist
 def test_kill_9_at_ten_random_moments_of_a_ddp_run_changes_no_loss(prepared):
     root, raw, reference = prepared
     cfg = _copy(root, raw, "killed", parallel="ddp")
