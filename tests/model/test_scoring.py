@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from fmforge.config import ModelConfig
@@ -66,3 +67,114 @@ def test_validation_windows_spread_over_the_whole_split_in_proportion():
     assert not np.array_equal(starts, spread_starts(n_tokens, seq_len, count, seed=4))
     # A split with fewer windows than asked for is scored whole.
     assert spread_starts(10 * seq_len + 1, seq_len, count, seed=3) is None
+
+
+def test_token_score_figures_by_hand():
+    from fmforge.model.scoring import TokenScore
+
+    s = TokenScore(nats=6.0, tokens=4, bytes=3)
+    assert s.loss == 1.5
+    assert math.isclose(s.perplexity, math.exp(1.5), rel_tol=1e-12)
+    assert math.isclose(s.bits_per_byte, 6.0 / math.log(2) / 3, rel_tol=1e-12)
+    assert s.to_dict() == {"nats": 6.0, "tokens": 4, "bytes": 3, "loss": 1.5,
+                           "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte}
+    assert TokenScore(nats=6.0, tokens=4, bytes=0).bits_per_byte is None  # bytes unknown
+    # A diverged model: perplexity is capped at e**700 instead of overflowing.
+    assert TokenScore(nats=1e6, tokens=1, bytes=1).perplexity == math.exp(700)
+    assert TokenScore(nats=699.0, tokens=1, bytes=1).perplexity == math.exp(699)
+
+
+def test_stride_bounds_and_their_message():
+    tokens = np.arange(20)
+    for bad in (0, -1, 9):
+        with pytest.raises(ValueError) as err:
+            list(sliding_windows(tokens, 8, stride=bad))
+        assert str(err.value) == f"stride must be in 1..8 (the window), got {bad}"
+    assert len(list(sliding_windows(tokens, 8, stride=8))) == 3
+    assert len(list(sliding_windows(tokens, 8, stride=1))) == 12  # 0..11: the 12th reaches the end
+    # Windows by hand for 20 tokens, seq_len 8, stride 4: starts 0, 4, 8, 12; targets
+    # 1-8 all new, then 9-12, 13-16, 17-19.
+    got = [(int(x[0]), len(x), n) for x, _, n in sliding_windows(tokens, 8, stride=4)]
+    assert got == [(0, 8, 8), (4, 8, 4), (8, 8, 4), (12, 7, 3)]
+    # max_tokens counts predictions: 10 targets, tokens 1..10.
+    got = [(t.tolist(), n) for _, t, n in sliding_windows(tokens, 8, max_tokens=10)]
+    assert got == [(list(range(1, 9)), 8), ([9, 10], 2)]
+    assert list(sliding_windows(np.arange(1), 8)) == []  # one token predicts nothing
+
+
+def test_spread_starts_at_the_boundary_and_by_hand():
+    from fmforge.model.scoring import spread_starts
+
+    # 10 windows of 4: exactly `count` windows is scored whole, one more is sampled.
+    assert spread_starts(4 * 10 + 1, 4, 10, seed=0) is None
+    starts = spread_starts(4 * 11 + 1, 4, 10, seed=0)
+    assert starts is not None and len(starts) == 10
+    # Runs of 11 windows cut into 10: edges 0,1,2,...,9,11; one draw from each run.
+    assert all(4 * i <= s <= 4 * (i + 1) for i, s in enumerate(starts[:9]))
+    assert starts[9] in (36, 40)
+    # 100 windows in 4 runs of 25: every start inside its own run, all different.
+    starts = spread_starts(5 * 100 + 1, 5, 4, seed=1)
+    assert [int(s) // 5 // 25 for s in starts] == [0, 1, 2, 3]
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2, seq_len=8))
+
+
+def _nll(model, x, y):
+    with torch.no_grad():
+        logits = model(torch.as_tensor(x, dtype=torch.int64)[None])[0]
+        return float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(y, dtype=torch.int64),
+                                                       reduction="sum"))
+
+
+def test_score_tokens_with_starts_a_stride_autocast_and_training_mode_by_hand():
+    model = _tiny_model()
+    tokens = np.random.default_rng(1).integers(0, 50, size=40)
+    cpu = torch.device("cpu")
+    # starts: exactly those windows, each in full.
+    res = score_tokens(model, tokens, 8, batch_size=2, device=cpu, starts=np.array([0, 16, 24]))
+    want = sum(_nll(model, tokens[s:s + 8], tokens[s + 1:s + 9]) for s in (0, 16, 24))
+    assert res.tokens == 24 and math.isclose(res.nats, want, rel_tol=1e-5)
+    assert res.bytes == 0
+    # stride 4 over 21 tokens (20 targets): the window at 4 scores only its last 4 targets.
+    short = tokens[:21]
+    res = score_tokens(model, short, 8, batch_size=8, device=cpu, stride=4)
+    want = _nll(model, short[0:8], short[1:9])
+    for s in (4, 8, 12):
+        x, y = short[s:s + 8], short[s + 1:s + 9]
+        n = 4  # targets 9-12, 13-16, 17-20
+        with torch.no_grad():
+            logits = model(torch.as_tensor(x, dtype=torch.int64)[None])[0]
+        want += float(torch.nn.functional.cross_entropy(
+            logits[len(y) - n:len(y)], torch.as_tensor(y[len(y) - n:], dtype=torch.int64), reduction="sum"))
+    assert res.tokens == 20 and math.isclose(res.nats, want, rel_tol=1e-5)
+    # batch size 1 and a batch of everything agree (a batch flushes when the length changes).
+    a = score_tokens(model, tokens[:30], 8, batch_size=1, device=cpu)
+    b = score_tokens(model, tokens[:30], 8, batch_size=64, device=cpu)
+    assert a.tokens == b.tokens == 29 and math.isclose(a.nats, b.nats, rel_tol=1e-5)
+    # max_tokens
+    assert score_tokens(model, tokens, 8, batch_size=4, device=cpu, max_tokens=11).tokens == 11
+    # The autocast factory is entered once per batch; the model's mode is put back.
+    entered = []
+
+    class Ctx:
+        def __enter__(self):
+            entered.append(model.training)
+
+        def __exit__(self, *exc):
+            return False
+
+    model.train()
+    score_tokens(model, tokens[:17], 8, batch_size=1, device=cpu, autocast=Ctx)
+    assert entered == [False, False] and model.training
+    model.eval()
+    score_tokens(model, tokens[:17], 8, batch_size=1, device=cpu)
+    assert not model.training
+
+
+def test_nothing_to_score_is_an_error_naming_the_setting():
+    with pytest.raises(ValueError) as err:
+        score_tokens(_tiny_model(), np.arange(1), 8, batch_size=2, device=torch.device("cpu"))
+    assert str(err.value) == "the held-out split has no tokens to evaluate: raise data.val_fraction"

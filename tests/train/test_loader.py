@@ -3,6 +3,7 @@ same batches whatever the number of processes."""
 
 import numpy as np
 import pytest
+import torch
 
 from fmforge.train.loader import EpochWindowLoader
 
@@ -66,3 +67,54 @@ def test_ranks_split_the_global_batch_of_a_single_process_run(world):
 def test_a_split_shorter_than_one_window_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one window"):
         EpochWindowLoader(np.arange(8), seq_len=8, micro_batch=1, grad_accum=1, seed=0)
+
+
+def test_window_count_batch_contents_and_epoch_fraction_by_hand():
+    # 8·3 + 1 tokens: exactly 3 windows; one more token does not make a fourth.
+    for n, windows in ((8 * 3 + 1, 3), (8 * 3 + 8, 3), (8 * 4 + 1, 4), (9, 1)):
+        assert EpochWindowLoader(np.arange(n), 8, 1, 1, seed=0).n_windows == windows, n
+    tokens = np.arange(1000, 1000 + 8 * 6 + 1)  # values unlike their positions
+    loader = EpochWindowLoader(tokens, seq_len=8, micro_batch=2, grad_accum=3, seed=5)
+    assert loader.global_batch == 6
+    assert loader.epoch_at(0) == 0.0 and loader.epoch_at(1) == 1.0 and loader.epoch_at(3) == 3.0
+    half = EpochWindowLoader(tokens, seq_len=8, micro_batch=3, grad_accum=1, seed=5)
+    assert half.epoch_at(1) == 0.5 and half.epoch_at(5) == 2.5
+    order = loader.order(0)
+    assert sorted(order.tolist()) == list(range(6))
+    x, y = loader.batch(0, 1)  # micro-step 1 holds samples 2 and 3 of the epoch
+    assert x.dtype == torch.int64 and y.dtype == torch.int64
+    assert x.shape == (2, 8) and y.shape == (2, 8)
+    for row, w in enumerate(order[2:4]):
+        start = int(w) * 8
+        assert x[row].tolist() == list(range(1000 + start, 1000 + start + 8))
+        assert y[row].tolist() == list(range(1001 + start, 1001 + start + 8))
+    # Step 1 starts the second epoch, in that epoch's own order.
+    x, _ = loader.batch(1, 0)
+    assert [int(v) - 1000 for v in x[:, 0]] == [int(w) * 8 for w in loader.order(1)[:2]]
+    # Asking for epoch 0 again after epoch 1 gives epoch 0's order back (not a cached one).
+    assert np.array_equal(loader.order(0), order)
+    assert loader.sample_windows(5, 3).tolist() == [int(order[5]), *loader.order(1)[:2].tolist()]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_holds_its_slice_of_the_step_in_rank_major_order(world):
+    """Rank r's micro-step m is the single-process run's micro-step r·accum + m, window
+    for window: the documented layout, not only the same set of windows."""
+    tokens = np.arange(4 * 61 + 1)
+    accum = 2
+    single = EpochWindowLoader(tokens, 4, micro_batch=3, grad_accum=world * accum, seed=9)
+    for step in (0, 1, 7):
+        for rank in range(world):
+            r = EpochWindowLoader(tokens, 4, micro_batch=3, grad_accum=accum, seed=9, rank=rank,
+                                  world_size=world)
+            assert r.global_batch == single.global_batch
+            for m in range(accum):
+                assert np.array_equal(r.batch(step, m)[0].numpy(),
+                                      single.batch(step, rank * accum + m)[0].numpy()), (step, rank, m)
+
+
+def test_the_short_split_error_names_the_sizes_and_the_fix():
+    with pytest.raises(ValueError) as err:
+        EpochWindowLoader(np.arange(8), seq_len=8, micro_batch=1, grad_accum=1, seed=0)
+    assert str(err.value) == ("the training split has 8 tokens, fewer than one window of "
+                              "model.seq_len+1=9: add data or lower model.seq_len")
