@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean llama-cpp
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/fmforge run configs/demo.yaml
 
-test: setup
+test: setup llama-cpp
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -33,6 +33,54 @@ bench: setup
 	$(BIN)/python benchmarks/plan_vs_measured.py --preset tiny
 	$(BIN)/python benchmarks/plan_vs_measured.py --preset small
 	$(BIN)/python benchmarks/bench_train.py
+
+# llama.cpp's Python binding, for the GGUF export's check against llama.cpp itself
+# (tests/export/test_gguf.py) and the CPU anchor in benchmarks/bench_generate.py.
+# PyPI has only its source: the first `make llama-cpp` compiles llama.cpp (7 minutes
+# on 2 busy cores, 6.7 CPU-minutes) into a wheel cached outside the clone, in
+# $XDG_CACHE_HOME (~/.cache)/fmforge/wheels; a new .venv installs that wheel in
+# seconds, an up-to-date one does nothing. `make test` builds it first, so CI (a
+# fresh machine, no cache) checks every GGUF export against llama.cpp; `make
+# test-fast` does not, and skips those checks. The build is -march=native
+# (GGML_NATIVE), so the cache is keyed by the CPU's instruction-set flags and the
+# CMake options: a cache shared between machines never hands one a wheel built for
+# instructions it lacks. The multimodal library (mtmd) and llama.cpp's tests, tools,
+# examples and server are not built. On x86 the AMX int8 kernels are left out
+# (-mno-amx-int8; the rest of -march=native stays): on Sapphire Rapids they segfault
+# on any Q8_0 matrix, ours or one llama.cpp quantised itself (llama.cpp issue
+# 20824); f32 and f16 never use them.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+	$(if $(filter x86_64 amd64,$(shell uname -m)),-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
+WHEEL_CACHE := $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/fmforge/wheels
+LLAMA_CPP_KEY := $(shell { uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || sysctl -n machdep.cpu.features 2>/dev/null; echo '$(LLAMA_CPP_CMAKE_ARGS)'; } | cksum | cut -d' ' -f1)
+LLAMA_CPP_WHEELS := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_CPP_KEY)
+
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION)-$(LLAMA_CPP_KEY)
+
+llama-cpp: $(LLAMA_CPP_STAMP)
+
+$(LLAMA_CPP_STAMP): $(STAMP)
+	@if ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "llama-cpp-python $(LLAMA_CPP_VERSION): cached wheel in $(LLAMA_CPP_WHEELS)"; \
+	else \
+		echo "llama-cpp-python $(LLAMA_CPP_VERSION): compiling llama.cpp into a wheel (about 7 minutes on 2 cores, once), cached in $(LLAMA_CPP_WHEELS)"; \
+		rm -rf '$(LLAMA_CPP_WHEELS).partial' && mkdir -p '$(LLAMA_CPP_WHEELS).partial' && \
+		echo "  (compiler output: $(LLAMA_CPP_WHEELS).partial/build.log, kept beside the wheel)"; \
+		CMAKE_ARGS='$(LLAMA_CPP_CMAKE_ARGS)' $(BIN)/python -m pip wheel --verbose --no-deps \
+			--no-binary llama-cpp-python -w '$(LLAMA_CPP_WHEELS).partial' \
+			'llama-cpp-python==$(LLAMA_CPP_VERSION)' > '$(LLAMA_CPP_WHEELS).partial/build.log' 2>&1 \
+			|| { tail -n 40 '$(LLAMA_CPP_WHEELS).partial/build.log'; \
+			     echo "llama-cpp-python did not build; full log: $(LLAMA_CPP_WHEELS).partial/build.log"; exit 1; } && \
+		rm -rf '$(LLAMA_CPP_WHEELS)' && mv '$(LLAMA_CPP_WHEELS).partial' '$(LLAMA_CPP_WHEELS)'; \
+	fi
+	# --force-reinstall: the same version built with other options is another wheel.
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(BIN)/python -m pip install --quiet $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(BIN)/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'installed in $(VENV):', llama_cpp.llama_print_system_info().decode().strip())"
+	rm -f $(VENV)/.llama-cpp-*
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,5 +1,7 @@
 """Tiny trained runs to export: tied embeddings with grouped-query attention, and an
-untied head with plain multi-head attention and another rope base."""
+untied head with plain multi-head attention and another rope base; each briefly
+trained (tiny_runs) or trained until its choices are decisive (decisive_runs), and
+one with GPT-2's split instead of GPT-4's."""
 
 from __future__ import annotations
 
@@ -17,19 +19,35 @@ SHAPES = {
 }
 
 
+def train_run(tmp_path_factory, make_tiny_config, name: str, steps: int, batch: int,
+              **sections) -> RunDir:
+    """A run of SHAPES[name] trained for ``steps`` with a window of 64 tokens, room
+    for a prompt and 30 greedy tokens."""
+    model = {**SHAPES[name], "n_layers": 2, "seq_len": 64, **sections.pop("model", {})}
+    raw = make_tiny_config(tmp_path_factory.mktemp(name), model=model,
+                           train={"max_steps": steps, "checkpoint_every": steps,
+                                  "eval_every": steps, "micro_batch_size": batch}, **sections)
+    run, _ = run_pipeline(config_from_dict(raw), stages=("data", "tokenizer", "tokenize", "train"))
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, make_tiny_config) -> dict[str, RunDir]:
-    """Trained for a few steps (so the weights are not their initial values) with a
-    window of 64 tokens, room for a prompt and 30 greedy tokens."""
-    runs = {}
-    for name, model in SHAPES.items():
-        raw = make_tiny_config(tmp_path_factory.mktemp(name),
-                               model={**model, "n_layers": 2, "seq_len": 64},
-                               train={"max_steps": 12, "checkpoint_every": 12, "eval_every": 12,
-                                      "micro_batch_size": 4})
-        run, _ = run_pipeline(config_from_dict(raw), stages=("data", "tokenizer", "tokenize", "train"))
-        runs[name] = run
-    return runs
+    """Trained for a few steps, so the weights are not their initial values."""
+    return {name: train_run(tmp_path_factory, make_tiny_config, name, 12, 4) for name in SHAPES}
+
+
+@pytest.fixture(scope="session")
+def decisive_runs(tmp_path_factory, make_tiny_config) -> dict[str, RunDir]:
+    """The same shapes trained for 200 steps (about 10 s each): their logits span
+    about ±8 instead of ±1, so a greedy choice is seldom a near-tie, and comparing
+    another engine's greedy tokens and logits with ours has teeth."""
+    return {name: train_run(tmp_path_factory, make_tiny_config, name, 200, 8) for name in SHAPES}
+
+
+@pytest.fixture(params=list(SHAPES))
+def decisive_run(request, decisive_runs) -> RunDir:
+    return decisive_runs[request.param]
 
 
 @pytest.fixture(params=list(SHAPES))
@@ -50,3 +68,17 @@ def greedy():
         return ids[-n:]
 
     return decode
+
+
+@pytest.fixture(scope="session")
+def gpt2_split_run(tmp_path_factory, make_tiny_config) -> RunDir:
+    """A run whose tokenizer splits with GPT-2's pattern (``tokenizer.split: gpt2``)
+    instead of the default GPT-4 one: the export names each split differently."""
+    return train_run(tmp_path_factory, make_tiny_config, "gqa-tied", 12, 4,
+                     tokenizer={"split": "gpt2"})
+
+
+@pytest.fixture(params=["gpt4", "gpt2"])
+def split_run(request, tiny_runs, gpt2_split_run) -> tuple[str, RunDir]:
+    """(split, run) for each of fmforge's two byte-level splits."""
+    return request.param, tiny_runs["gqa-tied"] if request.param == "gpt4" else gpt2_split_run

@@ -9,7 +9,7 @@ Llama's: llama.cpp rotates adjacent pairs (2i, 2i+1) of a head, Hugging Face
 interleaved (the rotation commutes with the row order, since q·k sums over
 both). The tokenizer is stored as byte-level BPE (``tokenizer.ggml.model = "gpt2"``)
 with llama.cpp's pre-tokenizer of the same split: ``llama-bpe`` for the GPT-4
-split (``tokenizer.split: gpt4``, the default; Llama 3's regex), ``gpt2`` for
+split (``tokenizer.split: gpt4``, the default; Llama 3's regex), ``gpt-2`` for
 GPT-2's.
 
 ``dtype``: f32; f16 (matrices in f16, norms in f32, like llama.cpp's converter);
@@ -34,8 +34,10 @@ from fmforge.inference.loading import TrainedModel, load_trained
 from fmforge.rundir import RunDir, fsync_dir
 
 DTYPES = ("f32", "f16", "q8_0")
-# GPT-2's split pattern: what tokenizers' ByteLevel(use_regex=True) applies.
-GPT2_PRE = "gpt2"
+# llama.cpp's name for GPT-2's split pattern, what tokenizers' ByteLevel(use_regex=True)
+# applies ("gpt-2" in llama-vocab.cpp and convert_hf_to_gguf.py; llama.cpp refuses a
+# file whose pre-tokenizer name it does not know, and "gpt2" is not one).
+GPT2_PRE = "gpt-2"
 
 
 def _gguf():
@@ -82,7 +84,7 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
 
 
 def llama_cpp_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str | None:
-    """llama.cpp's name for the tokenizer's split: ``gpt2`` for GPT-2's
+    """llama.cpp's name for the tokenizer's split: ``gpt-2`` for GPT-2's
     byte-level regex, ``llama-bpe`` for GPT-4's (cl100k) split, which Llama 3
     uses too; None for anything else."""
     from fmforge.tokenizer.train import GPT4_SPLIT
@@ -171,6 +173,8 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
         writer = gguf.GGUFWriter(tmp, "llama")
         writer.add_name(run.root.resolve().name)
         writer.add_file_type(int(file_type))
+        # As llama.cpp's converter and quantizer write it.
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_context_length(cfg.seq_len)
         writer.add_embedding_length(cfg.d_model)
         writer.add_block_count(cfg.n_layers)
