@@ -1,7 +1,7 @@
 """Imports run one way, lowest first (``../shared/DESIGN.md``):
 
 config, hardware (and the run-directory / progress helpers) → model → data →
-tokenizer → train → inference → eval, export, finetune, serve → pipeline → cli;
+tokenizer → train → inference → eval, export, finetune, serve → ladder → pipeline → cli;
 plan uses only config, hardware and model.
 
 Every ``import`` in ``src/fmforge``, at module level or inside a function, is
@@ -24,6 +24,8 @@ LEVELS = {
     "train": 4,
     "inference": 5,
     "eval": 6, "export": 6, "finetune": 6, "serve": 6, "plan": 6,
+    # trains and evaluates rungs with the train and eval stages as they are
+    "ladder": 6.5,
     "pipeline": 7,
     "cli": 8, "__main__": 9,
 }

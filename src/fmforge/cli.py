@@ -247,6 +247,64 @@ def train(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bo
     _stage_command("train", config, overrides, force)
 
 
+@app.command()
+def ladder(config: Path, overrides: Optional[List[str]] = OverridesArg,
+           sizes: Optional[str] = typer.Option(None, "--sizes", help="rungs as d_model x n_layers, e.g. "
+                                               "64x2,96x2,128x3 (default: ladder.sizes, else four sizes "
+                                               "below the config's model)"),
+           tokens_per_param: Optional[float] = typer.Option(None, "--tokens-per-param",
+                                                             help="each rung's tokens per non-embedding "
+                                                                  "parameter (default: ladder.tokens_per_param)"),
+           minutes: Optional[float] = typer.Option(None, "--minutes", help="a total training budget "
+                                                   "shared by the rungs instead of a token rule"),
+           force: bool = ForceOpt) -> None:
+    """Train a ladder of small models on the run's data and fit the scaling law to
+    their held-out bits per byte (RUN/ladder/ladder.json); `fmforge plan` then
+    predicts the config's model from it."""
+    from fmforge.ladder.run import default_rungs, parse_sizes, run_ladder
+    from fmforge.pipeline import prepare_run_dir
+
+    cfg = _load(config, overrides)
+    _needs_data(cfg, config)
+    lc = cfg.ladder
+    if minutes is not None:
+        tokens_per_param_used, minutes_used = None, minutes
+    elif tokens_per_param is not None:
+        tokens_per_param_used, minutes_used = tokens_per_param, None
+    else:
+        tokens_per_param_used, minutes_used = lc.tokens_per_param, lc.minutes
+    with _reported(f"`{shlex.join(['fmforge', 'ladder', str(config), *(overrides or [])])}`"):
+        spec = sizes if sizes is not None else lc.sizes
+        rungs = parse_sizes(spec) if spec else default_rungs(cfg.resolved_model())
+        result = run_ladder(cfg, prepare_run_dir(cfg), rungs, tokens_per_param=tokens_per_param_used,
+                            minutes=minutes_used, force=force, samples=lc.samples)
+    _print_ladder(result)
+
+
+def _print_ladder(result: dict) -> None:
+    from rich.table import Table
+
+    from fmforge.plan.scaling import ScalingLaw
+    from fmforge.progress import console
+
+    table = Table(title="ladder: held-out bits per byte by size", title_justify="left")
+    for col in ("rung", "non-emb. params", "tokens", "bits/byte", "fit"):
+        table.add_column(col, justify="left" if col == "rung" else "right")
+    law = ScalingLaw.from_dict(result["law"])
+    for r in result["rungs"]:
+        fit = law.predict(r["non_embedding_params"], None if law.one_variable else r["tokens"])
+        table.add_row(r["name"], f"{r['non_embedding_params']:,}", f"{r['tokens']:,}",
+                      f"{r['bits_per_byte']:.4f}", f"{fit:.4f}")
+    console.print(table)
+    t = result.get("target", {})
+    if "bits_per_byte" in t:
+        lo, hi = t.get("interval_90", [None, None])
+        console.print(f"the config's model ({t['non_embedding_params']:,} non-embedding parameters, "
+                      f"{t.get('extrapolation', 0):g}x the largest rung): predicted "
+                      f"{t['bits_per_byte']:.4f} bits/byte"
+                      + (f" (90% interval {lo:.4f}-{hi:.4f})" if lo is not None else ""))
+
+
 eval_app = typer.Typer(cls=_group_with_default("heldout"), no_args_is_help=True,
                        help="Held-out evaluation (`fmforge eval RUN [--step N]`) and lm-eval benchmarks "
                             "(`fmforge eval harness RUN --tasks ...`).")

@@ -458,6 +458,29 @@ class PlanConfig(Section):
     price_per_gpu_hour: float | None = Field(default=None, ge=0)
 
 
+class LadderConfig(Section):
+    """``fmforge ladder``: small models of the config's family trained on the run's
+    data, and the scaling law fitted to their held-out bits per byte."""
+
+    # Rungs as "d_model x n_layers" (e.g. ["64x2", "96x2", "128x3"]); None: the
+    # default sizes smaller than the config's model.
+    sizes: list[str] | None = None
+    # Each rung's budget: tokens per non-embedding parameter, or a total number of
+    # minutes shared equally by the rungs (then tokens_per_param must be null).
+    tokens_per_param: float | None = Field(default=20.0, gt=0)
+    minutes: float | None = Field(default=None, gt=0)
+    samples: int = Field(default=200, ge=0)  # bootstrap resamples for the intervals
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> LadderConfig:
+        if self.minutes is not None and self.tokens_per_param is not None:
+            raise ValueError("ladder: give minutes or tokens_per_param, not both "
+                             "(set ladder.tokens_per_param=null to use minutes)")
+        if self.minutes is None and self.tokens_per_param is None:
+            raise ValueError("ladder: give ladder.tokens_per_param or ladder.minutes")
+        return self
+
+
 # ----------------------------------------------------------------------- finetune
 
 
@@ -557,6 +580,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    ladder: LadderConfig = Field(default_factory=LadderConfig)  # `fmforge ladder`
     finetune: FinetuneConfig | None = None  # `fmforge finetune`
     # Directory of the YAML file, for ``{config_dir}`` in source paths. Not a user key.
     config_dir: str | None = Field(default=None, exclude=True)

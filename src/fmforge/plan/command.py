@@ -18,7 +18,8 @@ from fmforge.plan.actual import compare_customize_to_actual, compare_plan_to_act
 from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan, plan_run_tokens, run_dtype, settle_mfu
-from fmforge.plan.report import render_actual, render_decision, render_plan, render_sizing
+from fmforge.plan.report import render_actual, render_decision, render_ladder, render_plan, render_sizing
+from fmforge.plan.scaling import ScalingLaw, ladder_prediction, read_ladder
 from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
 from fmforge.rundir import resolve_run
 
@@ -173,6 +174,11 @@ def plan_command(o: PlanOptions) -> PlanOutput:
         data["sizing"] = sizing_at(m).to_dict()
         renderables += render_sizing(data["sizing"])
 
+    ladder = read_ladder(cfg.run_dir) if cfg is not None else None
+    if ladder is not None:
+        data["ladder"] = ladder_section(ladder, cfg, data)
+        renderables += render_ladder(data["ladder"])
+
     if o.api_price is not None:
         if o.monthly_tokens is None:
             raise PlanError("--api-price needs --monthly-tokens (tokens a month you would buy)")
@@ -196,3 +202,35 @@ def plan_command(o: PlanOptions) -> PlanOutput:
             "--budget/--gpu-hours to size a model; --api-price with --monthly-tokens to compare "
             "train/customize/buy; or --actual RUN after a run")
     return PlanOutput(renderables, data)
+
+
+def ladder_section(ladder: dict[str, Any], cfg: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """What the run's own ladder (``fmforge ladder``) predicts: held-out bits per
+    byte of the config's model at its planned tokens, and, with a budget, of the
+    model the law finds best for that compute."""
+    from fmforge.model.counting import count_parameters
+
+    law = ScalingLaw.from_dict(ladder["law"])
+    n = count_parameters(cfg.resolved_model()).non_embedding
+    out: dict[str, Any] = {"law": ladder["law"], "form": ladder.get("form"),
+                           "warnings": ladder.get("warnings", []),
+                           "rungs": len(ladder.get("rungs", [])),
+                           "planned": ladder_prediction(ladder, n, data.get("tokens"))}
+    compute = (data.get("sizing") or {}).get("compute_flops")
+    if compute:
+        n_opt, d_opt = law.optimum(compute)
+        out["optimum"] = {"compute_flops": compute, **ladder_prediction(ladder, n_opt, d_opt)}
+    for label in ("planned", "optimum"):
+        far = out.get(label, {}).get("extrapolation")
+        if far is not None and far > MAX_TRUSTED_EXTRAPOLATION:
+            out["warnings"] = out["warnings"] + [
+                f"the {'config' if label == 'planned' else 'budget optimum'} is {far:.3g}x the largest rung: "
+                f"beyond {MAX_TRUSTED_EXTRAPOLATION:g}x a ladder's law is a guess (docs/planner.md); "
+                "add a larger rung"]
+    return out
+
+
+# How far beyond its largest rung a ladder's prediction is shown without a warning
+# (docs/planner.md gives the measured error at 2x).
+MAX_TRUSTED_EXTRAPOLATION = 4.0
+

@@ -88,6 +88,31 @@ def render_sizing(s: dict[str, Any]) -> list[Any]:
     return out + [Text(n) for n in s.get("data_notes", [])]
 
 
+def render_ladder(l: dict[str, Any]) -> list[Any]:
+    """The run's own scaling law: predicted held-out bits per byte with its interval."""
+    t = _table(f"Predicted by this run's ladder ({l['rungs']} rungs, {l.get('form') or 'fitted law'})",
+               ("model", "N (non-emb.)", "D tokens", "bits/byte", "90% interval", "N/largest rung"))
+
+    def row(label: str, p: dict[str, Any]) -> None:
+        if "bits_per_byte" not in p:
+            t.add_row(label, fmt.count(p["non_embedding_params"]), "-", "-", p.get("note", "-"), "-")
+            return
+        lo_hi = p.get("interval_90")
+        t.add_row(label, fmt.count(p["non_embedding_params"]), fmt.count(p["tokens"]),
+                  f"{p['bits_per_byte']:.3f}", f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f}" if lo_hi else "-",
+                  f"{p['extrapolation']:g}" if p.get("extrapolation") is not None else "-")
+
+    row("config", l["planned"])
+    if "optimum" in l:
+        row("budget optimum", l["optimum"])
+    out: list[Any] = [t]
+    if l["law"].get("tokens_per_param") is not None:
+        out.append(Text(f"the law holds for models trained on {l['law']['tokens_per_param']:g} tokens per "
+                        "non-embedding parameter, as its rungs were; the prediction assumes that budget"))
+    out += [Text(f"warning: {w}", style="yellow") for w in l.get("warnings", [])]
+    return out
+
+
 def _payback(o: dict[str, Any], buy_monthly: float) -> str:
     if o["option"] == "buy":
         return "-"

@@ -19,6 +19,7 @@ from typing import Any
 from fmforge.hardware import Hardware
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import gpu_hours_for
+from fmforge.plan.scaling import CHINCHILLA
 from fmforge.plan import format as fmt
 from fmforge.rundir import RunDir
 
@@ -26,23 +27,17 @@ TOKENS_PER_PARAM = 20.0
 SMALL_MODEL_FRACTION = 0.5
 MAX_USEFUL_EPOCHS = 4.0
 BYTES_PER_TOKEN = 4.0  # BPE tokenizers on English text: about 4 bytes (characters) a token
-CHINCHILLA_FIT = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
 def chinchilla_loss(params: float, tokens: float) -> float:
-    c = CHINCHILLA_FIT
-    return c["E"] + c["A"] / params ** c["alpha"] + c["B"] / tokens ** c["beta"]
+    return CHINCHILLA.predict(params, tokens)
 
 
 def fitted_optimum(compute: float) -> tuple[float, float]:
     """(N, D) minimising the parametric fit at C = 6·N·D (Hoffmann et al. 2022, eq. 4).
     With the published constants it lands near 70 tokens/param at 1e22 FLOPs, not
     20; Besiroglu et al. 2024 trace this to the fit, and their re-fit agrees with 20."""
-    c = CHINCHILLA_FIT
-    a, b = c["alpha"], c["beta"]
-    g = (a * c["A"] / (b * c["B"])) ** (1 / (a + b))
-    n = g * (compute / 6) ** (b / (a + b))
-    return n, compute / (6 * n)
+    return CHINCHILLA.optimum(compute)
 
 
 def compute_optimal_params(compute: float) -> float:

@@ -1,0 +1,255 @@
+"""``fmforge ladder``: train a series of small models of the config's family on
+the run's own data and tokenizer, measure each one's held-out bits per byte,
+and fit the scaling law to them (``ladder/ladder.json``).
+
+Each rung is a run directory of its own under ``RUN/ladder/<rung>/`` whose
+``data``, ``tokenizer`` and ``tokens`` are links to the run's: the rungs train
+and evaluate with the trainer and the eval stage as they are, resume when
+killed, and a rung whose model, budget and tokens did not change is not trained
+again (its record in its ``stages.json`` says so).
+
+The token budget of a rung: ``tokens_per_param`` × N, with N the rung's
+non-embedding parameters (Kaplan et al. 2020: with the vocabulary fixed, the
+embedding adds parameters but little predictive power at small sizes, and the
+law in non-embedding N is the cleaner one), or a share of a total ``minutes``
+budget. With one rule for all rungs the one-variable law L(N) is fitted; with a
+minutes budget (D differs in ratio), L(N, D).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fmforge.config import ModelConfig, RunConfig
+from fmforge.eval.stage import run_eval_stage
+from fmforge.ladder.fit import Point, bootstrap, fit_law
+from fmforge.model.counting import count_parameters
+from fmforge.plan.scaling import ScalingLaw, ladder_prediction
+from fmforge.progress import log
+from fmforge.rundir import RunDir, atomic_write_json, atomic_write_text, fingerprint, run_lock
+from fmforge.train.loop import run_train_stage
+
+# Rungs (d_model, n_layers) when the config names none: four sizes spanning
+# about 20x in non-embedding parameters, small enough for a CPU.
+DEFAULT_SIZES = ((64, 2), (96, 2), (128, 3), (192, 4))
+SHARED = ("data", "tokenizer", "tokens")
+
+
+@dataclass(frozen=True)
+class Rung:
+    d_model: int
+    n_layers: int
+
+    @property
+    def name(self) -> str:
+        return f"d{self.d_model}-l{self.n_layers}"
+
+
+def parse_sizes(spec: str | Sequence[str]) -> list[Rung]:
+    """``"64x2,96x3"`` (or a list of such items): d_model × n_layers per rung."""
+    items = [s for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    rungs = []
+    for item in items:
+        text = str(item).strip().lower()
+        try:
+            d, layers = (int(x) for x in text.split("x"))
+        except ValueError:
+            raise ValueError(f"ladder size {item!r}: write d_model x n_layers, e.g. 64x2") from None
+        if d <= 0 or layers <= 0:
+            raise ValueError(f"ladder size {item!r}: d_model and n_layers must be positive")
+        rungs.append(Rung(d, layers))
+    if len({r.name for r in rungs}) != len(rungs):
+        raise ValueError(f"ladder sizes repeat a rung: {', '.join(r.name for r in rungs)}")
+    return rungs
+
+
+def default_rungs(model: ModelConfig) -> list[Rung]:
+    """``DEFAULT_SIZES`` smaller than ``model``, which the ladder then predicts."""
+    target = non_embedding_params(model)
+    rungs = [Rung(d, n) for d, n in DEFAULT_SIZES if non_embedding_params(rung_model(model, Rung(d, n))) < target]
+    if len(rungs) < 3:
+        raise ValueError(
+            f"the config's model ({target:,} non-embedding parameters) is too small for the default "
+            f"ladder ({', '.join(f'{d}x{n}' for d, n in DEFAULT_SIZES)}): name smaller rungs with "
+            "ladder.sizes or --sizes (d_model x n_layers, e.g. 32x1,32x2,64x2)")
+    return rungs
+
+
+def rung_model(base: ModelConfig, rung: Rung) -> ModelConfig:
+    """The config's model at the rung's width and depth: heads of 32 or 64
+    dimensions (as many as divide d_model), the config's query-per-KV-head ratio
+    where it divides, everything else (vocabulary, context, RoPE, ties) as is."""
+    head_dim = 64 if rung.d_model % 64 == 0 else 32 if rung.d_model % 32 == 0 else None
+    if head_dim is None:
+        raise ValueError(f"ladder rung {rung.name}: d_model must be a multiple of 32")
+    heads = rung.d_model // head_dim
+    ratio = base.n_heads // base.kv_heads
+    kv = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
+    return base.model_copy(update={"d_model": rung.d_model, "n_layers": rung.n_layers, "n_heads": heads,
+                                   "n_kv_heads": kv, "d_ff": None})
+
+
+def non_embedding_params(model: ModelConfig) -> int:
+    return count_parameters(model).non_embedding
+
+
+def _rung_config(cfg: RunConfig, rung: Rung, root: Path, tokens_per_param: float | None,
+                 minutes_each: float | None) -> RunConfig:
+    model = rung_model(cfg.resolved_model(), rung)
+    per_step = cfg.train.tokens_per_step(model.seq_len, 1)
+    train: dict[str, Any] = {"tensorboard": False}
+    if minutes_each is not None:
+        train.update(max_minutes=minutes_each, max_steps=None)
+        steps_hint = None
+    else:
+        steps = max(1, math.ceil(tokens_per_param * non_embedding_params(model) / per_step))
+        train.update(max_minutes=None, max_steps=steps)
+        steps_hint = steps
+    if steps_hint is not None:
+        train.update(warmup_steps=min(cfg.train.warmup_steps, max(1, steps_hint // 10)),
+                     eval_every=steps_hint, checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps_hint)))
+    return cfg.model_copy(update={"model": model, "out_dir": str(root),
+                                  "train": cfg.train.model_copy(update=train)})
+
+
+def _link_shared(run: RunDir, rung_run: RunDir) -> None:
+    """The rung reads the run's data, tokenizer and tokens through relative links."""
+    rung_run.root.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        link = rung_run.root / name
+        target = os.path.relpath(run.root / name, rung_run.root)
+        if link.is_symlink() and os.readlink(link) == target:
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    records = run.stage_records()
+    for stage in ("data", "tokenizer", "tokenize"):  # what the rung's trainer and eval check
+        r = records[stage]
+        if rung_run.stage_record(stage) != r:
+            rung_run.mark_complete(stage, r["fingerprint"], r.get("summary", {}), output=r.get("output"))
+
+
+def _train_and_evaluate(rcfg: RunConfig, rung_run: RunDir, fp: str, force: bool) -> tuple[dict, dict]:
+    train = rung_run.stage_record("train")
+    if force or train is None or train["fingerprint"] != fp:
+        rung_run.invalidate("eval")
+        atomic_write_text(rung_run.config, rcfg.to_yaml())
+        summary = run_train_stage(rcfg, rung_run, fp, fresh=force, lineage=fp)
+        rung_run.mark_complete("train", fp, summary)
+        train = rung_run.stage_record("train")
+    evaluated = rung_run.stage_record("eval")
+    if evaluated is None or evaluated["fingerprint"] != fp:
+        summary = run_eval_stage(rcfg, rung_run)
+        rung_run.mark_complete("eval", fp, summary)
+        evaluated = rung_run.stage_record("eval")
+    return train["summary"], evaluated["summary"]
+
+
+def run_ladder(cfg: RunConfig, run: RunDir, rungs: Sequence[Rung], tokens_per_param: float | None = 20.0,
+               minutes: float | None = None, force: bool = False, samples: int = 200) -> dict[str, Any]:
+    """Train and evaluate every rung (cached), fit the law, write ``ladder/ladder.json``."""
+    if len(rungs) < 3:
+        raise ValueError(f"a ladder needs at least 3 rungs to fit a law, got {len(rungs)}: "
+                         "list more sizes (ladder.sizes or --sizes)")
+    if (minutes is None) == (tokens_per_param is None):
+        raise ValueError("give the rungs' budget as tokens per parameter or as total minutes, one of the two")
+    tokenize = run.stage_record("tokenize")
+    if tokenize is None or run.stage_record("tokenizer") is None or run.stage_record("data") is None:
+        raise ValueError(f"the ladder trains on the run's own tokens, and {run.root} has none yet: run "
+                         "`fmforge data CONFIG`, `fmforge tokenizer CONFIG` and `fmforge tokenize CONFIG` first")
+    tokens_fp = tokenize.get("output", tokenize["fingerprint"])
+    minutes_each = minutes / len(rungs) if minutes is not None else None
+    points, rows = [], []
+    with run_lock(run.root, "fmforge ladder"):
+        for i, rung in enumerate(rungs):
+            root = run.root / "ladder" / rung.name
+            rcfg = _rung_config(cfg, rung, root, tokens_per_param, minutes_each)
+            rung_run = RunDir(root)
+            _link_shared(run, rung_run)
+            own = {"model": rcfg.model.model_dump(mode="json"), "seed": rcfg.seed,
+                   "train": rcfg.train.model_dump(mode="json", exclude={"tensorboard", "num_threads", "device"})}
+            fp = fingerprint("ladder-rung", own, tokens_fp)
+            n = non_embedding_params(rcfg.model)
+            log(f"[bold cyan]▶ ladder rung {i + 1}/{len(rungs)}: {rung.name}[/bold cyan] "
+                f"({n:,} non-embedding parameters"
+                + (f", {rcfg.train.max_steps:,} steps)" if rcfg.train.max_steps else f", {minutes_each:g} min)"))
+            t0 = time.perf_counter()
+            train, evaluated = _train_and_evaluate(rcfg, rung_run, fp, force)
+            bpb = evaluated.get("bits_per_byte")
+            if bpb is None:
+                raise ValueError(f"ladder rung {rung.name}: its evaluation gave no bits per byte "
+                                 f"({rung_run.eval_json}); the held-out split may be empty")
+            points.append(Point(params=n, tokens=float(train["tokens"]), loss=float(bpb)))
+            rows.append({"name": rung.name, **asdict(rung), "n_heads": rcfg.model.n_heads,
+                         "non_embedding_params": n, "params": count_parameters(rcfg.model).total,
+                         "steps": train["steps"], "tokens": train["tokens"],
+                         "tokens_per_param": round(train["tokens"] / n, 3), "bits_per_byte": bpb,
+                         "loss": evaluated.get("loss"), "train_seconds": train.get("wall_s"),
+                         "seconds": round(time.perf_counter() - t0, 2)})
+        result = fit_ladder(points, tokens_per_param if minutes is None else None, samples=samples, seed=cfg.seed)
+        result["rungs"] = rows
+        result["budget"] = ({"tokens_per_param": tokens_per_param} if minutes is None
+                            else {"minutes": minutes, "minutes_per_rung": minutes_each})
+        result["target"] = ladder_prediction(result, non_embedding_params(cfg.resolved_model()),
+                                             _planned_tokens(cfg))
+        result["target"]["model"] = cfg.resolved_model().model_dump(mode="json")
+        out = run.root / "ladder" / "ladder.json"
+        atomic_write_json(out, result)
+    law = ScalingLaw.from_dict(result["law"])
+    log(f"ladder: {_describe(law)} over {len(points)} rungs -> {out}")
+    for w in result["warnings"]:
+        log(f"[yellow]ladder: {w}[/yellow]")
+    return result
+
+
+def _planned_tokens(cfg: RunConfig) -> float | None:
+    if cfg.train.max_steps is None:
+        return None
+    return float(cfg.train.max_steps * cfg.train.tokens_per_step(cfg.resolved_model().seq_len, 1))
+
+
+def fit_ladder(points: Sequence[Point], tokens_per_param: float | None, samples: int = 200,
+               seed: int = 0) -> dict[str, Any]:
+    law, theta, objective = fit_law(points, tokens_per_param)
+    laws = bootstrap(points, theta, law.tokens_per_param, samples=samples, seed=seed)
+    residuals = [p.loss - law.predict(p.params, None if law.one_variable else p.tokens) for p in points]
+    warnings = []
+    by_size = sorted(points, key=lambda p: p.params)
+    if law.one_variable and any(b.loss >= a.loss for a, b in zip(by_size, by_size[1:])):
+        warnings.append("a larger rung did not reach a lower loss than a smaller one: the rungs are too "
+                        "few tokens per parameter, too close in size, or the held-out split too small; "
+                        "the law describes these points but do not extrapolate from it")
+    if not 0 < law.alpha < 2 or (not law.one_variable and not 0 < law.beta < 2):
+        warnings.append(f"the fitted exponents (alpha {law.alpha:.3g}"
+                        + ("" if law.one_variable else f", beta {law.beta:.3g}")
+                        + ") are outside (0, 2), where published fits lie: do not extrapolate")
+    if not laws:
+        warnings.append(f"no interval: an interval needs {5 if law.one_variable else 7} rungs or more "
+                        f"(two more than the law's {3 if law.one_variable else 5} parameters), this "
+                        f"ladder has {len(points)}")
+    elif len(laws) < 20:
+        warnings.append(f"the interval rests on {len(laws)} of {samples} bootstrap resamples (the others "
+                        "repeat rungs until too few remain to fit): add rungs for a steadier one")
+    mean = sum(p.loss for p in points) / len(points)
+    if max(abs(r) for r in residuals) > 0.02 * mean:
+        warnings.append(f"the law misses a rung by {max(abs(r) for r in residuals):.3f} bits per byte "
+                        f"({max(abs(r) for r in residuals) / mean:.1%}): the points do not follow it closely")
+    return {"law": law.to_dict(), "warnings": warnings, "form": "L(N) = E + A/N^alpha" if law.one_variable
+            else "L(N, D) = E + A/N^alpha + B/D^beta",
+            "objective": objective, "max_abs_residual": max(abs(r) for r in residuals),
+            "bootstrap": [b.to_dict() for b in laws], "bootstrap_resamples": samples, "n_points": len(points),
+            "parameters": "N counts non-embedding parameters; the loss is held-out bits per byte"}
+
+
+def _describe(law: ScalingLaw) -> str:
+    if law.one_variable:
+        return (f"L(N) = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} at {law.tokens_per_param:g} "
+                "tokens per parameter")
+    return f"L(N, D) = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}"
