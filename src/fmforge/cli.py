@@ -650,13 +650,21 @@ def serve(
     model_name: Optional[str] = typer.Option(None, "--model-name", help="the model id clients send "
                                              "(default: the run's or directory's name)"),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="sequences decoded together"),
+    max_queue: int = typer.Option(64, "--max-queue", min=0,
+                                  help="sequences that may wait for a slot beyond --max-batch; "
+                                       "past that, requests get 429 with Retry-After"),
+    stream_keepalive: float = typer.Option(15.0, "--stream-keepalive", min=0,
+                                           help="seconds of silence on a stream before a "
+                                                "': keep-alive' comment (0: never)"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/completions,
-    /v1/chat/completions, /v1/models) with a chat page at /."""
+    /v1/chat/completions, /v1/models) with a chat page at /. Exits with status 1
+    if its generation worker fails beyond repair (see docs/serving.md)."""
     import tempfile
 
     from fmforge.inference.loading import load_trained
+    from fmforge.serve.server import WorkerFailed
     from fmforge.serve.server import serve as run_server
 
     target = Path(path)
@@ -666,8 +674,12 @@ def serve(
             trained = load_trained(run_dir, device=device)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
-        run_server(trained, model_name or target.resolve().name, host=host, port=port,
-                   api_key=api_key, tokenizer_dir=run_dir.tokenizer, max_batch=max_batch)
+        try:
+            run_server(trained, model_name or target.resolve().name, host=host, port=port,
+                       api_key=api_key, tokenizer_dir=run_dir.tokenizer, max_batch=max_batch,
+                       max_queue=max_queue, keepalive_s=stream_keepalive)
+        except WorkerFailed as exc:
+            _fail(str(exc), code=1)
 
 
 def main() -> None:

@@ -7,85 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from fmforge.config import load_config
-from fmforge.inference.engine import GenerationRequest
-from fmforge.inference.loading import load_trained
-from fmforge.pipeline import run_pipeline
-from fmforge.serve.server import build_app
-
-KEY = "test-key"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_tiny_config):
-    root = tmp_path_factory.mktemp("serve")
-    raw = make_tiny_config(root, train={"max_steps": 20})
-    raw["model"]["seq_len"] = 64
-    path = root / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run, _ = run_pipeline(load_config(path), stages=("data", "tokenizer", "tokenize", "train"))
-    return run, load_trained(run, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def server(trained):
-    import uvicorn
-
-    run, model = trained
-    app, batcher = build_app(model, "tiny", api_key=KEY, tokenizer_dir=run.tokenizer, max_batch=8)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", batcher, model
-    srv.should_exit = True
-    thread.join(timeout=10)
-    batcher.close()
-
+KEY = "test-key"  # the shared server's (conftest.py)
 
 @pytest.fixture
 def client(server):
     return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0)
 
 
-def _engine_greedy(model, prompt: str, n: int, stop=()) -> str:
-    from fmforge.inference.engine import Engine
-
-    return Engine(model).generate([GenerationRequest(prompt=prompt, max_new_tokens=n,
-                                                     temperature=0, stop=list(stop))])[0].text
-
-
-def test_models_and_a_greedy_completion_equal_the_engine(client, server):
+def test_models_and_a_greedy_completion_equal_the_engine(client, server, greedy):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     out = client.completions.create(model="tiny", prompt="def alpha(", max_tokens=12, temperature=0)
-    assert out.choices[0].text == _engine_greedy(server[2], "def alpha(", 12)
+    assert out.choices[0].text == greedy(server[2], "def alpha(", 12).text
     assert out.choices[0].finish_reason in ("length", "stop")
     prompt_tokens = len(server[2].tokenizer.encode("def alpha(", add_special_tokens=False).ids)
     assert out.usage.prompt_tokens == prompt_tokens
     assert out.usage.total_tokens == prompt_tokens + out.usage.completion_tokens
 
 
-def test_chat_uses_the_simple_template_and_streams_the_same_text(client, server):
+def test_chat_uses_the_simple_template_and_streams_the_same_text(client, server, greedy):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "def beta"}]
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
     prompt = "<|system|>\nbe brief\n<|user|>\ndef beta\n<|assistant|>\n"
-    assert whole.choices[0].message.content == _engine_greedy(
-        server[2], prompt, 10, stop=["<|user|>", "<|system|>"])
+    assert whole.choices[0].message.content == greedy(
+        server[2], prompt, 10, stop=["<|user|>", "<|system|>"]).text
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="tiny", messages=messages, max_tokens=10, temperature=0, stream=True)]
     assert "".join(pieces) == whole.choices[0].message.content
@@ -178,7 +128,7 @@ def test_a_client_that_disconnects_frees_its_slot(server):
                             "stop": ["never-appears"]}, timeout=30) as r:
         next(r.iter_lines())  # the stream has started; now hang up
     deadline = time.time() + 10
-    while batcher.in_flight and time.time() < deadline:
+    while (batcher.in_flight or batcher.engine.running) and time.time() < deadline:
         time.sleep(0.05)
     assert batcher.in_flight == 0
     assert not batcher.engine.running

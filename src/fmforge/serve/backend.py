@@ -1,5 +1,8 @@
 """What the HTTP layer needs from a model: its name, prompt checks, chat
-formatting, and engine requests built from OpenAI parameters."""
+formatting, and engine requests built from OpenAI parameters.
+
+``prepare_prompt`` and ``chat_prompt`` tokenize and render templates: the app
+calls them in a worker thread, never on the event loop."""
 
 from __future__ import annotations
 
@@ -31,22 +34,36 @@ class EngineBackend:
             special = {k: raw.get(k) for k in ("bos_token", "eos_token", "pad_token")}
         self.chat = ChatFormatter(template, special)
 
-    def check_prompt(self, prompt: str, max_tokens: int | None) -> tuple[int, int]:
-        """(prompt tokens, max new tokens) or a 400 when the prompt does not fit."""
-        n = len(self.trained.tokenizer.encode(prompt, add_special_tokens=False).ids)
+    def prepare_prompt(self, prompt: str, max_tokens: int | None,
+                       param: str = "prompt") -> tuple[list[int], int]:
+        """(the prompt's token ids, max new tokens), or a 400 naming ``param`` (the
+        request's prompt or messages) or max_tokens when they do not fit the context.
+        The engine's own rule: prompt tokens + max_tokens <= the context."""
+        ids = self.trained.tokenizer.encode(prompt, add_special_tokens=False).ids
+        n = len(ids)
         if max_tokens is None:
             max_tokens = max(1, min(DEFAULT_MAX_TOKENS, self.context - n))
-        try:
-            self.engine.prepare_prompt(GenerationRequest(prompt=prompt, max_new_tokens=max_tokens))
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="max_tokens" if max_tokens >= self.context else "messages",
-                           code="context_length_exceeded") from None
-        return n, max_tokens
+        if max_tokens >= self.context:
+            raise APIError(400, f"max_tokens={max_tokens} leaves no room for a prompt in the model's "
+                           f"context of {self.context} tokens: ask for at most {self.context - 1}",
+                           param="max_tokens", code="context_length_exceeded")
+        if n + max_tokens > self.context:
+            what = "the prompt" if param == "prompt" else "the messages (as the chat template lays them out)"
+            if n >= self.context:
+                fix = f"shorten {param}: the model's context is {self.context} tokens, new ones included"
+            else:
+                fix = (f"with max_tokens={max_tokens} that is {n + max_tokens}, more than the model's "
+                       f"context of {self.context}: lower max_tokens to at most {self.context - n} "
+                       f"or shorten {param}")
+            raise APIError(400, f"{param}: {what} take {n} tokens; {fix}", param=param,
+                           code="context_length_exceeded")
+        return ids, max_tokens
 
-    def make_request(self, prompt: str, max_tokens: int, temperature: float, top_p: float,
+    def make_request(self, prompt_ids: list[int], max_tokens: int, temperature: float, top_p: float,
                      stop: list[str], seed: int | None) -> GenerationRequest:
-        return GenerationRequest(prompt=prompt, max_new_tokens=max_tokens, temperature=temperature,
-                                 top_p=None if top_p >= 1 else top_p, stop=list(stop), seed=seed)
+        return GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=max_tokens,
+                                 temperature=temperature, top_p=None if top_p >= 1 else top_p,
+                                 stop=list(stop), seed=seed)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, list[str]]:
         try:

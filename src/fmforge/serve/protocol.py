@@ -2,7 +2,9 @@
 
 Only what the server implements is accepted; anything else is a 400 naming the
 parameter, never silently ignored and never a 500 (an unknown field is allowed,
-as OpenAI's clients send some we do not use, e.g. ``user``).
+as OpenAI's clients send some we do not use, e.g. ``user``). Text must be
+Unicode (JSON can escape a lone surrogate, which no tokenizer can encode) and
+numbers finite (Python's JSON parser reads ``NaN`` and ``Infinity``).
 """
 
 from __future__ import annotations
@@ -12,23 +14,44 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_N = 8  # choices per request
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch's generator takes (choice i is seeded seed + i)
 
 
 class APIError(Exception):
-    """An error returned as ``{"error": {"message", "type", "param", "code"}}``."""
+    """An error returned as ``{"error": {"message", "type", "param", "code"}}``
+    with ``status`` (and ``headers``, e.g. ``Retry-After`` on a 429)."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error"):
+                 code: str | None = None, type_: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
 
+def server_error(what: str, exc: BaseException) -> APIError:
+    """A 500 for a failure of the server itself (not of the request), the way
+    OpenAI answers one: type ``server_error``. The message names the exception;
+    its traceback goes to the server's log."""
+    return APIError(500, f"{what}: {type(exc).__name__}: {exc} (the server's log has the "
+                    "traceback; the request itself may be retried)", type_="server_error")
+
+
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode: a lone surrogate ({text[exc.start]!r}) at "
+                         f"character {exc.start}") from None
+    return text
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -37,18 +60,22 @@ class _Sampling(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
     def _stops(cls, v):
-        if isinstance(v, list):
-            if len(v) > 4:
-                raise ValueError("at most 4 stop sequences")
-            if not all(isinstance(s, str) and s for s in v):
-                raise ValueError("stop sequences must be non-empty strings")
-        elif isinstance(v, str) and not v:
+        if v is None:
+            return v
+        stops = [v] if isinstance(v, str) else v
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop must be a string or a list of up to 4 strings")
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if not all(stops):
             raise ValueError("a stop sequence must not be empty")
+        for s in stops:
+            _unicode(s)
         return v
 
     @property
@@ -57,16 +84,17 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: str
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
     def _one_prompt(cls, v):
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("send one prompt per request (a list of one string)")
+        if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str):
             v = v[0]
-        return v
+        if not isinstance(v, str):
+            raise ValueError("must be a string, or a list of one string (one prompt per request; "
+                             "prompts of token ids are not accepted)")
+        return _unicode(v)
 
 
 class ChatMessage(BaseModel):
@@ -74,6 +102,14 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, v):
+        if not isinstance(v, str):
+            raise ValueError("must be a string (content parts, images and tool calls are not "
+                             "accepted)")
+        return _unicode(v)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -91,3 +127,5 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         param = ".".join(str(p) for p in first["loc"]) or None
         message = first["msg"].removeprefix("Value error, ")
         raise APIError(400, f"{param}: {message}" if param else message, param=param) from None
+    except RecursionError:  # a validator walking a deeply nested value
+        raise APIError(400, "the request body is nested too deeply") from None
