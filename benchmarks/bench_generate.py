@@ -20,18 +20,36 @@ for a trained run's latest checkpoint and tokenizer. Rounds are interleaved
 (ours, theirs, theirs, ours, ...) in one process; each figure is the median
 over rounds of tokens/s (batch × new tokens / wall time, prefill included).
 
+llama.cpp, the CPU anchor (issue 17): where ``llama-cpp-python`` is installed
+(``make llama-cpp``), the same weights are exported with ``fmforge export gguf``'s
+code and run through llama.cpp at batch 1 (its Python binding decodes one
+sequence) with the same number of threads as torch: as float32 with a float32 KV
+cache, the precision ours computes in, and with ``--llama-cpp-dtypes f32 f16
+q8_0`` also in the smaller formats it is deployed with (its default float16 KV
+cache). Its greedy tokens are compared with ours too. Prompt processing
+(``--prefill-tokens``, one forward over a prompt, logits of its last position
+only) is timed for all of them.
+
+``--size 100m``: d_model 768, 12 layers, 12 query / 4 kv heads, ffn 2048, 32,768
+embedding rows (tied; the 8192-token tokenizer's ids, the rest unused rows as a
+real 32k vocabulary would cost), seq_len 512: 100.7M parameters.
+
     python benchmarks/bench_generate.py                  # about 1 min on 2 cores
+    python benchmarks/bench_generate.py --size 100m --batches 1 --rounds 3
     python benchmarks/bench_generate.py --run runs/demo --rounds 7 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import json
 import platform
 import statistics
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +65,10 @@ from fmforge.model.transformer import Transformer
 
 DEMO = dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, seq_len=256, vocab_size=8192,
             tie_embeddings=True)
+SIZES = {"demo": DEMO,
+         "100m": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, seq_len=512,
+                      vocab_size=32768, tie_embeddings=True)}
+TOKENIZER_VOCAB = 8192
 
 
 def stdlib_tokenizer(vocab_size: int):
@@ -68,40 +90,86 @@ def stdlib_tokenizer(vocab_size: int):
     return tok
 
 
-def load_models(run: str | None) -> TrainedModel:
+def load_models(run: str | None, size: str = "demo") -> TrainedModel:
     if run:
         from fmforge.inference.loading import load_trained
         from fmforge.rundir import resolve_run
 
         return load_trained(resolve_run(run), device="cpu")
-    tok = stdlib_tokenizer(DEMO["vocab_size"])
+    tok = stdlib_tokenizer(TOKENIZER_VOCAB)
+    shape = SIZES[size]
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(**{**DEMO, "vocab_size": tok.get_vocab_size()})).eval()
+    model = Transformer(ModelConfig(**{**shape, "vocab_size": max(shape["vocab_size"],
+                                                                  tok.get_vocab_size())})).eval()
     return TrainedModel(model=model, tokenizer=tok, device=torch.device("cpu"), step=0,
                         eos_id=tok.token_to_id("<|endoftext|>"))
 
 
+def llama_cpp_model(trained: TrainedModel, workdir: Path, threads: int, dtype: str):
+    """The weights as ``fmforge export gguf --dtype DTYPE`` writes them, loaded by
+    llama.cpp (through llama-cpp-python): for f32 with a float32 KV cache, as ours
+    is; for f16 and q8_0 with llama.cpp's default (float16) cache, as it is deployed."""
+    import llama_cpp
+
+    from fmforge.export.gguf import export_gguf
+    from fmforge.rundir import RunDir
+
+    run = RunDir(workdir / "bench")
+    if not run.tokenizer.is_dir():
+        run.tokenizer.mkdir(parents=True)
+        trained.tokenizer.save(str(run.tokenizer / "tokenizer.json"))
+        eos = trained.tokenizer.id_to_token(trained.eos_id)
+        (run.tokenizer / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+    path = export_gguf(run, workdir / f"bench-{dtype}.gguf", dtype, trained=trained)
+    n_ctx = trained.model.cfg.seq_len
+    cache = llama_cpp.GGML_TYPE_F32 if dtype == "f32" else llama_cpp.GGML_TYPE_F16
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                           n_threads=threads, n_threads_batch=threads, type_k=cache, type_v=cache,
+                           logits_all=False, verbose=False)
+
+
+def first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", help="a trained run directory (default: random demo-shaped weights)")
+    ap.add_argument("--run", help="a trained run directory (default: random weights of --size)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="demo",
+                    help="the shape of the random-weight model (default: the demo's)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--prefill-tokens", type=int, default=128,
+                    help="prompt length for the prompt-processing figures (0: skip them)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--llama-cpp", choices=("auto", "yes", "no"), default="auto",
+                    help="run llama.cpp too (auto: when llama-cpp-python is installed)")
+    ap.add_argument("--llama-cpp-dtypes", nargs="+", choices=("f32", "f16", "q8_0"), default=["f32"],
+                    help="GGUF exports to run through llama.cpp (f32: the same precision as ours)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    with_llama = args.llama_cpp == "yes" or (
+        args.llama_cpp == "auto" and importlib.util.find_spec("llama_cpp") is not None)
 
-    trained = load_models(args.run)
+    trained = load_models(args.run, args.size)
     cfg = trained.model.cfg
     if args.prompt_tokens + args.new_tokens > cfg.seq_len:
         raise SystemExit(f"--prompt-tokens + --new-tokens must fit seq_len={cfg.seq_len}")
+    if args.prefill_tokens >= cfg.seq_len:
+        raise SystemExit(f"--prefill-tokens must be below seq_len={cfg.seq_len}")
     hf = llama_twin(trained.model)
     engine = Engine(trained, max_batch=max(args.batches))
+    workdir = tempfile.TemporaryDirectory(prefix="bench-generate-")
+    llms = {f"llama_cpp_{d}": llama_cpp_model(trained, Path(workdir.name), threads, d)
+            for d in args.llama_cpp_dtypes} if with_llama else {}
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, cfg.vocab_size, (max(args.batches), args.prompt_tokens), generator=gen)
+    long_prompt = torch.randint(0, cfg.vocab_size, (1, max(args.prefill_tokens, 1)), generator=gen)
     n = args.new_tokens
 
     def ours(b: int) -> list[list[int]]:
@@ -119,35 +187,99 @@ def main() -> None:
         assert out.shape == (b, args.prompt_tokens + n)
         return out[:, args.prompt_tokens:].tolist()
 
+    def llama(llm):
+        def decode(b: int) -> list[list[int]]:
+            assert b == 1, "llama-cpp-python decodes one sequence"
+            llm.reset()  # no prompt reuse from the previous round: the prefill is timed too
+            return [list(itertools.islice(llm.generate(prompts[0].tolist(), top_k=1, temp=0.0,
+                                                       repeat_penalty=1.0), n))]
+        return decode
+
     def timed(fn, b: int) -> tuple[float, list[list[int]]]:
         t0 = time.perf_counter()
         ids = fn(b)
         return b * n / (time.perf_counter() - t0), ids
 
     print(f"model: {trained.model.num_parameters():,} parameters, vocab {cfg.vocab_size}, "
-          f"{'run ' + args.run if args.run else 'random demo-shaped weights'}; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{'run ' + args.run if args.run else f'random {args.size}-shaped weights'}; torch "
+          f"{torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}"
+          + (f"; llama-cpp-python {__import__('llama_cpp').__version__}, {threads} threads, "
+             f"GGUF {', '.join(args.llama_cpp_dtypes)} (KV cache f32 with f32 weights, else f16)"
+             if llms else "; llama.cpp: not run"))
     figures = {}
     for b in args.batches:
-        _, ours_ids = timed(ours, b)  # warm-up, and the outputs to compare
-        _, hf_ids = timed(theirs, b)
-        agree = [next((i for i, (x, y) in enumerate(zip(o, h)) if x != y), n)
-                 for o, h in zip(ours_ids, hf_ids)]
-        rates = {"hf": [], "ours": []}
+        sides = {"ours": ours, "hf": theirs}
+        if b == 1:
+            sides.update({name: llama(llm) for name, llm in llms.items()})
+        first = {name: timed(fn, b)[1] for name, fn in sides.items()}  # warm-up, and outputs
+        agree = {name: [first_difference(o, t) for o, t in zip(first["ours"], ids)]
+                 for name, ids in first.items() if name != "ours"}
+        rates = {name: [] for name in sides}
+        order = list(sides.items())
         for r in range(args.rounds):
-            order = (("ours", ours), ("hf", theirs)) if r % 2 == 0 else (("hf", theirs), ("ours", ours))
-            for name, fn in order:
+            for name, fn in (order if r % 2 == 0 else order[::-1]):
                 rates[name].append(timed(fn, b)[0])
-        hf_med, ours_med = statistics.median(rates["hf"]), statistics.median(rates["ours"])
-        ratios = [o / h for o, h in zip(rates["ours"], rates["hf"])]
-        figures[f"batch_{b}"] = {"hf_tokens_per_s": hf_med, "ours_tokens_per_s": ours_med,
-                                 "ratio": ours_med / hf_med, "paired_ratio_median": statistics.median(ratios),
-                                 "hf_rounds": rates["hf"], "ours_rounds": rates["ours"],
-                                 "identical_leading_tokens": agree}
-        print(f"batch {b}: HF {hf_med:,.0f} tokens/s ({min(rates['hf']):,.0f}-{max(rates['hf']):,.0f}), "
-              f"ours {ours_med:,.0f} tokens/s ({min(rates['ours']):,.0f}-{max(rates['ours']):,.0f}), "
-              f"ours/HF {ours_med / hf_med:.2f}x (paired median {statistics.median(ratios):.2f}x); "
-              f"greedy tokens identical for the first {min(agree)} of {n} (per sequence: {agree})")
+        med = {name: statistics.median(v) for name, v in rates.items()}
+        fig = {"hf_tokens_per_s": med["hf"], "ours_tokens_per_s": med["ours"],
+               "ratio": med["ours"] / med["hf"],
+               "paired_ratio_median": statistics.median(
+                   [o / h for o, h in zip(rates["ours"], rates["hf"])]),
+               "hf_rounds": rates["hf"], "ours_rounds": rates["ours"],
+               "identical_leading_tokens": agree["hf"]}
+        line = (f"batch {b}: HF {med['hf']:,.0f} tokens/s ({min(rates['hf']):,.0f}-{max(rates['hf']):,.0f}), "
+                f"ours {med['ours']:,.0f} tokens/s ({min(rates['ours']):,.0f}-{max(rates['ours']):,.0f}), "
+                f"ours/HF {fig['ratio']:.2f}x (paired median {fig['paired_ratio_median']:.2f}x); "
+                f"greedy tokens identical for the first {min(agree['hf'])} of {n} (per sequence: {agree['hf']})")
+        for name in sides:
+            if name.startswith("llama_cpp"):
+                fig.update({f"{name}_tokens_per_s": med[name], f"{name}_rounds": rates[name],
+                            f"ours_over_{name}": med["ours"] / med[name],
+                            f"{name}_identical_leading_tokens": agree[name]})
+                line += (f"\n         llama.cpp {name.removeprefix('llama_cpp_')} {med[name]:,.0f} tokens/s "
+                         f"({min(rates[name]):,.0f}-{max(rates[name]):,.0f}), "
+                         f"ours/llama.cpp {med['ours'] / med[name]:.2f}x; greedy tokens identical "
+                         f"for the first {agree[name][0]} of {n}")
+        figures[f"batch_{b}"] = fig
+        print(line)
+
+    if args.prefill_tokens:
+        p = args.prefill_tokens
+        ids = long_prompt[0].tolist()
+
+        def ours_prefill() -> None:
+            engine.generate([GenerationRequest(prompt_ids=ids, max_new_tokens=1, temperature=0,
+                                               stop_token_ids=[])])
+
+        def hf_prefill() -> None:
+            with torch.inference_mode():
+                hf(input_ids=long_prompt, logits_to_keep=1)
+
+        def llama_prefill(llm):
+            def prefill() -> None:
+                llm.reset()
+                llm.eval(ids)
+            return prefill
+
+        sides = {"ours": ours_prefill, "hf": hf_prefill}
+        sides.update({name: llama_prefill(llm) for name, llm in llms.items()})
+        rates = {name: [] for name in sides}
+        order = list(sides.items())
+        for fn in sides.values():
+            fn()  # warm-up
+        for r in range(args.rounds):
+            for name, fn in (order if r % 2 == 0 else order[::-1]):
+                t0 = time.perf_counter()
+                fn()
+                rates[name].append(p / (time.perf_counter() - t0))
+        med = {name: statistics.median(v) for name, v in rates.items()}
+        figures["prefill"] = {"prompt_tokens": p, **{f"{k}_tokens_per_s": v for k, v in med.items()},
+                              **{f"{k}_rounds": v for k, v in rates.items()}}
+        print(f"prompt processing, {p} tokens: " + ", ".join(
+            f"{name.replace('llama_cpp_', 'llama.cpp ').replace('hf', 'HF')} {med[name]:,.0f} tokens/s "
+            f"({min(rates[name]):,.0f}-{max(rates[name]):,.0f})" for name in sides))
+    for llm in llms.values():
+        llm.close()
+    workdir.cleanup()
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "figures": figures}, indent=2))
