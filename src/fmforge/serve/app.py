@@ -117,8 +117,8 @@ def create_app(backend, batcher: Batcher, api_key: str | None = None,
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON: {exc}") from None
         except RecursionError:
-            raise APIError(400, "the request body is not valid JSON here: it is nested too deeply "
-                           "for the parser") from None
+            raise APIError(400, "the request body is nested too deeply to parse: send a JSON "
+                           "object of the documented parameters") from None
 
     def check_model(name: str) -> None:
         if name != backend.model_name:
