@@ -93,10 +93,11 @@ def test_a_failure_admitting_a_request_is_a_logged_500_and_the_server_keeps_serv
     assert_serves(base, trained[1], greedy)
 
 
-def test_a_failing_step_is_a_logged_500_for_every_request_in_flight(served, trained, greedy, caplog):
+def test_a_failing_step_is_a_logged_500_for_every_request_in_flight_or_waiting(
+        served, trained, greedy, caplog):
     caplog.set_level(logging.ERROR)
-    base, batcher, engine = served()
-    engine.pause()  # both requests admitted before the step that fails
+    base, batcher, engine = served(max_batch=1)  # one request decoding, the other waiting
+    engine.pause()  # both requests in before the step that fails
 
     async def two_requests():
         async with httpx.AsyncClient(timeout=5) as client:
@@ -105,7 +106,8 @@ def test_a_failing_step_is_a_logged_500_for_every_request_in_flight(served, trai
                 base + "/v1/chat/completions", json={
                     "model": "tiny", "messages": [{"role": "user", "content": "def"}],
                     "max_tokens": 40, "temperature": 0, "stream": True}))
-            assert await asyncio.to_thread(wait_until, lambda: batcher.decoding == 2)
+            assert await asyncio.to_thread(
+                wait_until, lambda: (batcher.in_flight, batcher.decoding) == (2, 1))
             engine.fail["step"] = 1
             engine.resume()
             return await whole, await streamed
