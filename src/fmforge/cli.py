@@ -330,12 +330,26 @@ def _run_and_config(target: str, overrides):
 @eval_app.command("heldout")
 def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run name under runs/, or the run's config"),
                  overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
-                 step: Optional[int] = typer.Option(None, "--step", help="evaluate this checkpoint (default: the latest)")) -> None:
+                 step: Optional[int] = typer.Option(None, "--step", help="evaluate this checkpoint (default: the latest)"),
+                 against: Optional[List[str]] = typer.Option(
+                     None, "--against", help="also score these models on the run's held-out bytes: a Hugging "
+                     "Face causal LM directory, a PEFT adapter directory or another fmforge run "
+                     "(--against A B C, or the flag repeated)"),
+                 stride: Optional[int] = typer.Option(None, "--stride", min=1, help="with --against: slide each "
+                                                      "candidate's window by this many tokens"),
+                 max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1, help="with --against: score "
+                                                         "about this many held-out bytes, each source its share"),
+                 device: str = typer.Option("auto", "--device", help="with --against: where candidates run")) -> None:
     """Held-out loss, perplexity and bits per byte, overall and per source, beside gzip -9
-    and xz -9e on the same bytes; appended to eval.json by step."""
+    and xz -9e on the same bytes; appended to eval.json by step. With --against, other
+    models' bits per byte on exactly those bytes (eval.json's "against")."""
     from fmforge.eval.results import read_eval
     from fmforge.pipeline import locked, run_stage
 
+    overrides = list(overrides or [])
+    if against:  # `--against A B C`: the directories after the first arrive as positionals
+        against = list(against) + [o for o in overrides if "=" not in o]
+        overrides = [o for o in overrides if "=" in o]
     run, cfg = _run_and_config(target, overrides)
     with _reported("the same command"):
         if step is None:
@@ -347,6 +361,44 @@ def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run 
             with locked(run, f"fmforge eval --step {step}"):
                 run_eval_stage(cfg, run, step=step)
         _print_heldout(read_eval(run), step)
+        if against:
+            from fmforge.eval.against import evaluate_against
+            from fmforge.train.device import pick_device
+
+            with locked(run, "fmforge eval --against"):
+                evaluate_against(run, against, pick_device(device), stride=stride, max_bytes=max_bytes,
+                                 batch_size=cfg.eval.batch_size)
+            _print_against(read_eval(run), [Path(a).resolve().name for a in against])
+
+
+def _print_against(ev: dict, names: list[str]) -> None:
+    """Each candidate beside the run's own model and the compressors, by source."""
+    from rich.table import Table
+
+    from fmforge.progress import console
+
+    found = ev.get("against", {})
+    sources = sorted(ev.get("per_source", {}))
+    table = Table(title="held-out bits per byte: the run's model, other models, compressors")
+    table.add_column("model")
+    table.add_column("params", justify="right")
+    for col in ("overall", *sources):
+        table.add_column(col, justify="right")
+    per = ev.get("per_source", {})
+    table.add_row("this run (step " + str(ev.get("step")) + ")", "",
+                  _fmt(ev.get("bits_per_byte")), *(_fmt(per[s].get("bits_per_byte")) for s in sources))
+    for name in names:
+        r = found.get(name)
+        if r is None:
+            continue
+        table.add_row(name, f"{r['params']:,}", _fmt(r["bits_per_byte"]),
+                      *(_fmt(r["per_source"].get(s, {}).get("bits_per_byte")) for s in sources))
+    for label, key in (("gzip -9", "gzip_bits_per_byte"), ("xz -9e", "xz_bits_per_byte")):
+        table.add_row(label, "", _fmt(ev.get(key)), *(_fmt(per[s].get(key)) for s in sources))
+    console.print(table)
+    if any(found.get(n, {}).get("max_bytes") for n in names):
+        console.print("candidates were scored on a --max-bytes share of the held-out bytes; the run's "
+                      "model and the compressors on all of them", style="dim")
 
 
 @eval_app.command("chat")

@@ -236,7 +236,74 @@ def heldout_section(run: RunDir) -> str:
         ax.legend(fontsize=8)
         imgs.append(figure_png(fig))
     body += f'<div class="grid">{"".join(imgs)}</div>'
+    if ev.get("against"):
+        body += against_block(ev, entry)
     return section("heldout", "Held-out evaluation", body)
+
+
+def against_block(ev: dict, entry: dict) -> str:
+    """Other models (``fmforge eval RUN --against``) on the same held-out bytes,
+    beside the run's own model and the compressors, overall and per source."""
+    sources = sorted(entry["per_source"])
+    rows = [[f"this run (step {ev['step']})", None, entry.get("window"), entry["overall"].get("bits_per_byte"),
+             *(entry["per_source"][s].get("bits_per_byte") for s in sources)]]
+    for name, r in sorted(ev["against"].items()):
+        rows.append([name + (f" (first {r['max_bytes']:,} bytes)" if r.get("max_bytes") else ""), r.get("params"),
+                     r.get("context"), r.get("bits_per_byte"),
+                     *((r["per_source"].get(s) or {}).get("bits_per_byte") for s in sources)])
+    for label, key in (("gzip -9", "gzip_bits_per_byte"), ("xz -9e", "xz_bits_per_byte")):
+        rows.append([label, None, None, entry["overall"].get(key), *(entry["per_source"][s].get(key) for s in sources)])
+    body = ("<h3>Other models on the same bytes</h3><p class='sub'>Each model with its own tokenizer: "
+            "documents joined with its end-of-text token, windows of its context; nats / ln 2 / the "
+            "same UTF-8 bytes, so every row compares (lower is better).</p>")
+    body += table(["model", "parameters", "window", "overall", *sources], rows)
+    plt = _plt()
+    cats = ["overall", *sources]
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.3 * len(cats) * max(1, len(rows) / 3) + 2), 3.6))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        vals = [v if v is not None else 0 for v in row[3:]]
+        bars = ax.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(cats))], vals, width,
+                      label=row[0][:28])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(cats)), cats)
+    ax.set(title="Held-out bits per byte by model (lower is better)", ylabel="bits per byte")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+    ax.legend(fontsize=7, ncol=min(3, len(rows)), loc="upper center")
+    return body + f'<div class="grid">{figure_png(fig)}</div>'
+
+
+def ladder_section(run: RunDir) -> str:
+    """The run's ladder (``fmforge ladder``): its rungs, the fitted law and what it
+    predicts for the config's model, with the plot the ladder drew."""
+    path = run.root / "ladder" / "ladder.json"
+    if not path.is_file():
+        return ""
+    import json
+
+    ladder = json.loads(path.read_text(encoding="utf-8"))
+    law = ladder["law"]
+    rows = [[r["name"], r["non_embedding_params"], r["tokens"], r["bits_per_byte"], r.get("fit")]
+            for r in ladder.get("rungs", [])]
+    t = ladder.get("target", {})
+    if "bits_per_byte" in t:
+        lo_hi = t.get("interval_90")
+        rows.append([f"the config's model ({t.get('extrapolation', 0):g}x the largest rung), predicted",
+                     t["non_embedding_params"], t.get("tokens"), None,
+                     f"{t['bits_per_byte']:.4f}" + (f" ({lo_hi[0]:.4f}-{lo_hi[1]:.4f})" if lo_hi else "")])
+    form = ("L(N) = {E:.4f} + {A:.4g} / N^{alpha:.4f}".format(**law) if law.get("tokens_per_param") is not None
+            else "L(N, D) = {E:.4f} + {A:.4g} / N^{alpha:.4f} + {B:.4g} / D^{beta:.4f}".format(**law))
+    body = (f"<p class='sub'>{esc(form)}, N non-embedding parameters, L held-out bits per byte"
+            + (f", rungs trained on {law['tokens_per_param']:g} tokens per parameter"
+               if law.get("tokens_per_param") is not None else "") + ".</p>")
+    body += table(["rung", "non-embedding parameters", "tokens", "measured bits/byte", "fit"], rows)
+    for w in ladder.get("warnings", []):
+        body += f"<p class='note'>{esc(w)}</p>"
+    png = run.root / "ladder" / "ladder.png"
+    if png.is_file():
+        body += (f'<div class="grid"><img alt="ladder" src="data:image/png;base64,'
+                 f'{base64.b64encode(png.read_bytes()).decode("ascii")}"></div>')
+    return section("ladder", "Scaling ladder", body)
 
 
 def harness_section(run: RunDir) -> str:
@@ -319,7 +386,7 @@ def render_report(run: RunDir, plan_actual: dict | None = None, plan_missing: st
     import yaml
 
     cfg = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
-    parts = [training_section(run), data_section(run), heldout_section(run), harness_section(run),
+    parts = [training_section(run), data_section(run), heldout_section(run), ladder_section(run), harness_section(run),
              plan_section(plan_actual, plan_missing), samples_section(samples, samples_missing)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>fmforge report: {esc(run.root.name)}</title><style>{CSS}</style></head><body>"

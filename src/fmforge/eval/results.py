@@ -5,7 +5,9 @@
  "per_source": {source: {...}},            (the same, per source)
  "steps": {"346": {"overall": {...}, "per_source": {...}, "stride": ..., ...}},
  "history": [{"step": 180, "loss": ..., ...}, ...],    one line per evaluation, in order
- "harness": {"346": {"tasks": {...}, "config": {...}}}}   lm-eval results per step
+ "harness": {"346": {"tasks": {...}, "config": {...}}},   lm-eval results per step
+ "against": {name: {"path", "params", "context", "bits_per_byte", "per_source": {...}}}}
+                                           other models scored on the same held-out bytes
 ```
 """
 
@@ -57,5 +59,14 @@ def record_harness(run: RunDir, step: int, results: dict[str, Any]) -> dict[str,
     previous["tasks"].update(results["tasks"])
     previous["runs"].append(results["config"])
     harness[str(step)] = previous
+    atomic_write_json(run.eval_json, ev)
+    return ev
+
+
+def record_against(run: RunDir, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Store another model's bits per byte on the run's held-out bytes under
+    ``against[name]`` (a new scoring of the same name replaces the old)."""
+    ev = read_eval(run)
+    ev.setdefault("against", {})[name] = result
     atomic_write_json(run.eval_json, ev)
     return ev

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from fmforge.config import ModelConfig, RunConfig
 from fmforge.eval.stage import run_eval_stage
 from fmforge.ladder.fit import Point, bootstrap, fit_law
+from fmforge.ladder.plot import plot_ladder
 from fmforge.model.counting import count_parameters
 from fmforge.plan.scaling import ScalingLaw, ladder_prediction
 from fmforge.progress import log
@@ -194,6 +195,9 @@ def run_ladder(cfg: RunConfig, run: RunDir, rungs: Sequence[Rung], tokens_per_pa
                          "loss": evaluated.get("loss"), "train_seconds": train.get("wall_s"),
                          "seconds": round(time.perf_counter() - t0, 2)})
         result = fit_ladder(points, tokens_per_param if minutes is None else None, samples=samples, seed=cfg.seed)
+        law = ScalingLaw.from_dict(result["law"])
+        for row, point in zip(rows, points):
+            row["fit"] = law.predict(point.params, None if law.one_variable else point.tokens)
         result["rungs"] = rows
         result["budget"] = ({"tokens_per_param": tokens_per_param} if minutes is None
                             else {"minutes": minutes, "minutes_per_rung": minutes_each})
@@ -202,7 +206,7 @@ def run_ladder(cfg: RunConfig, run: RunDir, rungs: Sequence[Rung], tokens_per_pa
         result["target"]["model"] = cfg.resolved_model().model_dump(mode="json")
         out = run.root / "ladder" / "ladder.json"
         atomic_write_json(out, result)
-    law = ScalingLaw.from_dict(result["law"])
+        plot_ladder(result, run.root / "ladder" / "ladder.png")
     log(f"ladder: {_describe(law)} over {len(points)} rungs -> {out}")
     for w in result["warnings"]:
         log(f"[yellow]ladder: {w}[/yellow]")

@@ -1,0 +1,234 @@
+"""Any model on the run's held-out bytes: ``fmforge eval RUN --against DIR ...``.
+
+A candidate is a local Hugging Face causal LM directory, a PEFT adapter
+directory on its base, or another fmforge run. Each is scored on exactly the
+run's held-out documents, with its own tokenizer: per source, the documents are
+encoded without special tokens and joined with the candidate's end-of-text
+token (``[eos] doc1 [eos] doc2 [eos] ...``, the shape the run's own model is
+scored on), cut into windows of the candidate's context (``stride`` for sliding
+windows), and the nats of every predicted token are summed. Bits per byte =
+nats / ln 2 / the documents' UTF-8 bytes: the same denominator for every
+candidate, so models with different tokenizers compare, with each other and
+with gzip and xz.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fmforge.data.shards import iter_split_records
+from fmforge.model.scoring import score_tokens
+from fmforge.progress import log
+from fmforge.rundir import RunDir
+
+# The longest window scored: a model's context can be 128k tokens, which on a
+# CPU costs far more than it tells about held-out text.
+MAX_WINDOW = 4096
+
+
+class CandidateError(ValueError):
+    """A candidate that cannot be scored as given."""
+
+
+@dataclass
+class Candidate:
+    path: Path
+    name: str
+    kind: str  # "hf", "peft" or "fmforge"
+    model: torch.nn.Module  # (B, T) ids -> (B, T, V) logits
+    encode: Callable[[list[str]], list[list[int]]]  # documents -> ids, no special tokens
+    decode: Callable[[list[int]], str]
+    eos_id: int
+    context: int
+    params: int
+    unk_id: int | None = None
+
+
+class _Logits(torch.nn.Module):
+    """A Hugging Face causal LM as ``ids -> logits``, the interface the scorer uses."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=ids, use_cache=False).logits
+
+
+def load_candidate(path: str | Path, device: torch.device) -> Candidate:
+    path = Path(path)
+    if not path.is_dir():
+        raise CandidateError(f"--against {path}: no such directory")
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        return _fmforge_candidate(path, device)
+    from fmforge.inference.hf_models import is_adapter_dir
+
+    if is_adapter_dir(path):
+        return _hf_candidate(path, device, kind="peft")
+    if (path / "config.json").is_file():
+        return _hf_candidate(path, device, kind="hf")
+    raise CandidateError(f"--against {path}: not a model: expected a Hugging Face model directory "
+                         "(config.json), a PEFT adapter directory (adapter_config.json) or an "
+                         "fmforge run (config.yaml and checkpoints/)")
+
+
+def _fmforge_candidate(path: Path, device: torch.device) -> Candidate:
+    from fmforge.inference.loading import load_trained
+    from fmforge.model.counting import count_parameters
+
+    trained = load_trained(RunDir(path), device=str(device.type))
+    tok = trained.tokenizer
+    return Candidate(
+        path=path, name=path.resolve().name, kind="fmforge", model=trained.model,
+        encode=lambda docs: [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)],
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
+        eos_id=trained.eos_id, context=trained.model.cfg.seq_len,
+        params=count_parameters(trained.model.cfg).total)
+
+
+def _hf_candidate(path: Path, device: torch.device, kind: str) -> Candidate:
+    try:
+        from transformers import AutoConfig
+    except ImportError as exc:
+        raise CandidateError(f"scoring {path} needs transformers: pip install 'fmforge[hf]' ({exc})") from exc
+    from fmforge.inference.hf_models import adapter_base, load_model, load_tokenizer
+
+    base = adapter_base(path) if kind == "peft" else path
+    try:
+        config = AutoConfig.from_pretrained(str(base), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CandidateError(f"--against {path}: {base}/config.json is not a model configuration "
+                             f"transformers reads ({exc})") from exc
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        arch = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        raise CandidateError(f"--against {path}: {arch} is not a causal language model (transformers "
+                             "has no AutoModelForCausalLM for it): bits per byte needs a model that "
+                             "predicts the next token")
+    dtype = torch.bfloat16 if _native_bf16(device) else torch.float32
+    model = load_model(path, device, dtype=dtype)
+    if kind == "peft":
+        model = model.merge_and_unload()
+    tok_dir = path if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file() else base
+    tok = load_tokenizer(tok_dir)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(config, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0]
+    if eos is None:
+        raise CandidateError(f"--against {path}: its tokenizer has no end-of-text token to join "
+                             "documents with (eos_token)")
+    context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0) or 2048)
+    return Candidate(
+        path=path, name=path.resolve().name, kind=kind, model=_Logits(model).eval(),
+        encode=lambda docs: tok(docs, add_special_tokens=False)["input_ids"],
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+        eos_id=int(eos), context=min(context, MAX_WINDOW),
+        params=sum(p.numel() for p in model.parameters()), unk_id=tok.unk_token_id)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        from fmforge.hardware import cpu_has_native_bf16
+
+        return cpu_has_native_bf16()
+    return False
+
+
+def heldout_documents(run: RunDir, max_bytes: int | None = None) -> dict[str, list[str]]:
+    """The run's held-out documents per source, in shard order. ``max_bytes``
+    keeps about that many bytes in all, each source its share of them."""
+    docs: dict[str, list[str]] = {}
+    for record in iter_split_records(run.data, "val", columns=("text", "source")):
+        docs.setdefault(record["source"] or "(none)", []).append(record["text"])
+    if not docs:
+        raise CandidateError(f"the run {run.root} has no held-out documents: raise data.val_fraction "
+                             "and rerun its data stage")
+    if max_bytes is not None:
+        sizes = {s: sum(len(d.encode("utf-8")) for d in v) for s, v in docs.items()}
+        total = sum(sizes.values())
+        for source, texts in docs.items():
+            budget, kept, used = max_bytes * sizes[source] / total, [], 0
+            for text in texts:
+                if kept and used + len(text.encode("utf-8")) > budget:
+                    break
+                kept.append(text)
+                used += len(text.encode("utf-8"))
+            docs[source] = kept
+    return dict(sorted(docs.items()))
+
+
+def _stream(candidate: Candidate, texts: list[str]) -> np.ndarray:
+    encoded = candidate.encode(texts)
+    for text, ids in zip(texts, encoded):
+        decoded = candidate.decode(ids)
+        if (candidate.unk_id is not None and candidate.unk_id in ids) or decoded != text:
+            at = next((i for i, (a, b) in enumerate(zip(decoded, text)) if a != b), min(len(decoded), len(text)))
+            raise CandidateError(
+                f"{candidate.path}: its tokenizer cannot encode the held-out text exactly (it maps some "
+                f"bytes to an unknown token or changes them), e.g. near {text[max(0, at - 20): at + 20]!r}; "
+                "bits per byte would count the wrong bytes. Score a model whose tokenizer is byte-level "
+                "(byte BPE, or byte fallback)")
+    stream = [candidate.eos_id]
+    for ids in encoded:
+        stream.extend(ids)
+        stream.append(candidate.eos_id)
+    return np.asarray(stream, dtype=np.int64)
+
+
+def score_candidate(candidate: Candidate, documents: dict[str, list[str]], device: torch.device,
+                    stride: int | None = None, batch_size: int = 4) -> dict[str, Any]:
+    """Bits per byte of ``candidate`` overall and per source."""
+    window = candidate.context
+    if stride is not None and not 0 < stride <= window:
+        raise CandidateError(f"--stride {stride} must be between 1 and the window ({window} tokens "
+                             f"for {candidate.name})")
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if _native_bf16(device) else None
+    per_source, t0 = {}, time.perf_counter()
+    for source, texts in documents.items():
+        stream = _stream(candidate, texts)
+        res = score_tokens(candidate.model, stream, window, batch_size, device, autocast=amp, stride=stride)
+        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+        per_source[source] = {"bits_per_byte": res.nats / math.log(2) / n_bytes, "nats": res.nats,
+                              "tokens": res.tokens, "bytes": n_bytes, "documents": len(texts)}
+        log(f"  {candidate.name} on {source}: {per_source[source]['bits_per_byte']:.4f} bits/byte "
+            f"({n_bytes:,} bytes, {res.tokens:,} tokens)")
+    nats = sum(r["nats"] for r in per_source.values())
+    n_bytes = sum(r["bytes"] for r in per_source.values())
+    return {"path": str(candidate.path.resolve()), "name": candidate.name, "kind": candidate.kind,
+            "params": candidate.params, "context": window, "stride": stride or window,
+            "dtype": "bfloat16" if amp else "float32", "bits_per_byte": nats / math.log(2) / n_bytes,
+            "bytes": n_bytes, "tokens": sum(r["tokens"] for r in per_source.values()),
+            "per_source": per_source, "seconds": round(time.perf_counter() - t0, 2),
+            "evaluated_at": time.time()}
+
+
+def evaluate_against(run: RunDir, paths: list[str | Path], device: torch.device, stride: int | None = None,
+                     max_bytes: int | None = None, batch_size: int = 4) -> dict[str, dict[str, Any]]:
+    """Score every candidate on the run's held-out documents; recorded in
+    ``eval.json`` under ``against`` (one entry per candidate, by name)."""
+    from fmforge.eval.results import record_against
+
+    documents = heldout_documents(run, max_bytes)
+    found = {}
+    for path in paths:
+        candidate = load_candidate(path, device)
+        log(f"scoring {candidate.name} ({candidate.kind}, {candidate.params:,} parameters, window "
+            f"{candidate.context}) on {sum(len(v) for v in documents.values()):,} held-out documents")
+        with torch.no_grad():
+            result = score_candidate(candidate, documents, device, stride=stride, batch_size=batch_size)
+        if max_bytes is not None:
+            result["max_bytes"] = max_bytes
+        found[candidate.name] = result
+        record_against(run, candidate.name, result)
+        del candidate
+    return found
