@@ -71,6 +71,11 @@ def assert_serves(base: str, model, greedy) -> None:
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
+def sequences(engine) -> int:
+    """Sequences the engine holds, waiting for their prefill or decoding."""
+    return len(engine.waiting) + len(engine.running)
+
+
 def wait_until(condition, timeout: float = 5.0) -> bool:
     deadline = time.time() + timeout
     while not condition():
@@ -107,7 +112,7 @@ def test_a_failing_step_is_a_logged_500_for_every_request_in_flight_or_waiting(
                     "model": "tiny", "messages": [{"role": "user", "content": "def"}],
                     "max_tokens": 40, "temperature": 0, "stream": True}))
             assert await asyncio.to_thread(
-                wait_until, lambda: (batcher.in_flight, batcher.decoding) == (2, 1))
+                wait_until, lambda: batcher.in_flight == 2 and sequences(engine) == 1)
             engine.fail["step"] = 1
             engine.resume()
             return await whole, await streamed
@@ -146,7 +151,7 @@ def test_a_failure_freeing_a_slot_fails_the_requests_in_flight_and_the_worker_re
     with httpx.stream("POST", base + "/v1/chat/completions", json=chat, timeout=5) as r:
         lines = r.iter_lines()  # kept: a dropped iterator closes the response
         next(lines)  # the role chunk: the stream has begun
-        assert wait_until(lambda: batcher.decoding == 2)
+        assert wait_until(lambda: sequences(engine) == 2)
         engine.fail["cancel"] = 1
     # hung up: freeing its slot fails, and so does the request still in flight
     other.join(timeout=10)
