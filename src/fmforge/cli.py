@@ -608,6 +608,8 @@ def plan(
     lora_epochs: float = typer.Option(2.0, "--lora-epochs"),
     horizon_months: int = typer.Option(12, "--horizon-months"),
     actual: Optional[str] = typer.Option(None, "--actual", help="compare a finished run with its plan"),
+    decide: bool = typer.Option(False, "--decide", help="with a CONFIG: quality beside cost: the run's model, "
+                                "models scored with `fmforge eval RUN --against` and the ladder's predictions"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (stable keys) instead of tables"),
 ) -> None:
     """What a run will cost (FLOPs, memory per GPU, GPU-hours, dollars), what size of

@@ -268,7 +268,29 @@ def write_run_report(run: RunDir, out: Path | None = None, device: str = "auto")
         plan_actual, missing = compare_plan_to_actual(run.root), None
     except ValueError as exc:  # PlanError included: no plan.json, nothing measured yet
         plan_actual, missing = None, f"plan versus actual unavailable: {exc}"
-    return write_report(run, plan_actual, missing, out=out, device=device)
+    return write_report(run, plan_actual, missing, out=out, device=device, decision=_decision(run))
+
+
+def _decision(run: RunDir) -> dict | None:
+    """The planner's quality-beside-cost table for the report, when there is more
+    to compare than the run itself (other models scored on its bytes, a ladder)."""
+    import json
+
+    from fmforge.config import config_from_dict
+    from fmforge.hardware import HardwareError, get_hardware
+    from fmforge.plan.quality import quality_table
+
+    ev = json.loads(run.eval_json.read_text(encoding="utf-8")) if run.eval_json.is_file() else {}
+    if not ev.get("against") and not (run.root / "ladder" / "ladder.json").is_file():
+        return None
+    import yaml
+
+    cfg = config_from_dict(yaml.safe_load(run.config.read_text(encoding="utf-8")))
+    plan = json.loads(run.plan_json.read_text(encoding="utf-8")) if run.plan_json.is_file() else {}
+    try:
+        return quality_table(run.root, cfg, plan, get_hardware(plan.get("gpu") or cfg.plan.gpu))
+    except (ValueError, HardwareError):  # PlanError included: nothing to compare
+        return None
 
 
 def require_heldout_tokens(run: RunDir) -> None:

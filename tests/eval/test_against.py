@@ -35,6 +35,9 @@ def exported(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("against")
     shutil.copytree(trained_run.root, root / "run")
     run = RunDir(root / "run")
+    raw = yaml.safe_load(run.config.read_text())
+    raw["out_dir"] = str(run.root)  # the copy's config names the copy
+    run.config.write_text(yaml.safe_dump(raw))
     export_hf(run, root / "hf")
     cfg = config_from_dict(yaml.safe_load(run.config.read_text()))
     run_eval_stage(cfg, run)
@@ -136,3 +139,38 @@ def test_the_command_line_scores_several_candidates_at_once(exported):
     assert "hf" in shown and "xz -9e" in shown and "this run" in shown
     ev = json.loads(run.eval_json.read_text())
     assert ev["against"]["hf"]["max_bytes"] == 4000
+
+
+def test_plan_decide_puts_each_models_measured_quality_beside_its_cost(exported, monkeypatch):
+    run, hf = exported
+    monkeypatch.setattr("fmforge.eval.against._native_bf16", lambda device: False)
+    evaluate_against(run, [hf], CPU)
+    env = {**os.environ, "FMFORGE_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "fmforge", "plan", str(run.config), "--decide", "--json",
+                           "--monthly-tokens", "1e6"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    q = json.loads(done.stdout)["quality"]
+    ev = json.loads(run.eval_json.read_text())
+    own = next(r for r in q["rows"] if "(this run" in r["model"])
+    rows = {r["model"]: r for r in q["rows"]}
+    assert own["option"] == "train" and own["bits_per_byte"] == ev["bits_per_byte"]
+    bought = rows["hf"]
+    assert bought["option"] == "use as is" and bought["one_time_usd"] == 0.0
+    assert bought["bits_per_byte"] == ev["against"]["hf"]["bits_per_byte"]
+    assert bought["per_source"] == {s: r["bits_per_byte"] for s, r in ev["against"]["hf"]["per_source"].items()}
+    assert bought["monthly_usd"] > 0  # serving a model costs something every month
+    assert q["references"]["xz"] == ev["xz_bits_per_byte"]
+
+
+def test_the_report_has_a_decision_section_with_the_scored_models(exported, monkeypatch):
+    from fmforge.pipeline import write_run_report
+
+    run, hf = exported
+    monkeypatch.setattr("fmforge.eval.against._native_bf16", lambda device: False)
+    evaluate_against(run, [hf], CPU)
+    html = write_run_report(run, device="cpu").read_text()
+    ev = json.loads(run.eval_json.read_text())
+    decision = html[html.index("Decision: train, customize or use as is"):]
+    decision = decision[: decision.index("</section>")] if "</section>" in decision else decision
+    assert "use as is" in decision and f"{ev['against']['hf']['bits_per_byte']:.4f}" in decision
+    assert "Other models on the same bytes" in html  # and the held-out section's table

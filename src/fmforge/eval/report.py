@@ -263,8 +263,9 @@ def against_block(ev: dict, entry: dict) -> str:
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         vals = [v if v is not None else 0 for v in row[3:]]
+        color = {"gzip -9": COLORS["gzip"], "xz -9e": COLORS["xz"]}.get(row[0])  # as in the chart above
         bars = ax.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(cats))], vals, width,
-                      label=row[0][:28])
+                      label=row[0][:28], color=color)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(range(len(cats)), cats)
     ax.set(title="Held-out bits per byte by model (lower is better)", ylabel="bits per byte")
@@ -322,6 +323,30 @@ def harness_section(run: RunDir) -> str:
                 rows.append([task, metric, filt, value, int(step), ", ".join(str(s) for s in shots)])
     body = table(["task", "metric", "filter", "value", "step", "few-shot"], rows)
     return section("harness", "Benchmarks (lm-evaluation-harness)", body)
+
+
+def decision_section(decision: dict | None) -> str:
+    """Train your own, customize or use as is: each option's held-out bits per byte
+    (measured, or predicted by the ladder) beside its cost (``fmforge plan --decide``)."""
+    if not decision:
+        return ""
+    rows = []
+    for r in decision["rows"]:
+        lo_hi = r.get("interval_90")
+        rows.append([r["option"], r["model"], r.get("params"), r.get("bits_per_byte"),
+                     f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi else None,
+                     None if r.get("one_time_usd") is None else f"${r['one_time_usd']:,.4g}", r["basis"]])
+    refs = decision.get("references") or {}
+    for name, key in (("gzip -9", "gzip"), ("xz -9e", "xz")):
+        if refs.get(key) is not None:
+            rows.append(["reference", name, None, refs[key], None, None, "measured"])
+    body = ("<p class='sub'>Each option's held-out bits per byte on this run's own held-out bytes "
+            "(lower is better), measured or predicted by the run's ladder, beside its one-time cost. "
+            "<code>fmforge plan CONFIG --decide</code> prints it, with serving costs given "
+            "<code>--monthly-tokens</code>.</p>")
+    body += table(["option", "model", "parameters", "bits/byte", "90% interval", "one-time cost", "basis"], rows)
+    body += "".join(f"<p class='note'>{esc(n)}</p>" for n in decision.get("notes", []))
+    return section("decision", "Decision: train, customize or use as is", body)
 
 
 def plan_section(plan_actual: dict | None, why_missing: str | None) -> str:
@@ -382,19 +407,20 @@ def _header(run: RunDir, cfg: dict | None) -> str:
 
 def render_report(run: RunDir, plan_actual: dict | None = None, plan_missing: str | None = None,
                   samples: tuple[int, list[tuple[str, str, str]]] | None = None,
-                  samples_missing: str | None = None) -> str:
+                  samples_missing: str | None = None, decision: dict | None = None) -> str:
     import yaml
 
     cfg = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
     parts = [training_section(run), data_section(run), heldout_section(run), ladder_section(run), harness_section(run),
-             plan_section(plan_actual, plan_missing), samples_section(samples, samples_missing)]
+             decision_section(decision), plan_section(plan_actual, plan_missing),
+             samples_section(samples, samples_missing)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>fmforge report: {esc(run.root.name)}</title><style>{CSS}</style></head><body>"
             + _header(run, cfg) + "".join(parts) + "</body></html>\n")
 
 
 def write_report(run: RunDir, plan_actual: dict | None = None, plan_missing: str | None = None,
-                 out: Path | None = None, device: str = "auto") -> Path:
+                 out: Path | None = None, device: str = "auto", decision: dict | None = None) -> Path:
     """Write ``report.html`` (or ``out``) for ``run``; returns its path. Samples
     come from ``eval.report_prompts`` of the run's config."""
     import yaml
@@ -409,5 +435,5 @@ def write_report(run: RunDir, plan_actual: dict | None = None, plan_missing: str
         except (FileNotFoundError, ValueError) as exc:
             samples_missing = f"no completions: {exc}"
     out = Path(out) if out is not None else run.root / "report.html"
-    atomic_write_text(out, render_report(run, plan_actual, plan_missing, samples, samples_missing))
+    atomic_write_text(out, render_report(run, plan_actual, plan_missing, samples, samples_missing, decision))
     return out

@@ -18,7 +18,9 @@ from fmforge.plan.actual import compare_customize_to_actual, compare_plan_to_act
 from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan, plan_run_tokens, run_dtype, settle_mfu
-from fmforge.plan.report import render_actual, render_decision, render_ladder, render_plan, render_sizing
+from fmforge.plan.quality import quality_table
+from fmforge.plan.report import (render_actual, render_decision, render_ladder, render_plan, render_quality,
+                                 render_sizing)
 from fmforge.plan.scaling import ScalingLaw, ladder_prediction, read_ladder
 from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
 from fmforge.rundir import resolve_run
@@ -54,6 +56,7 @@ class PlanOptions:
     lora_epochs: float = DEFAULT_LORA_EPOCHS
     horizon_months: int = DEFAULT_HORIZON_MONTHS
     actual: str | Path | None = None
+    decide: bool = False
 
     def given(self) -> list[str]:
         """The flags set to something other than their default, as the user typed them."""
@@ -178,6 +181,12 @@ def plan_command(o: PlanOptions) -> PlanOutput:
     if ladder is not None:
         data["ladder"] = ladder_section(ladder, cfg, data)
         renderables += render_ladder(data["ladder"])
+
+    if o.decide:
+        if cfg is None:
+            raise PlanError("--decide compares what was measured and predicted for a run: give its CONFIG")
+        data["quality"] = quality_table(cfg.run_dir, cfg, data, hw, o.monthly_tokens)
+        renderables += render_quality(data["quality"])
 
     if o.api_price is not None:
         if o.monthly_tokens is None:

@@ -113,6 +113,30 @@ def render_ladder(l: dict[str, Any]) -> list[Any]:
     return out
 
 
+def render_quality(q: dict[str, Any]) -> list[Any]:
+    """Train, customize or use as is: held-out bits per byte beside what each costs."""
+    serving = q.get("monthly_tokens") is not None
+    t = _table("Quality beside cost, on your held-out bytes (bits per byte: lower is better)",
+               ("option", "model", "params", "bits/byte", "90% interval", "one-time",
+                *(("serve/month",) if serving else ()), "basis"))
+    for r in q["rows"]:
+        lo_hi = r.get("interval_90")
+        t.add_row(r["option"], r["model"], fmt.count(r["params"]) if r.get("params") else "-",
+                  f"{r['bits_per_byte']:.4f}" if r.get("bits_per_byte") is not None else "-",
+                  f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f}" if lo_hi else "-",
+                  fmt.usd(r["one_time_usd"]) if r.get("one_time_usd") is not None else "-",
+                  *((fmt.usd(r["monthly_usd"]) if r.get("monthly_usd") is not None else "-",) if serving else ()),
+                  r["basis"])
+    refs = q.get("references", {})
+    if refs.get("gzip") is not None:
+        t.add_row("reference", "gzip -9", "-", f"{refs['gzip']:.4f}", "-", "-", *(("-",) if serving else ()),
+                  "measured")
+    if refs.get("xz") is not None:
+        t.add_row("reference", "xz -9e", "-", f"{refs['xz']:.4f}", "-", "-", *(("-",) if serving else ()),
+                  "measured")
+    return [t, *(Text(n) for n in q.get("notes", []))]
+
+
 def _payback(o: dict[str, Any], buy_monthly: float) -> str:
     if o["option"] == "buy":
         return "-"

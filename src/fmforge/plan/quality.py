@@ -1,0 +1,130 @@
+"""The decision with quality beside cost: train your own, customize, or use a
+model as it is, each with its held-out bits per byte on the user's own data.
+
+Read from the run directory (no stage is imported): the run's own figure from
+``eval.json``; other models scored on the same bytes from ``eval.json``'s
+``against`` (``fmforge eval RUN --against``): a Hugging Face model is "use as
+is", a PEFT adapter "customize" (its cost from the fine-tune's ``summary.json``
+beside it), another fmforge run "train" (its cost from its own plan and
+metrics); the run's ladder (``ladder/ladder.json``) predicts the config's model
+and, with a budget, the compute-optimal one, with their 90% intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fmforge.hardware import Hardware, get_hardware
+from fmforge.model.counting import count_parameters
+from fmforge.plan.actual import compare_plan_to_actual
+from fmforge.plan.decide import serving_cost
+from fmforge.plan.errors import PlanError
+from fmforge.plan.scaling import ScalingLaw, ladder_prediction, read_ladder
+from fmforge.rundir import RunDir
+
+
+def _eval(root: Path) -> dict[str, Any]:
+    path = RunDir(root).eval_json
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _actual_cost(root: Path) -> float | None:
+    try:
+        rows = compare_plan_to_actual(root)["rows"]
+    except (PlanError, KeyError, ValueError, OSError):
+        return None
+    return next((r["actual"] for r in rows if r["metric"] == "cost_usd"), None)
+
+
+def _customize_cost(adapter: Path) -> tuple[float | None, str | None]:
+    """One-time cost of the fine-tune that made ``adapter``: its wall time on the
+    device it ran on, at the catalogue's price (``summary.json`` beside it)."""
+    summary = adapter.parent / "summary.json"
+    if not summary.is_file():
+        return None, None
+    s = json.loads(summary.read_text(encoding="utf-8"))
+    if not s.get("wall_s"):
+        return None, None
+    device = "cpu" if not str(s.get("device", "cpu")).startswith("cuda") else "h100-sxm"
+    hw = get_hardware(device)
+    return float(s["wall_s"]) / 3600 * hw.price_per_hour, f"{s.get('method', 'lora')} fine-tune, {s['wall_s']:.0f} s"
+
+
+def _per_source(r: dict[str, Any]) -> dict[str, float | None]:
+    return {k: v.get("bits_per_byte") for k, v in (r.get("per_source") or {}).items()}
+
+
+def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware: Hardware,
+                  monthly_tokens: float | None = None) -> dict[str, Any]:
+    """Rows of options with their held-out bits per byte (measured or predicted)
+    and costs; ``plan`` is ``fmforge plan``'s data for the config (its cost, and
+    ``sizing`` with a budget)."""
+    root = Path(run_root)
+    ev = _eval(root)
+    rows: list[dict[str, Any]] = []
+
+    def serve(params: float | None) -> float | None:
+        if monthly_tokens is None or not params:
+            return None
+        return serving_cost(params, monthly_tokens, hardware)[0]
+
+    if ev.get("bits_per_byte") is not None:
+        summary = (RunDir(root).stage_record("train") or {}).get("summary", {})
+        params = summary.get("params")
+        rows.append({"option": "train", "model": f"{root.name} (this run, step {ev.get('step')})",
+                     "params": params, "bits_per_byte": ev["bits_per_byte"], "per_source": _per_source(ev),
+                     "basis": "measured", "one_time_usd": _actual_cost(root), "monthly_usd": serve(params)})
+    for name, r in sorted((ev.get("against") or {}).items()):
+        path = Path(r["path"])
+        kind = r.get("kind")
+        if kind == "peft":
+            cost, how = _customize_cost(path)
+            option, basis = "customize", "measured" + (f"; {how}" if how else "")
+        elif kind == "fmforge":
+            cost, option, basis = _actual_cost(path), "train", "measured"
+        else:
+            cost, option, basis = 0.0, "use as is", "measured; weights already trained"
+        if r.get("max_bytes"):
+            basis += f"; first {r['max_bytes']:,} held-out bytes"
+        rows.append({"option": option, "model": name, "params": r.get("params"),
+                     "bits_per_byte": r.get("bits_per_byte"), "per_source": _per_source(r), "basis": basis,
+                     "one_time_usd": cost, "monthly_usd": serve(r.get("params"))})
+    ladder = read_ladder(root)
+    if ladder is not None and cfg is not None:
+        model = cfg.resolved_model()
+        counts = count_parameters(model)
+        predicted = ladder_prediction(ladder, counts.non_embedding, plan.get("tokens"))
+        if "bits_per_byte" in predicted:
+            rows.append({"option": "train", "model": "config's model, predicted",
+                         "params": counts.total, "bits_per_byte": predicted["bits_per_byte"],
+                         "interval_90": predicted.get("interval_90"), "per_source": {},
+                         "basis": f"ladder, {predicted.get('extrapolation', 0):g}x its largest rung",
+                         "one_time_usd": plan.get("cost_usd"), "monthly_usd": serve(counts.total)})
+        compute = (plan.get("sizing") or {}).get("compute_flops")
+        if compute:
+            law = ScalingLaw.from_dict(ladder["law"])
+            n_opt, d_opt = law.optimum(compute)
+            p = ladder_prediction(ladder, n_opt, d_opt)
+            # The law counts non-embedding parameters; serving holds the embedding too.
+            embedding = counts.embedding + counts.lm_head
+            rows.append({"option": "train", "model": "budget optimum, predicted",
+                         "params": n_opt + embedding, "bits_per_byte": p["bits_per_byte"],
+                         "interval_90": p.get("interval_90"), "per_source": {},
+                         "basis": f"ladder, {p.get('extrapolation', 0):g}x its largest rung",
+                         "one_time_usd": (plan.get("sizing") or {}).get("budget_usd"),
+                         "monthly_usd": serve(n_opt + embedding)})
+    if not rows:
+        raise PlanError(f"nothing to compare in {root}: evaluate the run (`fmforge eval RUN`), score other "
+                        "models on its held-out bytes (`fmforge eval RUN --against DIR`) or fit a ladder "
+                        "(`fmforge ladder CONFIG`) first")
+    references = {k: ev.get(f"{k}_bits_per_byte") for k in ("gzip", "xz")}
+    best = min((r for r in rows if r["bits_per_byte"] is not None), key=lambda r: r["bits_per_byte"])
+    notes = [f"lowest held-out bits per byte: {best['model']} ({best['option']}, {best['bits_per_byte']:.4f}, "
+             f"{best['basis']})"]
+    if references["xz"] is not None:
+        notes.append(f"xz -9e on the same bytes: {references['xz']:.4f} bits per byte; a model above it has "
+                     "learned less about this data than a general-purpose compressor")
+    return {"run": str(root), "rows": rows, "references": references,
+            "monthly_tokens": monthly_tokens, "gpu": hardware.key, "notes": notes}
