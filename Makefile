@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean mutate llama-cpp
+.PHONY: setup demo test test-fast faults bench clean llama-cpp mutate
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ test: setup llama-cpp
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The fault-injection suite alone (also part of `make test`): kill -9 during a DDP
+# run, a disk that fills while a checkpoint is saved, a read-only run directory,
+# damaged data shards, token files and sources. The disk cases mount a small tmpfs
+# and skip without root.
+faults: setup
+	$(BIN)/python -m pytest -q -m faults
 
 bench: setup
 	$(BIN)/python benchmarks/plan_vs_measured.py --preset tiny
