@@ -263,7 +263,7 @@ def llama_cpp_has_amx_int8() -> bool:
 # choices this close are a tie at the file's precision (llama.cpp also rounds the
 # activations to f16 / 8 bits for those matrices, and keeps an f16 KV cache). 3-8x
 # the largest |logit difference| measured on these runs, whose logits span ±8:
-# 3.3e-3 (f32), 6.1e-3 (f16), 0.12 (q8_0) (docs/export.md, "Parity, measured").
+# 3.3e-3 (f32), 6.1e-3 (f16), 0.12 (q8_0) (docs/export.md, "Checked by llama.cpp itself").
 TIE = {"f32": 1e-2, "f16": 5e-2, "q8_0": 0.5}
 
 
