@@ -291,3 +291,17 @@ def test_phone_lengths_at_the_limits_are_redacted(number, digits):
 ])
 def test_card_look_alikes_are_left(text):
     assert redact(f"Value {text} here")[0] == f"Value {text} here"
+
+
+def test_a_national_number_with_its_trunk_code_in_parentheses():
+    # 11 digits: a national number (9-12 digits), not a North-American one (10).
+    assert redact("Call (020) 7946 0958 now.")[0] == "Call <PHONE> now."
+
+
+def test_a_version_marker_counts_at_the_start_of_the_text_and_up_to_24_characters_back():
+    assert redact("v 1.2.3.4 is out")[0] == "v 1.2.3.4 is out"
+    # The marker's first letter 24 characters before the address still counts ...
+    near = "version" + " " * 17 + "1.2.3.4"
+    assert redact(near)[0] == near
+    # ... 25 characters before, it is out of sight: a bare public address.
+    assert redact("version" + " " * 18 + "1.2.3.4")[0] == "version" + " " * 18 + "<IP_ADDRESS>"

@@ -1,0 +1,177 @@
+"""``eval/heldout.py`` without a trained run: the error of each wrong setting, the
+stream layout per source, and the compressor figures on exactly the scored bytes
+(checked against ``gzip``/``lzma`` run here on bytes written out by hand)."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from tokenizers.processors import TemplateProcessing
+
+import fmforge.eval.heldout as heldout
+from fmforge.config import ModelConfig
+from fmforge.eval.heldout import (
+    EVAL_STAGE_HINT,
+    HeldoutSettings,
+    evaluate_heldout,
+    gzip_bits_per_byte,
+    score_stream,
+    source_streams,
+    xz_bits_per_byte,
+)
+from fmforge.model.scoring import score_tokens
+from fmforge.model.transformer import Transformer
+
+CPU = torch.device("cpu")
+
+
+def test_compressors_refuse_nothing_and_measure_by_hand():
+    for f in (gzip_bits_per_byte, xz_bits_per_byte):
+        with pytest.raises(ValueError) as err:
+            f(b"")
+        assert str(err.value) == "no bytes to compress"
+    data = b"hello hello hello world " * 40
+    assert gzip_bits_per_byte(data) == 8 * len(gzip.compress(data, 9, mtime=0)) / len(data)
+    want_xz = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    assert xz_bits_per_byte(data) == 8 * len(want_xz) / len(data)
+    # One byte: gzip's 20-byte frame plus the deflate block of it, read off the format.
+    assert gzip_bits_per_byte(b"a") == 8 * 21
+
+
+def _model(vocab=20, seq_len=4):
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=vocab, d_model=16, n_layers=1, n_heads=2, seq_len=seq_len)).eval()
+
+
+def test_score_stream_baselines_are_on_the_scored_targets_only():
+    model = _model()
+    # token i stands for the letter chr(97 + i): bytes by hand.
+    table = [bytes([97 + i]) for i in range(20)]
+    token_bytes = np.ones(20, dtype=np.int64)
+    tokens = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], dtype=np.int64)
+    settings = HeldoutSettings(seq_len=4, batch_size=2, max_tokens=7)
+    got = score_stream(model, tokens, settings, CPU, table, token_bytes)
+    scored = bytes(97 + int(t) for t in tokens[1:8])  # the 7 targets after the first token
+    assert scored == b"bebfjcg"
+    res = score_tokens(model, tokens, 4, 2, CPU, max_tokens=7, token_bytes=token_bytes)
+    assert got == {
+        "loss": res.loss,
+        "perplexity": res.perplexity,
+        "bits_per_byte": res.bits_per_byte,
+        "gzip_bits_per_byte": 8 * len(gzip.compress(scored, 9, mtime=0)) / 7,
+        "xz_bits_per_byte": 8 * len(lzma.compress(scored, format=lzma.FORMAT_XZ,
+                                                 preset=9 | lzma.PRESET_EXTREME)) / 7,
+        "tokens": 7,
+        "bytes": 7,
+    }
+    # stride is passed on: with stride 1 the loss is another figure, the bytes the same.
+    strided = score_stream(model, tokens, HeldoutSettings(seq_len=4, stride=1), CPU, table, token_bytes)
+    want = score_tokens(model, tokens, 4, 8, CPU, token_bytes=token_bytes, stride=1)
+    assert strided["loss"] == want.loss and strided["tokens"] == 10
+    # Targets that stand for no bytes (special tokens): no baseline rather than an error.
+    empty = score_stream(model, tokens, settings, CPU, [b""] * 20, np.zeros(20, dtype=np.int64))
+    assert empty["gzip_bits_per_byte"] is None and empty["xz_bits_per_byte"] is None
+    assert empty["bits_per_byte"] is None and empty["bytes"] == 0
+
+
+def _tokenizer() -> Tokenizer:
+    vocab = {"<eos>": 0, "<unk>": 1, "a": 2, "b": 3, "c": 4, "d": 5, "<bos>": 6}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.add_special_tokens(["<eos>", "<bos>"])  # stand for no bytes
+    # A tokenizer that adds <bos> on its own: the stage encodes without it.
+    tok.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 6)])
+    return tok
+
+
+def test_source_streams_layout(monkeypatch):
+    records = [{"text": "a b", "source": "web"}, {"text": "c", "source": "books"},
+               {"text": "d d", "source": "web"}, {"text": "b", "source": None},
+               {"text": "", "source": "books"}]
+    seen = {}
+
+    def fake_records(data, split, columns):
+        seen.update(data=data, split=split, columns=columns)
+        return iter(records)
+
+    monkeypatch.setattr(heldout, "iter_split_records", fake_records)
+    run = SimpleNamespace(data=Path("/run/data"))
+    assert _tokenizer().encode("a b").ids == [6, 2, 3]  # the post-processor is live
+    streams = source_streams(run, _tokenizer(), eos_id=0)
+    assert seen == {"data": Path("/run/data"), "split": "val", "columns": ("text", "source")}
+    assert list(streams) == ["(none)", "books", "web"]  # sorted; no source is "(none)"
+    assert streams["web"].tolist() == [0, 2, 3, 0, 5, 5, 0]
+    assert streams["books"].tolist() == [0, 4, 0, 0]
+    assert streams["(none)"].tolist() == [0, 3, 0]
+    assert all(s.dtype == np.int64 for s in streams.values())
+    assert source_streams(run, _tokenizer(), 0, dtype=np.int32)["web"].dtype == np.int32
+
+
+class _Run:
+    def __init__(self, root: Path, meta: dict):
+        self.root, self.tokens, self._meta = root, root / "tokens", meta
+
+    def tokens_meta(self):
+        return self._meta
+
+
+def test_each_wrong_setting_is_refused_with_what_to_do(monkeypatch, tmp_path):
+    model = _model(vocab=20, seq_len=4)
+    ok = {"val_tokens": 5, "vocab_size": 20}
+    with pytest.raises(ValueError) as err:
+        evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, ok), HeldoutSettings(seq_len=4, stride=5), CPU)
+    assert str(err.value) == ("eval.stride=5 is longer than the window (model.seq_len=4): set eval.stride "
+                              "to at most 4, or leave it unset for non-overlapping windows")
+    with pytest.raises(ValueError) as err:
+        evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {"val_tokens": 0, "val_documents": 3}),
+                         HeldoutSettings(seq_len=4, stride=4), CPU)
+    assert str(err.value) == (f"the held-out split of {tmp_path} is empty (3 documents in "
+                              f"{tmp_path / 'tokens' / 'val.bin'}): raise data.val_fraction (or add "
+                              f"documents) and rerun {EVAL_STAGE_HINT}")
+    with pytest.raises(ValueError, match=r"is empty \(0 documents in "):
+        evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {}), HeldoutSettings(seq_len=4), CPU)
+    with pytest.raises(ValueError) as err:
+        evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {"val_tokens": 1, "vocab_size": 21}),
+                         HeldoutSettings(seq_len=4), CPU)
+    assert str(err.value) == ("the run's tokens use a vocabulary of 21 ids but the checkpoint's model has "
+                              "20: the checkpoint belongs to another tokenizer; retrain it with "
+                              "`fmforge train CONFIG` (or `fmforge run CONFIG`)")
+    assert EVAL_STAGE_HINT == "`fmforge data CONFIG` then `fmforge tokenize CONFIG` (or `fmforge run CONFIG`)"
+
+
+def test_the_overall_stream_starts_with_eos_and_each_source_is_scored(monkeypatch, tmp_path):
+    model = _model(vocab=20, seq_len=4)
+    val = np.array([2, 3, 4, 0, 5, 2, 0], dtype=np.uint16)
+    monkeypatch.setattr(heldout, "open_tokens", lambda run, split: val if split == "val" else None)
+    monkeypatch.setattr(heldout, "source_streams",
+                        lambda run, tok, eos: {"x": np.array([0, 2, 3, 0]), "y": np.array([0, 4, 0])})
+    calls = []
+    real = heldout.score_stream
+
+    def spy(m, tokens, settings, device, table, token_bytes):
+        calls.append(tokens.tolist())
+        assert len(table) == 20 and len(token_bytes) == 20
+        return real(m, tokens, settings, device, table, token_bytes)
+
+    monkeypatch.setattr(heldout, "score_stream", spy)
+    # Equal vocabularies and a meta without vocab_size both pass; stride == window passes.
+    for meta in ({"val_tokens": 7, "vocab_size": 20}, {"val_tokens": 7}):
+        calls.clear()
+        out = evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, meta),
+                               HeldoutSettings(seq_len=4, stride=4), CPU)
+        assert calls == [[0, 2, 3, 4, 0, 5, 2, 0], [0, 2, 3, 0], [0, 4, 0]]
+        assert set(out) == {"overall", "per_source"} and set(out["per_source"]) == {"x", "y"}
+        assert out["overall"]["tokens"] == 7 and out["per_source"]["y"]["tokens"] == 2
+        # tokenizer ids: b"a" for 2, b"b" for 3 ...; <eos> stands for no bytes.
+        assert out["per_source"]["x"]["bytes"] == 2 and out["overall"]["bytes"] == 5
+        assert math.isclose(out["overall"]["gzip_bits_per_byte"], gzip_bits_per_byte(b"abcda"))
