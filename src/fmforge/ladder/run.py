@@ -18,7 +18,6 @@ minutes budget (D differs in ratio), L(N, D).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
