@@ -109,9 +109,9 @@ def test_concurrent_requests_are_batched_and_unchanged(server, client):
     batcher.engine.step = counting_step
     try:
         async def all_at_once():
-            aclient = openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
-            outs = await asyncio.gather(*(aclient.completions.create(
-                model="tiny", prompt=p, max_tokens=16, temperature=0) for p in prompts))
+            async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0) as aclient:
+                outs = await asyncio.gather(*(aclient.completions.create(
+                    model="tiny", prompt=p, max_tokens=16, temperature=0) for p in prompts))
             return [o.choices[0].text for o in outs]
 
         together = asyncio.run(all_at_once())
