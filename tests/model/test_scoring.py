@@ -178,3 +178,20 @@ def test_nothing_to_score_is_an_error_naming_the_setting():
     with pytest.raises(ValueError) as err:
         score_tokens(_tiny_model(), np.arange(1), 8, batch_size=2, device=torch.device("cpu"))
     assert str(err.value) == "the held-out split has no tokens to evaluate: raise data.val_fraction"
+
+
+def test_spread_starts_draws_each_run_independently_and_never_past_the_split():
+    from fmforge.model.scoring import spread_starts
+
+    # 43 tokens hold 10 windows of 4 (+1): not 11, so 10 asked for means "score it whole".
+    assert spread_starts(43, 4, 10, seed=0) is None
+    for n_tokens in range(4 * 12 - 2, 4 * 12 + 3):
+        for seed in range(5):
+            starts = spread_starts(n_tokens, 4, 10, seed)
+            assert all(s + 4 + 1 <= n_tokens for s in starts), (n_tokens, seed)
+    # 40 runs of 100 windows: the offsets inside the runs are independent draws, not one
+    # offset repeated (which would sample the same phase of every run).
+    starts = spread_starts(16 * 4000 + 1, 16, 40, seed=3)
+    offsets = starts // 16 - np.arange(40) * 100
+    assert ((0 <= offsets) & (offsets < 100)).all()
+    assert len(set(offsets.tolist())) > 20

@@ -436,3 +436,30 @@ def test_damage_of_dcp(tmp_path):
     found = checkpoint_damage(ck)
     assert found.startswith(f"{DCP_DIR}/.metadata is corrupt (") and found.endswith(")")
     assert "UnpicklingError" in found
+
+
+def test_a_sharded_save_makes_a_new_run_directory_and_one_process_reads_it_quietly(tmp_path):
+    import warnings
+
+    model = _model(0)
+    opt = _opt(model)
+    _step(model, opt)
+    root = tmp_path / "fresh-run" / "checkpoints"  # nothing of it exists yet
+    ck = save_sharded_checkpoint(root, 1, model, opt, {}, keep=1, is_main=True, barrier=lambda: None)
+    assert list_checkpoints(root) == [(1, ck)]
+    # One process reading a sharded checkpoint is intended: DCP's warning about it is
+    # not shown to the user (a warning made an error here would fail the load).
+    other = _model(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(ck, other, _opt(other))
+    assert torch.equal(_logits(other), _logits(model))
+
+
+def test_weights_of_another_shape_are_refused_not_half_loaded(tmp_path):
+    torch.manual_seed(0)
+    small = Transformer(ModelConfig(vocab_size=200, d_model=32, n_layers=1, n_heads=4,
+                                    n_kv_heads=2, seq_len=16))
+    ck = save_checkpoint(tmp_path, 1, small, None, {}, keep=1)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_checkpoint(ck, _model(1))  # two layers: the second has no weights in the file
