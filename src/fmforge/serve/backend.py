@@ -48,14 +48,15 @@ class EngineBackend:
                            f"context of {self.context} tokens: ask for at most {self.context - 1}",
                            param="max_tokens", code="context_length_exceeded")
         if n + max_tokens > self.context:
-            what = "the prompt" if param == "prompt" else "the messages (as the chat template lays them out)"
+            what = ("the prompt takes" if param == "prompt" else
+                    "the messages (as the chat template lays them out) take")
             if n >= self.context:
                 fix = f"shorten {param}: the model's context is {self.context} tokens, new ones included"
             else:
                 fix = (f"with max_tokens={max_tokens} that is {n + max_tokens}, more than the model's "
                        f"context of {self.context}: lower max_tokens to at most {self.context - n} "
                        f"or shorten {param}")
-            raise APIError(400, f"{param}: {what} take {n} tokens; {fix}", param=param,
+            raise APIError(400, f"{param}: {what} {n} tokens; {fix}", param=param,
                            code="context_length_exceeded")
         return ids, max_tokens
 
