@@ -195,3 +195,13 @@ def test_spread_starts_draws_each_run_independently_and_never_past_the_split():
     offsets = starts // 16 - np.arange(40) * 100
     assert ((0 <= offsets) & (offsets < 100)).all()
     assert len(set(offsets.tolist())) > 20
+
+
+def test_token_files_of_uint16_and_uint32_score_as_int64():
+    # The tokenize stage writes uint16 (or uint32) memmaps; the model needs int64 ids.
+    model = _tiny_model()
+    tokens = np.random.default_rng(4).integers(0, 50, size=30)
+    want = score_tokens(model, tokens, 8, batch_size=2, device=torch.device("cpu"))
+    for dtype in (np.uint16, np.uint32):
+        got = score_tokens(model, tokens.astype(dtype), 8, batch_size=2, device=torch.device("cpu"))
+        assert (got.nats, got.tokens) == (want.nats, want.tokens)
