@@ -3,10 +3,11 @@
 events ending in ``data: [DONE]``), ``/health``, and a chat page at ``/``.
 
 Errors follow OpenAI's shape (``{"error": {"message", "type", "param",
-"code"}}``): 400 for invalid parameters or a prompt past the context, 401 for a
-missing or wrong key when one is set, 404 for an unknown model or path, 405 for
-a wrong method, 413 for an oversized body, 429 (with ``Retry-After``) when the
-queue is full, 500 (``server_error``, logged with its traceback) when the server
+"code"}}``): 400 for invalid parameters or a prompt past the context (unless
+the request asks for ``truncation: "auto"``, see backend.py), 401 for a missing
+or wrong key when one is set, 404 for an unknown model or path, 405 for a wrong
+method, 413 for an oversized body, 429 (with ``Retry-After``) when the queue is
+full, 500 (``server_error``, logged with its traceback) when the server
 itself fails, 503 once the generation worker has given up (see batcher.py). Bad
 input is never a 500.
 
@@ -136,23 +137,29 @@ def create_app(backend, batcher: Batcher, api_key: str | None = None,
 
     @app.get("/v1/models")
     async def models():
+        # OpenAI's shape, plus the context the way vLLM (max_model_len) and others
+        # (context_length) name it: clients, and the chat page, size requests by it.
         return {"object": "list", "data": [{"id": backend.model_name, "object": "model",
-                                            "created": backend.created, "owned_by": "fmforge"}]}
+                                            "created": backend.created, "owned_by": "fmforge",
+                                            "context_length": backend.context,
+                                            "max_model_len": backend.context}]}
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():
         return resources.files("fmforge.serve").joinpath("chat_page.html").read_text(encoding="utf-8")
 
-    async def run_choices(req, prompt: str, extra_stops: list[str], param: str):
-        """Submit the request's n choices; returns their jobs and the prompt's token count.
-        Capacity is checked before tokenizing (cheap) and again when submitting."""
+    async def run_choices(req, prepare, *args):
+        """Submit the request's n choices; returns their jobs and the prepared prompt
+        (``prepare(*args, max_tokens, truncate)``, run in a worker thread). Capacity is
+        checked before tokenizing (cheap) and again when submitting."""
         batcher.check_capacity(req.n)
-        ids, max_tokens = await asyncio.to_thread(backend.prepare_prompt, prompt, req.max_tokens, param)
-        requests = [backend.make_request(ids, max_tokens=max_tokens, temperature=req.temperature,
-                                         top_p=req.top_p, stop=req.stop_list + extra_stops,
+        prepared = await asyncio.to_thread(prepare, *args, req.max_tokens, req.truncation == "auto")
+        requests = [backend.make_request(prepared.ids, max_tokens=prepared.max_tokens,
+                                         temperature=req.temperature, top_p=req.top_p,
+                                         stop=req.stop_list + prepared.stops,
                                          seed=None if req.seed is None else req.seed + i)
                     for i in range(req.n)]
-        return batcher.submit(requests), len(ids)
+        return batcher.submit(requests), prepared
 
     async def collect(job) -> tuple[str, Event]:
         text = []
@@ -188,14 +195,20 @@ def create_app(backend, batcher: Batcher, api_key: str | None = None,
             for t in [*tasks, hangup]:
                 t.cancel()
 
-    async def complete(request: Request, req, prompt: str, extra_stops: list[str], chat: bool):
-        jobs, prompt_tokens = await run_choices(req, prompt, extra_stops, "messages" if chat else "prompt")
+    async def complete(request: Request, req, chat: bool, prepare, *args):
+        jobs, prepared = await run_choices(req, prepare, *args)
+        prompt_tokens = len(prepared.ids)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
+        headers = {}
+        if req.truncation == "auto":  # what was dropped to fit the context (docs/serving.md)
+            headers = ({"X-Dropped-Messages": str(prepared.dropped_messages)} if chat else
+                       {"X-Dropped-Prompt-Tokens": str(prepared.dropped_prompt_tokens)})
         if req.stream:
             return StreamingResponse(stream(jobs, rid, created, chat),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                              **headers})
         try:
             results = await collect_all(request, jobs)
         except ClientGone:
@@ -212,10 +225,12 @@ def create_app(backend, batcher: Batcher, api_key: str | None = None,
                 choices.append({"index": i, "text": text, "finish_reason": last.finish_reason,
                                 "logprobs": None})
         completion_tokens = sum(last.completion_tokens for _, last in results)
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                "created": created, "model": backend.model_name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
+                             "created": created, "model": backend.model_name, "choices": choices,
+                             "usage": {"prompt_tokens": prompt_tokens,
+                                       "completion_tokens": completion_tokens,
+                                       "total_tokens": prompt_tokens + completion_tokens}},
+                            headers=headers)
 
     async def stream(jobs, rid: str, created: int, chat: bool) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -293,18 +308,13 @@ def create_app(backend, batcher: Batcher, api_key: str | None = None,
     async def completions(request: Request):
         req = parse(CompletionRequest, await read_json(request))
         check_model(req.model)
-        return await guarded(request, complete(request, req, req.prompt, [], chat=False))
+        return await guarded(request, complete(request, req, False, backend.prepare_prompt, req.prompt))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse(ChatCompletionRequest, await read_json(request))
         check_model(req.model)
         messages = [m.model_dump(include={"role", "content"}) for m in req.messages]
-
-        async def chat():
-            prompt, stops = await asyncio.to_thread(backend.chat_prompt, messages)
-            return await complete(request, req, prompt, stops, chat=True)
-
-        return await guarded(request, chat())
+        return await guarded(request, complete(request, req, True, backend.prepare_chat, messages))
 
     return app

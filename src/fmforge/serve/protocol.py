@@ -61,6 +61,10 @@ class _Sampling(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    # An extension, named as in OpenAI's Responses API: "auto" fits a request past the
+    # context by dropping the oldest turns (chat) or the prompt's start (completions);
+    # "disabled" (the default, OpenAI's chat semantics) answers such a request with a 400.
+    truncation: Literal["auto", "disabled"] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
