@@ -43,7 +43,7 @@ def page(browser, server):
     page.on("request", lambda r: bodies.append(json.loads(r.post_data))
             if r.url.endswith("/v1/chat/completions") else None)
     statuses = []
-    page.on("response", lambda r: statuses.append(r.status)
+    page.on("response", lambda r: statuses.append((r.status, r.headers["content-type"].split(";")[0]))
             if r.url.endswith("/v1/chat/completions") else None)
     page.goto(server[0] + f"/?key={KEY}")
     page.wait_for_function("document.getElementById('model').textContent === 'model: tiny'")
@@ -65,22 +65,24 @@ def test_a_first_message_on_a_small_context_model_streams_a_reply(page, server, 
     assert page.locator(".msg.error").count() == 0, page.text_content("#log")
     assert int(page.input_value("#max_tokens")) <= CONTEXT // 2  # a default that leaves room
     assert "64" in page.text_content("#context")
-    assert page.statuses == [200]
+    assert page.statuses == [(200, "text/event-stream")]
     (body,) = page.sent
     assert body["stream"] is True
     expected = greedy(server[2], simple_prompt([{"role": "user", "content": "def alpha"}]),
                       body["max_tokens"], stop=SIMPLE_STOPS).text
-    assert expected  # the tiny model says something to this
+    assert expected  # the tiny model says something to this (greedily, spaces)
     assert page.text_content(".msg.assistant") == expected
     page.screenshot(path=str(tmp_path / "first.png"))
 
 
-def test_a_long_conversation_drops_its_oldest_turns_with_a_marker(page, tmp_path):
-    questions = [f"def value{i}(total)" for i in range(6)]
+def test_a_long_conversation_drops_its_oldest_turns_with_a_marker(page, server, tmp_path):
+    page.goto(server[0] + f"/?key={KEY}&system=be+brief")  # a system message, always kept
+    page.wait_for_function("document.getElementById('model').textContent === 'model: tiny'")
+    questions = [f"def v{i}(t)" for i in range(6)]
     for i, q in enumerate(questions, start=1):
         say(page, q, i)
         assert page.locator(".msg.error").count() == 0, page.text_content("#log")
-    assert page.statuses == [200] * 6
+    assert page.statuses == [(200, "text/event-stream")] * 6
     assert page.locator(".msg.assistant.done").count() == 6
     marker = page.locator(".marker")
     assert marker.count() == 1 and marker.is_visible()
@@ -88,13 +90,17 @@ def test_a_long_conversation_drops_its_oldest_turns_with_a_marker(page, tmp_path
     dropped = page.locator(".msg.dropped").count()
     assert dropped >= 2
     assert f"{dropped} earlier message" in marker.text_content()
-    # the marker sits between the dropped turns and the ones the model still sees
+    # the marker sits between the dropped turns and the ones the model still sees; the
+    # system message above them all stays
     order = page.eval_on_selector_all("#log > *", "els => els.map(e => e.className)")
     at = next(i for i, c in enumerate(order) if "marker" in c)
-    assert all("dropped" in c for c in order[:at]) and not any("dropped" in c for c in order[at:])
+    assert order[0] == "msg system"
+    assert all("dropped" in c for c in order[1:at]) and not any("dropped" in c for c in order[at:])
     # later requests no longer carry the dropped turns
     assert len(page.sent[-1]["messages"]) < 2 * len(questions) - 1
     assert page.sent[-1]["messages"][-1]["content"] == questions[-1]
+    assert all(b["messages"][0] == {"role": "system", "content": "be brief"} for b in page.sent)
+    assert page.locator(".msg.system").is_visible()
     page.screenshot(path=str(tmp_path / "long.png"))
 
 
