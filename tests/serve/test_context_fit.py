@@ -134,3 +134,22 @@ def test_truncation_takes_only_auto_or_disabled(server, value):
     r = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 2, "truncation": value})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "truncation"
+
+
+def test_truncation_auto_keeps_every_system_message_and_drops_a_leading_reply_as_a_turn(server):
+    model = server[2]
+    messages = [{"role": "system", "content": "s1"}, {"role": "assistant", "content": "hello " * 8},
+                {"role": "user", "content": "def v0"}, {"role": "assistant", "content": "x0"},
+                {"role": "system", "content": "s2"}, {"role": "user", "content": "def a"}]
+    r = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 8, "temperature": 0,
+                                              "truncation": "auto"})
+    assert r.status_code == 200, r.text
+    dropped = int(r.headers["x-dropped-messages"])
+    # the leading reply alone when that is enough, else with the exchange after it
+    without_reply = [m for i, m in enumerate(messages) if i != 1]
+    assert dropped == (1 if n_tokens(model, simple_prompt(without_reply)) + 8 <= CONTEXT else 3)
+    gone = [1, 2, 3][:dropped]
+    kept = [m for i, m in enumerate(messages) if i not in gone]
+    assert [m["content"] for m in kept if m["role"] == "system"] == ["s1", "s2"]
+    assert r.json()["usage"]["prompt_tokens"] == n_tokens(model, simple_prompt(kept))
+    assert n_tokens(model, simple_prompt(messages)) + 8 > CONTEXT  # something had to go
