@@ -463,3 +463,26 @@ def test_weights_of_another_shape_are_refused_not_half_loaded(tmp_path):
     ck = save_checkpoint(tmp_path, 1, small, None, {}, keep=1)
     with pytest.raises(RuntimeError, match="Missing key"):
         load_checkpoint(ck, _model(1))  # two layers: the second has no weights in the file
+
+
+def test_dcp_damage_needs_the_furthest_byte_of_each_file(tmp_path, monkeypatch):
+    """Several byte ranges in one file: the file must reach the furthest of them,
+    whatever order .metadata lists them in; a zero-length range needs no byte."""
+    from types import SimpleNamespace
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    sharded = tmp_path / DCP_DIR
+    sharded.mkdir()
+    (sharded / ".metadata").write_bytes(b"x")
+    (sharded / "a.distcp").write_bytes(b"\0" * 50)
+    (sharded / "empty.distcp").write_bytes(b"")
+
+    def info(path, offset, length):
+        return SimpleNamespace(relative_path=path, offset=offset, length=length)
+
+    entries = {"w1": info("a.distcp", 0, 100), "w2": info("a.distcp", 0, 10), "e": info("empty.distcp", 0, 0)}
+    monkeypatch.setattr(FileSystemReader, "read_metadata", lambda self: SimpleNamespace(storage_data=entries))
+    assert checkpoint._dcp_damage(sharded) == f"{DCP_DIR}/a.distcp is truncated (50 of 100 bytes)"
+    entries["w1"] = info("a.distcp", 40, 10)  # ends at 50: whole
+    assert checkpoint._dcp_damage(sharded) is None
