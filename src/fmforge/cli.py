@@ -38,9 +38,29 @@ def _load(config: Path, overrides: Optional[List[str]]):
     from fmforge.config import ConfigError, load_config
 
     try:
-        return load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
+    return _sized(cfg)
+
+
+def _sized(cfg):
+    """``model: auto`` sized for the budget on this machine, and said so before any stage runs."""
+    if not cfg.model.auto:
+        return cfg
+    from fmforge.plan.autosize import RECORD, resolve_auto_model
+    from fmforge.plan.errors import PlanError
+    from fmforge.progress import log
+
+    try:
+        cfg, size, reused = resolve_auto_model(cfg)
+    except (PlanError, ValueError) as exc:
+        _fail(f"model: auto: {exc}")
+    log(f"model: auto → {size.describe()}"
+        + (f" [dim](as decided before, {cfg.run_dir / RECORD})[/dim]" if reused else ""))
+    for note in size.notes:
+        log(f"[yellow]model: auto:[/] {note}")
+    return cfg
 
 
 def _print_outcomes(run, outcomes) -> None:

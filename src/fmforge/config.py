@@ -292,6 +292,11 @@ class TokenizerConfig(Section):
 class ModelConfig(Section):
     """A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention."""
 
+    # `model: auto` (short for {auto: true}): width, depth, heads and the tokenizer's
+    # vocabulary are chosen for train.max_minutes on this machine by the planner's
+    # rule (fmforge.plan.autosize) when a command loads the config; the resolved
+    # config.yaml of the run holds the chosen keys. Not part of any fingerprint.
+    auto: bool = Field(default=False, exclude=True)
     vocab_size: int | None = Field(default=None, gt=0)  # None: the tokenizer's
     d_model: int = Field(default=256, gt=0)
     n_layers: int = Field(default=4, gt=0)
@@ -421,6 +426,9 @@ class TrainConfig(Section):
         """Tokens in one optimizer step across all processes."""
         return self.micro_batch_size * seq_len * world_size * self.grad_accum_for(seq_len, world_size)
 
+
+# What `model: auto` chooses (with tokenizer.vocab_size unless that is set).
+AUTO_SIZED_KEYS = frozenset({"d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size"})
 
 # Steps the trainer times before fixing the step count of a ``max_minutes`` run
 # (the first two, which warm up allocators and kernels, are not counted).
@@ -590,6 +598,29 @@ class RunConfig(Section):
     def _name_is_simple(cls, v: str) -> str:
         return _simple_name("run", v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_auto(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            if data["model"].strip().lower() != "auto":
+                raise ValueError(f"model must be a section of keys or `auto`, got {data['model']!r}")
+            data = {**data, "model": {"auto": True}}
+        return data
+
+    @model_validator(mode="after")
+    def _auto_model_sizable(self) -> RunConfig:
+        if not self.model.auto:
+            return self
+        given = sorted(AUTO_SIZED_KEYS & self.model.model_fields_set)
+        if given:
+            raise ValueError(
+                f"model: auto chooses {', '.join('model.' + k for k in sorted(AUTO_SIZED_KEYS))}; "
+                f"remove {', '.join('model.' + k for k in given)} (or drop `auto` and size the model by hand)")
+        if self.train.max_minutes is None:
+            raise ValueError("model: auto sizes the model for a time budget: set train.max_minutes "
+                             "(e.g. train.max_minutes: 10), or give the model's size keys")
+        return self
+
     @model_validator(mode="after")
     def _vocab_consistent(self) -> RunConfig:
         if self.data is None and (self.finetune is None or self.finetune.train_on == "tokens"):
@@ -609,11 +640,28 @@ class RunConfig(Section):
     @property
     def vocab_size(self) -> int:
         """The model's vocabulary: the tokenizer's unless set larger (e.g. padded)."""
+        self._require_sized()
         return self.model.vocab_size or self.tokenizer.vocab_size
 
     def resolved_model(self) -> ModelConfig:
         """The model section with ``vocab_size`` filled in."""
+        self._require_sized()
         return self.model.model_copy(update={"vocab_size": self.vocab_size})
+
+    def _require_sized(self) -> None:
+        if self.model.auto:
+            raise ConfigError("model: auto is not sized yet: the fmforge command sizes it when it loads "
+                              "the config (from Python: fmforge.plan.autosize.resolve_auto_model(cfg))")
+
+    def with_model_size(self, d_model: int, n_layers: int, n_heads: int, vocab_size: int) -> RunConfig:
+        """This config with the model sized (``model: auto`` resolved): the tokenizer's
+        vocabulary too, unless it was set by hand or comes from a brought tokenizer."""
+        fixed_vocab = "vocab_size" in self.tokenizer.model_fields_set or self.tokenizer.path is not None
+        raw = self.model_dump(mode="json")
+        raw["model"] = {**raw["model"], "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
+        if not fixed_vocab:
+            raw["tokenizer"]["vocab_size"] = vocab_size
+        return config_from_dict(raw, self.config_dir)
 
     def to_yaml(self) -> str:
         """The fully resolved config: defaults filled in, and source paths (and

@@ -130,6 +130,10 @@ def plan_command(o: PlanOptions) -> PlanOutput:
     if o.overrides and o.config is None:
         raise PlanError("overrides (key=value) need a CONFIG to apply to")
     cfg = load_config(o.config, o.overrides) if o.config is not None else None
+    if cfg is not None and cfg.model.auto:  # the model a run of this config would train
+        from fmforge.plan.autosize import resolve_auto_model
+
+        cfg = resolve_auto_model(cfg)[0]
     _check(o, cfg is not None)
     gpu_key = o.gpu or (cfg.plan.gpu if cfg else "h100-sxm")
     mode = o.dtype or (run_dtype(cfg, gpu_key) if cfg else "bfloat16")
