@@ -73,10 +73,12 @@ def _moments(opt) -> list[torch.Tensor]:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def group():
     """A gloo process group of one process, made here: FSDP2 and DCP run their
-    real code paths with world size 1."""
+    real code paths with world size 1. Per test, so that the tests without it
+    (one process reading a sharded checkpoint) never run inside one, whatever
+    order they run in."""
     if dist.is_initialized():
         pytest.skip("a process group already exists in this process")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -486,3 +488,29 @@ def test_dcp_damage_needs_the_furthest_byte_of_each_file(tmp_path, monkeypatch):
     assert checkpoint._dcp_damage(sharded) == f"{DCP_DIR}/a.distcp is truncated (50 of 100 bytes)"
     entries["w1"] = info("a.distcp", 40, 10)  # ends at 50: whole
     assert checkpoint._dcp_damage(sharded) is None
+
+
+def test_only_dcps_single_process_warning_is_silenced(tmp_path, monkeypatch):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    model = _model(0)
+    opt = _opt(model)
+    _step(model, opt)
+    ck = save_sharded_checkpoint(tmp_path, 1, model, opt, {}, keep=1, is_main=True, barrier=lambda: None)
+    real = dcp.load
+
+    def load(*args, **kwargs):
+        warnings.warn("torch.distributed is disabled, unavailable or uninitialized, assuming the intent "
+                      "is to load in a single process.", UserWarning)
+        warnings.warn("some other warning about the checkpoint", UserWarning)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dcp, "load", load)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_checkpoint(ck, _model(1))
+    messages = [str(w.message) for w in seen]
+    assert "some other warning about the checkpoint" in messages
+    assert not [m for m in messages if "assuming the intent is to load" in m]
