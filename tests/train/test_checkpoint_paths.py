@@ -514,3 +514,18 @@ def test_only_dcps_single_process_warning_is_silenced(tmp_path, monkeypatch):
     messages = [str(w.message) for w in seen]
     assert "some other warning about the checkpoint" in messages
     assert not [m for m in messages if "assuming the intent is to load" in m]
+
+
+def test_a_sharded_save_clears_what_a_killed_save_left_and_restores_optimizer_settings(group, tmp_path):
+    model, opt = _sharded(0)
+    _step(model, opt)
+    for g in opt.param_groups:
+        g["lr"] = 0.0123  # what the schedule had set at this step
+    stale = tmp_path / ".step-000003.tmp-sharded"
+    (stale / DCP_DIR).mkdir(parents=True)
+    (stale / DCP_DIR / "junk.distcp").write_bytes(b"half a shard")  # a save killed mid-way
+    ck = save_sharded_checkpoint(tmp_path, 3, model, opt, {}, keep=1, is_main=True, barrier=dist.barrier)
+    assert not stale.exists() and not (ck / DCP_DIR / "junk.distcp").exists()
+    other, other_opt = _sharded(1)
+    load_checkpoint(ck, other, other_opt)
+    assert [g["lr"] for g in other_opt.param_groups] == [0.0123] * len(opt.param_groups)
