@@ -27,6 +27,8 @@ LEVELS = {
     # trains and evaluates rungs with the train and eval stages as they are
     "ladder": 6.5,
     "pipeline": 7,
+    # fmforge init: scans folders, sizes with the planner, validates with the config loader
+    "init": 7,
     "cli": 8, "__main__": 9,
 }
 # The planner prices runs before any stage exists, so it may read only these.

@@ -139,6 +139,45 @@ def _stage_command(stage: str, config: Path, overrides, force: bool) -> None:
 
 
 @app.command()
+def init(
+    dirs: List[Path] = typer.Argument(..., help="folders of your files (text, code, JSONL, Parquet, CSV, HTML, WARC)"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="train for this many minutes on this machine (default 10)"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="US$ to spend on --gpu devices (sets the step count)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="catalogue key of the GPU the budget buys, e.g. h100-sxm"),
+    num_gpus: int = typer.Option(1, "--num-gpus", help="GPUs the budget is spent on"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="where to write the config (default NAME.yaml)"),
+    name: Optional[str] = typer.Option(None, "--name", help="the run's name (default: the config's or the folder's)"),
+    ladder_run: Optional[Path] = typer.Option(None, "--ladder", help="a run whose fitted ladder law sizes the model"),
+    force: bool = typer.Option(False, "--force", help="replace an existing config file"),
+) -> None:
+    """Write a commented run config for folders of your own files: one source per
+    kind of file, and the model and vocabulary sized for the budget."""
+    from fmforge.init.scan import ScanError
+    from fmforge.init.write import Budget, InitError, init_config
+    from fmforge.progress import console
+
+    try:
+        result = init_config(dirs, output, Budget(minutes=minutes, usd=budget, gpu=gpu, num_gpus=num_gpus),
+                             name=name, ladder_run=ladder_run, overwrite=force)
+    except (ScanError, InitError, ValueError) as exc:
+        _fail(str(exc))
+    for group in sorted(result.scan.groups.values(), key=lambda g: -g.bytes):
+        where = (f", text field {group.text_field!r} (guessed from {group.guessed_from})" if group.text_field
+                 else f", text column {group.text_column!r} (guessed from {group.guessed_from})"
+                 if group.text_column else "")
+        console.print(f"source {group.name}: {len(group.files):,} {group.type} files, "
+                      f"{group.bytes / 1e6:,.1f} MB, filters {group.filters}{where}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"model: {result.size.describe()}", highlight=False)
+    for note in result.size.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"wrote {result.config_path}. Next:", highlight=False)
+    for command in result.next_commands:
+        console.print(f"  {command}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def run(config: Path = typer.Argument(..., help="the run's YAML config"),
         overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt) -> None:
     """Run the whole pipeline: data, tokenizer, tokenize, train, eval (skipping stages

@@ -9,8 +9,11 @@ The rule (docs/planner.md, "Sizing a model for a budget"):
    embedding (V·d) is no bigger than the rest of the model (clamped to 512-65,536),
    unless the vocabulary is fixed (a brought tokenizer, or one set by hand).
 2. Each shape's speed is the planner's: ``make_plan``'s tokens/s on the hardware
-   (on a CPU its measured matmul peak) at the default MFU, so the tokens it trains
-   in the budget are D = tokens/s × usable seconds.
+   (on a CPU its measured matmul peak) at an MFU, so the tokens it trains in the
+   budget are D = tokens/s × usable seconds. On the machine that will train, the
+   MFU is measured: the chosen shape trains a few steps, the MFU they reach
+   replaces the planner's default, and the shape is chosen again
+   (``size_model_measured``); for named hardware (a GPU budget) the default stands.
 3. The compute-optimal rule of ``plan.sizing`` (Hoffmann et al. 2022): the largest
    shape that still trains on at least ``TOKENS_PER_PARAM`` (20) tokens per
    parameter. With a ladder fitted on this run's data (``fmforge ladder``) its law
@@ -173,6 +176,64 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
                      rule=rule, notes=notes)
 
 
+# ------------------------------------------------------- measured on this machine
+
+MEASURE_STEPS = 3  # timed training steps of a shape (after one untimed)
+
+
+def measure_tokens_per_s(size: ModelSize, micro_batch: int, seq_len: int, device: str = "cpu") -> float:
+    """Tokens/s of a few real training steps (forward, backward, AdamW) of the
+    shape ``size`` on this machine, in its precision: the best of MEASURE_STEPS,
+    as the trainer's budget times its own first steps."""
+    import time
+
+    import torch
+
+    from fmforge.model.transformer import Transformer
+
+    cfg = ModelConfig(vocab_size=size.vocab_size, d_model=size.d_model, n_layers=size.n_layers,
+                      n_heads=size.n_heads, seq_len=seq_len)
+    model = Transformer(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, size.vocab_size, (micro_batch, seq_len + 1), generator=gen).to(device)
+    amp = size.dtype == "autocast"
+    best = float("inf")
+    for i in range(MEASURE_STEPS + 1):
+        t0 = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
+            loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return micro_batch * seq_len / best
+
+
+def size_model_measured(hardware: Hardware, seconds: float, *, device: str = "cpu", rounds: int = 2,
+                        **kw: Any) -> ModelSize:
+    """``size_model`` with this machine's measured speed: the planner's default MFU
+    is a guess (on a busy CPU, or for a model of a few hundred thousand parameters,
+    it can be off many times over), so the chosen shape is timed for a few steps
+    (``measure_tokens_per_s``), the MFU it reached replaces the guess, and the
+    shape is chosen again; ``rounds`` times."""
+    size = size_model(hardware, seconds, **kw)
+    for _ in range(rounds):
+        tps = measure_tokens_per_s(size, kw.get("micro_batch", 16), kw.get("seq_len", 256), device)
+        mfu = min(1.0, size.mfu * tps / size.tokens_per_s)
+        again = size_model(hardware, seconds, **{**kw, "mfu": mfu})
+        again.notes.append(f"speed measured on this machine: {tps:,.0f} tokens/s for the "
+                           f"{size.params:,}-parameter shape, MFU {mfu:.3f} (the planner's default was "
+                           f"{size.mfu:.2f})")
+        if again.model_keys() == size.model_keys():
+            return again
+        size = again
+    return size
+
+
 # ------------------------------------------------------------- model: auto
 
 RECORD = "model_size.json"  # in the run directory: the decision, reused by later commands
@@ -227,9 +288,12 @@ def resolve_auto_model(cfg: Any) -> tuple[Any, ModelSize, bool]:
     hw = get_hardware(key, cfg.plan.price_per_gpu_hour, cpu_dtype="bfloat16" if mode == "autocast" else "float32")
     from fmforge.launch import current_launch
 
-    size = size_model(hw, cfg.train.max_minutes * 60, dtype=mode, num_devices=current_launch().world_size,
-                      seq_len=cfg.model.seq_len, micro_batch=cfg.train.micro_batch_size, mfu=cfg.plan.mfu,
-                      vocab_size=_fixed_vocab(cfg), ladder=ladder)
+    kw = dict(dtype=mode, num_devices=current_launch().world_size, seq_len=cfg.model.seq_len,
+              micro_batch=cfg.train.micro_batch_size, vocab_size=_fixed_vocab(cfg), ladder=ladder)
+    if cfg.plan.mfu is not None:  # an MFU given by hand is trusted, not measured
+        size = size_model(hw, cfg.train.max_minutes * 60, mfu=cfg.plan.mfu, **kw)
+    else:
+        size = size_model_measured(hw, cfg.train.max_minutes * 60, device="cpu" if key == "cpu" else "cuda", **kw)
     if current_launch().is_main:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(record_path, {"inputs": inputs, "size": size.to_dict()})

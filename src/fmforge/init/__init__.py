@@ -1,0 +1,1 @@
+"""``fmforge init``: from folders of your own files to a run config sized for a budget."""
