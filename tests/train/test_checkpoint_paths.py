@@ -529,3 +529,25 @@ def test_a_sharded_save_clears_what_a_killed_save_left_and_restores_optimizer_se
     other, other_opt = _sharded(1)
     load_checkpoint(ck, other, other_opt)
     assert [g["lr"] for g in other_opt.param_groups] == [0.0123] * len(opt.param_groups)
+
+
+def test_a_consolidated_checkpoint_resumes_a_plain_model_with_its_optimizer_from_dcp(tmp_path):
+    model = _model(0)
+    opt = _opt(model)
+    _step(model, opt)
+    ck = save_sharded_checkpoint(tmp_path, 2, model, opt, {}, keep=1, is_main=True, barrier=lambda: None)
+    consolidate(ck, _model(1))
+    assert not (ck / "optimizer.pt").exists()  # the moments live only in dcp/
+    other = _model(2)
+    other_opt = _opt(other)
+    load_checkpoint(ck, other, other_opt)
+    for a, b in zip(_moments(opt), _moments(other_opt), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_pruning_tolerates_a_checkpoint_already_gone(tmp_path, monkeypatch):
+    keep = _fake(tmp_path, "step-000002")
+    gone = tmp_path / "step-000001"  # listed, then removed by another process before the prune
+    monkeypatch.setattr(checkpoint, "list_checkpoints", lambda root: [(1, gone), (2, keep)])
+    prune_checkpoints(tmp_path, 1)
+    assert keep.exists()
