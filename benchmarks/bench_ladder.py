@@ -2,8 +2,8 @@
 then train a model about twice the largest rung by the same rule and compare its
 measured held-out bits per byte with the prediction.
 
-    python benchmarks/bench_ladder.py --run runs/demo [--sizes 64x1,64x2,96x2,128x2,128x3]
-                                      [--holdout 160x4] [--tokens-per-param 10]
+    python benchmarks/bench_ladder.py --run runs/demo [--sizes 32x1,32x2,64x1,64x2,64x3]
+                                      [--holdout 96x3] [--tokens-per-param 10]
 
 RUN must have the demo's data, tokenizer and tokens (`fmforge run configs/demo.yaml`,
 or its first three stages). The rungs are `fmforge ladder`'s own (cached under
@@ -30,8 +30,8 @@ from fmforge.rundir import RunDir, fingerprint
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a run with the demo's data, tokenizer and tokens")
-    ap.add_argument("--sizes", default="64x1,64x2,96x2,128x2,128x3")
-    ap.add_argument("--holdout", default="160x4", help="a size about twice the largest rung")
+    ap.add_argument("--sizes", default="32x1,32x2,64x1,64x2,64x3")
+    ap.add_argument("--holdout", default="96x3", help="a size about twice the largest rung")
     ap.add_argument("--tokens-per-param", type=float, default=10.0)
     ap.add_argument("--samples", type=int, default=200)
     args = ap.parse_args()

@@ -309,7 +309,7 @@ def train(config: Path, overrides: Optional[List[str]] = OverridesArg, force: bo
 @app.command()
 def ladder(config: Path, overrides: Optional[List[str]] = OverridesArg,
            sizes: Optional[str] = typer.Option(None, "--sizes", help="rungs as d_model x n_layers, e.g. "
-                                               "64x2,96x2,128x3 (default: ladder.sizes, else four sizes "
+                                               "64x1,64x2,128x2 (default: ladder.sizes, else five sizes "
                                                "below the config's model)"),
            tokens_per_param: Optional[float] = typer.Option(None, "--tokens-per-param",
                                                              help="each rung's tokens per non-embedding "

@@ -470,7 +470,7 @@ class LadderConfig(Section):
     """``fmforge ladder``: small models of the config's family trained on the run's
     data, and the scaling law fitted to their held-out bits per byte."""
 
-    # Rungs as "d_model x n_layers" (e.g. ["64x2", "96x2", "128x3"]); None: the
+    # Rungs as "d_model x n_layers" (e.g. ["64x1", "64x2", "128x2"]); None: the
     # default sizes smaller than the config's model.
     sizes: list[str] | None = None
     # Each rung's budget: tokens per non-embedding parameter, or a total number of
