@@ -17,7 +17,7 @@ from typing import Any
 from fmforge.config import ConfigError, RunConfig, load_config
 from fmforge.hardware import Hardware, cpu_has_native_bf16, detect_gpu, get_hardware
 from fmforge.init.scan import Scan, group_patterns, problems_by_reason, scan_folders, summary_by_extension
-from fmforge.plan.autosize import ModelSize, size_model
+from fmforge.plan.autosize import ModelSize, size_model, size_model_measured
 from fmforge.plan.scaling import read_ladder
 from fmforge.plan.sizing import BYTES_PER_TOKEN
 
@@ -142,6 +142,7 @@ def render_config(name: str, scan: Scan, size: ModelSize, budget: Budget, max_st
         out += ["plan:", f"  gpu: {size.hardware}", f"  num_gpus: {size.num_devices}"]
     else:
         out.append(f"  max_minutes: {size.seconds / 60:g}  # the step count is fixed from the first steps' speed")
+        out.append("  max_steps: null  # no cap on the steps: the minutes decide")
     return "\n".join(out) + "\n"
 
 
@@ -168,9 +169,11 @@ def write_atomically(path: Path, text: str) -> RunConfig:
 
 def init_config(dirs: list[str | Path], out: str | Path | None = None, budget: Budget | None = None,
                 name: str | None = None, ladder_run: str | Path | None = None,
-                overwrite: bool = False) -> InitResult:
+                overwrite: bool = False, measure: bool = True) -> InitResult:
     """Scan ``dirs``, size the model for ``budget`` and write the config to ``out``
-    (default ``NAME.yaml`` here). Raises ScanError / InitError with what to do."""
+    (default ``NAME.yaml`` here). Raises ScanError / InitError with what to do.
+    ``measure``: time the chosen shape on this machine (a ``--minutes`` budget)
+    instead of trusting the planner's default MFU."""
     budget = budget or Budget()
     if not dirs:
         raise InitError("give at least one folder of your files: fmforge init DIR [DIR ...]")
@@ -187,8 +190,12 @@ def init_config(dirs: list[str | Path], out: str | Path | None = None, budget: B
         if ladder is None:
             raise InitError(f"{ladder_run}: no ladder/ladder.json; run `fmforge ladder CONFIG` first, "
                             "or leave --ladder out for the 20 tokens/param rule")
-    size = size_model(hw, seconds, dtype=mode, num_devices=devices, seq_len=SEQ_LEN, micro_batch=MICRO_BATCH,
-                      data_tokens=data_tokens, ladder=ladder)
+    kw = dict(dtype=mode, num_devices=devices, seq_len=SEQ_LEN, micro_batch=MICRO_BATCH,
+              data_tokens=data_tokens, ladder=ladder)
+    if budget.usd is None and measure:  # this machine: its measured speed, as model: auto does
+        size = size_model_measured(hw, seconds, device="cpu" if hw.is_cpu else "cuda", **kw)
+    else:
+        size = size_model(hw, seconds, **kw)
     max_steps = None
     if budget.usd is not None:
         max_steps = max(1, int(size.tokens // (MICRO_BATCH * SEQ_LEN * devices)))

@@ -114,7 +114,8 @@ class ModelSize:
     def describe(self) -> str:
         return (f"d_model {self.d_model}, {self.n_layers} layers, {self.n_heads} heads, vocabulary "
                 f"{self.vocab_size:,}: {self.params:,} parameters; {self.tokens_per_s:,.0f} tokens/s "
-                f"planned on {self.hardware} ({self.dtype}, MFU {self.mfu:.2f}) → {self.tokens:,.0f} tokens "
+                f"planned on {self.hardware} ({'bf16' if self.dtype in ('autocast', 'bfloat16') else self.dtype}, "
+                f"MFU {self.mfu:.2g}) → {self.tokens:,.0f} tokens "
                 f"in {self.seconds / 60:.3g} min, {self.tokens_per_param:.0f} tokens/param ({self.rule})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,17 +125,20 @@ class ModelSize:
 def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", num_devices: int = 1,
                seq_len: int = 256, micro_batch: int = 16, mfu: float | None = None,
                vocab_size: int | None = None, data_tokens: float | None = None,
-               ladder: dict[str, Any] | None = None) -> ModelSize:
+               ladder: dict[str, Any] | None = None, max_steps: int | None = None) -> ModelSize:
     """The shape of the family to train for ``seconds`` of wall time on
     ``num_devices`` of ``hardware`` (module docstring). ``dtype``: the planner's
     memory mode (``bfloat16``/``autocast`` or ``float32``); ``vocab_size``: a fixed
     vocabulary; ``data_tokens``: the training tokens available; ``ladder``: a
-    ``ladder.json`` whose law decides instead of the 20 tokens/param rule."""
+    ``ladder.json`` whose law decides instead of the 20 tokens/param rule;
+    ``max_steps``: a cap on the steps (``train.max_steps`` beside ``max_minutes``),
+    which caps the tokens as the trainer and the planner cap them."""
     require_positive("budget in seconds", seconds)
     require_positive("number of devices", num_devices, whole=True)
     if not hardware.peak_flops > 0:
         raise PlanError(f"{hardware.key}: peak FLOP/s unknown, cannot size a model for it")
     usable = seconds * USABLE_FRACTION
+    cap = max_steps * micro_batch * seq_len * num_devices if max_steps else math.inf
     candidates = []
     for d in WIDTHS:
         layers, heads = shape_for_width(d)
@@ -144,7 +148,7 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
                          micro_batch=micro_batch, dtype=dtype)
         counts = count_params(arch)
         candidates.append((Candidate(d, layers, heads, vocab, counts.total, counts.non_embedding,
-                                     plan["tokens_per_s"], plan["tokens_per_s"] * usable), plan["mfu"]))
+                                     plan["tokens_per_s"], min(cap, plan["tokens_per_s"] * usable)), plan["mfu"]))
     notes: list[str] = []
     law = ScalingLaw.from_dict(ladder["law"]) if ladder else None
     if law is not None and not law.one_variable:
@@ -243,6 +247,7 @@ def _budget_inputs(cfg: Any, hardware: str, dtype: str, ladder: dict[str, Any] |
     """What the decision depends on: a change of any of these sizes the model again."""
     return {"max_minutes": cfg.train.max_minutes, "hardware": hardware, "dtype": dtype,
             "seq_len": cfg.model.seq_len, "micro_batch": cfg.train.micro_batch_size,
+            "tokens_per_step": cfg.train.tokens_per_step(cfg.model.seq_len), "max_steps": cfg.train.max_steps,
             "num_threads": cfg.train.num_threads, "mfu": cfg.plan.mfu,
             "fixed_vocab": _fixed_vocab(cfg), "ladder_law": ladder.get("law") if ladder else None}
 
@@ -289,7 +294,8 @@ def resolve_auto_model(cfg: Any) -> tuple[Any, ModelSize, bool]:
     from fmforge.launch import current_launch
 
     kw = dict(dtype=mode, num_devices=current_launch().world_size, seq_len=cfg.model.seq_len,
-              micro_batch=cfg.train.micro_batch_size, vocab_size=_fixed_vocab(cfg), ladder=ladder)
+              micro_batch=cfg.train.micro_batch_size * cfg.train.grad_accum_for(cfg.model.seq_len, 1),
+              vocab_size=_fixed_vocab(cfg), ladder=ladder, max_steps=cfg.train.max_steps)
     if cfg.plan.mfu is not None:  # an MFU given by hand is trusted, not measured
         size = size_model(hw, cfg.train.max_minutes * 60, mfu=cfg.plan.mfu, **kw)
     else:
