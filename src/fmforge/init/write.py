@@ -101,7 +101,7 @@ def render_config(name: str, scan: Scan, size: ModelSize, budget: Budget, max_st
     ]
     for key, group in sorted(scan.groups.items(), key=lambda kv: -kv[1].bytes):
         paths, exclude = group_patterns(scan, key)
-        out.append(f"    # {len(group.files):,} files, {group.bytes / 1e6:,.1f} MB: {summary_by_extension(group.files)}")
+        out.append(f"    # {len(group.files):,} file{'s' if len(group.files) > 1 else ''}, {group.bytes / 1e6:,.1f} MB: {summary_by_extension(group.files)}")
         out.append(f"    - name: {group.name}")
         out.append(f"      type: {group.type}")
         out.append(f"      paths: {_flow(paths)}")
@@ -211,17 +211,17 @@ def warnings_of(scan: Scan) -> list[str]:
         return ", ".join(map(str, paths[:5])) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
     for why, paths in problems_by_reason(scan.unreadable).items():
-        out.append(f"{len(paths)} unreadable, left out: {listed(paths)} ({why}); fix the permissions "
+        out.append(f"{len(paths):,} unreadable, left out: {listed(paths)} ({why}); fix the permissions "
                    "and run init again to include them")
     if scan.not_utf8:
-        out.append(f"{len(scan.not_utf8)} files are not UTF-8 (mixed encodings): "
+        out.append(f"{len(scan.not_utf8):,} files are not UTF-8 (mixed encodings): "
                    + "; ".join(f"{p.path}: {p.why}" for p in scan.not_utf8[:5])
                    + ". The data stage keeps them with U+FFFD for the bad bytes; convert them first for "
                    "clean text (iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8)")
     if scan.empty:
-        out.append(f"{len(scan.empty)} empty files, left out: {listed(scan.empty)}")
+        out.append(f"{len(scan.empty):,} empty files, left out: {listed(scan.empty)}")
     for why, paths in problems_by_reason(scan.unknown).items():
-        out.append(f"{len(paths)} files no source reads, left out: {listed(paths)}: {why}")
+        out.append(f"{len(paths):,} files no source reads, left out: {listed(paths)}: {why}")
     return out
 
 

@@ -225,13 +225,14 @@ def size_model_measured(hardware: Hardware, seconds: float, *, device: str = "cp
     (``measure_tokens_per_s``), the MFU it reached replaces the guess, and the
     shape is chosen again; ``rounds`` times."""
     size = size_model(hardware, seconds, **kw)
+    default_mfu = size.mfu
     for _ in range(rounds):
         tps = measure_tokens_per_s(size, kw.get("micro_batch", 16), kw.get("seq_len", 256), device)
         mfu = min(1.0, size.mfu * tps / size.tokens_per_s)
         again = size_model(hardware, seconds, **{**kw, "mfu": mfu})
         again.notes.append(f"speed measured on this machine: {tps:,.0f} tokens/s for the "
                            f"{size.params:,}-parameter shape, MFU {mfu:.3f} (the planner's default was "
-                           f"{size.mfu:.2f})")
+                           f"{default_mfu:.2f})")
         if again.model_keys() == size.model_keys():
             return again
         size = again
