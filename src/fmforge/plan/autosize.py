@@ -291,17 +291,22 @@ def resolve_auto_model(cfg: Any) -> tuple[Any, ModelSize, bool]:
                 return cfg.with_model_size(**size.model_keys()), size, True
         except (OSError, ValueError, TypeError, KeyError):
             pass  # a damaged record is decided again and rewritten
-    hw = get_hardware(key, cfg.plan.price_per_gpu_hour, cpu_dtype="bfloat16" if mode == "autocast" else "float32")
     from fmforge.launch import current_launch
 
-    kw = dict(dtype=mode, num_devices=current_launch().world_size, seq_len=cfg.model.seq_len,
+    if current_launch().distributed:
+        # every process must build the same model: one decision, made before the launch
+        raise PlanError(f"model: auto under torchrun needs the size decided first: run the earlier stages "
+                        f"without torchrun (fmforge run CONFIG, or fmforge data/tokenizer/tokenize CONFIG), "
+                        f"which writes {record_path}; or give the model's size keys")
+    hw = get_hardware(key, cfg.plan.price_per_gpu_hour, cpu_dtype="bfloat16" if mode == "autocast" else "float32")
+
+    kw = dict(dtype=mode, num_devices=1, seq_len=cfg.model.seq_len,
               micro_batch=cfg.train.micro_batch_size * cfg.train.grad_accum_for(cfg.model.seq_len, 1),
               vocab_size=_fixed_vocab(cfg), ladder=ladder, max_steps=cfg.train.max_steps)
     if cfg.plan.mfu is not None:  # an MFU given by hand is trusted, not measured
         size = size_model(hw, cfg.train.max_minutes * 60, mfu=cfg.plan.mfu, **kw)
     else:
         size = size_model_measured(hw, cfg.train.max_minutes * 60, device="cpu" if key == "cpu" else "cuda", **kw)
-    if current_launch().is_main:
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(record_path, {"inputs": inputs, "size": size.to_dict()})
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record_path, {"inputs": inputs, "size": size.to_dict()})
     return cfg.with_model_size(**size.model_keys()), size, False
