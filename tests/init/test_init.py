@@ -165,3 +165,27 @@ def test_a_tiny_version_of_the_written_config_trains(folders, tmp_path, monkeypa
     assert metrics[-1]["step"] == 3
     card = json.loads((tmp_path / "runs/tiny-init/data/data_card.json").read_text())
     assert set(card["sources"]) == {"text", "code"}
+
+
+def test_model_auto_is_printed_before_training_and_recorded_in_the_run(folders, tmp_path, monkeypatch):
+    out = tmp_path / "auto.yaml"
+    init_config([folders["code"]], out, Budget(minutes=1), name="auto-init", measure=False)
+    monkeypatch.chdir(tmp_path)
+    # plan.mfu given: the speed is taken from it, not measured (fast, and the same on every machine)
+    over = ["model={auto: true, seq_len: 32}", "plan.mfu=0.3", "tokenizer.vocab_size=300",
+            "train.max_steps=10", "train.warmup_steps=8", "train.micro_batch_size=2", "train.dtype=float32",
+            "train.device=cpu", "train.tensorboard=false", "data.val_fraction=0.2"]
+    outputs = {}
+    for stage in ("data", "tokenizer", "tokenize", "train"):
+        res = runner.invoke(app, [stage, str(out), *over])
+        assert res.exit_code == 0, f"{stage}: {res.output}"
+        outputs[stage] = res.output
+    record = json.loads((tmp_path / "runs/auto-init/model_size.json").read_text())["size"]
+    assert f"model: auto → d_model {record['d_model']}" in outputs["data"]
+    assert "as decided before" in outputs["train"]  # the same model for every stage
+    resolved = yaml.safe_load((tmp_path / "runs/auto-init/config.yaml").read_text())
+    assert resolved["model"]["d_model"] == record["d_model"] and resolved["model"]["n_layers"] == record["n_layers"]
+    assert resolved["tokenizer"]["vocab_size"] == 300  # set by hand: kept
+    state = json.loads(sorted((tmp_path / "runs/auto-init/checkpoints").glob("step-*/trainer_state.json"))[-1]
+                       .read_text())
+    assert state["model"]["d_model"] == record["d_model"]
