@@ -551,3 +551,31 @@ def test_pruning_tolerates_a_checkpoint_already_gone(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "list_checkpoints", lambda root: [(1, gone), (2, keep)])
     prune_checkpoints(tmp_path, 1)
     assert keep.exists()
+
+
+class _Payload:
+    """Stands for code a tampered optimizer.pt would run when unpickled."""
+
+    ran = False
+
+    def __reduce__(self):
+        return (_Payload._run, ())
+
+    @staticmethod
+    def _run():
+        _Payload.ran = True
+        return {}
+
+
+def test_an_optimizer_file_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    model = _model(0)
+    opt = _opt(model)
+    ck = save_checkpoint(tmp_path, 1, model, opt, {}, keep=1)
+    state = opt.state_dict()
+    state["extra"] = _Payload()
+    torch.save(state, ck / "optimizer.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(ck, _model(1), _opt(_model(1)))
+    assert not _Payload.ran
