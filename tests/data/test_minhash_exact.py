@@ -100,6 +100,8 @@ def test_the_word_cache_is_cleared_past_its_bound(monkeypatch):
     assert set(hasher._words) == {"e"}
     hasher.shingle_hashes("f g")
     assert set(hasher._words) == {"e", "f", "g"}
+    hasher.shingle_hashes("h")  # exactly 3 cached is not beyond the bound: kept
+    assert set(hasher._words) == {"e", "f", "g", "h"}
     # The keys do not depend on what the cache held.
     assert np.array_equal(hasher.band_keys("a b c d e f"), MinHasher(MinHashConfig()).band_keys("a b c d e f"))
 
