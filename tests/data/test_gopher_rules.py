@@ -128,3 +128,17 @@ def test_repeated_chars_skips_the_words_a_repeat_covers():
     assert _repeated_chars([0, 2, 4], grams, 2) == 4
     assert _repeated_chars([0, 1], ["aa", "aa"], 1) == 2  # 1-grams are plain strings
     assert _repeated_chars([], [], 3) == 0
+
+
+def test_ngram_rule_edges_by_hand():
+    # An n-gram as long as the text is still an n-gram: "ab ab" is 5 of 5 characters.
+    assert _ngram_rule(["ab", "ab"], 5, {2: 0.5}, {}) == "max_top_2gram_char_fraction"
+    # A top-n rule longer than the text stops the top rules, not the duplicate ones:
+    # "a b" repeated at 2 and 4 holds 4 of 11 characters.
+    assert _ngram_rule(list("ababab"), 11, {4: 2.0, 9: 0.1}, {2: 0.1}) == "max_dup_2gram_char_fraction"
+    # Every 2-gram unique: the first, "abcdef x" (8 characters), is the top one, not "x y".
+    assert _ngram_rule(["abcdef", "x", "y"], 10, {2: 0.5}, {}) == "max_top_2gram_char_fraction"
+
+
+def test_two_tokens_are_enough_for_the_ngram_rules():
+    assert GopherRepetition(GopherRepetitionConfig()).check("aaaa aaaa") == "max_top_2gram_char_fraction"
