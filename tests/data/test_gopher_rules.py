@@ -37,7 +37,8 @@ def test_reasons_name_every_config_key():
 
 @pytest.mark.parametrize("text", ["", "a", "a\n", "a\nb", "a\nb\n", "\n", "\n\n", "a\n\nb\n\n", "x\n\n\ny"])
 def test_line_count_is_what_splitlines_gives(text):
-    assert _n_lines(text) == max(1, len(text.splitlines())) if text == "" else len(text.splitlines())
+    want = 1 if text == "" else len(text.splitlines())  # an empty text is one (empty) line
+    assert _n_lines(text) == want
 
 
 def test_duplicates_by_hand():
