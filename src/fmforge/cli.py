@@ -21,6 +21,10 @@ app = typer.Typer(
     help="fmforge: from raw text to your own foundation model. "
     "`fmforge run CONFIG` runs every stage; each stage also has its own command.",
     pretty_exceptions_enable=False,
+    # Docstrings are wrapped at 100 columns in the source; markdown mode joins the
+    # lines of a paragraph, so help text reflows to the terminal instead of
+    # breaking where the source line did.
+    rich_markup_mode="markdown",
 )
 
 OverridesArg = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=50 model.n_layers=4")
@@ -262,7 +266,7 @@ def _group_with_default(default: str) -> type[typer.core.TyperGroup]:
     return Group
 
 
-tokenizer_app = typer.Typer(cls=_group_with_default("train"), no_args_is_help=True,
+tokenizer_app = typer.Typer(rich_markup_mode="markdown", cls=_group_with_default("train"), no_args_is_help=True,
                             help="Train the tokenizer (`fmforge tokenizer CONFIG`) and measure it on held-out "
                                  "documents (`fmforge tokenizer eval RUN [--compare OTHER]`).")
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -364,7 +368,7 @@ def _print_ladder(result: dict) -> None:
                       + (f" (90% interval {lo:.4f}-{hi:.4f})" if lo is not None else ""))
 
 
-eval_app = typer.Typer(cls=_group_with_default("heldout"), no_args_is_help=True,
+eval_app = typer.Typer(rich_markup_mode="markdown", cls=_group_with_default("heldout"), no_args_is_help=True,
                        help="Held-out evaluation (`fmforge eval RUN [--step N]`) and lm-eval benchmarks "
                             "(`fmforge eval harness RUN --tasks ...`).")
 app.add_typer(eval_app, name="eval")
@@ -545,7 +549,7 @@ def compare(runs: List[str] = typer.Argument(..., help="two or more run director
     sys.stdout.write(f"{path}\n")
 
 
-checkpoint_app = typer.Typer(help="Work with a run's checkpoints.", no_args_is_help=True)
+checkpoint_app = typer.Typer(rich_markup_mode="markdown", help="Work with a run's checkpoints.", no_args_is_help=True)
 app.add_typer(checkpoint_app, name="checkpoint")
 
 
@@ -697,10 +701,10 @@ def plan(
             stdout.print(r)
 
 
-export_app = typer.Typer(help="Export a run's latest checkpoint (Hugging Face, GGUF).",
+export_app = typer.Typer(rich_markup_mode="markdown", help="Export a run's latest checkpoint (Hugging Face, GGUF).",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
-import_app = typer.Typer(help="Make a run directory from another format.", no_args_is_help=True)
+import_app = typer.Typer(rich_markup_mode="markdown", help="Make a run directory from another format.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 RunArg = typer.Argument(..., help="run directory, or a run name under runs/")
 
@@ -826,10 +830,10 @@ def finetune(
 ) -> None:
     """Customize a pretrained Hugging Face model (LoRA, QLoRA, full, continued pretraining).
 
-    fmforge finetune CONFIG [key=value ...]   train per the config's finetune section
-    fmforge finetune merge ADAPTER OUT_DIR    base + adapter as one standalone HF model
-    fmforge finetune eval MODEL DATA.jsonl    held-out assistant-token loss (and greedy
-                                              accuracy) of an adapter, merged or base model"""
+    - `fmforge finetune CONFIG [key=value ...]`: train per the config's finetune section
+    - `fmforge finetune merge ADAPTER OUT_DIR`: base + adapter as one standalone HF model
+    - `fmforge finetune eval MODEL DATA.jsonl`: held-out assistant-token loss (and greedy
+      accuracy) of an adapter, merged or base model"""
     if args[0] == "merge":
         if len(args) != 3:
             _fail("usage: fmforge finetune merge ADAPTER OUT_DIR [--base BASE_DIR]")
