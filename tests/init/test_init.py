@@ -20,8 +20,7 @@ from fmforge.init.write import Budget, init_config
 
 runner = CliRunner()
 
-WORDS = ("the of and to in that with have be is was for on are as it river stone house garden morning "
-         "light water letter friend winter travel people history village bridge market").split()
+WORDS = ["the", "of", "and", "to", "in", "that", "with", "have", "be", "is", "was", "for", "on", "are", "as", "it", "river", "stone", "house", "garden", "morning", "light", "water", "letter", "friend", "winter", "travel", "people", "history", "village", "bridge", "market"]
 
 
 def prose(rng: random.Random, words: int = 120) -> str:

@@ -10,7 +10,12 @@ import pytest
 
 from fmforge.config import ConfigError, config_from_dict, load_config
 from fmforge.hardware import get_hardware
-from fmforge.plan.autosize import WIDTHS, resolve_auto_model, shape_for_width, size_model
+from fmforge.plan.autosize import (
+    WIDTHS,
+    resolve_auto_model,
+    shape_for_width,
+    size_model,
+)
 from fmforge.plan.estimate import plan_for_run
 
 

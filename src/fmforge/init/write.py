@@ -16,7 +16,13 @@ from typing import Any
 
 from fmforge.config import ConfigError, RunConfig, load_config
 from fmforge.hardware import Hardware, cpu_has_native_bf16, detect_gpu, get_hardware
-from fmforge.init.scan import Scan, group_patterns, problems_by_reason, scan_folders, summary_by_extension
+from fmforge.init.scan import (
+    Scan,
+    group_patterns,
+    problems_by_reason,
+    scan_folders,
+    summary_by_extension,
+)
 from fmforge.plan.autosize import ModelSize, size_model, size_model_measured
 from fmforge.plan.scaling import read_ladder
 from fmforge.plan.sizing import BYTES_PER_TOKEN
@@ -106,7 +112,7 @@ def render_config(name: str, scan: Scan, size: ModelSize, budget: Budget, max_st
         out.append(f"      type: {group.type}")
         out.append(f"      paths: {_flow(paths)}")
         if exclude:
-            out.append(f"      # files these patterns would also list that init found unusable")
+            out.append("      # files these patterns would also list that init found unusable")
             out.append(f"      exclude: {_flow(exclude)}")
         if group.text_field is not None:
             out.append(f"      text_field: {_q(group.text_field)}  # guessed from {group.guessed_from}: check it")
