@@ -112,3 +112,24 @@ def test_model_auto_is_sized_once_recorded_and_printed(tmp_path, monkeypatch):
 
     res = CliRunner().invoke(app, ["plan", str(tmp_path / "c.yaml")])
     assert res.exit_code == 0, res.output
+
+
+def test_under_torchrun_the_decision_must_exist_before_the_launch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(
+        "name: dist\ndata:\n  sources: [{name: s, paths: ['*.txt']}]\nmodel: auto\n"
+        "train: {max_minutes: 1, device: cpu, dtype: float32}\nplan: {mfu: 0.3}\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    from fmforge.plan.errors import PlanError
+
+    with pytest.raises(PlanError, match="without torchrun"):
+        resolve_auto_model(load_config(tmp_path / "c.yaml"))
+    assert not (tmp_path / "runs/dist/model_size.json").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    decided = resolve_auto_model(load_config(tmp_path / "c.yaml"))[1]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    sized, size, reused = resolve_auto_model(load_config(tmp_path / "c.yaml"))
+    assert reused and size == decided and sized.model.d_model == decided.d_model
