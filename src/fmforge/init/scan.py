@@ -170,7 +170,7 @@ def _csv_column(path: Path) -> str | None:
                 if i >= SAMPLE_LINES:
                     break
                 rows.append({k: v for k, v in row.items() if isinstance(k, str) and isinstance(v, str)})
-        except csv.Error:
+        except csv.Error:  # the sample is cut mid-file, so the row being read may be torn: keep those before it
             pass
     return best_text_key(rows)
 
