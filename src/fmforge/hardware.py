@@ -213,13 +213,23 @@ def _benchmark_matmul(n: int = 1024, repeats: int = 5, budget_s: float = 3.0,
     return best
 
 
-def _busy(threads: int) -> bool:
-    """Whether other programs are using the cores: the 1-minute load average above
-    the threads that will run (the trainer's budget warns by the same rule)."""
+# Load above one's own threads by more than this is other programs' work.
+BUSY_MARGIN = 0.75
+
+
+def other_cpu_load(threads: int) -> float | None:
+    """The 1-minute load average when it exceeds ``threads`` (the caller's own)
+    by more than ``BUSY_MARGIN``: other programs are using the cores. None on an
+    idle machine, or where there is no load average (Windows)."""
     try:
-        return os.getloadavg()[0] > threads + 0.75
-    except (OSError, AttributeError):  # no load average (Windows): assume idle
-        return False
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    return load if load > threads + BUSY_MARGIN else None
+
+
+def _busy(threads: int) -> bool:
+    return other_cpu_load(threads) is not None
 
 
 def measure_cpu_peak_flops(refresh: bool = False, dtype: str = "float32") -> float:

@@ -18,6 +18,7 @@ import time
 import torch
 
 from fmforge.config import BUDGET_PROBE_STEPS, TrainConfig
+from fmforge.hardware import other_cpu_load
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_write_json
 
@@ -113,17 +114,14 @@ class StepBudget:
         return steps
 
 
-def warn_if_cpu_shared(training_threads: int, margin: float = 0.75) -> None:
+def warn_if_cpu_shared(training_threads: int) -> None:
     """Say so when other programs were using the CPU while the steps were timed:
     the decision is final (the schedule depends on it), so on a busy machine the
     budget trains fewer steps than the same minutes would on an idle one. The
     1-minute load average counts training's own threads; more than that by
-    ``margin`` is someone else's work."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # no load average on this platform
-        return
-    if load > training_threads + margin:
+    ``hardware.BUSY_MARGIN`` is someone else's work."""
+    load = other_cpu_load(training_threads)
+    if load is not None:
         log(f"[yellow]warning:[/] the load average was {load:.1f} while the budget timed its steps, "
             f"with {training_threads} threads of training: other programs were using the CPU, so the run trains "
             "fewer steps than an idle machine would in the same minutes. For the demo's figures, "
