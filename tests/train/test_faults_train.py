@@ -110,7 +110,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            pass  # it exited on its own between the listing and the kill: that is the point
     proc.wait(timeout=60)
 
 

@@ -174,7 +174,7 @@ def create_app(backend, batcher: Batcher, api_key: str | None = None,
     async def disconnected(request: Request) -> None:
         """Returns when the client closes its connection (the body has been read)."""
         while (await request.receive())["type"] != "http.disconnect":
-            pass
+            pass  # nothing to do with other messages: only the disconnect ends the wait
 
     async def collect_all(request: Request, jobs) -> list[tuple[str, Event]]:
         """Every choice's text and last event; ClientGone if the client hangs up first."""
