@@ -4,8 +4,8 @@ model as it is, each with its held-out bits per byte on the user's own data.
 Read from the run directory (no stage is imported): the run's own figure from
 ``eval.json``; other models scored on the same bytes from ``eval.json``'s
 ``against`` (``fmforge eval RUN --against``): a Hugging Face model is "use as
-is", a PEFT adapter "customize" (its cost from the fine-tune's ``summary.json``
-beside it), another fmforge run "train" (its cost from its own plan and
+is", a PEFT adapter or a fine-tune's whole model "customize" (its cost from the
+fine-tune's ``summary.json`` beside it), another fmforge run "train" (its cost from its own plan and
 metrics); the run's ladder (``ladder/ladder.json``) predicts the config's model
 and, with a budget, the compute-optimal one, with their 90% intervals.
 """
@@ -38,9 +38,11 @@ def _actual_cost(root: Path) -> float | None:
     return next((r["actual"] for r in rows if r["metric"] == "cost_usd"), None)
 
 
-def _customize_cost(adapter: Path) -> tuple[float | None, str | None]:
-    """One-time cost of the fine-tune that made ``adapter``: its wall time on the
-    device it ran on, at the catalogue's price (``summary.json`` beside it)."""
+def _customize_cost(adapter: Path, hardware: Hardware) -> tuple[float | None, str | None]:
+    """One-time cost of the fine-tune that made ``adapter`` (an adapter or a whole
+    model): its wall time on the device it ran on (``summary.json`` beside it), at
+    ``hardware``'s price when that is the same kind of device (the user's price),
+    else at the catalogue's."""
     summary = adapter.parent / "summary.json"
     if not summary.is_file():
         return None, None
@@ -48,8 +50,9 @@ def _customize_cost(adapter: Path) -> tuple[float | None, str | None]:
     if not s.get("wall_s"):
         return None, None
     device = "cpu" if not str(s.get("device", "cpu")).startswith("cuda") else "h100-sxm"
-    hw = get_hardware(device)
-    return float(s["wall_s"]) / 3600 * hw.price_per_hour, f"{s.get('method', 'lora')} fine-tune, {s['wall_s']:.0f} s"
+    hw = hardware if hardware.key == device else get_hardware(device, measure_cpu=False)
+    what = "continued pretraining" if s.get("train_on") == "tokens" else f"{s.get('method', 'lora')} fine-tune"
+    return float(s["wall_s"]) / 3600 * hw.price_per_hour, f"{what}, {s['wall_s']:.0f} s"
 
 
 def _per_source(r: dict[str, Any]) -> dict[str, float | None]:
@@ -79,8 +82,9 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
     for name, r in sorted((ev.get("against") or {}).items()):
         path = Path(r["path"])
         kind = r.get("kind")
-        if kind == "peft":
-            cost, how = _customize_cost(path)
+        if kind == "peft" or (kind == "hf" and (path.parent / "summary.json").is_file()):
+            # an adapter, or the whole model a full fine-tune or continued pretraining wrote
+            cost, how = _customize_cost(path, hardware)
             option, basis = "customize", "measured" + (f"; {how}" if how else "")
         elif kind == "fmforge":
             cost, option, basis = _actual_cost(path), "train", "measured"

@@ -1,0 +1,61 @@
+"""How ``fmforge plan --decide`` files each scored model: a model as it is costs
+nothing to make; a fine-tune's output (an adapter, or a whole model from full
+fine-tuning or continued pretraining) is "customize" and costs the fine-tune's
+wall time at the device's price."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fmforge.hardware import get_hardware
+from fmforge.plan.quality import quality_table
+
+
+def _scored(root: Path, against: dict[str, Path]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    entries = {name: {"path": str(path), "kind": "peft" if (path / "adapter_config.json").exists() else "hf",
+                      "bits_per_byte": 1.5 + i / 10, "params": 1000, "per_source": {}}
+               for i, (name, path) in enumerate(against.items())}
+    (root / "eval.json").write_text(json.dumps({"against": entries}))
+
+
+def _finetuned(root: Path, output: str, wall_s: float, method: str, train_on: str = "examples") -> Path:
+    out = root / "finetune" / output
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (root / "finetune" / "summary.json").write_text(
+        json.dumps({"method": method, "train_on": train_on, "wall_s": wall_s, "device": "cpu"}))
+    return out
+
+
+def test_a_continued_pretraining_output_is_customize_with_its_cost(tmp_path):
+    cpu = get_hardware("cpu", price_per_hour=0.5, measure_cpu=False)
+    downloaded = tmp_path / "models" / "general"
+    downloaded.mkdir(parents=True)
+    (downloaded / "config.json").write_text("{}")
+    adapted = _finetuned(tmp_path / "runs" / "adapted", "model", wall_s=720.0, method="full",
+                         train_on="tokens")
+    run = tmp_path / "runs" / "own"
+    _scored(run, {"general": downloaded, "adapted": adapted})
+
+    rows = {r["model"]: r for r in quality_table(run, None, {}, cpu)["rows"]}
+
+    assert rows["general"]["option"] == "use as is" and rows["general"]["one_time_usd"] == 0.0
+    assert rows["adapted"]["option"] == "customize"
+    assert rows["adapted"]["one_time_usd"] == pytest.approx(720 / 3600 * 0.5)  # 12 minutes at $0.50/hour
+    assert "continued pretraining, 720 s" in rows["adapted"]["basis"]
+
+
+def test_an_adapter_is_customize_with_its_cost(tmp_path):
+    cpu = get_hardware("cpu", price_per_hour=2.0, measure_cpu=False)
+    adapter = _finetuned(tmp_path / "runs" / "lora", "adapter", wall_s=90.0, method="lora")
+    (adapter / "adapter_config.json").write_text("{}")
+    run = tmp_path / "runs" / "own"
+    _scored(run, {"lora": adapter})
+
+    row = quality_table(run, None, {}, cpu)["rows"][0]
+
+    assert row["option"] == "customize" and row["one_time_usd"] == pytest.approx(0.05)
