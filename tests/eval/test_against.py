@@ -174,3 +174,23 @@ def test_the_report_has_a_decision_section_with_the_scored_models(exported, monk
     decision = decision[: decision.index("</section>")] if "</section>" in decision else decision
     assert "use as is" in decision and f"{ev['against']['hf']['bits_per_byte']:.4f}" in decision
     assert "Other models on the same bytes" in html  # and the held-out section's table
+
+
+def test_two_models_in_directories_of_the_same_name_are_both_kept(exported, tmp_path):
+    """Fine-tune outputs are all called ``model`` or ``adapter``: scoring two of them
+    must keep both in eval.json, each under a name that says which run made it,
+    and scoring one again replaces only its own entry."""
+    run, hf = exported
+    first = tmp_path / "runs" / "legal-adapt" / "finetune" / "model"
+    second = tmp_path / "elsewhere" / "model"
+    shutil.copytree(hf, first)
+    shutil.copytree(hf, second)
+
+    found = evaluate_against(run, [first, second], CPU, max_bytes=2000)
+    again = evaluate_against(run, [second], CPU, max_bytes=2000)
+
+    against = json.loads(run.eval_json.read_text())["against"]
+    paths = {name: r["path"] for name, r in against.items()}
+    assert str(first.resolve()) in paths.values() and str(second.resolve()) in paths.values()
+    assert "legal-adapt" in found  # a fine-tune's output is named by its run
+    assert len(found) == 2 and list(again) == [k for k, r in found.items() if r["path"] == str(second.resolve())]

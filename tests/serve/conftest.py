@@ -5,9 +5,13 @@ controls (the real engine underneath, so what it does produce is real)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -21,14 +25,40 @@ from fmforge.pipeline import run_pipeline
 KEY = "test-key"
 
 
+def _run_root(tmp_path_factory) -> tuple[Path, contextlib.AbstractContextManager]:
+    """Where the session's tiny model is trained, and a lock to hold while training.
+
+    Under mutmut, with a mutant of the server itself under test, every mutant's
+    test process would train the same model again (most of its time): the model
+    is then kept in one directory shared by the mutants (the stages are cached, so
+    the second process only loads it). A server mutant cannot change the data,
+    tokenizer or training stages, so the model is what each process would train.
+    Otherwise (``make test``, or a mutant of a module training runs) it is trained
+    afresh in the session's temporary directory."""
+    if not os.environ.get("MUTANT_UNDER_TEST", "").startswith("fmforge.serve."):
+        return tmp_path_factory.mktemp("serve"), contextlib.nullcontext()
+    root = Path(tempfile.gettempdir()) / "fmforge-mutmut-serve-model"
+    root.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock():
+        with open(root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # one process trains, the others wait and load
+            yield
+
+    return root, lock()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, make_tiny_config):
-    root = tmp_path_factory.mktemp("serve")
-    raw = make_tiny_config(root, train={"max_steps": 20})
-    raw["model"]["seq_len"] = 64
-    path = root / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run, _ = run_pipeline(load_config(path), stages=("data", "tokenizer", "tokenize", "train"))
+    root, lock = _run_root(tmp_path_factory)
+    with lock:
+        path = root / "c.yaml"
+        if not path.is_file():  # (a shared directory has its corpus and config already)
+            raw = make_tiny_config(root, train={"max_steps": 20})
+            raw["model"]["seq_len"] = 64
+            path.write_text(yaml.safe_dump(raw))
+        run, _ = run_pipeline(load_config(path), stages=("data", "tokenizer", "tokenize", "train"))
     return run, load_trained(run, device="cpu")
 
 

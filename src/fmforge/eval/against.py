@@ -119,6 +119,8 @@ def _hf_candidate(path: Path, device: torch.device, kind: str) -> Candidate:
         model = model.merge_and_unload()
     tok_dir = path if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file() else base
     tok = load_tokenizer(tok_dir)
+    # Whole documents are encoded, then cut into windows: not a length the model sees.
+    tok.model_max_length = 1 << 62
     eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(config, "eos_token_id", None)
     if isinstance(eos, list):
         eos = eos[0]
@@ -212,16 +214,37 @@ def score_candidate(candidate: Candidate, documents: dict[str, list[str]], devic
             "evaluated_at": time.time()}
 
 
+def candidate_name(path: Path, taken: dict[str, str | None]) -> str:
+    """A name for ``eval.json``'s ``against`` that no other model's path holds:
+    the directory's name; a fine-tune's output (``RUN/finetune/model`` or
+    ``adapter``) by its run's name; then, while another path holds the name, with
+    more of its parents (``elsewhere/model``)."""
+    path = path.resolve()
+    parts = [path.parent.parent.name] if path.parent.name == "finetune" else [path.name]
+    rest = (path.parent.parent.parent if path.parent.name == "finetune" else path.parent).parts
+    name = parts[0]
+    for parent in reversed(rest[1:]):
+        if taken.get(name) in (None, str(path)):
+            break
+        name = f"{parent}/{name}"
+    return name
+
+
 def evaluate_against(run: RunDir, paths: list[str | Path], device: torch.device, stride: int | None = None,
                      max_bytes: int | None = None, batch_size: int = 4) -> dict[str, dict[str, Any]]:
     """Score every candidate on the run's held-out documents; recorded in
     ``eval.json`` under ``against`` (one entry per candidate, by name)."""
     from fmforge.eval.results import record_against
 
+    from fmforge.eval.results import read_eval
+
     documents = heldout_documents(run, max_bytes)
     found = {}
+    taken = {name: r.get("path") for name, r in (read_eval(run).get("against") or {}).items()}
     for path in paths:
         candidate = load_candidate(path, device)
+        candidate.name = candidate_name(Path(path), taken)
+        taken[candidate.name] = str(Path(path).resolve())
         log(f"scoring {candidate.name} ({candidate.kind}, {candidate.params:,} parameters, window "
             f"{candidate.context}) on {sum(len(v) for v in documents.values()):,} held-out documents")
         with torch.no_grad():
