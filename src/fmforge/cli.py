@@ -429,9 +429,9 @@ def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run 
             from fmforge.train.device import pick_device
 
             with locked(run, "fmforge eval --against"):
-                evaluate_against(run, against, pick_device(device), stride=stride, max_bytes=max_bytes,
-                                 batch_size=cfg.eval.batch_size)
-            _print_against(read_eval(run), [Path(a).resolve().name for a in against])
+                scored = evaluate_against(run, against, pick_device(device), stride=stride,
+                                          max_bytes=max_bytes, batch_size=cfg.eval.batch_size)
+            _print_against(read_eval(run), list(scored))
 
 
 def _print_against(ev: dict, names: list[str]) -> None:

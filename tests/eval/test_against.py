@@ -128,17 +128,23 @@ def test_max_bytes_keeps_each_sources_share(exported):
         assert kept <= share or len(texts) == 1
 
 
-def test_the_command_line_scores_several_candidates_at_once(exported):
+def test_the_command_line_scores_several_candidates_at_once(exported, tmp_path):
     run, hf = exported
+    adapted = tmp_path / "runs" / "adapted" / "finetune" / "model"  # where a fine-tune writes its model
+    shutil.copytree(hf, adapted)
     env = {**os.environ, "FMFORGE_NO_PROGRESS": "1", "COLUMNS": "150"}
     done = subprocess.run([sys.executable, "-m", "fmforge", "eval", str(run.root), "--against", str(hf),
-                           str(run.root), "--max-bytes", "4000"], capture_output=True, text=True,
+                           str(adapted), "--max-bytes", "4000"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     shown = done.stdout + done.stderr
-    assert "hf" in shown and "xz -9e" in shown and "this run" in shown
     ev = json.loads(run.eval_json.read_text())
     assert ev["against"]["hf"]["max_bytes"] == 4000
+    table = shown[shown.index("held-out bits per byte: the run's model"):]
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") > 3}
+    assert {"hf", "adapted", "xz -9e", "gzip -9"} <= set(rows) and any(r.startswith("this run") for r in rows)
+    # each candidate's row shows its own overall figure
+    assert f"{ev['against']['adapted']['bits_per_byte']:.4g}" in rows["adapted"]
 
 
 def test_plan_decide_puts_each_models_measured_quality_beside_its_cost(exported, monkeypatch):
