@@ -59,3 +59,42 @@ def test_an_adapter_is_customize_with_its_cost(tmp_path):
     row = quality_table(run, None, {}, cpu)["rows"][0]
 
     assert row["option"] == "customize" and row["one_time_usd"] == pytest.approx(0.05)
+
+
+def test_the_table_reads_in_80_columns_with_each_sources_figures(tmp_path):
+    """Piped to a file or a log (80 columns), every figure is whole: the models'
+    names, bits per byte overall and per source, the compressors per source."""
+    import io
+
+    from rich.console import Console
+
+    from fmforge.plan.report import render_quality
+
+    cpu = get_hardware("cpu", price_per_hour=0.5, measure_cpu=False)
+    adapted = _finetuned(tmp_path / "runs" / "code-model-adapted", "model", wall_s=307.0, method="full",
+                         train_on="tokens")
+    run = tmp_path / "runs" / "own"
+    _scored(run, {"code-model-adapted": adapted})
+    ev = json.loads((run / "eval.json").read_text())
+    ev["against"]["code-model-adapted"]["per_source"] = {"package-docs": {"bits_per_byte": 1.4506},
+                                                         "stdlib-code": {"bits_per_byte": 1.0967}}
+    ev.update(bits_per_byte=1.2579, gzip_bits_per_byte=1.8638, xz_bits_per_byte=1.5196, step=1399,
+              per_source={"package-docs": {"bits_per_byte": 1.2722, "gzip_bits_per_byte": 1.7115,
+                                           "xz_bits_per_byte": 1.4511},
+                          "stdlib-code": {"bits_per_byte": 1.2308, "gzip_bits_per_byte": 1.9742,
+                                          "xz_bits_per_byte": 1.7049}})
+    (run / "eval.json").write_text(json.dumps(ev))
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False)
+    for part in render_quality(quality_table(run, None, {}, cpu)):
+        console.print(part)
+    text = out.getvalue()
+
+    assert max(len(line) for line in text.splitlines()) <= 80
+    rows = {line.split("│")[2].strip(): line for line in text.splitlines() if line.count("│") > 4}
+    assert "code-model-adapted" in text.replace("│", "").replace(" ", "").replace("\n", "")
+    for figure in ("1.4506", "1.0967", "1.2722", "1.2308", "1.4511", "1.7049"):
+        assert figure in text
+    assert "- code-model-adapted: measured; continued pretraining, 307 s" in text.replace("\n", " ")
+    assert any(k.startswith("xz") for k in rows)

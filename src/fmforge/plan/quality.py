@@ -130,5 +130,8 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
     if references["xz"] is not None:
         notes.append(f"xz -9e on the same bytes: {references['xz']:.4f} bits per byte; a model above it has "
                      "learned less about this data than a general-purpose compressor")
+    reference_per_source = {s: {"gzip": r.get("gzip_bits_per_byte"), "xz": r.get("xz_bits_per_byte")}
+                            for s, r in (ev.get("per_source") or {}).items()}
     return {"run": str(root), "rows": rows, "references": references,
+            "reference_per_source": reference_per_source,
             "monthly_tokens": monthly_tokens, "gpu": hardware.key, "notes": notes}

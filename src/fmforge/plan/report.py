@@ -114,59 +114,75 @@ def render_ladder(l: dict[str, Any]) -> list[Any]:
 
 
 def render_quality(q: dict[str, Any]) -> list[Any]:
-    """Train, customize or use as is: held-out bits per byte beside what each costs."""
+    """Train, customize or use as is: held-out bits per byte beside what each costs.
+    Narrow enough for 80 columns (a pipe, a log): the figures in the table, per
+    source when the run has sources, each row's basis in a line below it."""
     serving = q.get("monthly_tokens") is not None
+    sources = sorted({s for r in q["rows"] for s in (r.get("per_source") or {})})
+    intervals = any(r.get("interval_90") for r in q["rows"])
     t = _table("Quality beside cost, on your held-out bytes (bits per byte: lower is better)",
-               ("option", "model", "params", "bits/byte", "90% interval", "one-time",
-                *(("serve/month",) if serving else ()), "basis"))
+               ("option", "model", "params", "bits/byte", *sources, *(("90% interval",) if intervals else ()),
+                "one-time", *(("serve/month",) if serving else ())))
+    t.columns[1].overflow = "fold"  # a model's name in full, broken if it must be
+
+    def bpb(v: float | None) -> str:
+        return f"{v:.4f}" if v is not None else "-"
+
+    basis = []
     for r in q["rows"]:
         lo_hi = r.get("interval_90")
         t.add_row(r["option"], r["model"], fmt.count(r["params"]) if r.get("params") else "-",
-                  f"{r['bits_per_byte']:.4f}" if r.get("bits_per_byte") is not None else "-",
-                  f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f}" if lo_hi else "-",
+                  bpb(r.get("bits_per_byte")), *(bpb((r.get("per_source") or {}).get(s)) for s in sources),
+                  *((f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f}" if lo_hi else "-",) if intervals else ()),
                   fmt.usd(r["one_time_usd"]) if r.get("one_time_usd") is not None else "-",
-                  *((fmt.usd(r["monthly_usd"]) if r.get("monthly_usd") is not None else "-",) if serving else ()),
-                  r["basis"])
-    refs = q.get("references", {})
-    if refs.get("gzip") is not None:
-        t.add_row("reference", "gzip -9", "-", f"{refs['gzip']:.4f}", "-", "-", *(("-",) if serving else ()),
-                  "measured")
-    if refs.get("xz") is not None:
-        t.add_row("reference", "xz -9e", "-", f"{refs['xz']:.4f}", "-", "-", *(("-",) if serving else ()),
-                  "measured")
-    return [t, *(Text(n) for n in q.get("notes", []))]
+                  *((fmt.usd(r["monthly_usd"]) if r.get("monthly_usd") is not None else "-",) if serving else ()))
+        basis.append(f"- {r['model']}: {r['basis']}")
+    refs, ref_sources = q.get("references", {}), q.get("reference_per_source") or {}
+    for key, label in (("gzip", "gzip -9"), ("xz", "xz -9e")):
+        if refs.get(key) is not None:
+            t.add_row("reference", label, "-", bpb(refs[key]),
+                      *(bpb((ref_sources.get(s) or {}).get(key)) for s in sources),
+                      *(("-",) if intervals else ()), "-", *(("-",) if serving else ()))
+    return [t, *(Text(b) for b in basis), *(Text(n) for n in q.get("notes", []))]
 
 
-def _payback(o: dict[str, Any], buy_monthly: float) -> str:
+def _payback(o: dict[str, Any]) -> str:
     if o["option"] == "buy":
         return "-"
+    return "never" if o["payback_months"] is None else fmt.months(o["payback_months"])
+
+
+def _saving(o: dict[str, Any], buy_monthly: float) -> str:
     saving = buy_monthly - o["monthly_usd"]
-    if o["payback_months"] is None:
-        return f"never on cost ({fmt.usd(-saving)}/mo more)"
-    return f"{fmt.months(o['payback_months'])} (saves {fmt.usd(saving)}/mo)"
+    return f"saves {fmt.usd(saving)}/mo against buying" if saving > 0 else f"costs {fmt.usd(-saving)}/mo more than buying"
 
 
 def render_decision(d: dict[str, Any]) -> list[Any]:
+    """The three options' costs in two tables narrow enough for 80 columns; what
+    each option needs and how it was priced in lines below them."""
     h, a = d["horizon_months"], d["assumptions"]
     buy_monthly = next(o["monthly_usd"] for o in d["options"] if o["option"] == "buy")
     t = _table(f"Train, customize or buy (over {h} months)",
-               ("option", "model", "one-time", "monthly", f"total {h} mo", "time to first model", "pays back",
-                "needs"))
+               ("option", "model", "one-time", "monthly", f"{h} months", "first model", "pays back"))
     p = _table(f"How each option is priced ({a['gpu']} at ${a['price_per_gpu_hour']:g}/GPU-hour)",
-               ("option", "tokens", "FLOPs/token", "FLOPs", "MFU", "GPU-hours", "on GPUs", "serving GPUs"),
+               ("option", "tokens", "FLOPs/tok", "FLOPs", "MFU", "GPU-h", "GPUs", "serving"),
                numbers_right=True)
+    needs, priced = [], []
     for o in d["options"]:
         days, fpt = o["time_to_first_model_days"], o["flops_per_token"]
         t.add_row(o["option"], fmt.count(o["model_params"]), fmt.usd(o["one_time_usd"]), fmt.usd(o["monthly_usd"]),
                   fmt.usd(o["total_usd"]), "now" if days == 0 else fmt.duration(days * 24),
-                  _payback(o, buy_monthly), o["needs"])
+                  _payback(o))
+        saving = "" if o["option"] == "buy" else f"{_saving(o, buy_monthly)}; "
+        needs.append(f"- {o['option']}: {saving}needs {o['needs']}")
         if o["option"] == "buy":
-            p.add_row("buy", f"{o['tokens']:.3g}/month", *["-"] * 6)
+            p.add_row("buy", f"{o['tokens']:.3g}/mo", *["-"] * 6)
         else:
-            p.add_row(o["option"], f"{o['tokens']:.3g}", f"{fpt:.3g} ({fpt / o['model_params']:.2f}·N)",
-                      f"{o['tokens'] * fpt:.3g}", f"{o['mfu']:.2f}", fmt.hours(o["gpu_hours"]),
-                      str(o["train_gpus"]), f"{o['serve_gpus']} ({o['replica_gpus']} a replica)")
-    return [t, p, *(Text(f"- {r}") for r in d["reasoning"])]
+            p.add_row(o["option"], f"{o['tokens']:.3g}", f"{fpt:.3g}", f"{o['tokens'] * fpt:.3g}",
+                      f"{o['mfu']:.2f}", fmt.hours(o["gpu_hours"]), str(o["train_gpus"]), str(o["serve_gpus"]))
+            priced.append(f"- {o['option']}: {fpt / o['model_params']:.2f}·N FLOPs per token; serving on "
+                          f"{o['serve_gpus']} GPUs, {o['replica_gpus']} a replica")
+    return [t, *(Text(n) for n in needs), p, *(Text(n) for n in priced), *(Text(f"- {r}") for r in d["reasoning"])]
 
 
 def render_actual(c: dict[str, Any]) -> list[Any]:
