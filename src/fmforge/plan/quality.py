@@ -76,9 +76,10 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
     if ev.get("bits_per_byte") is not None:
         summary = (RunDir(root).stage_record("train") or {}).get("summary", {})
         params = summary.get("params")
-        rows.append({"option": "train", "model": f"{root.name} (this run, step {ev.get('step')})",
+        rows.append({"option": "train", "model": f"{root.name} (this run)",
                      "params": params, "bits_per_byte": ev["bits_per_byte"], "per_source": _per_source(ev),
-                     "basis": "measured", "one_time_usd": _actual_cost(root), "monthly_usd": serve(params)})
+                     "basis": f"measured at step {ev.get('step')}", "one_time_usd": _actual_cost(root),
+                     "monthly_usd": serve(params)})
     for name, r in sorted((ev.get("against") or {}).items()):
         path = Path(r["path"])
         kind = r.get("kind")

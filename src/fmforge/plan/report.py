@@ -115,15 +115,21 @@ def render_ladder(l: dict[str, Any]) -> list[Any]:
 
 def render_quality(q: dict[str, Any]) -> list[Any]:
     """Train, customize or use as is: held-out bits per byte beside what each costs.
-    Narrow enough for 80 columns (a pipe, a log): the figures in the table, per
-    source when the run has sources, each row's basis in a line below it."""
+    Narrow enough for 80 columns (a pipe, a log): the figures in the table, overall
+    and per source when the run has sources; each row's size and basis in a line
+    below it."""
     serving = q.get("monthly_tokens") is not None
     sources = sorted({s for r in q["rows"] for s in (r.get("per_source") or {})})
     intervals = any(r.get("interval_90") for r in q["rows"])
-    t = _table("Quality beside cost, on your held-out bytes (bits per byte: lower is better)",
-               ("option", "model", "params", "bits/byte", *sources, *(("90% interval",) if intervals else ()),
-                "one-time", *(("serve/month",) if serving else ())))
-    t.columns[1].overflow = "fold"  # a model's name in full, broken if it must be
+    t = _table("Quality beside cost: bits per byte on your held-out bytes (lower is better)",
+               ("option", "model", "overall", *sources, *(("90% interval",) if intervals else ()),
+                "one-time", *(("serve/mo",) if serving else ())))
+    # the option and the model's name whole on one line; the sources' names may break
+    t.columns[0].no_wrap, t.columns[0].min_width = True, 9
+    t.columns[1].no_wrap = True
+    t.columns[1].min_width = min(24, max([len(r["model"]) for r in q["rows"]] + [7]))
+    for col in t.columns[2:]:
+        col.overflow = "fold"
 
     def bpb(v: float | None) -> str:
         return f"{v:.4f}" if v is not None else "-"
@@ -131,16 +137,17 @@ def render_quality(q: dict[str, Any]) -> list[Any]:
     basis = []
     for r in q["rows"]:
         lo_hi = r.get("interval_90")
-        t.add_row(r["option"], r["model"], fmt.count(r["params"]) if r.get("params") else "-",
+        t.add_row(r["option"], r["model"],
                   bpb(r.get("bits_per_byte")), *(bpb((r.get("per_source") or {}).get(s)) for s in sources),
                   *((f"{lo_hi[0]:.3f}-{lo_hi[1]:.3f}" if lo_hi else "-",) if intervals else ()),
                   fmt.usd(r["one_time_usd"]) if r.get("one_time_usd") is not None else "-",
                   *((fmt.usd(r["monthly_usd"]) if r.get("monthly_usd") is not None else "-",) if serving else ()))
-        basis.append(f"- {r['model']}: {r['basis']}")
+        size = f"{fmt.count(r['params'])} parameters; " if r.get("params") else ""
+        basis.append(f"- {r['model']}: {size}{r['basis']}")
     refs, ref_sources = q.get("references", {}), q.get("reference_per_source") or {}
     for key, label in (("gzip", "gzip -9"), ("xz", "xz -9e")):
         if refs.get(key) is not None:
-            t.add_row("reference", label, "-", bpb(refs[key]),
+            t.add_row("reference", label, bpb(refs[key]),
                       *(bpb((ref_sources.get(s) or {}).get(key)) for s in sources),
                       *(("-",) if intervals else ()), "-", *(("-",) if serving else ()))
     return [t, *(Text(b) for b in basis), *(Text(n) for n in q.get("notes", []))]
