@@ -179,6 +179,10 @@ def test_the_report_has_a_decision_section_with_the_scored_models(exported, monk
     decision = html[html.index("Decision: train, customize or use as is"):]
     decision = decision[: decision.index("</section>")] if "</section>" in decision else decision
     assert "use as is" in decision and f"{ev['against']['hf']['bits_per_byte']:.4f}" in decision
+    from fmforge.eval.report import fmt
+
+    for source, r in ev["against"]["hf"]["per_source"].items():  # each source's figure, in its column
+        assert f"<th>{source}</th>" in decision and f"<td>{fmt(r['bits_per_byte'])}</td>" in decision
     assert "Other models on the same bytes" in html  # and the held-out section's table
 
 

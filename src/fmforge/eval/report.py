@@ -326,25 +326,32 @@ def harness_section(run: RunDir) -> str:
 
 
 def decision_section(decision: dict | None) -> str:
-    """Train your own, customize or use as is: each option's held-out bits per byte
-    (measured, or predicted by the ladder) beside its cost (``fmforge plan --decide``)."""
+    """Train your own, customize or use as is: each option's held-out bits per byte,
+    overall and per source (measured, or predicted by the ladder), beside its cost
+    (``fmforge plan --decide``)."""
     if not decision:
         return ""
+    sources = sorted({s for r in decision["rows"] for s in (r.get("per_source") or {})})
+    intervals = any(r.get("interval_90") for r in decision["rows"])
     rows = []
     for r in decision["rows"]:
         lo_hi = r.get("interval_90")
+        per = r.get("per_source") or {}
         rows.append([r["option"], r["model"], r.get("params"), r.get("bits_per_byte"),
-                     f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi else None,
-                     None if r.get("one_time_usd") is None else f"${r['one_time_usd']:,.4g}", r["basis"]])
-    refs = decision.get("references") or {}
+                     *(per.get(s) for s in sources),
+                     *([f"{lo_hi[0]:.4f}-{lo_hi[1]:.4f}" if lo_hi else None] if intervals else []),
+                     None if r.get("one_time_usd") is None else f"${r['one_time_usd']:,.2f}", r["basis"]])
+    refs, ref_sources = decision.get("references") or {}, decision.get("reference_per_source") or {}
     for name, key in (("gzip -9", "gzip"), ("xz -9e", "xz")):
         if refs.get(key) is not None:
-            rows.append(["reference", name, None, refs[key], None, None, "measured"])
+            rows.append(["reference", name, None, refs[key], *((ref_sources.get(s) or {}).get(key) for s in sources),
+                         *([None] if intervals else []), None, "measured"])
     body = ("<p class='sub'>Each option's held-out bits per byte on this run's own held-out bytes "
-            "(lower is better), measured or predicted by the run's ladder, beside its one-time cost. "
-            "<code>fmforge plan CONFIG --decide</code> prints it, with serving costs given "
-            "<code>--monthly-tokens</code>.</p>")
-    body += table(["option", "model", "parameters", "bits/byte", "90% interval", "one-time cost", "basis"], rows)
+            "(lower is better), overall and per source, measured or predicted by the run's ladder, beside "
+            "its one-time cost. <code>fmforge plan CONFIG --decide</code> prints it, with serving costs "
+            "given <code>--monthly-tokens</code>.</p>")
+    body += table(["option", "model", "parameters", "bits/byte", *sources, *(["90% interval"] if intervals else []),
+                   "one-time cost", "basis"], rows)
     body += "".join(f"<p class='note'>{esc(n)}</p>" for n in decision.get("notes", []))
     return section("decision", "Decision: train, customize or use as is", body)
 
