@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast faults bench clean llama-cpp mutate
+.PHONY: setup demo test test-fast faults bench clean llama-cpp mutate chromium
 
 setup: $(STAMP)
 
@@ -23,8 +23,20 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/fmforge run configs/demo.yaml
 
-test: setup llama-cpp
+test: setup llama-cpp chromium
 	$(BIN)/python -m pytest -q
+
+# The system's Chromium, for the chat page's browser tests (Playwright drives it;
+# nothing is downloaded from Playwright's servers) and the report screenshots. On a
+# Debian or Ubuntu machine where we are root it is installed from the distribution
+# (about 30 s); elsewhere the page tests skip, saying so.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+				|| echo "chromium could not be installed: the chat page tests will skip"; \
+		else echo "no chromium and no root apt-get: the chat page tests will skip (Debian: apt-get install chromium)"; fi; \
+	fi
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
