@@ -88,3 +88,18 @@ def test_resolved_config_makes_relative_source_paths_absolute(tmp_path):
 def test_boolean_for_a_number_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"train: max_steps must be a number, got true"):
         load_config(write(tmp_path, BASE), ["train.max_steps=true"])
+
+
+def test_minutes_alone_decide_the_steps_and_a_given_max_steps_still_caps_them(tmp_path):
+    """`train.max_minutes` with no `max_steps` of the user's: the minutes decide
+    (the default of 1000 steps is for runs without a budget, and capped a 2-minute
+    run of a small model at 1000 steps, 88 s of its 120). A `max_steps` the user
+    gives stays an upper bound."""
+    minutes = load_config(write(tmp_path, {**BASE, "train": {"max_minutes": 2}}))
+    assert minutes.train.max_steps is None
+    assert yaml.safe_load(minutes.to_yaml())["train"]["max_steps"] is None  # the run records it
+    both = load_config(write(tmp_path, {**BASE, "train": {"max_minutes": 2, "max_steps": 1000}}))
+    assert both.train.max_steps == 1000
+    assert load_config(write(tmp_path, BASE)).train.max_steps == 1000  # no budget: the default
+    overridden = load_config(write(tmp_path, BASE), ["train.max_minutes=3"])
+    assert overridden.train.max_steps is None

@@ -390,6 +390,16 @@ class TrainConfig(Section):
     tensorboard: bool = True  # scalars under RUN/tb beside metrics.jsonl
     num_threads: int = Field(default=0, ge=0)  # torch CPU threads; 0: torch's default
 
+    @model_validator(mode="before")
+    @classmethod
+    def _minutes_decide(cls, data: Any) -> Any:
+        # A budget in minutes without a step count of the user's: the minutes decide.
+        # The default step count is for runs without a budget; as a silent cap it
+        # stopped a 2-minute run of a small model after 88 s.
+        if isinstance(data, dict) and data.get("max_minutes") is not None and "max_steps" not in data:
+            data = {**data, "max_steps": None}
+        return data
+
     @model_validator(mode="after")
     def _steps_known(self) -> TrainConfig:
         if self.max_steps is None and self.max_minutes is None:
