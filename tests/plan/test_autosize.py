@@ -46,7 +46,8 @@ def test_the_planned_run_of_the_chosen_model_fits_the_minutes_and_is_compute_opt
     plan = plan_for_run(run_config(size, minutes, tmp_path))
     assert plan["params"] == size.params
     assert plan["tokens"] / plan["tokens_per_s"] <= minutes * 60
-    assert plan["tokens"] >= 20 * plan["params"] * 0.95  # Chinchilla's 20 tokens/param (less the unused 5%)
+    # Chinchilla's 20 tokens per (non-embedding) parameter, less the budget's unused 5%
+    assert plan["tokens"] >= 20 * size.non_embedding_params * 0.95
     # and it is the largest such shape: the next width of the family gets fewer than 20
     nxt = WIDTHS[WIDTHS.index(size.d_model) + 1]
     layers, heads = shape_for_width(nxt)
@@ -57,7 +58,9 @@ def test_the_planned_run_of_the_chosen_model_fits_the_minutes_and_is_compute_opt
 
     bigger = replace(bigger, d_model=nxt, n_layers=layers, n_heads=heads, vocab_size=vocab_for(nxt, layers, heads, 256))
     plan_big = plan_for_run(run_config(bigger, minutes, tmp_path))
-    assert plan_big["tokens"] < 20 * plan_big["params"]
+    from fmforge.model.counting import count_parameters
+
+    assert plan_big["tokens"] < 20 * count_parameters(run_config(bigger, minutes, tmp_path).resolved_model()).non_embedding
 
 
 def test_a_ladder_law_decides_when_one_is_given():
