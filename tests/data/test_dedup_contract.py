@@ -243,3 +243,48 @@ def test_dedup_result_without_removals():
     r = DedupResult(removed={}, clusters=0, largest=0, examples=[], duplicates=0)
     assert not r.is_removed(0, 0)
     assert r.to_dict() == {"duplicates": 0, "clusters": 0, "largest_cluster": 0, "example_clusters": []}
+
+
+def test_a_stale_chunk_of_an_earlier_task_does_not_hide_the_later_tasks(tmp_path):
+    """A task rerun with fewer chunks leaves its old chunk files behind; they sort
+    before the next task's files, and phase 2 must skip them and read on."""
+    with BucketWriter(str(tmp_path), 0, 1) as w:
+        w.add(0, k(5))
+    with BucketWriter(str(tmp_path), 1, 1) as w:
+        w.add(0, k(5))  # a copy of task 0's document
+    stale = np.array([(0, 99, 3)], dtype=RECORD)
+    buf = io.BytesIO()
+    np.save(buf, stale)
+    (tmp_path / "part-00000" / "task-000000-0007.npy").write_bytes(buf.getvalue())  # not in task 0's manifest
+    assert sorted(os.listdir(tmp_path / "part-00000"))[1] == "task-000000-0007.npy"  # read before task 1's
+    assert edges_in_partition(str(tmp_path), 0, [1, 1]).tolist() == [[docref(0, 0), docref(1, 0)]]
+    assert {t: v.tolist() for t, v in find_duplicates(str(tmp_path), 2, 1).removed.items()} == {1: [0]}
+
+
+def test_a_bucket_file_holding_pickled_objects_is_refused(tmp_path):
+    """Bucket directories may be shared storage: a chunk that needs unpickling (code
+    run on load) is refused, never executed."""
+    with BucketWriter(str(tmp_path), 0, 1) as w:
+        w.add(0, k(5))
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"band": 0}], dtype=object), allow_pickle=True)
+    (tmp_path / "part-00000" / "task-000000-0000.npy").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="allow_pickle"):
+        edges_in_partition(str(tmp_path), 0, [1])
+
+
+def test_an_fsspec_url_writes_under_that_url_and_nowhere_local(tmp_path, monkeypatch):
+    fsspec = pytest.importorskip("fsspec")
+    monkeypatch.chdir(tmp_path)  # a URL taken for a local path would appear here
+    url = f"memory://buckets-{os.getpid()}/run/"  # a trailing slash, as users write folders
+    for task in (0, 1):
+        with BucketWriter(url, task, 2) as w:
+            w.add(0, k(5, 8))
+    fs = fsspec.filesystem("memory")
+    root = f"/buckets-{os.getpid()}/run"
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/tasks", detail=False)) == \
+        ["task-000000.json", "task-000001.json"]
+    assert json.loads(fs.cat_file(f"{root}/tasks/task-000001.json"))["records"] == 2
+    assert any(fs.ls(f"{root}/part-00001", detail=False))  # key 5 % 2 = 1: its partition has a chunk
+    assert os.listdir(tmp_path) == []
+    assert {t: v.tolist() for t, v in find_duplicates(url, 2, 2).removed.items()} == {1: [0]}
