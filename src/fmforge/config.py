@@ -51,6 +51,10 @@ SOURCE_TYPES = ("text", "jsonl", "parquet", "csv", "html", "warc", "wet", "hf_di
 FILTER_PRESETS = ("none", "web", "prose", "code")
 
 
+# Source types whose records have fields a source can be grouped by.
+GROUPABLE_TYPES = ("jsonl",)
+
+
 class SourceConfig(Section):
     """One corpus source. ``paths`` are glob patterns (local paths or fsspec URLs);
     ``{python_stdlib}``, ``{site_packages}``, ``{home}`` and ``{config_dir}`` are
@@ -79,11 +83,68 @@ class SourceConfig(Section):
     # Keep only documents identified as one of these languages (ISO 639-1 codes
     # as fastText lid.176 writes them, e.g. en, de, fr); None: no language filter.
     languages: list[str] | None = None
+    # Split the source into sub-sources by a field of its records (jsonl; a dotted
+    # path, e.g. The Pile's meta.pile_set_name): each value becomes the source
+    # "NAME/VALUE" with its own weight or share and its own rows everywhere.
+    group_by: str | None = None
+    # With group_by: a group's weight (the key is the field's value, e.g.
+    # "PubMed Abstracts"); groups not named get this source's `weight`.
+    group_weights: dict[str, float] = Field(default_factory=dict)
+    # With group_by and a token budget: a group's share of data.total_tokens, out of
+    # this source's `share`; groups not named split the rest by their size.
+    group_shares: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, v: str) -> str:
         return _simple_name("source", v)
+
+    @field_validator("group_weights", "group_shares")
+    @classmethod
+    def _positive_per_group(cls, v: dict[str, float], info: Any) -> dict[str, float]:
+        bad = {g: w for g, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"every group's value must be > 0; got {bad}")
+        if info.field_name == "group_shares" and any(w > 1 for w in v.values()):
+            raise ValueError(f"a share is at most 1; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _groups(self) -> SourceConfig:
+        where = f"source {self.name!r}"
+        if self.group_by is None:
+            named = [k for k in ("group_weights", "group_shares") if getattr(self, k)]
+            if named:
+                raise ValueError(f"{where}: {' and '.join(named)} need group_by (the field whose value names "
+                                 "a record's group, e.g. group_by: meta.pile_set_name)")
+            return self
+        if not self.group_by.strip():
+            raise ValueError(f"{where}: group_by is empty; name a field of the records (meta.pile_set_name)")
+        if self.type not in GROUPABLE_TYPES:
+            fielded = self.type in ("parquet", "csv", "hf_disk")
+            raise ValueError(
+                f"{where}: group_by needs records with fields, read by type {' or '.join(GROUPABLE_TYPES)}; "
+                + (f"type {self.type!r} is not supported yet" if fielded
+                   else f"a {self.type!r} source's documents have no fields")
+                + " (remove group_by, or split the files into one source per group)")
+        if self.group_weights and self.share is not None:
+            raise ValueError(f"{where}: give group_weights or a share (with group_shares), not both")
+        if self.group_shares:
+            if self.share is None:
+                raise ValueError(f"{where}: group_shares split the source's share of data.total_tokens; "
+                                 "give the source a share too (or use group_weights)")
+            if sum(self.group_shares.values()) > self.share + 1e-6:
+                raise ValueError(f"{where}: group_shares sum to {sum(self.group_shares.values()):g}, more than "
+                                 f"the source's share {self.share:g}; they are shares of data.total_tokens "
+                                 "out of the source's own")
+        return self
+
+    def group_source(self, group: str) -> str:
+        """The name of a group's sub-source: ``NAME/GROUP``."""
+        return f"{self.name}/{group}"
+
+    def group_weight(self, group: str) -> float:
+        return self.group_weights.get(group, self.weight)
 
 
 # ---- document filters (thresholds default to the published values) ----

@@ -10,8 +10,9 @@ Per task, into the work directory:
   documents with their reason;
 - ``dedup/``: the document's dedup keys (MinHash bands and the exact-content key)
   in bucket files partitioned by key, for phase 2;
-- ``tasks/NNNNN/stats.json``: counts per step and reason, reader counters and
-  input problems;
+- ``tasks/NNNNN/stats.json``: counts per step and reason (``by_source``: per
+  output source, i.e. per group of a grouped source), reader counters and input
+  problems;
 - the completion marker, last.
 
 Memory is bounded by a batch of documents, not by the task or the corpus.
@@ -26,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fmforge.config import DataConfig
+from fmforge.config import DataConfig, SourceConfig
 from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
 from fmforge.data.listing import is_url
 from fmforge.data.normalize import replace_lone_surrogates
@@ -138,6 +139,28 @@ def _documents_of(reader, file, problems: InputProblems):
     yield from docs
 
 
+class _Chains:
+    """The step chain and counts of each output source a task meets: the source
+    itself, or each group of a grouped source (made when its first document comes)."""
+
+    def __init__(self, data: DataConfig, spec: SourceConfig):
+        self.data, self.spec = data, spec
+        self.by_source: dict[str, tuple[list, dict[str, int], dict[str, int]]] = {}
+
+    def of(self, source: str) -> tuple[list, dict[str, int], dict[str, int]]:
+        if source not in self.by_source:
+            steps = build_steps(self.data, self.spec)
+            counts = {"documents_read": 0, "bytes_read": 0, "kept_documents": 0, "kept_bytes": 0}
+            # Every rule of the chain, from zero: the card shows which rules ran, not
+            # only those that dropped something.
+            self.by_source[source] = (steps, counts, dict.fromkeys(step_reasons(steps), 0))
+        return self.by_source[source]
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: {**counts, "dropped": dropped, "steps": {s.name: s.counters() for s in steps}}
+                for name, (steps, counts, dropped) in sorted(self.by_source.items())}
+
+
 def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Run phase 1 for one task (a top-level function: it travels to workers)."""
     data = DataConfig.model_validate(payload["data"])
@@ -148,7 +171,6 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
 
     problems = InputProblems(spec.name, strict=data.strict, quiet=payload.get("quiet", False))
     reader = open_reader(spec, problems)
-    steps = build_steps(data, spec)
     hasher = None
     if data.dedup == "minhash":
         from fmforge.data.minhash import MinHasher
@@ -164,14 +186,17 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
         _BatchedParquet(work, f"{task_dir(task.index)}/rejected.parquet", REJECTED_SCHEMA)
         if data.keep_rejected else None
     )
-    # Every rule of the chain, from zero: the card shows which rules ran, not
-    # only those that dropped something.
-    dropped: dict[str, int] = dict.fromkeys(step_reasons(steps), 0)
-    counts = {"files_read": 0, "documents_read": 0, "bytes_read": 0, "kept_documents": 0, "kept_bytes": 0}
+    # Per output source (the source, or each group of a grouped one): its own
+    # chain of steps, so the card counts each group's drops and rewrites.
+    chains = _Chains(data, spec)
+    if spec.group_by is None:
+        chains.of(spec.name)
+    files_read = 0
     try:
         for file in task.files:
-            counts["files_read"] += 1
+            files_read += 1
             for doc in _documents_of(reader, file, problems):
+                steps, counts, dropped = chains.of(doc.source)
                 counts["documents_read"] += 1
                 doc.text, surrogates = replace_lone_surrogates(doc.text)
                 if surrogates:
@@ -210,9 +235,9 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
         "task": task.index,
         "source": spec.name,
         "source_index": task.source_index,
-        **counts,
-        "dropped": dropped,
-        "steps": {s.name: s.counters() for s in steps},
+        "files_read": files_read,
+        # documents by output source: counts, drops per reason, what each step changed
+        "by_source": chains.stats(),
         "reader": reader.counters(),
         "problems": problems.to_dict(),
         "has_docs": docs.rows > 0,

@@ -53,16 +53,17 @@ def decide(data: DataConfig, seed: int, work: WorkDir, task_stats: list[dict[str
     caps = {i: s.max_bytes for i, s in enumerate(data.sources)}
     accepted_bytes: dict[int, int] = {}
     capped_sources: set[int] = set()
-    per_source: dict[str, dict[str, int]] = {
-        s.name: {"duplicates": 0, "max_bytes": 0, "documents": 0, "bytes": 0} for s in data.sources
-    }
+    # by output source: a source, or a group of a grouped source (the docs' own
+    # `source` column); max_bytes caps a configured source as a whole
+    per_source: dict[str, dict[str, int]] = {}
     for st in task_stats:
         t, si = st["task"], st["source_index"]
-        name = data.sources[si].name
         dup = removed.get(t, np.zeros(0, dtype=np.int64))
         cap = np.zeros(0, dtype=np.int64)
+        for name in st["by_source"]:
+            per_source.setdefault(name, {"duplicates": 0, "max_bytes": 0, "documents": 0, "bytes": 0})
         if st["has_docs"]:
-            table = work.read_table(f"{task_dir(t)}/docs.parquet", columns=["id", "digest", "nbytes"])
+            table = work.read_table(f"{task_dir(t)}/docs.parquet", columns=["id", "digest", "nbytes", "source"])
             nbytes = table.column("nbytes").to_numpy()
             alive = np.ones(len(nbytes), dtype=bool)
             alive[dup] = False
@@ -71,12 +72,14 @@ def decide(data: DataConfig, seed: int, work: WorkDir, task_stats: list[dict[str
                 alive[cap] = False
             ids = table.column("id").to_pylist()
             digests = table.column("digest").to_pylist()
+            sources = table.column("source").to_pylist()
             for i in np.flatnonzero(alive):
                 guard.add(split_key(digests[i], seed), ids[i], docref(t, int(i)))
-            per_source[name]["documents"] += int(alive.sum())
-            per_source[name]["bytes"] += int(nbytes[alive].sum())
-        per_source[name]["duplicates"] += len(dup)
-        per_source[name]["max_bytes"] += len(cap)
+                per_source[sources[i]]["documents"] += 1
+                per_source[sources[i]]["bytes"] += int(nbytes[i])
+            for key, drops in (("duplicates", dup), ("max_bytes", cap)):
+                for i in drops.tolist():
+                    per_source[sources[i]][key] += 1
         buf = io.BytesIO()
         np.savez(buf, duplicates=np.asarray(dup, dtype=np.int64), max_bytes=cap)
         work.write_bytes(drops_path(t), buf.getvalue())

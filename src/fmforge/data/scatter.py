@@ -1,5 +1,6 @@
 """Phase 3 of the data stage, one task: put each surviving document on its side
-of the split, repeat or subsample it by its source's mixture weight, and
+of the split, repeat or subsample it by its source's mixture weight (a
+group's own, for a grouped source: ``groups.py``), and
 scatter the copies into output partitions by a seeded shuffle key.
 
 Every decision is a hash of the document itself (split: its digest; copies:
@@ -24,6 +25,7 @@ import pyarrow as pa
 from fmforge.config import DataConfig
 from fmforge.data.curate import REJECTED_SCHEMA, task_dir
 from fmforge.data.decide import read_drops
+from fmforge.data.groups import source_weight
 from fmforge.data.mixture import document_copies, shuffle_key
 from fmforge.data.split import split_key, split_threshold
 from fmforge.data.tasks import docref
@@ -34,6 +36,10 @@ SCATTER_SCHEMA = pa.schema([
     ("key", pa.uint64()), ("id", pa.string()), ("text", pa.string()),
     ("source", pa.string()), ("copy", pa.int32()),
 ])
+
+
+EMPTY_COUNTS = {"train_documents": 0, "train_bytes": 0, "val_documents": 0, "val_bytes": 0,
+                "mixed_documents": 0, "mixed_bytes": 0}
 
 
 def scatter_dir(task: int) -> str:
@@ -54,8 +60,7 @@ def scatter_task(payload: dict[str, Any]) -> dict[str, Any]:
     to_val, to_train = set(payload["to_val"]), set(payload["to_train"])
     threshold = split_threshold(data.val_fraction)
 
-    stats = {"task": t, "train_documents": 0, "train_bytes": 0, "val_documents": 0, "val_bytes": 0,
-             "mixed_documents": 0, "mixed_bytes": 0, "partitions": {"train": [], "val": []}}
+    stats: dict[str, Any] = {"task": t, "by_source": {}, "partitions": {"train": [], "val": []}}
     rows: dict[tuple[str, int], list[tuple]] = {}
     rejected: list[tuple] = []
     if payload["has_docs"]:
@@ -69,11 +74,14 @@ def scatter_task(payload: dict[str, Any]) -> dict[str, Any]:
         texts = table.column("text").to_pylist()
         digests = table.column("digest").to_pylist()
         nbytes = table.column("nbytes").to_pylist()
+        sources = table.column("source").to_pylist()
         for i in range(n):
+            source = sources[i]  # the source, or the document's group of a grouped source
             if reason[i] is not None:
                 if data.keep_rejected:
-                    rejected.append((ids[i], texts[i], spec.name, reason[i]))
+                    rejected.append((ids[i], texts[i], source, reason[i]))
                 continue
+            st = stats["by_source"].get(source) or stats["by_source"].setdefault(source, dict(EMPTY_COUNTS))
             ref = docref(t, i)
             is_val = split_key(digests[i], seed) < threshold
             if ref in to_val:
@@ -81,19 +89,19 @@ def scatter_task(payload: dict[str, Any]) -> dict[str, Any]:
             elif ref in to_train:
                 is_val = False
             if is_val:
-                stats["val_documents"] += 1
-                stats["val_bytes"] += nbytes[i]
+                st["val_documents"] += 1
+                st["val_bytes"] += nbytes[i]
                 key = shuffle_key(seed, "val", ids[i], digests[i], 0)
-                rows.setdefault(("val", key % parts["val"]), []).append((key, ids[i], texts[i], spec.name, 0))
+                rows.setdefault(("val", key % parts["val"]), []).append((key, ids[i], texts[i], source, 0))
                 continue
-            stats["train_documents"] += 1
-            stats["train_bytes"] += nbytes[i]
-            n_copies = document_copies(spec.weight, seed, ids[i], digests[i])
-            stats["mixed_documents"] += n_copies
-            stats["mixed_bytes"] += n_copies * nbytes[i]
+            st["train_documents"] += 1
+            st["train_bytes"] += nbytes[i]
+            n_copies = document_copies(source_weight(spec, source), seed, ids[i], digests[i])
+            st["mixed_documents"] += n_copies
+            st["mixed_bytes"] += n_copies * nbytes[i]
             for c in range(n_copies):
                 key = shuffle_key(seed, "train", ids[i], digests[i], c)
-                rows.setdefault(("train", key % parts["train"]), []).append((key, ids[i], texts[i], spec.name, c))
+                rows.setdefault(("train", key % parts["train"]), []).append((key, ids[i], texts[i], source, c))
 
     for (split, k), part in sorted(rows.items()):
         cols = list(zip(*part))

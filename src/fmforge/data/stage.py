@@ -37,6 +37,7 @@ from fmforge.data.errors import EmptyCorpusError, NoFilesMatchedError
 from fmforge.data.executor import ExecutorSpec, TaskRunner
 from fmforge.data.filters import describe_reason
 from fmforge.data.gather import PHASE as GATHER, gather_task, gathered_path
+from fmforge.data.groups import output_weights
 from fmforge.data.listing import FileListing, list_source_files
 from fmforge.data.scatter import PHASE as SCATTER, scatter_dir, scatter_task
 from fmforge.data.shards import DATA_CARD, SPLITS, shard_name
@@ -93,7 +94,7 @@ def _inputs_fingerprint(cfg: RunConfig, listings: list[FileListing]) -> str:
     for k in _SCHEDULING_KEYS:
         data.pop(k, None)
     return fingerprint(
-        "data-inputs-v2",
+        "data-inputs-v3",
         cfg.seed,
         data,
         [
@@ -116,7 +117,7 @@ def _explain_empty(sources: dict[str, dict[str, Any]], data: DataConfig) -> str:
             if r.startswith("length:") else f"{n} {describe_reason(r, data, s['max_bytes'])}"
             for r, n in s["dropped_reasons"].items() if n
         )
-        problems = ", ".join(f"{n} {kind}" for kind, n in s["problems"]["counts"].items())
+        problems = ", ".join(f"{n} {kind}" for kind, n in s.get("problems", {}).get("counts", {}).items())
         lines.append(
             f"  source {s['name']!r}: {s['documents_read']} read, {s['kept_documents']} kept"
             + (f"; dropped: {reasons}" if reasons else "")
@@ -154,9 +155,10 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         scattered, parts = phases.scatter(runner, curated, decisions)
         phases.gather(runner, scattered, parts)
 
-    sources = source_stats(data, listings, curated, decisions, scattered, STEP_NAMES)
-    tot = totals(sources)
+    sources, grouped = source_stats(data, listings, curated, decisions, scattered, STEP_NAMES)
+    tot = totals(sources, grouped)
     _check_mixture(data, sources, tot)
+    _report_groups(grouped)
     with atomic_directory(run.data) as tmp:
         shard_names = {split: _place_shards(work, tmp, split, parts[split], scattered) for split in SPLITS}
         rejected = _place_rejected(work, tmp, tasks, curated, scattered) if data.keep_rejected else []
@@ -168,6 +170,7 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
             "tasks": len(tasks),
             "executor": {"kind": data.executor, "workers": executor.n_workers},
             "sources": sources,
+            "grouped_sources": grouped,
             "totals": tot,
             "dedup": {"method": data.dedup, **decisions["dedup"]},
             "splits": {
@@ -215,10 +218,12 @@ class _Phases:
         else:
             decisions = decide(self.data, self.cfg.seed, self.work, curated, self.dedup_partitions)
         if decisions["documents"] == 0:
-            empty = source_stats(self.data, self.listings, curated, decisions,
-                                 [_no_scatter(t) for t in self.tasks], STEP_NAMES)
+            empty, grouped = source_stats(self.data, self.listings, curated, decisions,
+                                          [_no_scatter(t) for t in self.tasks], STEP_NAMES)
             raise EmptyCorpusError(
-                "no documents remain after filtering and dedup:\n" + _explain_empty(empty, self.data)
+                "no documents remain after filtering and dedup:\n"
+                + _explain_empty({**empty, **{f"{n} (files)": _files_row(g) for n, g in grouped.items()}},
+                                 self.data)
                 + "\nloosen data.min_chars / data.max_chars / the filters / max_bytes, or add sources"
             )
         return decisions
@@ -229,7 +234,7 @@ class _Phases:
         # a partition is gathered in memory: about shard_max_docs documents and
         # at most about PARTITION_BYTES of text, whichever gives more partitions
         per = decisions["per_source"]
-        train_share = {s.name: (1 - data.val_fraction) * s.weight for s in data.sources}
+        train_share = {n: (1 - data.val_fraction) * w for n, w in output_weights(data, list(per)).items()}
         expected = {
             "train": (sum(per[n]["documents"] * w for n, w in train_share.items()),
                       sum(per[n]["bytes"] * w for n, w in train_share.items())),
@@ -261,7 +266,7 @@ class _Phases:
 
 def _check_mixture(data: DataConfig, sources: dict[str, dict[str, Any]], tot: dict[str, Any]) -> None:
     if tot["mixed_train_documents"] == 0:
-        weights = {s.name: s.weight for s in data.sources}
+        weights = {name: s["weight"] for name, s in sources.items()}
         raise EmptyCorpusError(
             f"the mixture left no training documents ({tot['train_documents']} before mixing, weights "
             f"{weights}); raise the source weights (weight < 1 keeps only that fraction)"
@@ -274,6 +279,26 @@ def _check_mixture(data: DataConfig, sources: dict[str, dict[str, Any]], tot: di
             )
     if data.val_fraction > 0 and tot["val_documents"] == 0:
         log("[yellow]warning:[/] only one document survived; the val split is empty")
+
+
+def _report_groups(grouped: dict[str, dict[str, Any]]) -> None:
+    """One line per grouped source (its groups), and a warning for a group named
+    in its group_weights or group_shares that no record has (a misspelt value, or
+    a subset missing from the files): the run goes on, the card lists them."""
+    for name, g in grouped.items():
+        log(f"data: source {name!r} grouped by {g['group_by']!r} into {len(g['groups'])} sources: "
+            + ", ".join(g["groups"])
+            + (f"; {g['records_without_group']:,} records without a group not kept (data card: problems)"
+               if g["records_without_group"] else ""))
+        for key, groups in g["unmatched_groups"].items():
+            log(f"[yellow]warning:[/] source {name!r}: {key} names {groups}, but no record has that "
+                f"{g['group_by']!r}; found: {[s.split('/', 1)[1] for s in g['groups']]}")
+
+
+def _files_row(g: dict[str, Any]) -> dict[str, Any]:
+    """A grouped source's files as a row of the empty-corpus explanation."""
+    return {"name": g["name"], "documents_read": g["documents_read"], "kept_documents": g["kept_documents"],
+            "dropped_reasons": {}, "duplicates": 0, "max_bytes": None, "problems": g["problems"]}
 
 
 def _summarise(card: dict[str, Any], n_tasks: int) -> dict[str, Any]:
@@ -313,8 +338,7 @@ def _log_mixture(sources: dict[str, dict[str, Any]]) -> None:
 
 
 def _no_scatter(task: TaskSpec) -> dict[str, Any]:
-    return {"task": task.index, "train_documents": 0, "train_bytes": 0, "val_documents": 0,
-            "val_bytes": 0, "mixed_documents": 0, "mixed_bytes": 0, "partitions": {"train": [], "val": []}}
+    return {"task": task.index, "by_source": {}, "partitions": {"train": [], "val": []}}
 
 
 def _by_task(refs: list[int]) -> dict[int, list[int]]:

@@ -171,6 +171,14 @@ def data_section(run: RunDir) -> str:
                   "bytes/token", "share of train"], rows)
     body += "<p class='note'>Documents through each step (dropped per filter rule, then duplicates):</p>"
     body += table(["source", "read", "dropped by step", "duplicates", "kept", "input problems"], steps_rows)
+    grouped = card.get("grouped_sources") or {}
+    if grouped:  # a grouped source's rows are its groups; its files and problems are here
+        body += "<p class='note'>Sources split into groups by a field of their records (group_by):</p>"
+        body += table(["source", "group_by", "groups", "files", "docs read", "kept", "without a group",
+                       "input problems"],
+                      [[g.get("name"), g.get("group_by"), len(g.get("groups") or []), g.get("files_read"),
+                        g.get("documents_read"), g.get("kept_documents"), g.get("records_without_group"),
+                        (g.get("problems") or {}).get("total", 0)] for g in grouped.values()])
     totals = card.get("totals", {})
     dedup = card.get("dedup", {})
     facts = [(k.replace("_", " "), v) for k, v in totals.items() if isinstance(v, (int, float))][:7]

@@ -245,12 +245,14 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
 
 
 def _mix_to_budget(cfg: RunConfig, tmp: Path, meta: dict[str, Any], dtype: np.dtype) -> None:
-    """``data.total_tokens`` with a share per source: see ``mixture.py``."""
+    """``data.total_tokens`` with a share per source (per group of a grouped source,
+    ``fmforge.data.groups``): see ``mixture.py``."""
+    from fmforge.data.groups import resolve_token_budget
     from fmforge.tokenizer.mixture import apply_token_budget
 
-    mix = apply_token_budget(tmp, "train", meta["sources"], cfg.data.token_budget, cfg.data.total_tokens,
-                             cfg.seed, dtype)
     before = meta["per_source"]["train"]
+    budget = resolve_token_budget(cfg.data, {name: b["tokens"] for name, b in before.items()})
+    mix = apply_token_budget(tmp, "train", meta["sources"], budget, cfg.data.total_tokens, cfg.seed, dtype)
     meta["mixture"] = mix
     meta["train_tokens"], meta["train_documents"] = mix["tokens"], mix["documents"]
     # each source's bytes scale with its copies (its documents repeat whole)

@@ -58,10 +58,13 @@ class ReaderBase:
         *,
         line: int | None = None,
         record: int | None = None,
+        source: str | None = None,
         **extra: Any,
     ) -> Document:
         """``SOURCE/REL`` for a whole file, ``SOURCE/REL:LINE`` (1-based) or ``SOURCE/REL#RECORD``
-        (0-based); ``extra`` (``url``) goes into the metadata when it is not None."""
+        (0-based); ``extra`` (``url``) goes into the metadata when it is not None. ``source``:
+        a group's sub-source (``group_by``), else the reader's source; the id keeps the
+        source's own name, since it says where the document was read."""
         doc_id = f"{self.name}/{file.rel}"
         metadata: dict[str, Any] = {"path": file.path}
         if line is not None:
@@ -72,7 +75,7 @@ class ReaderBase:
             metadata["record"] = record
         metadata.update((k, v) for k, v in extra.items() if v is not None)
         self.count("documents")
-        return Document(id=doc_id, text=text, source=self.name, metadata=metadata)
+        return Document(id=doc_id, text=text, source=source or self.name, metadata=metadata)
 
     def column_documents(self, file: SourceFile, column: str, batches: Iterable[list[Any]]) -> Iterator[Document]:
         """One document per row of a text column read in batches (Parquet, saved

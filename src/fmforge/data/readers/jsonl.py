@@ -4,6 +4,11 @@ Plain, gzip or zstd (recognised by content, so ``.jsonl``, ``.jsonl.gz``,
 ``.jsonl.zst`` and ``.json`` lines all read). Lines are streamed: memory holds
 one line, however long, never the file. Every line that yields no document is
 reported with ``path:line``; a damaged archive keeps the lines before the damage.
+
+With ``group_by`` (The Pile's ``meta.pile_set_name``) a record's document
+belongs to the sub-source ``NAME/VALUE``; a record without the field (absent,
+null or empty) or with a value that is not a string is reported (``missing_group``,
+``group_not_string``) and not kept.
 """
 
 from __future__ import annotations
@@ -100,5 +105,28 @@ class JsonlReader(ReaderBase):
             kind = "null_text" if value is None else "not_string"
             self.report(kind, where, f"{self.spec.text_field!r} is a JSON {json_kind(value)}, not a string")
             return None
+        source = None
+        if self.spec.group_by is not None:
+            source = self._group_source(obj, where)
+            if source is None:
+                return None
         url = obj.get("url")
-        return self.document(file, value, line=line_no, url=url if isinstance(url, str) else None)
+        return self.document(file, value, line=line_no, url=url if isinstance(url, str) else None,
+                             source=source)
+
+    def _group_source(self, obj: dict[str, Any], where: str) -> str | None:
+        """The sub-source (``NAME/GROUP``) of a record of a grouped source; None when
+        the record has no group, reported as a problem (the document is not kept:
+        a group of unlabelled records would hide a mislabelled corpus)."""
+        field = self.spec.group_by
+        group = lookup(obj, field)
+        if group is _MISSING or group is None or (isinstance(group, str) and not group.strip()):
+            what = "no" if group is _MISSING else ("a null" if group is None else "an empty")
+            self.report("missing_group", where, f"{what} {field!r} field, so no group (group_by); "
+                        "the record is not kept")
+            return None
+        if not isinstance(group, str):
+            self.report("group_not_string", where, f"{field!r} is a JSON {json_kind(group)}, not a string "
+                        "naming the record's group (group_by); the record is not kept")
+            return None
+        return self.spec.group_source(group)
