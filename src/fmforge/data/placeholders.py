@@ -51,9 +51,12 @@ def substitute_placeholders(
                 "config was not loaded from a file; use an absolute path or load the YAML file"
             )
         known = ", ".join("{" + k + "}" for k in KNOWN_PLACEHOLDERS)
+        # A preset leaves {your_corpus} for the user: say what to write there, not
+        # only that the name is unknown (which reads as a typo of a known one).
         raise UnknownPlaceholderError(
-            f"source {source!r}: {what} pattern {pattern!r} uses unknown placeholder "
-            f"{{{name}}}; known placeholders are {known}"
+            f"source {source!r}: {what} pattern {pattern!r} uses {{{name}}}, which fmforge does "
+            f"not fill in: write the location of your files in its place (a local path or an "
+            f"fsspec URL) in the config, or use a placeholder fmforge knows: {known}"
         )
 
     return os.path.expanduser(_PLACEHOLDER.sub(sub, pattern))
