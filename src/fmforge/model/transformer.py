@@ -16,6 +16,7 @@ gives it faster matrix-vector products on CPU.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -309,30 +310,69 @@ class Transformer(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("ModelConfig.vocab_size must be set (use RunConfig.resolved_model())")
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
+        # The seed of this model's weights: one draw from torch's global generator
+        # (on the CPU whatever the default device), so ``torch.manual_seed(s)`` before
+        # building decides them, and a build on the meta device draws the same one.
+        self.init_seed = int(torch.randint(0, 2**62, (), device="cpu"))
+        # The layers' own default initialisations are overwritten below: keep them
+        # from drawing on the global generator, so that a plain build and a meta one
+        # leave it in the same state.
+        with torch.random.fork_rng(devices=[]):
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+            self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tie_weights()
         # Not parameters and not saved: recomputed from the config on load.
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos", torch.empty(cfg.seq_len, cfg.head_dim), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(cfg.seq_len, cfg.head_dim), persistent=False)
         self.loss_chunk = LOSS_CHUNK
         self.reset_parameters()
+        self.reset_buffers()
 
-    def reset_parameters(self) -> None:
+    def tie_weights(self) -> None:
+        """The output head shares the token embedding's weight (when tied); again
+        after ``to_empty``, which gives each module a parameter of its own."""
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def initial_value(self, name: str, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """The value parameter ``name`` (of ``shape``) takes in a freshly built model:
+        a float32 CPU tensor that depends only on ``init_seed``, the name and the
+        config, not on the order or the device parameters are built in. That is what
+        lets a model built on the meta device and sharded (train/distributed.py)
+        materialise exactly the weights of a plain build, one parameter at a time.
+
+        Norm weights are ones; every matrix is normal(0, init_std), the residual
+        projections (o_proj, down_proj) scaled by 1/sqrt(2·n_layers) as in GPT-2, so
+        the residual stream's variance does not grow with the depth."""
+        if len(shape) == 1:
+            return torch.ones(shape)
         std = self.cfg.init_std
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            std /= math.sqrt(2 * self.cfg.n_layers)
+        digest = hashlib.blake2b(f"{self.init_seed}/{name}".encode(), digest_size=8).digest()
+        gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") >> 1)
+        return torch.empty(shape).normal_(0.0, std, generator=gen)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Every parameter to its ``initial_value`` (a tied head once, as the
+        embedding); parameters still on the meta device are left for whoever
+        materialises them."""
         for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                # GPT-2's scaling: residual projections shrink with depth so the
-                # residual stream's variance does not grow with the layer count.
-                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layers))
-            else:
-                nn.init.normal_(p, mean=0.0, std=std)
+            if not p.is_meta:
+                p.copy_(self.initial_value(name, p.shape))
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """The rotary tables, computed from the config on the buffers' device (they
+        are not saved, so loading a checkpoint or ``to_empty`` needs this)."""
+        if self.rope_cos.is_meta:
+            return
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.seq_len, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens: (batch, seq). Returns logits (batch, seq, vocab), or with targets

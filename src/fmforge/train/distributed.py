@@ -6,7 +6,10 @@ file stays single-device, and this module wraps it for ``torchrun``.
 * ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on every transformer
   block and then on the root, so parameters, gradients and optimizer states are
   sharded across processes and gathered one block at a time. With bf16 the
-  mixed-precision policy computes in bf16 and reduces gradients in fp32.
+  mixed-precision policy computes in bf16 and reduces gradients in fp32. The
+  model is built on the meta device (no memory), sharded, and only then given
+  memory: each process holds its shard of the weights, never the whole model
+  (``materialize``), with exactly the weights a plain build has.
 
 NCCL on CUDA, gloo on CPU. One process (no torchrun) needs none of this.
 """
@@ -14,6 +17,7 @@ NCCL on CUDA, gloo on CPU. One process (no torchrun) needs none of this.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +122,63 @@ def wrap_model(model: torch.nn.Module, par: Parallel, dtype: str) -> torch.nn.Mo
         fully_shard(model, **kwargs)
         return model
     return model
+
+
+def build_sharded(build: Callable[[], torch.nn.Module], par: Parallel, dtype: str,
+                  prepare: Callable[[torch.nn.Module], None] = lambda m: None) -> torch.nn.Module:
+    """FSDP's model, built without ever holding all of it: ``build()`` runs on the
+    meta device (shapes only), ``prepare`` adapts the bare model (activation
+    checkpointing), ``fully_shard`` splits every parameter across processes, and
+    then each process allocates and fills only its own shard."""
+    with torch.device("meta"):
+        model = build()
+    prepare(model)
+    model = wrap_model(model, par, dtype)
+    materialize(model, par.device)
+    return model
+
+
+@torch.no_grad()
+def materialize(model: torch.nn.Module, device: torch.device) -> None:
+    """Give a model built on the meta device (sharded by FSDP2 or not) memory on
+    ``device`` and its initial values: each parameter's full value comes from
+    ``model.initial_value(name, shape)`` one at a time on the CPU, and this process
+    keeps only its shard of it, so peak memory is this process's shard plus one
+    full parameter. Non-persistent buffers (the rotary tables) are recomputed."""
+    from torch.distributed.tensor import DTensor
+
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives the head a parameter of its own
+    for name, p in model.named_parameters():
+        full = model.initial_value(name, p.shape)
+        if isinstance(p, DTensor):
+            local = p.to_local()
+            piece = _local_piece(full, p.device_mesh, p.placements)
+            if piece.shape != local.shape:  # a placement this function does not know
+                raise RuntimeError(f"{name}: shard of shape {tuple(piece.shape)} computed for a "
+                                   f"local tensor of {tuple(local.shape)} ({p.placements})")
+            local.copy_(piece)
+        else:
+            p.copy_(full)
+    model.reset_buffers()
+
+
+def _local_piece(full: torch.Tensor, mesh, placements) -> torch.Tensor:
+    """This process's piece of ``full`` under DTensor ``placements``: a ``Shard(d)``
+    on mesh dimension i keeps chunk number coordinate[i] of ``torch.chunk`` along d
+    (DTensor's and FSDP2's split, the last chunks possibly shorter or empty), a
+    ``Replicate`` keeps everything. Computed locally: no communication."""
+    from torch.distributed.tensor import Shard
+
+    coordinate = mesh.get_coordinate()
+    for i, placement in enumerate(placements):
+        if isinstance(placement, Shard):
+            d, n, c = placement.dim, mesh.size(i), coordinate[i]
+            chunks = torch.chunk(full, n, dim=d)
+            full = chunks[c] if c < len(chunks) else full.narrow(d, 0, 0)
+        elif not placement.is_replicate():
+            raise NotImplementedError(f"materialising a parameter placed as {placement}")
+    return full
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -39,7 +39,7 @@ from fmforge.train.checkpoint import (
     save_sharded_checkpoint,
 )
 from fmforge.train.device import autocast, configure_threads, resolve_dtype
-from fmforge.train.distributed import Parallel, setup_parallel, teardown, wrap_model
+from fmforge.train.distributed import Parallel, build_sharded, setup_parallel, teardown, wrap_model
 from fmforge.train.loader import EpochWindowLoader
 from fmforge.train.metrics import MetricsLog, ScalarBoard
 from fmforge.train.optim import build_optimizer, decay_start, lr_at
@@ -82,9 +82,15 @@ def _restore_handlers(previous) -> None:
         signal.signal(sig, h)
 
 
-def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
+def _seeded_model(cfg: RunConfig) -> Transformer:
     torch.manual_seed(cfg.seed)
-    return Transformer(cfg.resolved_model()).to(device)
+    return Transformer(cfg.resolved_model())
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> Transformer:
+    """The whole model on ``device`` (one process, DDP). FSDP builds it on the meta
+    device instead (``build_sharded``), with the same weights."""
+    return _seeded_model(cfg).to(device)
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:
@@ -136,10 +142,15 @@ class _Session:
 
     def __init__(self, cfg: RunConfig, par: Parallel, dtype: str):
         tcfg = cfg.train
-        self.raw = build_model(cfg, par.device)
-        if tcfg.activation_checkpointing:
-            apply_activation_checkpointing(self.raw)
-        self.model = wrap_model(self.raw, par, dtype)
+        prepare = apply_activation_checkpointing if tcfg.activation_checkpointing else (lambda m: None)
+        if par.mode == "fsdp":
+            # Never whole on any process: built on the meta device, sharded, then
+            # each process fills in its shard (the weights of a plain build).
+            self.raw = self.model = build_sharded(lambda: _seeded_model(cfg), par, dtype, prepare)
+        else:
+            self.raw = build_model(cfg, par.device)
+            prepare(self.raw)
+            self.model = wrap_model(self.raw, par, dtype)
         # FSDP2 shards parameters in place, so the optimizer is built after wrapping.
         self.optimizer = build_optimizer(self.model if par.mode == "fsdp" else self.raw, tcfg)
         self.step_fn = torch.compile(self.model) if tcfg.compile else self.model
