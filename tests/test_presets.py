@@ -168,3 +168,27 @@ def test_the_docs_table_is_the_one_the_planner_generates_now():
     shown = re.search(re.escape(tool.START) + r"\n(.*)\n" + re.escape(tool.END), docs, re.S)
     assert shown is not None, "docs/training.md lost the preset-table markers"
     assert shown.group(1) == tool.generate(), f"the table is stale: run {tool.COMMAND}"
+
+
+def test_plan_of_a_config_uses_its_own_checkpointing_and_parallelism():
+    """`fmforge plan CONFIG` prices the run the config describes: the 8B preset
+    trains with FSDP and activation checkpointing, and with them it fits 8 x H100.
+    The flags still override the config."""
+    import json as _json
+    import os as _os
+    import subprocess as _sp
+    import sys as _sys
+
+    env = {**_os.environ, "FMFORGE_NO_PROGRESS": "1"}
+
+    def plan(*extra):
+        done = _sp.run([_sys.executable, "-m", "fmforge", "plan", str(CONFIGS / "llama-8b.yaml"), "--json", *extra],
+                       capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return _json.loads(done.stdout)["memory"]
+
+    as_configured = plan()
+    assert as_configured["strategy"] == "fsdp" and as_configured["checkpointing"] is True
+    assert as_configured["fits"]
+    without = plan("--no-checkpointing")
+    assert without["checkpointing"] is False and not without["fits"]

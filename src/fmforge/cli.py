@@ -656,9 +656,12 @@ def plan(
     price: Optional[float] = typer.Option(None, "--price", help="$ per GPU-hour (overrides the catalogue)"),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | autocast | float32"),
-    checkpointing: bool = typer.Option(False, "--checkpointing/--no-checkpointing",
-                                       help="activation checkpointing"),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="ddp | fsdp (default: what fits)"),
+    checkpointing: Optional[bool] = typer.Option(None, "--checkpointing/--no-checkpointing",
+                                                 help="activation checkpointing (default: the config's "
+                                                      "train.activation_checkpointing, else off)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy",
+                                           help="ddp | fsdp (default: the config's train.parallel when it "
+                                                "sets one, else what fits)"),
     convention: str = typer.Option("palm", "--convention", help="FLOPs convention: palm | kaplan | 6nd"),
     budget: Optional[float] = typer.Option(None, "--budget", help="size a model for this many dollars"),
     gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="size a model for these GPU-hours"),

@@ -42,8 +42,8 @@ class PlanOptions:
     price: float | None = None
     micro_batch: int | None = None
     dtype: str | None = None
-    checkpointing: bool = False
-    strategy: str | None = None
+    checkpointing: bool | None = None  # None: the config's train.activation_checkpointing
+    strategy: str | None = None  # None: the config's train.parallel when it sets one, else what fits
     convention: str = DEFAULT_CONVENTION
     budget: float | None = None
     gpu_hours: float | None = None
@@ -154,12 +154,19 @@ def plan_command(o: PlanOptions) -> PlanOutput:
     elif cfg is not None and o.params is None:
         arch = from_model_config(cfg.resolved_model(), seq_len=o.seq_len)
     data_tokens, data_source = _data_tokens(o, cfg)
+    # The run the config describes, unless a flag says otherwise.
+    checkpointing = o.checkpointing if o.checkpointing is not None else bool(
+        cfg is not None and cfg.train.activation_checkpointing)
+    strategy = o.strategy
+    if strategy is None and cfg is not None and "parallel" in cfg.train.model_fields_set \
+            and cfg.train.parallel in ("ddp", "fsdp"):
+        strategy = cfg.train.parallel
 
     def plan_at(tokens: float) -> dict[str, Any]:
         return make_plan(
             hw, tokens=tokens, arch=arch, params=o.params if arch is None else None, num_gpus=n_gpus, mfu=mfu,
             micro_batch=o.micro_batch if o.micro_batch is not None else (cfg.train.micro_batch_size if cfg else 1),
-            dtype=mode, checkpointing=o.checkpointing, strategy=o.strategy, convention=o.convention)
+            dtype=mode, checkpointing=checkpointing, strategy=strategy, convention=o.convention)
 
     renderables: list[Any] = []
     data: dict[str, Any] = {}
