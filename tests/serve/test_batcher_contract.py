@@ -41,6 +41,7 @@ class ScriptedEngine:
         self.paused = threading.Event()
         self.gate: threading.Event | None = None
         self.in_step = threading.Event()  # set: the next step waits for it, then fails
+        self.ghosts = 0  # that many next steps first report a piece of a sequence never added
 
     def add(self, request):
         if "refuse" in request:
@@ -69,6 +70,9 @@ class ScriptedEngine:
             time.sleep(0.002)
             return []
         out = []
+        if self.ghosts:
+            self.ghosts -= 1
+            out.append(StepOutput(1, "ghost", False, None, None))
         for sid, pieces in list(self.running.items()):
             text = pieces.pop(0)
             done = not pieces
@@ -390,3 +394,46 @@ def test_cancelling_a_job_that_finished_before_its_events_arrived_is_harmless(ma
     after = asyncio.run(go())
     assert [e.text for e in after] == ["z"] and after[-1].error is None
     assert engine.cancelled == [] and b.restarts == 0 and b.failed is None
+
+
+def test_a_result_for_a_sequence_the_batcher_does_not_hold_is_skipped_and_the_rest_delivered(make):
+    """An engine may report a sequence the batcher no longer holds (one cancelled
+    while the step ran): its piece goes nowhere, and every other job of that step
+    still gets its own."""
+    b, engine = make(max_batch=2)
+
+    async def go():
+        engine.paused.set()
+        a, c = b.submit([{"pieces": ["a1", "a2"]}, {"pieces": ["c1"]}])
+        await until(lambda: b.decoding == 2, "both jobs decoding")
+        engine.ghosts = 1
+        engine.paused.clear()
+        return await drain(a), await drain(c)
+
+    events_a, events_c = asyncio.run(go())
+    assert [e.text for e in events_a] == ["a1", "a2"] and [e.text for e in events_c] == ["c1"]
+
+
+def test_a_request_that_slips_in_as_the_worker_gives_up_gets_a_503_not_a_hang(make, monkeypatch):
+    """A request that passed the capacity check a moment before the worker gave up
+    is already in the queue: it must be answered with the 503, and never run."""
+    b, engine = make(max_batch=2, max_failures=1)
+
+    async def go():
+        engine.fail_steps = 1
+        [j] = b.submit([{"pieces": ["x"]}])
+        assert (await drain(j))[-1].error.status == 500
+        await until(lambda: b.failed is not None, "the worker did not give up")
+        monkeypatch.setattr(b, "check_capacity", lambda n: None)  # the check ran before the give-up
+        late = b.submit([{"pieces": ["late"]}, {"pieces": ["later"]}])
+        return [await drain(job) for job in late]
+
+    answers = asyncio.run(go())
+    for events in answers:
+        [event] = events
+        assert event.finished and event.text in ("", None)
+        assert (event.error.status, event.error.code) == (503, "worker_stopped")
+        assert b.failed in event.error.message
+    assert [r["pieces"] for r in engine.added] == [["x"]]  # the late requests never reached the engine
+    b.close()
+    assert not b._thread.is_alive()  # close() ends the refusing worker
