@@ -331,7 +331,8 @@ def test_a_successful_step_resets_the_failure_count(make):
     assert b.failed is None and b.restarts == 3
 
 
-def test_an_engine_that_cannot_be_emptied_gives_up(make):
+def test_an_engine_that_cannot_be_emptied_gives_up(make, caplog):
+    caplog.set_level(logging.WARNING, logger="fmforge.serve")
     reasons = []
     b, engine = make(max_batch=2, max_failures=5, on_fatal=reasons.append)
     engine.stuck = True
@@ -346,6 +347,9 @@ def test_an_engine_that_cannot_be_emptied_gives_up(make):
     assert b.failed == ("after RuntimeError: step broke, the engine could not be reset (RuntimeError: the "
                         "engine still holds sequences after every one was cancelled)")
     assert reasons == [b.failed] and b.restarts == 0
+    # the operator's log has why, with the traceback of the failed reset
+    [record] = [r for r in caplog.records if r.getMessage() == "the engine could not drop the failed sequences"]
+    assert record.exc_info and record.exc_info[0] is RuntimeError
 
 
 def test_a_base_exception_gives_up_at_once_and_a_failing_on_fatal_still_refuses(make, caplog):
