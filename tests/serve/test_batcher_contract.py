@@ -302,6 +302,7 @@ def test_max_failures_in_a_row_give_up_once_and_refuse_with_503(make, caplog):
         await until(lambda: b.failed is not None, "the worker did not give up")
         with pytest.raises(Exception) as stopped:
             b.submit([{"pieces": ["d"]}])
+        await until(lambda: reasons, "on_fatal was not called")  # called after `failed` is set
         return stopped.value
 
     err = asyncio.run(go())
@@ -341,7 +342,7 @@ def test_an_engine_that_cannot_be_emptied_gives_up(make, caplog):
         engine.fail_steps = 1
         [j] = b.submit([{"pieces": ["x"]}])
         assert (await drain(j))[-1].error.status == 500
-        await until(lambda: b.failed is not None, "the worker did not give up")
+        await until(lambda: reasons, "the worker did not give up")
 
     asyncio.run(go())
     assert b.failed == ("after RuntimeError: step broke, the engine could not be reset (RuntimeError: the "
@@ -366,6 +367,9 @@ def test_a_base_exception_gives_up_at_once_and_a_failing_on_fatal_still_refuses(
         await until(lambda: b.failed is not None, "the worker did not give up")
         with pytest.raises(Exception) as stopped:
             b.check_capacity(1)
+        # the worker sets `failed` before it calls on_fatal and logs that failure
+        await until(lambda: any(r.exc_info and r.exc_info[0] is OSError for r in caplog.records),
+                    "on_fatal's failure was not logged")
         return stopped.value
 
     err = asyncio.run(go())
