@@ -143,6 +143,8 @@ def test_a_job_gets_its_pieces_in_order_and_the_counts_on_the_last_event(make):
         [job] = b.submit([{"pieces": ["he", "ll", "o"]}])
         assert b.in_flight == 1
         events = await drain(job)
+        # the worker lets go of a finished sequence just after sending its last event
+        await until(lambda: b.decoding == 0, "the finished job still decoding")
         return events
 
     events = asyncio.run(go())
@@ -255,6 +257,7 @@ def test_a_failing_step_fails_every_job_and_the_worker_restarts(make):
         engine.fail_steps = 1
         engine.paused.clear()
         failed = [await drain(j) for j in jobs]
+        await until(lambda: b.restarts == 1, "no restart after answering")
         [after] = b.submit([{"pieces": ["z"]}])
         return failed, await drain(after)
 
@@ -277,7 +280,9 @@ def test_a_request_submitted_during_a_failing_step_is_answered_too(make):
         await until(engine.in_step.is_set, "the step did not start")
         [late] = b.submit([{"pieces": ["c"]}])  # still in the inbox when the step fails
         gate.set()
-        return (await drain(running))[-1], (await drain(late))[-1]
+        answers = (await drain(running))[-1], (await drain(late))[-1]
+        await until(lambda: b.restarts == 1, "no restart after answering")  # counted after the answers
+        return answers
 
     first, late = asyncio.run(go())
     assert first.error.status == 500
