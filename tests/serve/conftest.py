@@ -55,7 +55,7 @@ def trained(tmp_path_factory, make_tiny_config):
     with lock:
         path = root / "c.yaml"
         if not path.is_file():  # (a shared directory has its corpus and config already)
-            raw = make_tiny_config(root, train={"max_steps": 20})
+            raw = make_tiny_config(root, train={"max_steps": 40})
             raw["model"]["seq_len"] = 64
             path.write_text(yaml.safe_dump(raw))
         run, _ = run_pipeline(load_config(path), stages=("data", "tokenizer", "tokenize", "train"))
