@@ -313,6 +313,20 @@ def test_a_long_prefill_sends_keep_alive_comments_that_clients_ignore(served, tr
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
+def test_with_keep_alive_off_a_slow_stream_carries_no_comments(served, trained, greedy):
+    """`--stream-keepalive 0` turns the comments off: a stream waiting on a long prefill
+    sends nothing until its first token, then exactly the events."""
+    base, _, engine = served(keepalive_s=0)
+    expected = greedy(trained[1], PROMPT, 8).text
+    engine.pause()
+    threading.Timer(0.3, engine.resume).start()
+    r = httpx.post(base + "/v1/completions", json=body(stream=True), timeout=5)
+    events = [e for e in r.text.split("\n\n") if e]
+    assert not [e for e in events if e.startswith(":")]
+    data = [json.loads(e[6:]) for e in events if e.startswith("data: {")]
+    assert "".join(d["choices"][0]["text"] for d in data) == expected and events[-1] == "data: [DONE]"
+
+
 # --------------------------------------------------------------- the event loop
 
 class SlowTokenizer:
