@@ -320,3 +320,12 @@ def test_a_bug_of_ours_mid_stream_is_an_error_event_then_done_and_logged(own, ca
     [record] = [r for r in caplog.records if r.name == "fmforge.serve"]
     assert record.getMessage() == "a stream failed"
     assert record.exc_info and record.exc_info[0] is AttributeError  # the traceback is logged
+
+
+@pytest.mark.parametrize("content", [b"", b"[1, 2]", b'"text"'])
+def test_an_empty_or_non_object_body_is_a_400_that_asks_for_an_object(app, content):
+    """An empty body is not a JSON syntax error of the client's: it is a missing
+    object, and the answer says what to send."""
+    err = error_of(post(app[0], "/v1/completions", content=content), 400)
+    assert err["message"] == "the request body must be a JSON object"
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", None, None)
