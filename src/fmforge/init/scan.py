@@ -10,6 +10,7 @@ folders are skipped, as the data stage's globs skip them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -164,14 +165,14 @@ def _jsonl_rows(data: bytes, whole: bool) -> list[dict[str, str]] | None:
 def _csv_column(path: Path) -> str | None:
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.DictReader(io.StringIO(f.read(SAMPLE_BYTES * 4)))
-        rows = []
-        try:
+        rows: list[dict[str, str]] = []
+        # The sample is cut mid-file, so the last row read may be torn (csv.Error):
+        # the rows before it are kept.
+        with contextlib.suppress(csv.Error):
             for i, row in enumerate(reader):
                 if i >= SAMPLE_LINES:
                     break
                 rows.append({k: v for k, v in row.items() if isinstance(k, str) and isinstance(v, str)})
-        except csv.Error:  # the sample is cut mid-file, so the row being read may be torn: keep those before it
-            pass
     return best_text_key(rows)
 
 

@@ -93,17 +93,11 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class ModelSize:
-    """The chosen shape and why: what ``fmforge init`` writes and ``model: auto`` trains."""
+class ModelSize(Candidate):
+    """The chosen shape and why: what ``fmforge init`` writes and ``model: auto`` trains.
+    ``tokens_per_s`` is the planner's, on ``hardware`` at ``mfu``; ``tokens`` what the
+    budget trains at that speed."""
 
-    d_model: int
-    n_layers: int
-    n_heads: int
-    vocab_size: int
-    params: int
-    non_embedding_params: int
-    tokens_per_s: float  # the planner's, on ``hardware`` at ``mfu``
-    tokens: float  # what the budget trains at that speed
     seconds: float  # the budget, in seconds of wall time on ``num_devices`` devices
     hardware: str
     peak_flops: float
@@ -112,10 +106,6 @@ class ModelSize:
     num_devices: int
     rule: str  # which rule chose it, in words
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def tokens_per_param(self) -> float:
-        return self.tokens / self.params
 
     def model_keys(self) -> dict[str, int]:
         """The config keys this decides (model.* and tokenizer.vocab_size)."""
@@ -191,12 +181,8 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
                              "not more time")
                 fitting = within or fitting[:1]
         chosen, mfu_used = fitting[-1]
-    return ModelSize(d_model=chosen.d_model, n_layers=chosen.n_layers, n_heads=chosen.n_heads,
-                     vocab_size=chosen.vocab_size, params=chosen.params,
-                     non_embedding_params=chosen.non_embedding_params, tokens_per_s=chosen.tokens_per_s,
-                     tokens=chosen.tokens, seconds=seconds, hardware=hardware.key,
-                     peak_flops=hardware.peak_flops, mfu=mfu_used, dtype=dtype, num_devices=num_devices,
-                     rule=rule, notes=notes)
+    return ModelSize(**asdict(chosen), seconds=seconds, hardware=hardware.key, peak_flops=hardware.peak_flops,
+                     mfu=mfu_used, dtype=dtype, num_devices=num_devices, rule=rule, notes=notes)
 
 
 # ------------------------------------------------------- measured on this machine
