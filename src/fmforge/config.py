@@ -446,8 +446,14 @@ class TrainConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block in the backward pass
-    # Under torchrun: none (refuses more than one process), ddp, or fsdp (FSDP2).
-    parallel: Literal["none", "ddp", "fsdp"] = "ddp"
+    # Under torchrun: none (refuses more than one process), ddp, fsdp (FSDP2), or
+    # hsdp (FSDP2 on a 2-D mesh: shard within a group of processes, replicate the
+    # groups; gradients reduce-scatter inside a group, all-reduce across groups).
+    parallel: Literal["none", "ddp", "fsdp", "hsdp"] = "ddp"
+    # hsdp: how many replicas (groups that each hold a whole sharded copy). None:
+    # one per node, so shards stay on a node's fast links and only the gradient
+    # all-reduce crosses nodes. The processes must divide evenly into them.
+    replicate_degree: int | None = Field(default=None, gt=0)
     tensorboard: bool = True  # scalars under RUN/tb beside metrics.jsonl
     num_threads: int = Field(default=0, ge=0)  # torch CPU threads; 0: torch's default
 
@@ -463,6 +469,10 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _steps_known(self) -> TrainConfig:
+        if self.replicate_degree is not None and self.parallel != "hsdp":
+            raise ValueError(f"train.replicate_degree={self.replicate_degree} applies to "
+                             f"train.parallel: hsdp, not {self.parallel}: set train.parallel=hsdp "
+                             "or remove train.replicate_degree")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("set train.max_steps or train.max_minutes")
         if self.max_steps is not None and self.warmup_steps > self.max_steps:

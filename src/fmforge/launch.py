@@ -18,6 +18,12 @@ class Launch:
     local_rank: int
     world_size: int
     launched: bool = False  # torchrun set the environment
+    local_world_size: int = 1  # processes on this node
+
+    @property
+    def nodes(self) -> int:
+        """Nodes in the launch (torchrun starts the same number on each)."""
+        return max(1, self.world_size // max(1, self.local_world_size))
 
     @property
     def distributed(self) -> bool:
@@ -47,4 +53,5 @@ def current_launch() -> Launch:
 
     return Launch(rank=number("RANK", 0), local_rank=number("LOCAL_RANK", 0),
                   world_size=number("WORLD_SIZE", 1),
+                  local_world_size=number("LOCAL_WORLD_SIZE", number("WORLD_SIZE", 1)),
                   launched="TORCHELASTIC_RUN_ID" in os.environ or "MASTER_ADDR" in os.environ)

@@ -102,3 +102,39 @@ def test_actual_through_the_cli_survives_a_torn_metrics_line(tmp_path, finished_
     assert result.exit_code == 0, result.output
     rows = {r["metric"]: r for r in json.loads(result.stdout)["actual"]["rows"]}
     assert rows["tokens_per_s"]["error_pct"] == pytest.approx(100.0)
+
+
+def _llama8b_with(tmp_path, **train) -> str:
+    """configs/llama-8b.yaml with its train section changed (the data placeholders
+    do not matter to the planner)."""
+    import yaml
+
+    raw = yaml.safe_load(open("configs/llama-8b.yaml"))
+    raw["train"].update(train)
+    path = tmp_path / "llama-8b.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("degree,group", [(None, 8), (4, 16)])
+def test_hsdp_is_planned_as_fsdp_within_one_replica_and_timed_on_all_gpus(tmp_path, degree, group):
+    hsdp = _llama8b_with(tmp_path, parallel="hsdp", replicate_degree=degree)
+    plan = plan_command(PlanOptions(config=hsdp, gpu="h100-sxm", num_gpus=64)).data
+    within = plan_command(PlanOptions(config=hsdp, gpu="h100-sxm", num_gpus=group, strategy="fsdp")).data
+    across = plan_command(PlanOptions(config=hsdp, gpu="h100-sxm", num_gpus=64, strategy="fsdp")).data
+    # Each GPU holds a 1/group shard: FSDP's memory over one replica's GPUs...
+    assert plan["memory"]["strategy"] == "hsdp" and plan["memory"]["shard_gpus"] == group
+    assert plan["memory_per_gpu_gb"] == pytest.approx(within["memory_per_gpu_gb"])
+    assert plan["memory"]["weights_gb"] == pytest.approx(8_030_261_248 * 4 / group / 1e9)
+    # ...and all 64 GPUs compute: the time of any 64-GPU run at the same MFU.
+    assert plan["gpu_hours"] == pytest.approx(across["gpu_hours"])
+    assert plan["wall_hours"] == pytest.approx(across["wall_hours"])
+    assert any(w.startswith(f"hsdp: {64 // group} replica(s) × {group} GPUs") for w in plan["warnings"])
+
+
+def test_hsdp_with_a_replicate_degree_that_does_not_divide_the_gpus_is_refused(tmp_path):
+    from fmforge.plan.errors import PlanError
+
+    hsdp = _llama8b_with(tmp_path, parallel="hsdp", replicate_degree=3)
+    with pytest.raises(PlanError, match="train.replicate_degree=3 does not divide 64 GPUs"):
+        plan_command(PlanOptions(config=hsdp, gpu="h100-sxm", num_gpus=64))

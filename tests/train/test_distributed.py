@@ -4,6 +4,7 @@ resumes on one process with the same losses."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -97,14 +98,21 @@ def reference(prepared) -> dict[int, float]:
     return losses
 
 
-@pytest.mark.parametrize("parallel,nproc", [("ddp", 2), ("fsdp", 2), ("fsdp", 1)])
-def test_torchrun_reproduces_one_process_with_the_same_global_batch(prepared, reference, parallel, nproc):
-    cfg = _copy(prepared, f"{parallel}{nproc}", parallel=parallel)
+@pytest.mark.parametrize("parallel,nproc,extra", [
+    ("ddp", 2, {}), ("fsdp", 2, {}), ("fsdp", 1, {}),
+    # HSDP as two nodes of two: a 2 × 2 mesh, each pair shards, the pairs replicate.
+    # One window per process keeps the global batch of 4 windows.
+    ("hsdp", 4, {"replicate_degree": 2, "micro_batch_size": 1})])
+def test_torchrun_reproduces_one_process_with_the_same_global_batch(prepared, reference, parallel,
+                                                                   nproc, extra):
+    cfg = _copy(prepared, f"{parallel}{nproc}", parallel=parallel, **extra)
     proc = _torchrun(cfg, nproc=nproc)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-3000:]
     assert f"{parallel} on {nproc} process(es)" in out.decode()
-    if parallel == "fsdp":  # sharded checkpoints, even on one process
+    if parallel == "hsdp":
+        assert "(2 replicas × 2 shards)" in out.decode()
+    if parallel in ("fsdp", "hsdp"):  # sharded checkpoints, even on one process
         out_dir = Path(yaml.safe_load(cfg.read_text())["out_dir"])
         assert (out_dir / "checkpoints" / f"step-{STEPS:06d}" / "dcp" / ".metadata").is_file()
     losses = _losses(cfg)
@@ -149,3 +157,31 @@ def test_a_killed_two_process_run_consolidated_resumes_on_one_process(prepared, 
     assert sorted(losses) == sorted(reference)
     for step, loss in reference.items():
         assert losses[step] == pytest.approx(loss, rel=1e-5), step
+
+
+def test_a_gradient_gone_bad_on_one_process_is_skipped_by_every_process(prepared, reference):
+    """Rank 1 alone gets a NaN in its gradient at step 3, after DDP's all-reduce (a
+    flipped bit, one faulty GPU). Every process must skip that step: one that stepped
+    while the other skipped would hold different weights from then on, and DDP never
+    compares them again."""
+    cfg = _copy(prepared, "poisoned", parallel="ddp")
+    digests = cfg.parent / "poisoned-digests"
+    worker = Path(__file__).with_name("nonfinite_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(worker), str(cfg)]
+    done = subprocess.run(cmd, env={**_env(), "POISON_STEP": "3", "DIGEST_OUT": str(digests)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    per_rank = [json.loads(Path(f"{digests}.{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == STEPS
+    # The weights before every step, step 4 on included, are the same on both processes.
+    assert per_rank[0] == per_rank[1]
+    records = {r["step"]: r for r in read_metrics(Path(yaml.safe_load(cfg.read_text())["out_dir"])
+                                                  / "metrics.jsonl")}
+    assert records[3].get("skipped") is True and records[3]["reason"] == "non-finite gradient norm"
+    assert not any(r.get("skipped") for s, r in records.items() if s != 3)
+    # Steps 1-3 saw the reference's weights; a skipped step leaves them unchanged, so
+    # step 4 starts from step 3's weights and its loss differs from the reference's.
+    for step in (1, 2, 3):
+        assert records[step]["loss"] == pytest.approx(reference[step], rel=1e-5)
+    assert per_rank[0][3] == per_rank[0][2]

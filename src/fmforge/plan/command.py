@@ -157,16 +157,19 @@ def plan_command(o: PlanOptions) -> PlanOutput:
     # The run the config describes, unless a flag says otherwise.
     checkpointing = o.checkpointing if o.checkpointing is not None else bool(
         cfg is not None and cfg.train.activation_checkpointing)
-    strategy = o.strategy
+    strategy, shard_group, hsdp_note = o.strategy, None, None
     if strategy is None and cfg is not None and "parallel" in cfg.train.model_fields_set \
             and cfg.train.parallel in ("ddp", "fsdp"):
         strategy = cfg.train.parallel
+    if strategy is None and cfg is not None and cfg.train.parallel == "hsdp":
+        shard_group, hsdp_note = hsdp_shard_group(cfg.train.replicate_degree, n_gpus)
 
     def plan_at(tokens: float) -> dict[str, Any]:
         return make_plan(
             hw, tokens=tokens, arch=arch, params=o.params if arch is None else None, num_gpus=n_gpus, mfu=mfu,
             micro_batch=o.micro_batch if o.micro_batch is not None else (cfg.train.micro_batch_size if cfg else 1),
-            dtype=mode, checkpointing=checkpointing, strategy=strategy, convention=o.convention)
+            dtype=mode, checkpointing=checkpointing, strategy=strategy, convention=o.convention,
+            shard_group=shard_group)
 
     renderables: list[Any] = []
     data: dict[str, Any] = {}
@@ -175,6 +178,8 @@ def plan_command(o: PlanOptions) -> PlanOutput:
         data.update(plan_at(o.tokens) if o.tokens is not None else plan_run_tokens(cfg, n_gpus, plan_at))
         if seq_note is not None:
             data["warnings"].insert(0, seq_note)
+        if hsdp_note is not None:
+            data["warnings"].insert(0, hsdp_note)
         renderables += render_plan(data)
     elif model_known and o.budget is None and o.gpu_hours is None and o.api_price is None:
         raise PlanError("give the number of training tokens (--tokens), or a CONFIG that implies it")
@@ -254,3 +259,22 @@ def ladder_section(ladder: dict[str, Any], cfg: Any, data: dict[str, Any]) -> di
 # (docs/planner.md gives the measured error at 2x).
 MAX_TRUSTED_EXTRAPOLATION = 4.0
 
+
+
+# A node of the GPUs the planner prices (H100/A100/H200 servers): where HSDP's
+# default of one replica a node puts the boundary when the config does not say.
+GPUS_PER_NODE = 8
+
+
+def hsdp_shard_group(replicate_degree: int | None, num_gpus: int) -> tuple[int, str]:
+    """GPUs per HSDP replica for ``train.parallel: hsdp`` on ``num_gpus``, and a note
+    saying how the planner split them."""
+    replicas = replicate_degree or max(1, num_gpus // GPUS_PER_NODE)
+    if num_gpus % replicas:
+        raise PlanError(f"train.replicate_degree={replicas} does not divide {num_gpus} GPUs into equal "
+                        "replicas: choose a divisor of the GPU count")
+    group = num_gpus // replicas
+    how = ("train.replicate_degree" if replicate_degree
+           else f"one replica per node of {GPUS_PER_NODE} GPUs; set train.replicate_degree otherwise")
+    return group, (f"hsdp: {replicas} replica(s) × {group} GPUs ({how}); memory per GPU is FSDP's "
+                   f"over the {group} GPUs of one replica")

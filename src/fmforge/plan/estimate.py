@@ -72,8 +72,17 @@ def implied_mfu(train_flops: float, gpu_hours: float, peak_flops: float) -> floa
 
 
 def _memory_section(arch: Architecture | None, params: float, hw: Hardware, num_gpus: int, micro_batch: int,
-                    dtype: str, checkpointing: bool, strategy: str | None, warnings: list[str]) -> dict[str, Any]:
+                    dtype: str, checkpointing: bool, strategy: str | None, warnings: list[str],
+                    shard_group: int | None = None) -> dict[str, Any]:
     """memory, memory_per_gpu_gb, min_gpus(_strategy), max_micro_batch of the plan."""
+    if shard_group is not None and arch is not None:
+        # HSDP: each GPU holds what FSDP over one replica's GPUs holds.
+        plan = _memory_section(arch, params, hw, shard_group, micro_batch, dtype, checkpointing,
+                               "fsdp", warnings)
+        est = plan["memory"]
+        plan["memory"] = {k: v for k, v in est.items() if k not in ("ddp", "fsdp")} | {
+            "strategy": "hsdp", "num_gpus": num_gpus, "shard_gpus": shard_group}
+        return plan
     if arch is None:  # states only: no architecture, no activations
         sb, usable = state_bytes_per_param(dtype), usable_bytes(hw)
         strategy = strategy or "fsdp"
@@ -106,10 +115,11 @@ def _memory_section(arch: Architecture | None, params: float, hw: Hardware, num_
 def make_plan(hardware: Hardware, tokens: float, arch: Architecture | None = None, params: float | None = None,
               num_gpus: int = 1, mfu: float | None = None, micro_batch: int = 1, dtype: str = "bfloat16",
               checkpointing: bool = False, strategy: str | None = None,
-              convention: str = DEFAULT_CONVENTION) -> dict[str, Any]:
+              convention: str = DEFAULT_CONVENTION, shard_group: int | None = None) -> dict[str, Any]:
     """Price training ``arch`` (or a bare ``params`` count) on ``tokens`` tokens.
     ``strategy``: "ddp" or "fsdp"; None picks DDP when everything fits on each
-    device, else FSDP. With activation checkpointing the forward pass runs twice:
+    device, else FSDP. ``shard_group``: HSDP, sharding over groups of this many GPUs
+    (``num_gpus`` / replicas), whose memory per GPU is FSDP's over one group. With activation checkpointing the forward pass runs twice:
     a third more hardware work, which costs time but does not raise MFU."""
     check_convention(convention)
     require_positive("tokens", tokens)
@@ -143,7 +153,7 @@ def make_plan(hardware: Hardware, tokens: float, arch: Architecture | None = Non
     train_flops = tokens * fpt
     gpu_hours = gpu_hours_for(train_flops * work, mfu, hardware.peak_flops)
     memory = _memory_section(arch, n_params, hardware, num_gpus, micro_batch, dtype, checkpointing,
-                             strategy, warnings)
+                             strategy, warnings, shard_group)
     # the keys and their order are the JSON schema (docs/planner.md)
     return {
         "schema": PLAN_SCHEMA, "params": n_params,

@@ -3,6 +3,10 @@ file stays single-device, and this module wraps it for ``torchrun``.
 
 * ``ddp``: ``DistributedDataParallel``; every process holds the whole model and
   gradients are all-reduced (averaged) in the backward pass.
+* ``hsdp``: FSDP2 on a 2-D device mesh (replicas × shards): each group of
+  processes (by default a node) holds one sharded copy, and the groups are
+  replicas of each other, so parameters are gathered over a node's fast links
+  and only the gradients' all-reduce crosses nodes.
 * ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on every transformer
   block and then on the root, so parameters, gradients and optimizer states are
   sharded across processes and gathered one block at a time. With bf16 the
@@ -31,8 +35,14 @@ class Parallel:
     """How this process takes part in training."""
 
     launch: Launch
-    mode: str  # "none" | "ddp" | "fsdp"
+    mode: str  # "none" | "ddp" | "fsdp" | "hsdp"
     device: torch.device
+    replicas: int = 1  # hsdp: replica groups, each sharding the model over its processes
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are DTensors sharded by FSDP2 (fsdp or hsdp)."""
+        return self.mode in ("fsdp", "hsdp")
 
     @property
     def is_main(self) -> bool:
@@ -75,7 +85,7 @@ class Parallel:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
-def setup_parallel(mode: str, device_name: str) -> Parallel:
+def setup_parallel(mode: str, device_name: str, replicate_degree: int | None = None) -> Parallel:
     """Join the process group torchrun set up (when there is one) and pick this
     process's device: ``cuda:LOCAL_RANK`` on GPUs."""
     from fmforge.train.device import pick_device
@@ -84,13 +94,14 @@ def setup_parallel(mode: str, device_name: str) -> Parallel:
     device = pick_device(device_name)
     # FSDP on one process (torchrun --nproc-per-node 1) is still FSDP: sharded
     # checkpoints and the same code path as many processes, e.g. to check a config.
-    if not launch.distributed and not (mode == "fsdp" and launch.under_torchrun):
+    if not launch.distributed and not (mode in ("fsdp", "hsdp") and launch.under_torchrun):
         return Parallel(launch, "none", device)
     if mode == "none":
         raise ValueError(
             f"launched with {launch.world_size} processes but train.parallel is none: set "
-            "train.parallel=ddp or fsdp, or run one process"
+            "train.parallel=ddp, fsdp or hsdp, or run one process"
         )
+    replicas = hsdp_replicas(launch, replicate_degree) if mode == "hsdp" else 1
     if device.type == "cuda":
         device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
@@ -99,7 +110,18 @@ def setup_parallel(mode: str, device_name: str) -> Parallel:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
-    return Parallel(launch, mode, device)
+    return Parallel(launch, mode, device, replicas)
+
+
+def hsdp_replicas(launch: Launch, replicate_degree: int | None) -> int:
+    """The number of HSDP replica groups: the user's, or one per node."""
+    replicas = replicate_degree or launch.nodes
+    if launch.world_size % replicas:
+        raise ValueError(
+            f"train.replicate_degree={replicas} does not divide the {launch.world_size} "
+            "processes into equal groups: choose a divisor of the process count (the number "
+            "of nodes shards within each node)")
+    return replicas
 
 
 def wrap_model(model: torch.nn.Module, par: Parallel, dtype: str) -> torch.nn.Module:
@@ -110,10 +132,17 @@ def wrap_model(model: torch.nn.Module, par: Parallel, dtype: str) -> torch.nn.Mo
 
         ids = [par.device.index] if par.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-    if par.mode == "fsdp":
+    if par.sharded:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         kwargs = {}
+        if par.mode == "hsdp":
+            from torch.distributed.device_mesh import init_device_mesh
+
+            # Dimension 0 replicates, dimension 1 shards: FSDP2's HSDP layout.
+            kwargs["mesh"] = init_device_mesh(
+                par.device.type, (par.replicas, par.world_size // par.replicas),
+                mesh_dim_names=("replicate", "shard"))
         if dtype == "bfloat16":
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                        reduce_dtype=torch.float32)
@@ -126,7 +155,7 @@ def wrap_model(model: torch.nn.Module, par: Parallel, dtype: str) -> torch.nn.Mo
 
 def build_sharded(build: Callable[[], torch.nn.Module], par: Parallel, dtype: str,
                   prepare: Callable[[torch.nn.Module], None] = lambda m: None) -> torch.nn.Module:
-    """FSDP's model, built without ever holding all of it: ``build()`` runs on the
+    """FSDP's (and HSDP's) model, built without ever holding all of it: ``build()`` runs on the
     meta device (shapes only), ``prepare`` adapts the bare model (activation
     checkpointing), ``fully_shard`` splits every parameter across processes, and
     then each process allocates and fills only its own shard."""

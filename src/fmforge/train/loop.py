@@ -143,7 +143,7 @@ class _Session:
     def __init__(self, cfg: RunConfig, par: Parallel, dtype: str):
         tcfg = cfg.train
         prepare = apply_activation_checkpointing if tcfg.activation_checkpointing else (lambda m: None)
-        if par.mode == "fsdp":
+        if par.sharded:
             # Never whole on any process: built on the meta device, sharded, then
             # each process fills in its shard (the weights of a plain build).
             self.raw = self.model = build_sharded(lambda: _seeded_model(cfg), par, dtype, prepare)
@@ -152,7 +152,7 @@ class _Session:
             prepare(self.raw)
             self.model = wrap_model(self.raw, par, dtype)
         # FSDP2 shards parameters in place, so the optimizer is built after wrapping.
-        self.optimizer = build_optimizer(self.model if par.mode == "fsdp" else self.raw, tcfg)
+        self.optimizer = build_optimizer(self.model if par.sharded else self.raw, tcfg)
         self.step_fn = torch.compile(self.model) if tcfg.compile else self.model
 
 
@@ -197,7 +197,7 @@ def _resume(run: RunDir, session_factory, par: Parallel, lineage: str, max_steps
             failure = "its trainer_state.json is not valid JSON"
         else:
             try:
-                load_checkpoint(ckpt, session.model if par.mode == "fsdp" else session.raw,
+                load_checkpoint(ckpt, session.model if par.sharded else session.raw,
                                 session.optimizer)
             except CheckpointFormatError:
                 raise  # sound, but not resumable this way: the message says what to do
@@ -240,7 +240,7 @@ def run_train_stage(cfg: RunConfig, run: RunDir, fingerprint: str, fresh: bool =
     lineage = lineage or fingerprint
     stage_start = time.perf_counter()
     configure_threads(tcfg)
-    par = setup_parallel(tcfg.parallel, tcfg.device)  # before touching checkpoints
+    par = setup_parallel(tcfg.parallel, tcfg.device, tcfg.replicate_degree)  # before touching checkpoints
     try:
         return _train(cfg, run, fingerprint, lineage, fresh, par, stage_start)
     finally:
@@ -266,7 +266,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                                rank=par.rank, world_size=par.world_size)
     token_bytes = token_byte_lengths(load_tokenizer(run), mcfg.vocab_size)
     # FSDP's mixed-precision policy computes in bf16 itself; autocast is for the rest.
-    use_autocast = not (par.mode == "fsdp" and dtype == "bfloat16")
+    use_autocast = not (par.sharded and dtype == "bfloat16")
     amp = lambda: autocast(device, tcfg) if use_autocast else torch.autocast(device.type, enabled=False)  # noqa: E731
     # float16 needs CUDA in training (resolve_dtype refuses it elsewhere); the scaler
     # follows the device so that its logic is the same wherever it runs.
@@ -301,6 +301,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
     log(f"model: {params:,} parameters; {tokens_per_step:,} tokens per step "
         f"({par.world_size} × {accum} × {tcfg.micro_batch_size} × {mcfg.seq_len}); "
         f"device {device}, {dtype}" + (f", {par.mode} on {par.world_size} process(es)" if par.mode != "none" else "")
+        + (f" ({par.replicas} replicas × {par.world_size // par.replicas} shards)" if par.mode == "hsdp" else "")
         + f"; {loader.n_windows:,} windows per epoch")
 
     def save(step: int, elapsed: float) -> None:
@@ -313,7 +314,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                  # on a config.yaml that a later command may have rewritten.
                  "model": mcfg.model_dump(mode="json")}
         try:
-            if par.mode == "fsdp":
+            if par.sharded:
                 save_sharded_checkpoint(run.checkpoints, step, model, optimizer, state,
                                         tcfg.keep_checkpoints, par.is_main, par.barrier, protect)
             else:
@@ -342,7 +343,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
     def validate() -> dict:
         if len(val_tokens) < 2:
             return {}
-        res = score_tokens(model if par.mode == "fsdp" else raw, val_tokens, mcfg.seq_len,
+        res = score_tokens(model if par.sharded else raw, val_tokens, mcfg.seq_len,
                            tcfg.micro_batch_size, device, starts=val_starts,
                            token_bytes=token_bytes, autocast=amp)
         out = {"val_loss": round(res.loss, 5)}
@@ -379,6 +380,11 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
                 max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                # A gradient can go bad on one process alone (after DDP's all-reduce: a
+                # flipped bit, a fault in one GPU); every process must then skip the
+                # step together, or the replicas hold different weights from then on.
+                if par.any(not math.isfinite(grad_norm)):
+                    grad_norm = math.nan
                 loss_value = par.mean(loss_sum / accum)
                 finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
                 scale = scaler.get_scale() if scaler else None  # the scale of this step's backward
