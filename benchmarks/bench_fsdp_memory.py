@@ -13,6 +13,7 @@ of one process's, and the planner within 20% of the measured figure.
 
     python benchmarks/bench_fsdp_memory.py                 # ~320M, about 2 minutes on 2 cores
     python benchmarks/bench_fsdp_memory.py --layers 6      # ~110M, when memory is short
+    python benchmarks/bench_fsdp_memory.py --malloc-mmap-threshold 131072   # live memory only
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--micro-batch", type=int, default=2, help="sequences per process per step")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
+                    help="run both with glibc's MALLOC_MMAP_THRESHOLD_ fixed at BYTES (e.g. 131072): "
+                         "large blocks are then mapped and unmapped, so a freed buffer leaves the "
+                         "resident set instead of staying in the heap; default: glibc's dynamic threshold")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--worker", choices=["single", "fsdp"], dest="mode", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -114,12 +119,16 @@ def main() -> None:
     plan = {n: estimate_memory(arch, hw, args.micro_batch, n, "fsdp" if n > 1 else "ddp", "float32")
             for n in (1, 2)}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FMFORGE_NO_PROGRESS": "1"}
+    if args.malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+    allocator = (f"MALLOC_MMAP_THRESHOLD_={env['MALLOC_MMAP_THRESHOLD_']}" if "MALLOC_MMAP_THRESHOLD_" in env
+                 else "glibc's default (dynamic) mmap threshold")
     here = Path(__file__).resolve()
     common = ["--model", json.dumps(model), "--seq-len", str(args.seq_len),
               "--micro-batch", str(args.micro_batch), "--steps", str(args.steps)]
     print(f"model: {params / 1e6:.0f}M parameters (d_model {args.d_model}, {args.layers} layers, "
           f"vocab {args.vocab}, untied); {args.steps} steps of {args.micro_batch} x {args.seq_len} "
-          "tokens per process, float32, AdamW", flush=True)
+          f"tokens per process, float32, AdamW; allocator: {allocator}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "r")
         runs = {"single": [sys.executable, str(here), "--worker", "single", "--out", out, *common],
@@ -164,7 +173,8 @@ def main() -> None:
     print(f"\nlosses: one process {losses['single']}, fsdp {losses['fsdp']}")
     print("goals: each rank's peak < 70% of one process's; planner within 20% of the growth")
     if args.json:
-        Path(args.json).write_text(json.dumps({"params": params, "model": model, "rows": rows,
+        Path(args.json).write_text(json.dumps({"params": params, "model": model, "allocator": allocator,
+                                               "rows": rows,
                                                "plan": {n: p.to_dict() for n, p in plan.items()},
                                                "losses": losses}, indent=1))
 

@@ -141,9 +141,11 @@ def _buffers(arch: Architecture, params: int, sb: StateBytes, strategy: str, num
     if strategy == "ddp":
         return params * sb.grads
     # FSDP: the gathered weights of the unit being computed and of the prefetched
-    # one, and the unsharded gradient of one unit before its reduce-scatter.
+    # one, and the unsharded gradient of one unit before its reduce-scatter. The
+    # root unit holds what no block holds: the embedding, the final norm and an
+    # untied head (counted 0 when tied), gathered together.
     pc = count_params(arch)
-    unit = max((pc.attention + pc.mlp) / arch.n_layers, pc.embedding)
+    unit = max((pc.attention + pc.mlp) / arch.n_layers, pc.embedding + pc.lm_head)
     return 3 * unit * sb.weights
 
 

@@ -31,12 +31,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW, fused into one kernel per step where torch has one for the device
     (CPU and CUDA): the per-parameter loop of the plain implementation costs more
     than the update itself for a small model. Parameters sharded by FSDP
-    (DTensors) take the multi-tensor (foreach) implementation."""
-    from torch.distributed.tensor import DTensor
-
+    (DTensors) take it too: DTensor runs the fused kernel on each local shard, with
+    the same results as one process, where the multi-tensor (foreach) fallback
+    allocates temporaries: 0.13 GB more per process during the first step of a 320M
+    model on 2 (benchmarks/bench_fsdp_memory.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and not isinstance(p, DTensor)
-                                 for p in params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
