@@ -407,16 +407,12 @@ class ModelConfig(Section):
 # -------------------------------------------------------------------------- train
 
 
-class TrainConfig(Section):
-    # Steps: ``max_steps``, or a wall-clock budget ``max_minutes`` from which the
-    # trainer fixes the step count after measuring its first steps (then
-    # ``max_steps``, when also given, is an upper bound).
+class StepConfig(Section):
+    """The optimization settings of a training loop, shared by ``train:`` (the
+    pretraining engine) and ``finetune:``: defined once, documented once."""
+
     max_steps: int | None = Field(default=1000, gt=0)
-    max_minutes: float | None = Field(default=None, gt=0)
     micro_batch_size: int = Field(default=16, gt=0)
-    # The global batch: ``global_batch_tokens`` (micro-batch × seq_len × processes
-    # × accumulation), from which accumulation is derived; else ``grad_accum_steps``.
-    global_batch_tokens: int | None = Field(default=None, gt=0)
     grad_accum_steps: int = Field(default=1, gt=0)
     lr: float = Field(default=3e-3, gt=0)
     # cosine: warmup, cosine decay to min_lr_ratio·lr at the last step.
@@ -444,6 +440,26 @@ class TrainConfig(Section):
     # with bf16, CPUs with AVX512-BF16/AMX), float32 elsewhere. float16: CUDA only,
     # with a gradient scaler.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tensorboard: bool = True  # scalars under RUN/tb beside metrics.jsonl
+    num_threads: int = Field(default=0, ge=0)  # torch CPU threads; 0: torch's default
+
+
+def _default(name: str, value: Any) -> Any:
+    """``StepConfig``'s field ``name`` (type, bounds, meaning) with another default:
+    for a section whose runs start from somewhere else (a fine-tune)."""
+    info = copy.copy(StepConfig.model_fields[name])
+    info.default = value
+    return info
+
+
+class TrainConfig(StepConfig):
+    # Steps: ``max_steps``, or a wall-clock budget ``max_minutes`` from which the
+    # trainer fixes the step count after measuring its first steps (then
+    # ``max_steps``, when also given, is an upper bound).
+    max_minutes: float | None = Field(default=None, gt=0)
+    # The global batch: ``global_batch_tokens`` (micro-batch × seq_len × processes
+    # × accumulation), from which accumulation is derived; else ``grad_accum_steps``.
+    global_batch_tokens: int | None = Field(default=None, gt=0)
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block in the backward pass
     # Under torchrun: none (refuses more than one process), ddp, fsdp (FSDP2), or
@@ -454,8 +470,6 @@ class TrainConfig(Section):
     # one per node, so shards stay on a node's fast links and only the gradient
     # all-reduce crosses nodes. The processes must divide evenly into them.
     replicate_degree: int | None = Field(default=None, gt=0)
-    tensorboard: bool = True  # scalars under RUN/tb beside metrics.jsonl
-    num_threads: int = Field(default=0, ge=0)  # torch CPU threads; 0: torch's default
 
     @model_validator(mode="before")
     @classmethod
@@ -584,9 +598,11 @@ class LoraConfig(Section):
     target_modules: list[str] | None = None
 
 
-class FinetuneConfig(Section):
+class FinetuneConfig(StepConfig):
     """Customize a pretrained Hugging Face causal LM: LoRA, QLoRA or full fine-tuning
-    on chat / prompt-completion JSONL, or continued pretraining on token shards."""
+    on chat / prompt-completion JSONL, or continued pretraining on token shards.
+    The optimization keys are ``train:``'s (``StepConfig``), with defaults for a
+    model that is already trained: a small learning rate, no warmup or decay."""
 
     # A local Hugging Face model directory, or an fmforge run (directory or name
     # under runs/), exported to Hugging Face format first.
@@ -605,29 +621,19 @@ class FinetuneConfig(Section):
     max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     seq_len: int = Field(default=512, gt=0)
-    micro_batch_size: int = Field(default=8, gt=0)
-    grad_accum_steps: int = Field(default=1, gt=0)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)  # None: from epochs
-    lr: float = Field(default=2e-4, gt=0)
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = Field(default=0, ge=0)
-    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
-    decay_fraction: float = Field(default=0.2, gt=0, le=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float = Field(default=1.0, ge=0)
-    log_every: int = Field(default=10, gt=0)
-    eval_every: int = Field(default=100, gt=0)
-    eval_batches: int = Field(default=8, gt=0)
-    checkpoint_every: int = Field(default=100, gt=0)
-    keep_checkpoints: int = Field(default=2, gt=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    tensorboard: bool = True
-    num_threads: int = Field(default=0, ge=0)
     # Where the adapter (lora, qlora) or the model (full) is written; None:
     # runs/NAME/finetune/adapter or runs/NAME/finetune/model.
     output: str | None = None
+
+    max_steps: int | None = _default("max_steps", None)  # None: from epochs
+    micro_batch_size: int = _default("micro_batch_size", 8)
+    lr: float = _default("lr", 2e-4)
+    warmup_steps: int = _default("warmup_steps", 0)
+    min_lr_ratio: float = _default("min_lr_ratio", 0.0)
+    weight_decay: float = _default("weight_decay", 0.0)
+    eval_every: int = _default("eval_every", 100)
+    checkpoint_every: int = _default("checkpoint_every", 100)
 
     @model_validator(mode="after")
     def _data_given(self) -> FinetuneConfig:
@@ -643,16 +649,11 @@ class FinetuneConfig(Section):
         return self
 
     def train_view(self, max_steps: int) -> TrainConfig:
-        """The training engine's settings (schedule, optimizer, precision) for this run."""
-        return TrainConfig(
-            max_steps=max_steps, micro_batch_size=self.micro_batch_size,
-            grad_accum_steps=self.grad_accum_steps, lr=self.lr, schedule=self.schedule,
-            decay_fraction=self.decay_fraction, min_lr_ratio=self.min_lr_ratio,
-            warmup_steps=min(self.warmup_steps, max_steps), weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip, log_every=self.log_every, eval_every=self.eval_every,
-            eval_batches=self.eval_batches, checkpoint_every=self.checkpoint_every,
-            keep_checkpoints=self.keep_checkpoints, device=self.device, dtype=self.dtype,
-            tensorboard=self.tensorboard, num_threads=self.num_threads, parallel="none")
+        """The training engine's settings for this run: every ``StepConfig`` key as
+        given under ``finetune:``, in one process."""
+        shared = {name: getattr(self, name) for name in StepConfig.model_fields}
+        return TrainConfig(**{**shared, "max_steps": max_steps,
+                              "warmup_steps": min(self.warmup_steps, max_steps)}, parallel="none")
 
 
 # ---------------------------------------------------------------------------- run

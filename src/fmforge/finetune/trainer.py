@@ -37,6 +37,7 @@ from fmforge.train.checkpoint import checkpoint_dir, list_checkpoints, prune_che
 from fmforge.train.device import autocast
 from fmforge.train.loop import (
     StopRequest,
+    TrainingDiverged,
     _install_stop_handlers,
     _restore_handlers,
     set_aside,
@@ -127,6 +128,7 @@ def run_loop(model, batches: Batches, tcfg: TrainConfig, ft: RunDir, s: LoopSett
     elapsed_before = float(state.get("elapsed_s", 0.0))
     tokens_seen = int(state.get("tokens", 0))
     skipped = int(state.get("skipped_steps", 0))
+    consecutive_skips = 0
     metrics = MetricsLog(ft.metrics)
     if start == 0:
         metrics.reset()
@@ -175,9 +177,20 @@ def run_loop(model, batches: Batches, tcfg: TrainConfig, ft: RunDir, s: LoopSett
                 finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
                 if finite:
                     (scaler.step(optimizer) if scaler else optimizer.step())
+                    consecutive_skips = 0
                 else:
                     skipped += 1
+                    # float16's scaler skips while it calibrates; only a scale that
+                    # cannot shrink further, or a non-finite loss, counts toward stopping.
+                    scale = scaler.get_scale() if scaler else None
+                    if scale is None or not math.isfinite(loss_value) or scale <= 1.0:
+                        consecutive_skips += 1
                     log(f"[yellow]step {step + 1}: non-finite loss or gradient, step skipped[/yellow]")
+                    if consecutive_skips >= tcfg.max_skipped_steps:
+                        raise TrainingDiverged(
+                            f"{consecutive_skips} consecutive steps had a non-finite loss or gradient "
+                            f"(up to step {step + 1}): lower finetune.lr, raise finetune.warmup_steps "
+                            "or check the data; the last checkpoint is intact and a rerun resumes from it")
                 if scaler:
                     scaler.update()
                 optimizer.zero_grad(set_to_none=True)
