@@ -216,32 +216,17 @@ def _print_plan_vs_actual(run_dir) -> None:
 
 
 def _print_headline(cfg, run_dir) -> None:
-    import json
-
+    from fmforge.eval.headline import headline, sample
     from fmforge.progress import console
 
-    if run_dir.eval_json.exists():
-        ev = json.loads(run_dir.eval_json.read_text(encoding="utf-8"))
-        bpb, gz = ev.get("bits_per_byte"), ev.get("gzip_bits_per_byte")
-        if bpb is not None and gz is not None:
-            better = "better" if bpb < gz else "worse"
-            console.print(
-                f"[bold]held-out bits per byte: model {bpb:.3f} vs gzip -9 {gz:.3f}[/bold] "
-                f"({better} than gzip by {abs(gz - bpb) / gz:.0%}); perplexity {ev['perplexity']:.2f}",
-                highlight=False,
-            )
-    if cfg.eval.sample_prompt and cfg.eval.sample_max_new_tokens:
-        from fmforge.inference.generate import generate_text
-        from fmforge.inference.loading import load_trained
-
-        trained = load_trained(run_dir, device=cfg.train.device)
-        ev = cfg.eval
-        text = generate_text(trained, ev.sample_prompt, ev.sample_max_new_tokens,
-                             temperature=ev.sample_temperature, top_k=ev.sample_top_k, seed=cfg.seed)
-        how = "greedy" if ev.sample_temperature == 0 else (
-            f"temperature {ev.sample_temperature}, top-k {ev.sample_top_k}, seed {cfg.seed}")
+    line = headline(run_dir)
+    if line:
+        console.print(f"[bold]{line}[/bold]", highlight=False)
+    shown = sample(cfg, run_dir)
+    if shown is not None:
+        how, text = shown
         console.print(f"[bold]sample ({how}):[/bold]")
-        console.print(cfg.eval.sample_prompt + text, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False)
 
 
 @app.command()
@@ -815,53 +800,19 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+finetune_app = typer.Typer(
+    rich_markup_mode="markdown", cls=_group_with_default("train"), no_args_is_help=True,
+    help="Customize a pretrained Hugging Face model (LoRA, QLoRA, full, continued pretraining): "
+         "`fmforge finetune CONFIG [key=value ...]` trains per the config's finetune section; "
+         "`merge` and `eval` below.")
+app.add_typer(finetune_app, name="finetune")
+BaseOpt = typer.Option(None, "--base", help="the base model directory (default: the one the adapter records)")
 
 
-@app.command(context_settings={"allow_extra_args": False})
-def finetune(
-    args: List[str] = typer.Argument(..., help="CONFIG [key=value ...] | merge ADAPTER OUT_DIR | "
-                                               "eval MODEL DATA.jsonl"),
-    force: bool = typer.Option(False, "--force", help="start afresh instead of resuming"),
-    base: Optional[Path] = typer.Option(None, "--base", help="merge/eval: the base model directory "
-                                        "(default: the one the adapter records)"),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="eval: longest greedy answer"),
-    accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy",
-                                  help="eval: also answer each example greedily and count exact matches"),
-    device: str = typer.Option("auto", "--device", help="eval: cpu, cuda, mps or auto"),
-) -> None:
-    """Customize a pretrained Hugging Face model (LoRA, QLoRA, full, continued pretraining).
-
-    - `fmforge finetune CONFIG [key=value ...]`: train per the config's finetune section
-    - `fmforge finetune merge ADAPTER OUT_DIR`: base + adapter as one standalone HF model
-    - `fmforge finetune eval MODEL DATA.jsonl`: held-out assistant-token loss (and greedy
-      accuracy) of an adapter, merged or base model"""
-    if args[0] == "merge":
-        if len(args) != 3:
-            _fail("usage: fmforge finetune merge ADAPTER OUT_DIR [--base BASE_DIR]")
-        from fmforge.finetune.merge import merge_adapter
-
-        with _reported("the same command"):
-            try:
-                out = merge_adapter(args[1], args[2], base)
-            except FileExistsError as exc:
-                _fail(str(exc))
-        sys.stdout.write(f"{out}\n")
-        return
-    if args[0] == "eval":
-        if len(args) != 3:
-            _fail("usage: fmforge finetune eval MODEL DATA.jsonl [--base BASE_DIR] [--no-accuracy]")
-        import json
-
-        from fmforge.finetune.evaluate import evaluate_model
-
-        with _reported("the same command"):
-            result = evaluate_model(args[1], args[2], base=base, device=device, accuracy=accuracy,
-                                    max_new_tokens=max_new_tokens)
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return
-    config, overrides = Path(args[0]), args[1:]
+@finetune_app.command("train")
+def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
+                   force: bool = typer.Option(False, "--force", help="start afresh instead of resuming")) -> None:
+    """Train per the config's finetune section (`fmforge finetune CONFIG` for short)."""
     cfg = _load(config, overrides)
     if cfg.finetune is None:
         _fail(f"{config} has no finetune section: see docs/finetune.md")
@@ -886,3 +837,41 @@ def finetune(
                                          "wall_s", "output")}
     console.print(", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), highlight=False, soft_wrap=True)
     sys.stdout.write(f"{summary['output']}\n")
+
+
+@finetune_app.command("merge")
+def finetune_merge(adapter: str = typer.Argument(..., help="a PEFT adapter directory"),
+                   out_dir: str = typer.Argument(..., help="where the merged model is written"),
+                   base: Optional[Path] = BaseOpt) -> None:
+    """Base + adapter as one standalone Hugging Face model."""
+    from fmforge.finetune.merge import merge_adapter
+
+    with _reported("the same command"):
+        try:
+            out = merge_adapter(adapter, out_dir, base)
+        except FileExistsError as exc:
+            _fail(str(exc))
+    sys.stdout.write(f"{out}\n")
+
+
+@finetune_app.command("eval")
+def finetune_eval(model: str = typer.Argument(..., help="an adapter, a merged or a base model directory"),
+                  data: str = typer.Argument(..., help="held-out chat or prompt/completion JSONL"),
+                  base: Optional[Path] = BaseOpt,
+                  max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="longest greedy answer"),
+                  accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy",
+                                                help="also answer each example greedily and count exact matches"),
+                  device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto")) -> None:
+    """Held-out assistant-token loss (and greedy accuracy) of an adapter, merged or base model."""
+    import json
+
+    from fmforge.finetune.evaluate import evaluate_model
+
+    with _reported("the same command"):
+        result = evaluate_model(model, data, base=base, device=device, accuracy=accuracy,
+                                max_new_tokens=max_new_tokens)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
