@@ -33,7 +33,8 @@ def test_tiny_pipeline_end_to_end(tiny_config_file: Path):
 
     # Every artifact of the run-directory contract exists.
     for rel in ("config.yaml", "data/data_card.json", "tokenizer/tokenizer.json",
-                "tokens/meta.json", "tokens/train.bin", "metrics.jsonl", "eval.json"):
+                "tokens/meta.json", "tokens/train/00000.bin", "tokens/train.docs.npy", "metrics.jsonl",
+                "eval.json"):
         assert (run / rel).exists(), rel
     assert list((run / "data").glob("train-*.parquet"))
     metrics = read_metrics(run / "metrics.jsonl")

@@ -111,8 +111,10 @@ def test_special_token_text_in_a_document_is_not_a_boundary(tmp_path: Path, make
     meta = json.loads((tmp_path / "run" / "tokens" / "meta.json").read_text())
     import numpy as np
 
-    tokens = np.concatenate([np.fromfile(tmp_path / "run" / "tokens" / f"{s}.bin", dtype=np.uint16)
-                             for s in ("train", "val")])
+    from fmforge.rundir import RunDir
+    from fmforge.tokenizer.tokens import open_tokens
+
+    tokens = np.concatenate([np.asarray(open_tokens(RunDir(tmp_path / "run"), s)) for s in ("train", "val")])
     assert int((tokens == meta["eos_id"]).sum()) == meta["train_documents"] + meta["val_documents"]
 
 

@@ -77,8 +77,9 @@ def test_empty_heldout_split_says_what_to_raise(run_copy):
     meta_path = run_copy / "tokens" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta.update(val_tokens=0, val_documents=0)
+    meta["files"]["val"] = []
     meta_path.write_text(json.dumps(meta))
-    (run_copy / "tokens" / "val.bin").write_bytes(b"")
+    shutil.rmtree(run_copy / "tokens" / "val")
     out = invoke("eval", str(run_copy), "--step", "12", code=2)
     assert "held-out split" in out and "empty" in out and "data.val_fraction" in out
 
@@ -140,7 +141,7 @@ def test_compare_two_runs(trained_run, run_copy, tmp_path):
 
 def test_val_stream_matches_tokenize(trained_run):
     """The per-source streams are the val documents encoded as the tokenize stage
-    encodes them: together they hold exactly val.bin's tokens."""
+    encodes them: together they hold exactly the val split's tokens."""
     from fmforge.eval.heldout import source_streams
     from fmforge.inference.loading import load_trained
     from fmforge.tokenizer.tokens import open_tokens

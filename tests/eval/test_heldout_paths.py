@@ -135,8 +135,8 @@ def test_each_wrong_setting_is_refused_with_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(ValueError) as err:
         evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {"val_tokens": 0, "val_documents": 3}),
                          HeldoutSettings(seq_len=4, stride=4), CPU)
-    assert str(err.value) == (f"the held-out split of {tmp_path} is empty (3 documents in "
-                              f"{tmp_path / 'tokens' / 'val.bin'}): raise data.val_fraction (or add "
+    assert str(err.value) == (f"the held-out split of {tmp_path} is empty (3 documents in the val split of "
+                              f"{tmp_path / 'tokens'}): raise data.val_fraction (or add "
                               f"documents) and rerun {EVAL_STAGE_HINT}")
     with pytest.raises(ValueError, match=r"is empty \(0 documents in "):
         evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {}), HeldoutSettings(seq_len=4), CPU)

@@ -1,11 +1,13 @@
 """The token files against the data shards they came from: each document's tokens
-decode to its text, its source is right, the counts add up; the process pool writes
-the same bytes as the inline path; a killed encode resumes without redoing units;
-empty, huge and NUL-laden documents round-trip."""
+decode to its text, its source is right, the counts add up; the process pool and
+Ray write the same bytes as the inline path, and the same tokens as encoding every
+document on its own and concatenating; a killed encode resumes without redoing
+units; empty, huge and NUL-laden documents round-trip."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 
@@ -13,9 +15,11 @@ import numpy as np
 import pytest
 
 import fmforge.data.shards as shards
+from fmforge.data import executor
 from fmforge.data.shards import iter_split_records
 from fmforge.tokenizer import encode
 from fmforge.tokenizer.load import load_tokenizer
+from fmforge.tokenizer.tokens import open_tokens
 from fmforge.tokenizer.train import run_tokenizer_stage
 
 
@@ -36,7 +40,7 @@ def check_against_shards(run):
     meta = json.loads((run.tokens / "meta.json").read_text())
     tok = load_tokenizer(run, raw_text=True)
     for split in ("train", "val"):
-        ids = np.fromfile(run.tokens / f"{split}.bin", dtype=meta["dtype"])
+        ids = np.asarray(open_tokens(run, split))
         offsets = np.load(run.tokens / f"{split}.docs.npy")
         sources = np.load(run.tokens / f"{split}.sources.npy")
         records = list(iter_split_records(run.data, split, columns=("text", "source")))
@@ -71,24 +75,143 @@ def test_token_files_agree_with_the_shards(direct_run, make_docs, small_groups):
     assert not (run.root / "tokens.work").exists()
 
 
-@pytest.mark.slow
-def test_pool_writes_the_same_bytes_as_inline(direct_run, make_docs, small_groups, monkeypatch, tmp_path):
+def _token_files(run) -> dict[str, bytes]:
+    return {p.relative_to(run.tokens).as_posix(): p.read_bytes() for p in sorted(run.tokens.rglob("*")) if p.is_file()}
+
+
+def _one_document_at_a_time(run) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The oracle: each document encoded alone, then its end-of-text token, concatenated
+    in shard order (what the one-file layout held); per split (tokens, offsets, sources)."""
+    meta = json.loads((run.tokens / "meta.json").read_text())
+    tok = load_tokenizer(run, raw_text=True)
+    out = {}
+    for split in ("train", "val"):
+        records = list(iter_split_records(run.data, split, columns=("text", "source")))
+        docs = [tok.encode(r["text"], add_special_tokens=False).ids + [meta["eos_id"]] for r in records]
+        out[split] = (np.array([t for d in docs for t in d], dtype=meta["dtype"]),
+                      np.cumsum([0] + [len(d) for d in docs]),
+                      np.array([meta["sources"].index(r["source"]) for r in records], dtype=np.uint16))
+    return out
+
+
+def _same_as_oracle(run, oracle) -> None:
+    for split, (ids, offsets, sources) in oracle.items():
+        assert np.array_equal(np.asarray(open_tokens(run, split)), ids), split
+        assert np.array_equal(np.load(run.tokens / f"{split}.docs.npy"), offsets), split
+        assert np.array_equal(np.load(run.tokens / f"{split}.sources.npy"), sources), split
+
+
+@pytest.fixture
+def encoded_inline(direct_run, make_docs, small_groups):
+    """A run tokenized in this process (a small corpus), its token files and the oracle."""
     train, val = two_sources(make_docs)
     cfg, run = direct_run(train, val, shard_max_docs=64, vocab_size=400, min_frequency=1)
     run_tokenizer_stage(cfg, run)
     encode.run_tokenize_stage(cfg, run)
-    inline = {p.name: p.read_bytes() for p in run.tokens.iterdir()}
-    monkeypatch.setattr(encode, "INLINE_BELOW_BYTES", 0)
-    monkeypatch.setattr(encode.os, "cpu_count", lambda: 2)
+    oracle = _one_document_at_a_time(run)
+    _same_as_oracle(run, oracle)
+    files = _token_files(run)
+    meta = json.loads(files["meta.json"])
+    assert len(meta["files"]["train"]) == 12 and len(meta["files"]["val"]) == 4  # one file per unit
+    return cfg, run, files, oracle
+
+
+def test_the_process_pool_writes_the_same_bytes_as_inline(encoded_inline, monkeypatch):
+    cfg, run, inline, oracle = encoded_inline
     used_pool = []
-    real = encode.ProcessPoolExecutor
-    monkeypatch.setattr(encode, "ProcessPoolExecutor", lambda *a, **k: used_pool.append(1) or real(*a, **k))
+    real = executor.ProcessPoolExecutor
+    monkeypatch.setattr(executor, "ProcessPoolExecutor", lambda *a, **k: used_pool.append(k) or real(*a, **k))
+    cfg.data.workers = 2  # data.executor: local, the default
     encode.run_tokenize_stage(cfg, run)
-    assert used_pool
-    pooled = {p.name: p.read_bytes() for p in run.tokens.iterdir()}
-    assert pooled.keys() == inline.keys() and len(pooled) == 7
-    for name in inline:
-        assert pooled[name] == inline[name], name
+    assert [k["max_workers"] for k in used_pool] == [2]
+    assert _token_files(run) == inline
+    _same_as_oracle(run, oracle)
+
+
+def test_units_become_the_split_s_files_linked_or_else_copied(encoded_inline, monkeypatch):
+    """Each unit's file is hard-linked into tokens/ (no copy of the corpus); on a file
+    system without hard links it is copied, to the same bytes."""
+    cfg, run, inline, _ = encoded_inline
+    links = []
+    real_link = encode.os.link
+    monkeypatch.setattr(encode.os, "link", lambda src, dst: links.append(dst) or real_link(src, dst))
+    encode.run_tokenize_stage(cfg, run)
+    assert len(links) == 16 and _token_files(run) == inline
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(encode.os, "link", no_links)
+    encode.run_tokenize_stage(cfg, run)
+    assert _token_files(run) == inline
+
+
+@pytest.mark.slow
+def test_ray_writes_the_same_bytes_as_inline(encoded_inline, monkeypatch):
+    pytest.importorskip("ray")
+    cfg, run, inline, oracle = encoded_inline
+    on_ray = []
+    real = executor.TaskRunner._run_ray
+    monkeypatch.setattr(executor.TaskRunner, "_run_ray",
+                        lambda self, fn, payloads, bar: on_ray.append(len(payloads)) or real(self, fn, payloads, bar))
+    cfg.data.executor, cfg.data.workers = "ray", 2
+    encode.run_tokenize_stage(cfg, run)
+    assert on_ray == [16]
+    assert _token_files(run) == inline
+    _same_as_oracle(run, oracle)
+
+
+def test_a_worker_encodes_with_one_rust_thread(encoded_inline, monkeypatch):
+    """RAYON_NUM_THREADS=1 is set in the task itself, before the tokenizer is first
+    used, so it reaches Ray workers (which do not inherit this process's environment);
+    a task run in this process (a small corpus) keeps all threads."""
+    import fmforge.tokenizer.load as load
+
+    cfg, run, _, _ = encoded_inline
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(os.environ.get("RAYON_NUM_THREADS"))
+        raise RuntimeError("enough")
+
+    class Scheduled(Exception):
+        pass
+
+    payloads = []
+
+    def schedule_only(self, fn, todo, *a, **k):
+        payloads.extend(todo)
+        raise Scheduled
+
+    monkeypatch.setattr(executor.TaskRunner, "run", schedule_only)
+    with pytest.raises(Scheduled):
+        encode.run_tokenize_stage(cfg, run)
+    payload = payloads[0]
+    monkeypatch.setattr(load, "load_tokenizer", spy)
+    with pytest.raises(RuntimeError, match="enough"):
+        encode.encode_unit(payload)
+    with pytest.raises(RuntimeError, match="enough"):
+        encode.encode_unit({**payload, "driver": "elsewhere:1"})
+    assert seen == [None, "1"]
+
+
+class _Counting:
+    """A progress bar that tallies its advances into ``tally[2]``."""
+
+    def __init__(self, cm, tally):
+        self.cm, self.tally = cm, tally
+
+    def __enter__(self):
+        self.bar = self.cm.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+    def advance(self, n=1):
+        self.tally[2] += n
+        self.bar.advance(n)
 
 
 def test_killed_encode_resumes_without_redoing_units(direct_run, make_docs, small_groups, monkeypatch):
@@ -113,8 +236,18 @@ def test_killed_encode_resumes_without_redoing_units(direct_run, make_docs, smal
     assert n_units >= 8
     calls.clear()
     monkeypatch.setattr(encode, "encode_unit", lambda p: calls.append(p["index"]) or real(p))
+    bars = []
+    real_bar = executor.progress_bar
+
+    def counted(description, total, unit=""):
+        bar = real_bar(description, total, unit)
+        bars.append([total, unit, 0])
+        return _Counting(bar, bars[-1])
+
+    monkeypatch.setattr(executor, "progress_bar", counted)
     encode.run_tokenize_stage(cfg, run)
     assert sorted(calls) == [i for i in range(n_units) if i not in done]
+    assert bars == [[n_units, "units", n_units]]  # the bar counts units, the resumed ones included
     check_against_shards(run)
 
 
@@ -145,8 +278,8 @@ def test_small_batches_write_the_same_bytes(direct_run, make_docs, monkeypatch):
     cfg, run = direct_run(train, val, vocab_size=400, min_frequency=1)
     run_tokenizer_stage(cfg, run)
     encode.run_tokenize_stage(cfg, run)
-    whole = {p.name: p.read_bytes() for p in run.tokens.iterdir()}
+    whole = _token_files(run)
     monkeypatch.setattr(encode, "BATCH_CHARS", 50)
     encode.run_tokenize_stage(cfg, run)
-    assert {p.name: p.read_bytes() for p in run.tokens.iterdir()} == whole
+    assert _token_files(run) == whole
     check_against_shards(run)

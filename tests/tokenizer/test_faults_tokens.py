@@ -1,5 +1,5 @@
-"""Fault injection on the token side: a token file cut mid-record or shorter than
-``meta.json`` says, and a damaged data shard under the tokenizer stages. Each
+"""Fault injection on the token side: a token file (one of a split's files) cut
+mid-record or shorter than ``meta.json`` says, and a damaged data shard under the tokenizer stages. Each
 stops with a message that names the file and the command that rebuilds it
 (a ``ValueError``: the CLI prints it without a traceback)."""
 
@@ -35,7 +35,7 @@ def _says_rebuild_tokens(message: str, path) -> None:
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_a_token_file_cut_mid_record_is_named(tokenized, split):
     _, run = tokenized
-    path = run.tokens / f"{split}.bin"
+    path = run.tokens / split / "00000.bin"
     meta = json.loads((run.tokens / "meta.json").read_text())
     assert meta["dtype"] == "uint16"
     os.truncate(path, path.stat().st_size - 1)  # half a token at the end
@@ -47,7 +47,7 @@ def test_a_token_file_cut_mid_record_is_named(tokenized, split):
 
 def test_a_token_file_shorter_than_meta_is_named(tokenized):
     _, run = tokenized
-    path = run.tokens / "train.bin"
+    path = run.tokens / "train" / "00000.bin"
     meta = json.loads((run.tokens / "meta.json").read_text())
     os.truncate(path, 2 * (meta["train_tokens"] - 100))  # whole tokens, but 100 fewer
     with pytest.raises(ValueError) as e:
@@ -58,7 +58,7 @@ def test_a_token_file_shorter_than_meta_is_named(tokenized):
 
 def test_a_missing_token_file_is_named(tokenized):
     _, run = tokenized
-    path = run.tokens / "val.bin"
+    path = run.tokens / "val" / "00000.bin"
     path.unlink()
     with pytest.raises(ValueError) as e:
         open_tokens(run, "val")
@@ -89,4 +89,4 @@ def test_a_damaged_data_shard_stops_the_tokenizer_stages_naming_it(direct_run, m
             encode.run_tokenize_stage(cfg, run)
     assert str(shard) in str(e.value)
     assert "fmforge data CONFIG --force" in str(e.value)
-    assert not (run.tokens / "train.bin").exists()  # nothing half-made is left for training
+    assert not run.tokens.exists()  # nothing half-made is left for training

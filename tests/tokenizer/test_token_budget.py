@@ -61,3 +61,54 @@ def test_a_budget_needs_shares_on_every_source_and_no_weights(tmp_path):
     with pytest.raises(ConfigError, match="sum to 1"):
         config_from_dict({"name": "x", "data": {"total_tokens": 100, "sources": [
             {"name": "a", "paths": ["a"], "share": 0.3}, {"name": "b", "paths": ["b"], "share": 0.3}]}})
+
+
+def _split_on_disk(root, parts, offsets, src):
+    """``root`` as a tokens/ directory whose train split is ``parts``, one file each."""
+    (root / "train").mkdir(parents=True)
+    files = []
+    for k, p in enumerate(parts):
+        p.tofile(root / "train" / f"{k:05d}.bin")
+        files.append({"path": f"train/{k:05d}.bin", "tokens": len(p)})
+    np.save(root / "train.docs.npy", offsets)
+    np.save(root / "train.sources.npy", src)
+    return files
+
+
+def test_a_budget_over_a_split_of_several_files_mixes_as_over_one(tmp_path, monkeypatch):
+    """The same documents in one file or cut into several at document ends (one per
+    encoded unit): the same mixed tokens, document index and sources; the mixed
+    split is written again as files of about the largest one's size, each ending
+    at a document's end."""
+    from fmforge.tokenizer import mixture
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, 300)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    src = (rng.random(300) < 0.3).astype(np.uint16)
+    whole = rng.integers(0, 60_000, offsets[-1]).astype(np.uint16)
+    cuts = [0, 40, 41, 170, 300]  # documents per input file: 40, 1, 129, 130
+    parts = [whole[offsets[a]:offsets[b]] for a, b in zip(cuts, cuts[1:])]
+    args = (["a", "b"], {"a": 0.5, "b": 0.5}, 9_000, 7, np.dtype(np.uint16))
+    one = _split_on_disk(tmp_path / "one", [whole], offsets, src)
+    many = _split_on_disk(tmp_path / "many", parts, offsets, src)
+    mix1, files1 = mixture.apply_token_budget(tmp_path / "one", "train", one, *args)
+    monkeypatch.setattr(mixture, "WRITE_BUFFER_TOKENS", 50)  # written a few documents at a time
+    mix2, files2 = mixture.apply_token_budget(tmp_path / "many", "train", many, *args)
+    assert mix1 == mix2 and mix2["tokens"] == sum(f["tokens"] for f in files2)
+
+    def read(root, files):
+        got = [np.fromfile(root / f["path"], dtype=np.uint16) for f in files]
+        assert [len(g) for g in got] == [f["tokens"] for f in files]
+        assert sorted(p.name for p in (root / "train").iterdir()) == [f["path"][6:] for f in files]
+        return np.concatenate(got)
+
+    assert np.array_equal(read(tmp_path / "one", files1), read(tmp_path / "many", files2))
+    for name in ("train.docs.npy", "train.sources.npy"):
+        assert np.array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "many" / name))
+    new_offsets = np.load(tmp_path / "many" / "train.docs.npy")
+    largest = max(len(p) for p in parts)
+    ends = np.cumsum([f["tokens"] for f in files2])
+    assert len(files2) > 2 and set(ends.tolist()) <= set(new_offsets.tolist())  # files end at documents' ends
+    assert all(largest <= f["tokens"] < largest + 40 for f in files2[:-1]) and 0 < files2[-1]["tokens"] < largest + 40
+    assert not list(tmp_path.glob("*/.train.mix"))

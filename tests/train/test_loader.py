@@ -118,3 +118,19 @@ def test_the_short_split_error_names_the_sizes_and_the_fix():
         EpochWindowLoader(np.arange(8), seq_len=8, micro_batch=1, grad_accum=1, seed=0)
     assert str(err.value) == ("the training split has 8 tokens, fewer than one window of "
                               "model.seq_len+1=9: add data or lower model.seq_len")
+
+
+def test_batches_over_a_split_of_several_files_are_those_of_its_concatenation():
+    """A token split kept as one file per encoded unit: windows straddle the files."""
+    from fmforge.tokenizer.tokens import SplitTokens
+
+    rng = np.random.default_rng(5)
+    parts = [rng.integers(0, 60_000, n).astype(np.uint16) for n in (37, 0, 5, 61, 1, 90, 12)]
+    whole = np.concatenate(parts)
+    split = EpochWindowLoader(SplitTokens(parts, np.uint16), 8, micro_batch=3, grad_accum=2, seed=4)
+    flat = EpochWindowLoader(whole, 8, micro_batch=3, grad_accum=2, seed=4)
+    assert split.n_windows == flat.n_windows == (len(whole) - 1) // 8
+    for step in range(3 * split.n_windows // 6):  # three epochs: every window, each boundary crossed
+        for m in range(2):
+            for a, b in zip(split.batch(step, m), flat.batch(step, m)):
+                assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b)

@@ -1,11 +1,12 @@
 """The validation loss the trainer logs (metrics.jsonl, TensorBoard, the report's
 curve) estimates the loss on the whole held-out split, which the eval stage
-measures: it must not be the first few batches of ``val.bin``, whose documents
+measures: it must not be the first few batches of the val split, whose documents
 may all come from one source."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import yaml
@@ -13,6 +14,7 @@ import yaml
 from fmforge.config import load_config
 from fmforge.pipeline import run_pipeline
 from fmforge.rundir import read_metrics
+from fmforge.tokenizer.tokens import open_tokens
 
 
 def test_the_final_validation_loss_agrees_with_the_eval_stage(tmp_path, make_tiny_config):
@@ -27,14 +29,17 @@ def test_the_final_validation_loss_agrees_with_the_eval_stage(tmp_path, make_tin
     # then code): its first sixth is text like the training data, the rest random
     # ids that no model predicts better than chance.
     meta = json.loads((run.tokens / "meta.json").read_text())
-    train = np.fromfile(run.tokens / "train.bin", dtype=meta["dtype"])
+    train = np.asarray(open_tokens(run, "train"))
     rng = np.random.default_rng(0)
     n = 32 * 96 + 1
     like_train = train[: n // 6]
     noise = rng.integers(1, meta["vocab_size"], n - len(like_train)).astype(meta["dtype"])
     val = np.concatenate([like_train, noise])
-    val.tofile(run.tokens / "val.bin")
+    shutil.rmtree(run.tokens / "val")
+    (run.tokens / "val").mkdir()
+    val.tofile(run.tokens / "val" / "00000.bin")
     meta["val_tokens"] = int(len(val))
+    meta["files"]["val"] = [{"path": "val/00000.bin", "tokens": int(len(val))}]
     (run.tokens / "meta.json").write_text(json.dumps(meta))
 
     run_pipeline(cfg, stages=("train", "eval"))

@@ -1,5 +1,6 @@
-"""Run the data stage's tasks: in this process, in a local process pool, or as
-Ray tasks on a cluster.
+"""Run the tasks of the data stage (and of the tokenize stage's encoding, with the
+same ``data.executor`` settings): in this process, in a local process pool, or
+as Ray tasks on a cluster.
 
 A task is a top-level function of one picklable payload that writes its
 results to the work directory and its completion marker last; the executor only
@@ -51,11 +52,15 @@ class TaskRunner:
         if self._ray_started_here:
             self._ray.shutdown()
 
-    def run(self, fn: TaskFn, payloads: Sequence[dict[str, Any]], description: str) -> None:
-        """Run ``fn(payload)`` for every payload; the first task error is raised here."""
+    def run(self, fn: TaskFn, payloads: Sequence[dict[str, Any]], description: str, unit: str = "tasks",
+            done: int = 0) -> None:
+        """Run ``fn(payload)`` for every payload; the first task error is raised here.
+        ``done``: tasks of the same phase already finished (a resumed run), counted
+        by the progress bar."""
         if not payloads:
             return
-        with progress_bar(description, total=len(payloads), unit="tasks") as bar:
+        with progress_bar(description, total=len(payloads) + done, unit=unit) as bar:
+            bar.advance(done)
             if self.spec.kind == "ray":
                 self._run_ray(fn, payloads, bar)
             elif self.spec.n_workers == 1 or (len(payloads) == 1 and self._pool is None):

@@ -2,8 +2,8 @@
 overall and per source, beside what ``gzip -9`` and ``xz -9`` achieve on exactly
 the bytes the model was scored on.
 
-The overall figure scores ``tokens/val.bin`` (every held-out document followed by
-the end-of-text token, as the trainer saw them). Per source, the source's
+The overall figure scores the val split of ``tokens/`` (every held-out document
+followed by the end-of-text token, as the trainer saw them). Per source, the source's
 held-out documents (the ``source`` column of the val shards) are encoded again
 with the run's tokenizer into a stream of the same shape and scored alone. Every
 stream starts with the end-of-text token, so the first document's first token is
@@ -100,7 +100,7 @@ def evaluate_heldout(model: torch.nn.Module, tok: Tokenizer, eos_id: int, run: R
     if meta.get("val_tokens", 0) < 1:
         raise ValueError(
             f"the held-out split of {run.root} is empty ({meta.get('val_documents', 0)} documents "
-            f"in {run.tokens / 'val.bin'}): raise data.val_fraction (or add documents) and rerun "
+            f"in the val split of {run.tokens}): raise data.val_fraction (or add documents) and rerun "
             f"{EVAL_STAGE_HINT}")
     if meta.get("vocab_size") is not None and meta["vocab_size"] > vocab:
         raise ValueError(

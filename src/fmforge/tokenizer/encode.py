@@ -1,25 +1,32 @@
-"""Encode the curated text shards into flat token files a trainer can memory-map.
+"""Encode the curated text shards into token files a trainer can memory-map.
 
 Per split, ``tokens/`` holds:
 
-- ``{split}.bin``: every document's tokens followed by the end-of-text token,
-  uint16 when the vocabulary fits (≤ 65,536 ids), else uint32;
-- ``{split}.docs.npy``: the token offset where each document starts (int64;
-  one more entry at the end: the total), for per-source evaluation and
-  document-aware training;
+- ``{split}/NNNNN.bin``: the split's tokens, one file per unit of work, in
+  order: every document's tokens followed by the end-of-text token, uint16 when
+  the vocabulary fits (≤ 65,536 ids), else uint32. Read together, in order, they
+  are the split (``tokens.open_tokens``); they are never concatenated into one copy;
+- ``{split}.docs.npy``: the token offset where each document starts in the whole
+  split (int64; one more entry at the end: the total), for per-source evaluation
+  and document-aware training;
 - ``{split}.sources.npy``: each document's source, as an index into
   ``meta.json``'s ``sources`` (uint16);
 
-and ``meta.json``: dtype, vocabulary, end-of-text id, the tokenizer's hash, and
-token, document and byte counts per split and per source.
+and ``meta.json``: dtype, vocabulary, end-of-text id, the tokenizer's hash, each
+split's ``files`` (path and token count) and token, document and byte counts per
+split and per source.
 
-The work is cut into units of a few row groups of one shard, encoded in a
-process pool sized to the cores (``tokenizers``' batch encoding inside each),
-each written to ``tokens.work/`` with a completion marker, then concatenated in
-order. A unit is read one row group at a time and encoded ``BATCH_CHARS`` of text
-at a time, so memory stays flat as the corpus (or a document) grows; a
-killed encode resumes from the markers. A small corpus is encoded in this
-process (a pool takes seconds to start).
+The work is cut into units of a few row groups of one shard and run on the data
+stage's executor (``data.executor``: a local process pool sized to the cores, or
+Ray tasks; ``tokenizers``' batch encoding inside each, one Rust thread per
+worker), each unit written to ``tokens.work/`` with a completion marker and then
+linked into ``tokens/`` as one of its split's files. A unit is read one row
+group at a time and encoded ``BATCH_CHARS`` of text at a time, so memory stays
+flat as the corpus (or a document) grows; a killed encode resumes from the
+markers. A small corpus is encoded in this process (a pool takes seconds to
+start) unless ``data.workers`` or ``data.executor: ray`` says otherwise. On a
+cluster, the workers read ``data/`` and ``tokenizer/`` and write
+``tokens.work/`` in the run directory: it must be on a file system every node sees.
 """
 
 from __future__ import annotations
@@ -28,8 +35,7 @@ import hashlib
 import itertools
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +44,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmforge.config import RunConfig
+from fmforge.data.executor import ExecutorSpec, TaskRunner
 from fmforge.data.shards import list_shards, reading_shard
-from fmforge.progress import log, progress_bar
+from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json, fingerprint
 from fmforge.tokenizer.load import load_tokenizer, special_token_names
 from fmforge.tokenizer.tokens import SPLITS, token_dtype
@@ -134,12 +141,22 @@ def _encode_texts(tok, texts: list[str], eos: int, dtype: np.dtype, out) -> np.n
     return lengths
 
 
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
     """Encode some row groups of one shard into ``work/NNNNN.*`` (top-level: it
-    travels to pool workers). Reads one row group at a time and encodes a bounded
-    batch of text at a time, appending to the unit's file."""
+    travels to pool and Ray workers). Reads one row group at a time and encodes a
+    bounded batch of text at a time, appending to the unit's file."""
     from fmforge.tokenizer.load import load_tokenizer
 
+    if payload["driver"] != _this_process():
+        # a worker encodes its own unit: one Rust thread each keeps the cores busy
+        # without oversubscribing them. Set here, before the tokenizer's thread pool
+        # starts, because a Ray worker does not inherit the driver's environment.
+        os.environ["RAYON_NUM_THREADS"] = "1"
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
     work = Path(payload["work"])
     run = RunDir(payload["run"])
     tok = load_tokenizer(run, raw_text=True)
@@ -169,29 +186,6 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
     return {"index": i, "tokens": int(lengths_a.sum()), "bytes": int(bytes_a.sum())}
 
 
-def _run_units(payloads: list[dict[str, Any]], workers: int, bar) -> None:
-    if workers <= 1 or len(payloads) <= 1:
-        for p in payloads:
-            encode_unit(p)
-            bar.advance(1)
-        return
-    # each worker encodes its own unit; one Rust thread each keeps the cores busy
-    # without oversubscribing them
-    env = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "true"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for _ in pool.map(encode_unit, payloads):
-                bar.advance(1)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
     tok = load_tokenizer(run, raw_text=True)
     eos_token = special_token_names(run.tokenizer)["eos"] or cfg.tokenizer.eos_token
@@ -214,19 +208,24 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
     todo = [u for u in units if not (work / f"{u['index']:05d}.done").is_file()]
     if len(todo) < len(units):
         log(f"tokenize: resuming, {len(units) - len(todo)} of {len(units)} units already encoded")
-    base = {"work": str(work), "run": str(run.root), "eos_id": eos_id, "dtype": dtype.name, "sources": sources}
+    base = {"work": str(work), "run": str(run.root), "eos_id": eos_id, "dtype": dtype.name, "sources": sources,
+            "driver": _this_process()}
     total_bytes = sum(int(card["splits"][s]["bytes"]) for s in SPLITS)
-    workers = (os.cpu_count() or 1) if total_bytes >= INLINE_BELOW_BYTES else 1
-    with progress_bar("encoding", total=len(units), unit="units") as bar:
-        bar.advance(len(units) - len(todo))
-        _run_units([{**base, **u} for u in todo], workers, bar)
+    # the data stage's executor and rule: unset workers and a small corpus, this process
+    data = cfg.data
+    executor = ExecutorSpec(data.executor, data.workers or (1 if total_bytes < INLINE_BELOW_BYTES else None),
+                            data.ray_address)
+    with TaskRunner(executor) as runner:
+        runner.run(encode_unit, [{**base, **u} for u in todo], "tokenize: encoding", unit="units",
+                   done=len(units) - len(todo))
 
     meta: dict[str, Any] = {"dtype": dtype.name, "vocab_size": vocab, "tokenizer_vocab_size": tok.get_vocab_size(),
                             "eos_id": eos_id, "eos_token": eos_token, "tokenizer_sha256": tok_hash,
-                            "sources": sources, "per_source": {}}
+                            "sources": sources, "files": {}, "per_source": {}}
     with atomic_directory(run.tokens) as tmp:
         for split in SPLITS:
-            counts = _concatenate(work, [u for u in units if u["split"] == split], Path(tmp), split, len(sources))
+            counts = _gather_split(work, [u for u in units if u["split"] == split], Path(tmp), split, len(sources))
+            meta["files"][split] = counts["files"]
             meta[f"{split}_tokens"], meta[f"{split}_documents"], meta[f"{split}_bytes"] = (
                 counts["tokens"], counts["documents"], counts["bytes"])
             meta["per_source"][split] = {
@@ -252,25 +251,37 @@ def _mix_to_budget(cfg: RunConfig, tmp: Path, meta: dict[str, Any], dtype: np.dt
 
     before = meta["per_source"]["train"]
     budget = resolve_token_budget(cfg.data, {name: b["tokens"] for name, b in before.items()})
-    mix = apply_token_budget(tmp, "train", meta["sources"], budget, cfg.data.total_tokens, cfg.seed, dtype)
-    meta["mixture"] = mix
+    mix, files = apply_token_budget(tmp, "train", meta["files"]["train"], meta["sources"], budget,
+                                    cfg.data.total_tokens, cfg.seed, dtype)
+    meta["mixture"], meta["files"]["train"] = mix, files
     meta["train_tokens"], meta["train_documents"] = mix["tokens"], mix["documents"]
     # each source's bytes scale with its copies (its documents repeat whole)
     meta["train_bytes"] = int(sum(b["bytes"] * mix["per_source"][s]["tokens"] / max(1, b["tokens"])
                                   for s, b in before.items()))
 
 
-def _concatenate(work: Path, units: list[dict], out: Path, split: str, n_src: int) -> dict[str, Any]:
-    """Join a split's units, in order, into its token file and document index."""
-    lengths, srcs, nbytes = [], [], []
-    with open(out / f"{split}.bin", "wb") as f:
-        for u in units:
-            with open(work / f"{u['index']:05d}.bin", "rb") as part:
-                shutil.copyfileobj(part, f, length=8 * 2**20)
-            z = np.load(work / f"{u['index']:05d}.npz")
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` with ``src``'s content: a hard link (no copy, and ``src`` stays for a
+    resumed encode if this stage is killed before it ends), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def _gather_split(work: Path, units: list[dict], out: Path, split: str, n_src: int) -> dict[str, Any]:
+    """A split's units, in order, as its files ``{split}/NNNNN.bin`` (numbered
+    within the split) and its document index over the whole split."""
+    lengths, srcs, nbytes, files = [], [], [], []
+    (out / split).mkdir()
+    for k, u in enumerate(units):
+        rel = f"{split}/{k:05d}.bin"
+        _link(work / f"{u['index']:05d}.bin", out / rel)
+        with np.load(work / f"{u['index']:05d}.npz") as z:
             lengths.append(z["lengths"])
             srcs.append(z["sources"])
             nbytes.append(z["nbytes"])
+        files.append({"path": rel, "tokens": int(lengths[-1].sum())})
     lengths_a = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     src_a = np.concatenate(srcs) if srcs else np.zeros(0, np.uint16)
     bytes_a = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
@@ -278,7 +289,7 @@ def _concatenate(work: Path, units: list[dict], out: Path, split: str, n_src: in
     np.cumsum(lengths_a, out=offsets[1:])
     np.save(out / f"{split}.docs.npy", offsets)
     np.save(out / f"{split}.sources.npy", src_a)
-    return {"tokens": int(offsets[-1]), "documents": len(lengths_a), "bytes": int(bytes_a.sum()),
+    return {"tokens": int(offsets[-1]), "documents": len(lengths_a), "bytes": int(bytes_a.sum()), "files": files,
             "source_tokens": np.bincount(src_a, weights=lengths_a, minlength=n_src).astype(np.int64),
             "source_docs": np.bincount(src_a, minlength=n_src),
             "source_bytes": np.bincount(src_a, weights=bytes_a, minlength=n_src).astype(np.int64)}

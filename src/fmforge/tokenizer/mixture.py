@@ -10,10 +10,15 @@ every document plus one more for a seeded hash draw below ``frac(w)``). The
 first copy of each kept document stays where it was; the extra copies follow in
 a seeded shuffle, so a repeated document never sits next to itself. The
 realised tokens per source are recorded in ``meta.json`` (``mixture``).
+
+The split is read across its files (``tokens.SplitTokens``) and written again as
+files of about the size of the largest one before, each ending at a document's
+end, in place of the old ones.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +27,17 @@ import numpy as np
 from fmforge.data.hashing import hash_u64, hash_uniform
 from fmforge.data.mixture import copies
 from fmforge.progress import log
+from fmforge.tokenizer.tokens import SplitTokens
 
 WRITE_BUFFER_TOKENS = 4 * 2**20
 
 
-def apply_token_budget(tokens_dir: Path, split: str, sources: list[str], budget: dict[str, float],
-                       total_tokens: int, seed: int, dtype: np.dtype) -> dict[str, Any]:
-    """Rewrite ``{split}.bin``/``.docs.npy``/``.sources.npy`` in ``tokens_dir`` to
-    the budget; return the realised mixture per source."""
-    bin_path = tokens_dir / f"{split}.bin"
+def apply_token_budget(tokens_dir: Path, split: str, files: list[dict[str, Any]], sources: list[str],
+                       budget: dict[str, float], total_tokens: int, seed: int, dtype: np.dtype
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Rewrite ``{split}/``'s ``files`` (``meta.json``'s list: path and tokens) and
+    ``{split}.docs.npy``/``.sources.npy`` in ``tokens_dir`` to the budget; return the
+    realised mixture per source and the new list of files."""
     offsets = np.load(tokens_dir / f"{split}.docs.npy")
     src = np.load(tokens_dir / f"{split}.sources.npy")
     lengths = np.diff(offsets)
@@ -46,25 +53,31 @@ def apply_token_budget(tokens_dir: Path, split: str, sources: list[str], budget:
              for d in np.flatnonzero(n_copies > 1).tolist() for c in range(1, int(n_copies[d]))]
     order = np.concatenate([np.flatnonzero(n_copies >= 1), np.array([d for _, d in sorted(extra)], dtype=np.int64)])
 
-    tokens = np.memmap(bin_path, dtype=dtype, mode="r")
-    tmp = tokens_dir / f".{split}.bin.mix"
-    with open(tmp, "wb") as out:
-        buf: list[np.ndarray] = []
-        held = 0
-        for d in order.tolist():
-            piece = tokens[offsets[d]:offsets[d + 1]]
-            buf.append(piece)
-            held += len(piece)
-            if held >= WRITE_BUFFER_TOKENS:
-                np.concatenate(buf).tofile(out)
-                buf, held = [], 0
-        if buf:
-            np.concatenate(buf).tofile(out)
-    del tokens
-    tmp.replace(bin_path)
     new_lengths = lengths[order]
     new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(new_lengths, out=new_offsets[1:])
+    tokens = SplitTokens([np.memmap(tokens_dir / f["path"], dtype=dtype, mode="r") if f["tokens"] else
+                          np.zeros(0, dtype) for f in files], dtype)
+    mixed = tokens_dir / f".{split}.mix"
+    mixed.mkdir()
+    new_files = []
+    for k, (first, end) in enumerate(_file_cuts(new_offsets, max([f["tokens"] for f in files], default=1))):
+        with open(mixed / f"{k:05d}.bin", "wb") as out:
+            buf: list[np.ndarray] = []
+            held = 0
+            for d in order[first:end].tolist():
+                piece = tokens[offsets[d]:offsets[d + 1]]
+                buf.append(piece)
+                held += len(piece)
+                if held >= WRITE_BUFFER_TOKENS:
+                    np.concatenate(buf).tofile(out)
+                    buf, held = [], 0
+            if buf:
+                np.concatenate(buf).tofile(out)
+        new_files.append({"path": f"{split}/{k:05d}.bin", "tokens": int(new_offsets[end] - new_offsets[first])})
+    del tokens
+    shutil.rmtree(tokens_dir / split)
+    mixed.rename(tokens_dir / split)
     np.save(tokens_dir / f"{split}.docs.npy", new_offsets)
     np.save(tokens_dir / f"{split}.sources.npy", src[order])
 
@@ -79,5 +92,18 @@ def apply_token_budget(tokens_dir: Path, split: str, sources: list[str], budget:
     log("tokenize: token-budget mixture (target share -> realised): " + ", ".join(
         f"{n} {m['share']:.1%} -> {m['realised_share']:.1%} ({m['tokens']:,} tokens, weight {m['weight']:.2f})"
         for n, m in mixture.items()))
-    return {"total_tokens_target": total_tokens, "tokens": int(total), "documents": len(order),
-            "per_source": mixture}
+    return ({"total_tokens_target": total_tokens, "tokens": int(total), "documents": len(order),
+             "per_source": mixture}, new_files)
+
+
+def _file_cuts(offsets: np.ndarray, file_tokens: int) -> list[tuple[int, int]]:
+    """(first, end) documents of each output file: a file ends with the document
+    that brings it to ``file_tokens`` (or with the last document)."""
+    cuts, first = [], 0
+    while first < len(offsets) - 1:
+        # the first document whose end reaches file_tokens past the file's start
+        end = int(np.searchsorted(offsets, offsets[first] + max(1, file_tokens), side="left"))
+        end = min(max(end, first + 1), len(offsets) - 1)
+        cuts.append((first, end))
+        first = end
+    return cuts
