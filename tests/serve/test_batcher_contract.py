@@ -9,6 +9,7 @@ worker: a failing step is a 500 for every job, ``max_failures`` failures in a ro
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import threading
 import time
@@ -450,3 +451,27 @@ def test_a_request_that_slips_in_as_the_worker_gives_up_gets_a_503_not_a_hang(ma
     assert [r["pieces"] for r in engine.added] == [["x"]]  # the late requests never reached the engine
     b.close()
     assert not b._thread.is_alive()  # close() ends the refusing worker
+
+
+def test_a_program_that_never_closes_its_batcher_still_exits(tmp_path):
+    """The batcher's worker thread must not keep the interpreter alive: a server
+    that fails on its way out without closing the batcher still ends (issue 23's
+    survivors `__init__` 29 and 32 made the thread non-daemon: the process hung).
+    The child imports the same fmforge this test did, so a mutant reaches it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fmforge
+
+    script = tmp_path / "forget.py"
+    script.write_text("from fmforge.serve.batcher import Batcher\n"
+                      "batcher = Batcher(engine=object())\n"
+                      "print('started', flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(fmforge.__file__).parents[1])}
+    try:
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: the batcher's worker thread kept it alive")
+    assert done.returncode == 0 and done.stdout == "started\n", done.stderr[-2000:]
