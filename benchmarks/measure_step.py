@@ -5,6 +5,7 @@ Run it in a fresh process (``python SCRIPT --worker-spec JSON``) so the RSS
 high-water mark and CUDA state start clean. ``spec`` keys: ``device``,
 ``train_dtype`` (float32 | bfloat16), ``model`` (ModelConfig fields),
 ``micro_batch``, ``warmup``, ``steps``, ``compile``, and optionally
+``compile_backend`` (torch.compile's backend, default inductor),
 ``checkpointing`` (activation checkpointing, as the trainer applies it) and
 ``peak_after_warmup`` (on CUDA, measure the steady-state peak of the timed
 steps rather than the peak since the model was built).
@@ -71,7 +72,7 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model = Transformer(cfg).to(device)
     if spec.get("checkpointing"):
         apply_activation_checkpointing(model)
-    run = torch.compile(model) if spec["compile"] else model
+    run = torch.compile(model, backend=spec.get("compile_backend", "inductor")) if spec["compile"] else model
     x = torch.randint(0, cfg.vocab_size, (b, t), device=device)
     y = torch.randint(0, cfg.vocab_size, (b, t), device=device)
     step = make_step(model, run, x, y)

@@ -29,6 +29,11 @@ resident set size (getrusage ru_maxrss), which tracemalloc would not see.
 
     python benchmarks/plan_vs_measured.py --preset small --device cpu
     python benchmarks/plan_vs_measured.py --preset 350m --device cuda --json out.json
+    python benchmarks/plan_vs_measured.py --config configs/gpt2-350m.yaml --device cuda
+
+``--config`` takes the model, its sequence length and the micro-batch from a run
+config (a preset in configs/), with ``--set KEY=VALUE`` dotted overrides as the
+CLI takes them (``--set model.n_layers=2``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,17 @@ PRESETS: dict[str, tuple[dict[str, Any], int, int, int]] = {
 
 
 # ------------------------------------------------------------------ measurement
+
+
+def shape_of(args: argparse.Namespace) -> tuple[str, dict[str, Any], int, int, int]:
+    """(name, ModelConfig fields, micro-batch, warm-up steps, timed steps) of a
+    --preset, or of a --config's model and micro-batch (3 warm-up and 10 timed steps)."""
+    if args.config is None:
+        return (args.preset, *PRESETS[args.preset])
+    from fmforge.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    return cfg.name, cfg.resolved_model().model_dump(mode="json"), cfg.train.micro_batch_size, 3, 10
 
 
 def counted_flops_per_token(model_kwargs: dict[str, Any], micro_batch: int) -> float:
@@ -110,7 +126,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     from fmforge.plan.memory import estimate_memory
     from fmforge.train.device import resolve_dtype
 
-    model_kwargs, b, warmup, steps = PRESETS[args.preset]
+    name, model_kwargs, b, warmup, steps = shape_of(args)
     model_kwargs = dict(model_kwargs, **({"seq_len": args.seq_len} if args.seq_len else {}))
     b, warmup, steps = args.micro_batch or b, args.warmup if args.warmup is not None else warmup, args.steps or steps
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,7 +185,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     errors = {k: err_pct(pred[k], meas[k])
               for k in ("step_time_s", "tokens_per_s", "mfu", "flops_per_token", "peak_memory_gb")}
     return {
-        "benchmark": "plan_vs_measured", "preset": args.preset, "device": dev,
+        "benchmark": "plan_vs_measured", "preset": name, "config": args.config, "overrides": args.set,
+        "device": dev,
         "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else hw.name,
         "hardware_key": key, "peak_flops": hw.peak_flops, "torch": torch.__version__,
         "train_dtype": train_dtype, "plan_dtype": mode, "compile": args.compile, "checkpointing": ckpt,
@@ -212,6 +229,10 @@ def print_table(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--config", default=None, metavar="PATH",
+                    help="take the model and micro-batch from this run config instead of --preset")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted override of --config (repeatable), e.g. --set model.n_layers=2")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                     help="as train.dtype: auto is bf16 autocast where the hardware has native bf16")
@@ -232,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_spec:
         print(json.dumps(train_step_worker(json.loads(args.worker_spec))))
         return 0
+    if args.set and args.config is None:
+        ap.error("--set overrides a --config; give --config PATH")
     for name in ("steps", "micro_batch", "seq_len"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
