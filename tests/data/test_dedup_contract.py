@@ -160,9 +160,12 @@ def test_phase_2_reads_only_listed_chunks_of_listed_tasks(tmp_path):
 def test_a_chunk_vanishing_during_phase_2_is_named(tmp_path, monkeypatch):
     with BucketWriter(str(tmp_path), 0, 1) as w:
         w.add(0, k(5))
-    import fmforge.data.dedup as dedup
+    from fmforge.data.store import Store
 
-    monkeypatch.setattr(dedup._Store, "read", lambda self, rel: None)
+    def vanished(self, rel):  # listed, then gone (another attempt's cleanup) when read
+        raise FileNotFoundError(rel)
+
+    monkeypatch.setattr(Store, "read_bytes", vanished)
     with pytest.raises(FileNotFoundError) as err:
         edges_in_partition(str(tmp_path), 0, [1])
     assert str(err.value) == f"{tmp_path}: task-000000-0000.npy vanished while phase 2 read it"

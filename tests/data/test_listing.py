@@ -4,7 +4,8 @@ import pytest
 
 from fmforge.config import SourceConfig
 from fmforge.data.errors import DataError, NoFilesMatchedError, UnknownPlaceholderError
-from fmforge.data.listing import glob_root, list_source_files, open_binary, translate_exclude
+from fmforge.data.listing import glob_root, list_source_files, translate_exclude
+from fmforge.data.store import open_binary
 
 
 def _spec(**kw) -> SourceConfig:

@@ -29,13 +29,12 @@ import pyarrow.parquet as pq
 
 from fmforge.config import DataConfig, SourceConfig
 from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
-from fmforge.data.listing import is_url
 from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import InputProblems
 from fmforge.data.sources import open_reader
 from fmforge.data.steps import build_steps, run_steps, step_reasons
+from fmforge.data.store import WorkDir, is_url
 from fmforge.data.tasks import MAX_DOCS_PER_TASK, TaskSpec
-from fmforge.data.workdir import WorkDir
 
 PHASE = "curate"
 BATCH_ROWS = 1024

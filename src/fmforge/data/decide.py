@@ -24,8 +24,8 @@ import numpy as np
 
 from fmforge.config import DataConfig
 from fmforge.data.split import SplitGuard, split_key
+from fmforge.data.store import WorkDir
 from fmforge.data.tasks import docref, split_docref
-from fmforge.data.workdir import WorkDir
 
 PHASE = "decide"
 

@@ -40,9 +40,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from fmforge.data.minhash import MinHasher
+from fmforge.data.store import Store
 
 DOCREF_SHIFT = 32
 _LOCAL_MASK = (1 << DOCREF_SHIFT) - 1
@@ -87,58 +86,6 @@ def docref(task: int, local_index: int) -> int:
 # --- the bucket directory ------------------------------------------------------
 
 
-class _Store:
-    """Atomic writes, reads and listings under a local path or an fsspec URL
-    (fsspec is imported only for URLs, so local runs need nothing extra)."""
-
-    def __init__(self, directory: str):
-        self.directory = directory.rstrip("/") or "/"
-        self.fs = None
-        if "://" in directory:
-            import fsspec
-
-            self.fs, root = fsspec.core.url_to_fs(self.directory)
-            self.root = root.rstrip("/")
-        else:
-            self.root = self.directory
-
-    def _path(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
-
-    def write(self, rel: str, data: bytes) -> None:
-        final = self._path(rel)
-        parent = final.rsplit("/", 1)[0]
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        if self.fs is None:
-            os.makedirs(parent, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, final)
-        else:
-            self.fs.makedirs(parent, exist_ok=True)
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, final)
-
-    def read(self, rel: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
-        try:
-            if self.fs is None:
-                with open(self._path(rel), "rb") as f:
-                    return f.read()
-            return self.fs.cat_file(self._path(rel))
-        except FileNotFoundError:
-            return None
-
-    def list(self, rel: str) -> list[str]:
-        """File names directly under ``rel`` (empty when it does not exist)."""
-        try:
-            if self.fs is None:
-                return os.listdir(self._path(rel))
-            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._path(rel), detail=False)]
-        except FileNotFoundError:
-            return []
-
-
 def _partition_dir(partition: int) -> str:
     return f"part-{partition:05d}"
 
@@ -157,7 +104,7 @@ class BucketWriter:
             raise ValueError(f"task number {task} out of range [0, 2**31)")
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
-        self.store = _Store(directory)
+        self.store = Store(directory)
         self.task, self.partitions, self.flush_records = task, partitions, flush_records
         self._indices: list[int] = []
         self._keys: list[np.ndarray] = []
@@ -214,7 +161,8 @@ class BucketWriter:
                 continue  # an absent file is an empty one
             buf = io.BytesIO()
             np.save(buf, rec[lo:hi], allow_pickle=False)
-            self.store.write(f"{_partition_dir(p)}/task-{self.task:06d}-{self._chunks:04d}.npy", buf.getvalue())
+            self.store.write_bytes(f"{_partition_dir(p)}/task-{self.task:06d}-{self._chunks:04d}.npy",
+                                   buf.getvalue())
         self._chunks += 1
         self._records += len(rec)
         self._documents += len(self._indices)
@@ -233,21 +181,21 @@ class BucketWriter:
             "records": self._records,
             "keys_per_document": self._width,
         }
-        self.store.write(_manifest(self.task), json.dumps(manifest, sort_keys=True).encode("utf-8"))
+        self.store.write_bytes(_manifest(self.task), json.dumps(manifest, sort_keys=True).encode("utf-8"))
         self._closed = True
 
 
 def read_manifests(directory: str, tasks: int, partitions: int) -> list[int]:
     """Chunks written by each task; an error naming the tasks that did not finish."""
-    store = _Store(directory)
+    store = Store(directory)
     chunks, missing = [], []
     for t in range(tasks):
-        raw = store.read(_manifest(t))
-        if raw is None:
+        try:
+            m = store.read_json(_manifest(t))
+        except FileNotFoundError:
             missing.append(t)
             chunks.append(0)
             continue
-        m = json.loads(raw)
         if m["partitions"] != partitions:
             raise ValueError(
                 f"{directory}: task {t} wrote {m['partitions']} partitions, phase 2 expects "
@@ -287,7 +235,7 @@ def edges_in_partition(directory: str, partition: int, chunks: Sequence[int]) ->
     """Phase 2 for one partition (independent of the others, so it can run in
     parallel): every task's records of ``partition`` -> candidate edges.
     ``chunks[t]`` is the chunk count from task ``t``'s manifest."""
-    store = _Store(directory)
+    store = Store(directory)
     parts: list[np.ndarray] = []
     refs: list[np.ndarray] = []
     for name in sorted(store.list(_partition_dir(partition))):
@@ -297,9 +245,10 @@ def edges_in_partition(directory: str, partition: int, chunks: Sequence[int]) ->
         task, chunk = int(m.group(1)), int(m.group(2))
         if task >= len(chunks) or chunk >= chunks[task]:
             continue  # left over from an older attempt of the task
-        raw = store.read(f"{_partition_dir(partition)}/{name}")
-        if raw is None:
-            raise FileNotFoundError(f"{directory}: {name} vanished while phase 2 read it")
+        try:
+            raw = store.read_bytes(f"{_partition_dir(partition)}/{name}")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{directory}: {name} vanished while phase 2 read it") from e
         rec = np.load(io.BytesIO(raw), allow_pickle=False)
         parts.append(rec)
         refs.append((np.int64(task) << np.int64(DOCREF_SHIFT)) | rec["index"].astype(np.int64))

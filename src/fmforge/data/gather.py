@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from fmforge.data.scatter import partition_path
 from fmforge.data.shards import SCHEMA
-from fmforge.data.workdir import WorkDir
+from fmforge.data.store import WorkDir
 
 PHASE = "gather"
 

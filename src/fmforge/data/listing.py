@@ -6,7 +6,7 @@ Every source type starts from the same listing, so the rules live in one place:
   relative patterns are taken relative to the config's directory. A pattern may
   also be an fsspec URL (``s3://bucket/crawl/*.warc.gz``, ``file:///data/*.jsonl``);
   its files keep their URL as ``path`` and are opened through fsspec
-  (``open_binary``). One source uses one filesystem: all local paths, or all
+  (``store.open_binary``). One source uses one filesystem: all local paths, or all
   URLs of one kind.
 * ``type: hf_disk`` lists directories written by ``datasets``' ``save_to_disk``
   (one ``SourceFile`` each, its size the total of the files inside), not the
@@ -26,17 +26,15 @@ Every source type starts from the same listing, so the rules live in one place:
 
 from __future__ import annotations
 
-import datetime
-import glob
 import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from fmforge.config import SourceConfig
-from fmforge.data.errors import DataError, NoFilesMatchedError
 from fmforge.data.placeholders import resolve_pattern, substitute_placeholders
+from fmforge.data.errors import DataError, NoFilesMatchedError
+from fmforge.data.store import Store, is_url, locate
 
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -131,150 +129,51 @@ def _as_posix(path: str) -> str:
     return path.replace(os.sep, "/") if os.sep != "/" else path
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # What save_to_disk writes: a Dataset directory, or a DatasetDict directory.
 _DATASET_MARKERS = (("dataset_info.json", "state.json"), ("dataset_dict.json",))
 
 
-def is_url(path: str) -> bool:
-    return bool(_URL.match(path))
-
-
-def _fsspec():
-    try:
-        import fsspec
-        from fsspec.core import url_to_fs
-    except ImportError:
-        raise ImportError("reading URLs needs fsspec: pip install 'fmforge[data]'") from None
-    return fsspec, url_to_fs
-
-
-def open_binary(path: str) -> BinaryIO:
-    """Open a listed file for reading bytes: a local path, or an fsspec URL."""
-    if is_url(path):
-        fsspec, _ = _fsspec()
-        return fsspec.open(path, "rb").open()
-    return open(path, "rb", buffering=1 << 20)
-
-
-class _LocalFS:
-    """Local files through glob and os.stat (no fsspec needed)."""
-
-    def glob(self, pattern: str) -> list[str]:
-        return [_as_posix(os.path.normpath(h)) for h in glob.glob(pattern, recursive=True)]
-
-    def isfile(self, path: str) -> bool:
-        return os.path.isfile(path)
-
-    def isdir(self, path: str) -> bool:
-        return os.path.isdir(path)
-
-    def stat(self, path: str) -> tuple[int, int]:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-
-    def tree_stat(self, path: str) -> tuple[int, int]:
-        """Total size and newest mtime of the files under a directory."""
-        size, mtime = 0, 0
-        for dirpath, _, names in os.walk(path):
-            for n in names:
-                st = os.stat(os.path.join(dirpath, n))
-                size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
-        return size, mtime
-
-    def url(self, path: str) -> str:
-        return path
-
-    def missing_hint(self, pattern: str) -> str:
-        proot = glob_root(pattern)
-        if not os.path.isdir(proot):
-            return f"directory {proot} does not exist"
-        return "check the spelling and the glob (use ** to recurse into directories)"
-
-
-class _FsspecFS:
-    """Files behind one fsspec filesystem; paths are kept without the protocol
-    (as fsspec globs them) and turned back into URLs for ``SourceFile.path``."""
-
-    def __init__(self, fs):
-        self.fs = fs
-
-    def glob(self, pattern: str) -> list[str]:
-        return sorted(self.fs.glob(pattern))
-
-    def isfile(self, path: str) -> bool:
-        return self.fs.isfile(path)
-
-    def isdir(self, path: str) -> bool:
-        return self.fs.isdir(path)
-
-    def stat(self, path: str) -> tuple[int, int]:
-        info = self.fs.info(path)
-        return int(info.get("size") or 0), _mtime_ns(info)
-
-    def tree_stat(self, path: str) -> tuple[int, int]:
-        infos = self.fs.find(path, detail=True).values()
-        return sum(int(i.get("size") or 0) for i in infos), max((_mtime_ns(i) for i in infos), default=0)
-
-    def url(self, path: str) -> str:
-        return self.fs.unstrip_protocol(path)
-
-    def missing_hint(self, pattern: str) -> str:
-        return "check the URL, the glob (use ** to recurse) and that your credentials can list it"
-
-
-def _mtime_ns(info: dict) -> int:
-    """Modification time from an fsspec info dict; filesystems name it differently
-    (0 when unknown: the inputs fingerprint then rests on the size alone)."""
-    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
-        v = info.get(key)
-        if v is None:
-            continue
-        if isinstance(v, str):
-            try:
-                v = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-        if isinstance(v, datetime.datetime):
-            v = v.timestamp()
-        if isinstance(v, (int, float)):
-            return int(v * 1_000_000_000)
-    return 0
-
-
-def _resolve(spec: SourceConfig, config_dir: str | None) -> tuple[object, list[str]]:
-    """The filesystem of a source and its patterns, placeholders resolved."""
+def _resolve(spec: SourceConfig, config_dir: str | None) -> tuple[Store, list[str]]:
+    """The store at the source's root and the source's patterns on its filesystem
+    (placeholders resolved; local ones absolute, URLs without their protocol)."""
     urls = [is_url(p) for p in spec.paths]
     if not any(urls):
         patterns = [
             resolve_pattern(p, source=spec.name, config_dir=config_dir, what="paths") for p in spec.paths
         ]
-        return _LocalFS(), patterns
+        return Store(_common_root(patterns)), patterns
     if not all(urls):
         raise DataError(
             f"source {spec.name!r}: paths mix local paths and URLs ({spec.paths}); "
             "put them in two sources"
         )
-    _, url_to_fs = _fsspec()
     resolved = [substitute_placeholders(p, source=spec.name, config_dir=config_dir) for p in spec.paths]
-    pairs = [url_to_fs(u) for u in resolved]
+    pairs = [locate(u) for u in resolved]
     fs = pairs[0][0]
     if any(type(other) is not type(fs) for other, _ in pairs):
         raise DataError(f"source {spec.name!r}: paths name several filesystems ({spec.paths}); "
                         "put each in its own source")
-    return _FsspecFS(fs), [p for _, p in pairs]
+    patterns = [p for _, p in pairs]
+    return Store(fs.unstrip_protocol(_common_root(patterns))), patterns
 
 
-def _is_saved_dataset(fs, path: str) -> bool:
-    return fs.isdir(path) and any(all(fs.isfile(f"{path}/{m}") for m in ms) for ms in _DATASET_MARKERS)
+def _common_root(patterns: list[str]) -> str:
+    """The deepest directory common to the non-glob prefixes of ``patterns``."""
+    roots = [glob_root(p) for p in patterns]
+    return posixpath.commonpath(roots) if len(roots) > 1 else roots[0]
 
 
-def _rel(path: str, root: str) -> str:
-    if root == "/":
-        return path.lstrip("/")
-    if path.startswith(root.rstrip("/") + "/"):
-        return path[len(root.rstrip("/")) + 1 :]
-    return posixpath.relpath(path, root)
+def _is_saved_dataset(store: Store, rel: str) -> bool:
+    return store.isdir(rel) and any(all(store.isfile(f"{rel}/{m}") for m in ms) for ms in _DATASET_MARKERS)
+
+
+def _missing_hint(store: Store, pattern: str) -> str:
+    if store.is_url:
+        return "check the URL, the glob (use ** to recurse) and that your credentials can list it"
+    proot = glob_root(pattern)
+    if not os.path.isdir(proot):
+        return f"directory {proot} does not exist"
+    return "check the spelling and the glob (use ** to recurse into directories)"
 
 
 def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool = True) -> FileListing:
@@ -286,31 +185,29 @@ def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool =
     with no match) is recorded in ``FileListing.missing`` instead, and the
     listing may be empty: the data stage reports it and goes on.
     """
-    fs, patterns = _resolve(spec, config_dir)
+    store, patterns = _resolve(spec, config_dir)
     excludes = [
         _as_posix(substitute_placeholders(p, source=spec.name, config_dir=config_dir, what="exclude"))
         for p in spec.exclude
     ]
-    roots = [glob_root(p) for p in patterns]
-    root = posixpath.commonpath(roots) if len(roots) > 1 else roots[0]
     datasets = spec.type == "hf_disk"
 
     found: dict[str, None] = {}
     per_pattern: dict[str, int] = {}
     missing: list[dict[str, str]] = []
     for original, pattern in zip(spec.paths, patterns):
-        matched = fs.glob(pattern)
+        matched = store.glob(store.rel(pattern))
         if datasets:
-            hits = [h for h in matched if _is_saved_dataset(fs, h)]
+            hits = [h for h in matched if _is_saved_dataset(store, h)]
         else:
-            hits = [h for h in matched if fs.isfile(h)]
+            hits = [h for h in matched if store.isfile(h)]
         if not hits:
             if datasets and matched:
                 hint = (f"it matched {len(matched)} path(s), none of them a directory written by "
                         "datasets' save_to_disk (one holding dataset_info.json and state.json, "
                         "or dataset_dict.json)")
             else:
-                hint = fs.missing_hint(pattern)
+                hint = _missing_hint(store, pattern)
             message = (
                 f"source {spec.name!r}: pattern {original!r} (resolved to {pattern!r}) "
                 f"matched no {'saved datasets' if datasets else 'files'}; {hint}"
@@ -322,15 +219,16 @@ def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool =
         for h in hits:
             found.setdefault(h, None)
     if datasets:  # a DatasetDict's split directories are part of it, not datasets of their own
-        found = {h: None for h in found if not any(h.startswith(o + "/") for o in found)}
+        paths = {h: store.path(h) for h in found}
+        found = {h: None for h in found if not any(paths[h].startswith(paths[o] + "/") for o in found)}
 
     is_excluded = ExcludeMatcher(excludes)
     files: list[SourceFile] = []
-    for path in found:
-        rel, url = _rel(path, root), fs.url(path)
+    for rel in found:
+        url = store.url_of(rel)
         if is_excluded(url, rel):
             continue
-        size, mtime_ns = fs.tree_stat(path) if datasets else fs.stat(path)
+        size, mtime_ns = store.tree_stat(rel) if datasets else store.stat(rel)
         files.append(SourceFile(path=url, rel=rel, size=size, mtime_ns=mtime_ns))
     if not files and found:
         message = (
@@ -343,7 +241,7 @@ def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool =
     files.sort(key=lambda f: f.rel)
     return FileListing(
         source=spec.name,
-        root=fs.url(root),
+        root=store.url,
         patterns=patterns,
         excludes=excludes,
         files=files,

@@ -28,8 +28,8 @@ from fmforge.data.decide import read_drops
 from fmforge.data.groups import source_weight
 from fmforge.data.mixture import document_copies, shuffle_key
 from fmforge.data.split import split_key, split_threshold
+from fmforge.data.store import WorkDir
 from fmforge.data.tasks import docref
-from fmforge.data.workdir import WorkDir
 
 PHASE = "scatter"
 SCATTER_SCHEMA = pa.schema([

@@ -4,7 +4,7 @@ parquet shards plus a data card, written atomically to ``runs/NAME/data/``.
 The input is cut into tasks (``tasks.py``: runs of files of one source, about
 ``data.task_bytes`` each, numbered in reading order) and processed in four
 phases, each a set of tasks that write to the work directory and leave a
-completion marker (``workdir.py``), so any executor (``executor.py``: in
+completion marker (``store.WorkDir``), so any executor (``executor.py``: in
 process, a process pool, Ray) gives byte-identical shards and a rerun after a
 kill resumes where it stopped:
 
@@ -42,8 +42,8 @@ from fmforge.data.listing import FileListing, list_source_files
 from fmforge.data.scatter import PHASE as SCATTER, scatter_dir, scatter_task
 from fmforge.data.shards import DATA_CARD, SPLITS, shard_name
 from fmforge.data.steps import STEP_NAMES
+from fmforge.data.store import WorkDir
 from fmforge.data.tasks import TaskSpec, plan_tasks, split_docref
-from fmforge.data.workdir import WorkDir
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_directory, fingerprint
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Iterator
 
 from fmforge.data.document import Document
-from fmforge.data.listing import SourceFile, open_binary
+from fmforge.data.listing import SourceFile
 from fmforge.data.normalize import decode_utf8
 from fmforge.data.readers.base import ReaderBase
+from fmforge.data.store import open_binary
 
 SNIFF_BYTES = 8192  # where a NUL byte marks a binary file (git and grep look at 8000)
 # Above this share of undecodable bytes a file is not text worth keeping: binary,

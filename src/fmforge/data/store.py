@@ -1,0 +1,244 @@
+"""The data stage's files, on any filesystem fsspec reaches: a local path, an NFS
+mount, or a URL (``s3://bucket/prefix``, ``file:///data``, ``memory://x``).
+
+A ``Store`` is one directory: every path it is given is relative to its root,
+and it travels to other processes (Ray workers) as its URL alone. Three users:
+
+* the source listing (``listing.py``) globs and stats a source's files under the
+  source's root;
+* the stage's work directory (``WorkDir``): what each task writes, and the
+  completion marker it writes last, so a marker means the task's files are
+  complete and a rerun after a kill skips the tasks that have one;
+* dedup's bucket files (``dedup.py``).
+
+Every write is atomic in the one way every filesystem fsspec reaches allows: the
+bytes go to a temporary name beside the final one (``.tmp-HEX``, which readers
+of a directory skip), then move to the final name: a rename on a local disk or
+NFS; a copy on an object store, where the final object appears whole or not at
+all. An error while writing removes the temporary file, so no half-written file
+ever stands under a final name.
+
+The run directory itself (``runs/NAME/``, always local) is written by
+``fmforge.rundir``'s atomic helpers, which also fsync and set permissions; a work
+directory is scratch that a rerun remakes, so its writes are not fsynced.
+
+Local paths (not URLs) keep Python's own semantics where fsspec's differ: glob
+(``*`` does not match a hidden file, as in a shell), the nanosecond mtime (the
+stage's input fingerprint), and a 1 MiB read buffer for the readers. The
+listing's ``isfile`` and ``stat`` ask ``os`` too: half the time of fsspec's local
+filesystem per file, which counts on a corpus of many small files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import posixpath
+import re
+import uuid
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+READ_BUFFER = 1 << 20
+TMP_PREFIX = ".tmp-"
+
+
+def is_url(path: str) -> bool:
+    return bool(_URL.match(path))
+
+
+def open_binary(path: str) -> BinaryIO:
+    """Open a listed file (``SourceFile.path``: a local path or a URL) to read bytes."""
+    if is_url(path):
+        return fsspec.open(path, "rb").open()
+    return open(path, "rb", buffering=READ_BUFFER)
+
+
+def locate(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of a local path or URL, and the path on it (no protocol)."""
+    return url_to_fs(url)
+
+
+class Store:
+    """A directory at ``url`` (a local path or an fsspec URL); paths are relative to it."""
+
+    def __init__(self, url: str):
+        protocol = _URL.match(url)
+        head = protocol.group(0) if protocol else ""
+        rest = url[len(head):]
+        # a trailing slash is dropped, but not the root's own ("/", "file:///", "memory://")
+        self.url = head + (rest.rstrip("/") or rest[:1])
+        self.is_url = bool(head)
+        self.fs, root = locate(self.url)
+        self.root = root.rstrip("/") or ("/" if root.startswith("/") else "")
+        self._prefix = self.root if self.root in ("", "/") else self.root + "/"
+
+    def __getstate__(self) -> dict[str, Any]:  # travel to workers as the URL alone
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"])
+
+    # paths ------------------------------------------------------------------
+
+    def path(self, rel: str) -> str:
+        """``rel`` on the filesystem (no protocol)."""
+        return self._prefix + rel if rel not in ("", ".") else self.root
+
+    def rel(self, path: str) -> str:
+        """A path on the filesystem, relative to the root (``.`` for the root)."""
+        if path.startswith(self._prefix):
+            return path[len(self._prefix):]
+        return posixpath.relpath(path, self.root)
+
+    def url_of(self, rel: str) -> str:
+        """What a user sees for ``rel``: a local path, or a URL with its protocol."""
+        path = self.path(rel)
+        return self.fs.unstrip_protocol(path) if self.is_url else path
+
+    # reading ------------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def isfile(self, rel: str) -> bool:
+        path = self.path(rel)
+        return self.fs.isfile(path) if self.is_url else os.path.isfile(path)
+
+    def isdir(self, rel: str) -> bool:
+        path = self.path(rel)
+        return self.fs.isdir(path) if self.is_url else os.path.isdir(path)
+
+    def list(self, rel: str) -> list[str]:
+        """Names directly under ``rel`` (empty when it does not exist)."""
+        try:
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False)]
+        except FileNotFoundError:
+            return []
+
+    def glob(self, pattern: str) -> list[str]:
+        """Paths matching ``pattern`` (``**`` recurses), relative to the root, sorted."""
+        if self.is_url:
+            hits = self.fs.glob(self.path(pattern))
+        else:
+            hits = [os.path.normpath(h).replace(os.sep, "/")
+                    for h in glob.glob(self.path(pattern), recursive=True)]
+        return sorted(self.rel(h) for h in hits)
+
+    def stat(self, rel: str) -> tuple[int, int]:
+        """Size in bytes and modification time in ns (0 where the filesystem has none)."""
+        if not self.is_url:
+            st = os.stat(self.path(rel))
+            return st.st_size, st.st_mtime_ns
+        info = self.fs.info(self.path(rel))
+        return int(info.get("size") or 0), _mtime_ns(info)
+
+    def tree_stat(self, rel: str) -> tuple[int, int]:
+        """Total size and newest mtime of the files under a directory."""
+        if not self.is_url:
+            size, mtime = 0, 0
+            for here, _, names in os.walk(self.path(rel)):
+                for name in names:
+                    st = os.stat(os.path.join(here, name))
+                    size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
+            return size, mtime
+        infos = self.fs.find(self.path(rel), detail=True).values()
+        return sum(int(i.get("size") or 0) for i in infos), max((_mtime_ns(i) for i in infos), default=0)
+
+    def open_read(self, rel: str) -> BinaryIO:
+        return self.fs.open(self.path(rel), "rb")
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The file's bytes; ``FileNotFoundError`` when it does not exist."""
+        return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel).decode("utf-8"))
+
+    # writing ------------------------------------------------------------------
+
+    def makedirs(self, rel: str = "") -> None:
+        self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    @contextmanager
+    def open_write(self, rel: str) -> Iterator[BinaryIO]:
+        """A file to stream into; it appears at ``rel`` only when the block ends
+        without an error (see the module docstring)."""
+        final = self.path(rel)
+        parent = posixpath.dirname(final)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                yield f
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+        self.fs.mv(tmp, final)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.open_write(rel) as f:
+            f.write(data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+    def remove(self, rel: str = "") -> None:
+        """Remove ``rel`` (the whole directory by default) and all under it."""
+        if self.fs.exists(self.path(rel)):
+            self.fs.rm(self.path(rel), recursive=True)
+
+
+class WorkDir(Store):
+    """The data stage's work directory: the files its tasks write (parquet tables
+    among them) and their completion markers. It is keyed by the fingerprint of
+    the stage's inputs (files and config), so a changed input never reuses a
+    stale task's output."""
+
+    def write_table(self, rel: str, table: Any) -> None:
+        """A pyarrow table as a parquet file, atomically."""
+        import pyarrow.parquet as pq
+
+        with self.open_write(rel) as f:
+            pq.write_table(table, f, compression="zstd", row_group_size=1024)
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> Any:
+        import pyarrow.parquet as pq
+
+        with self.open_read(rel) as f:
+            return pq.read_table(f, columns=columns)
+
+    def marker(self, phase: str, index: int) -> str:
+        return f"markers/{phase}-{index:05d}.done"
+
+    def is_done(self, phase: str, index: int) -> bool:
+        return self.exists(self.marker(phase, index))
+
+    def mark_done(self, phase: str, index: int, info: dict[str, Any] | None = None) -> None:
+        self.write_json(self.marker(phase, index), info or {})
+
+
+def _mtime_ns(info: dict) -> int:
+    """Modification time from an fsspec info dict; filesystems name it differently
+    (0 when unknown: the inputs fingerprint then rests on the size alone)."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        v = info.get(key)
+        if v is None:
+            continue
+        if isinstance(v, str):
+            try:
+                v = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+        if isinstance(v, datetime.datetime):
+            v = v.timestamp()
+        if isinstance(v, (int, float)):
+            return int(v * 1_000_000_000)
+    return 0

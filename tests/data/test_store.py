@@ -1,0 +1,192 @@
+"""The data stage's store (``fmforge.data.store``) against outside oracles: a
+local directory read back with ``os`` and ``pathlib``, and fsspec's own
+``memory://`` filesystem read back with fsspec; both stores must agree."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+
+import fsspec
+import pytest
+
+from fmforge.data.store import Store, WorkDir
+
+
+def _memory_url() -> str:
+    return f"memory://fmforge-store-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path) -> Store:
+    url = str(tmp_path / "store") if request.param == "local" else _memory_url()
+    s = Store(url)
+    yield s
+    s.remove()
+
+
+def _on_disk(store: Store, rel: str) -> bytes:
+    """The bytes at ``rel``, read without the store: os for a local store, fsspec's
+    memory filesystem for a memory one."""
+    if store.is_url:
+        return fsspec.filesystem("memory").cat_file(f"{store.root}/{rel}")
+    with open(os.path.join(store.url, rel), "rb") as f:
+        return f.read()
+
+
+def _exercise(store: Store) -> dict:
+    store.write_bytes("a.bin", b"\x00\x01" * 10)
+    store.write_json("b.json", {"x": [1, 2], "y": "é"})
+    with store.open_write("sub/c.bin") as f:
+        for i in range(5):
+            f.write(bytes([i]) * 1000)
+    store.makedirs("empty/inner")
+    return {
+        "list": sorted(store.list("")),
+        "list_sub": store.list("sub"),
+        "list_missing": store.list("nowhere"),
+        "glob_top": store.glob("*.bin"),
+        "glob_all": store.glob("**/*.bin"),
+        "exists": [store.exists(r) for r in ("a.bin", "sub", "sub/c.bin", "nowhere")],
+        "isfile": [store.isfile(r) for r in ("a.bin", "sub", "nowhere")],
+        "isdir": [store.isdir(r) for r in ("a.bin", "sub", "nowhere")],
+        "json": store.read_json("b.json"),
+        "bytes": store.read_bytes("sub/c.bin"),
+        "size": store.stat("sub/c.bin")[0],
+        "tree_size": store.tree_stat("sub")[0],
+        "stream": store.open_read("a.bin").read(),
+        "rel": store.rel(store.path("sub/c.bin")),
+    }
+
+
+def test_local_and_memory_stores_agree(tmp_path):
+    local, memory = Store(str(tmp_path / "s")), Store(_memory_url())
+    try:
+        got_local, got_memory = _exercise(local), _exercise(memory)
+    finally:
+        memory.remove()
+    assert got_local == got_memory
+    # and each is what its filesystem, read without the store, holds
+    expected_c = b"".join(bytes([i]) * 1000 for i in range(5))
+    assert got_local["list"] == ["a.bin", "b.json", "empty", "sub"]
+    assert got_local["list_sub"] == ["c.bin"] and got_local["list_missing"] == []
+    assert got_local["glob_top"] == ["a.bin"] and got_local["glob_all"] == ["a.bin", "sub/c.bin"]
+    assert got_local["exists"] == [True, True, True, False]
+    assert got_local["isfile"] == [True, False, False] and got_local["isdir"] == [False, True, False]
+    assert got_local["json"] == {"x": [1, 2], "y": "é"}
+    assert got_local["bytes"] == expected_c == (tmp_path / "s/sub/c.bin").read_bytes()
+    assert got_local["size"] == got_local["tree_size"] == 5000
+    assert got_local["stream"] == b"\x00\x01" * 10
+    assert got_local["rel"] == "sub/c.bin"
+
+
+def test_a_missing_file_is_file_not_found(store):
+    with pytest.raises(FileNotFoundError):
+        store.read_bytes("nowhere.bin")
+    with pytest.raises(FileNotFoundError):
+        store.read_json("nowhere.json")
+
+
+def _fail_half_way(store: Store, monkeypatch) -> None:
+    """Every file the store's filesystem opens for writing takes half of the first
+    write, then fails as a full disk would."""
+    real_open = store.fs.open
+
+    def open_failing(path, mode="rb", **kwargs):
+        f = real_open(path, mode, **kwargs)
+        if "w" in mode:
+            real_write = f.write
+
+            def write(data):
+                real_write(data[: len(data) // 2])
+                raise OSError(28, "No space left on device")
+
+            f.write = write
+        return f
+
+    monkeypatch.setattr(store.fs, "open", open_failing)
+
+
+def test_a_write_interrupted_midway_leaves_no_partial_file(store, monkeypatch):
+    store.write_bytes("d/old.bin", b"old contents")
+    with monkeypatch.context() as m:
+        _fail_half_way(store, m)
+        with pytest.raises(OSError, match="No space left"):
+            store.write_bytes("d/new.bin", b"n" * 1000)
+        with pytest.raises(OSError, match="No space left"):
+            store.write_bytes("d/old.bin", b"replacement" * 100)
+    assert not store.exists("d/new.bin")
+    assert _on_disk(store, "d/old.bin") == b"old contents"  # the old file, whole
+    assert store.list("d") == ["old.bin"]  # no temporary file left behind either
+
+
+def test_an_error_in_a_streamed_write_leaves_no_file(store):
+    with pytest.raises(ValueError, match="bad row"), store.open_write("t/table.parquet") as f:
+        f.write(b"PAR1 first row group")
+        raise ValueError("bad row")
+    assert not store.exists("t/table.parquet")
+    assert store.list("t") == []
+
+
+def test_a_url_keeps_its_protocol_and_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a URL taken for a local path would write here
+    name = f"fmforge-store-{uuid.uuid4().hex}"
+    s = Store(f"memory://{name}/run/")  # a trailing slash, as users write folders
+    s.write_bytes("a/b.bin", b"remote")
+    mem = fsspec.filesystem("memory")
+    try:
+        assert s.is_url and s.url == f"memory://{name}/run"
+        assert mem.cat_file(f"/{name}/run/a/b.bin") == b"remote"  # under the URL's root
+        assert not mem.exists("/a/b.bin") and not mem.exists(f"/{name}/a/b.bin")
+        assert os.listdir(tmp_path) == []
+        assert s.url_of("a/b.bin") == mem.unstrip_protocol(f"/{name}/run/a/b.bin")
+        assert s.url_of("a/b.bin").startswith("memory://")
+        again = pickle.loads(pickle.dumps(s))  # what a worker receives: the URL alone
+        assert again.url == s.url and again.read_bytes("a/b.bin") == b"remote"
+    finally:
+        s.remove()
+    assert not mem.exists(f"/{name}/run")
+
+
+def test_a_local_path_stays_local(tmp_path):
+    s = Store(str(tmp_path / "loc") + "/")
+    s.write_bytes("a/b.bin", b"local")
+    assert not s.is_url and s.url == str(tmp_path / "loc")
+    assert (tmp_path / "loc/a/b.bin").read_bytes() == b"local"
+    assert s.url_of("a/b.bin") == f"{tmp_path}/loc/a/b.bin"  # a path, not a file:// URL
+    assert not fsspec.filesystem("memory").exists(f"{tmp_path}/loc/a/b.bin")
+    again = pickle.loads(pickle.dumps(s))
+    assert again.url == s.url and again.read_bytes("a/b.bin") == b"local"
+
+
+def test_a_local_glob_skips_hidden_files_as_a_shell_does(tmp_path):
+    """Local sources were always listed with Python's glob: ``*`` does not match a
+    name starting with a dot (fsspec's glob would)."""
+    (tmp_path / "x.txt").write_text("x")
+    (tmp_path / ".hidden.txt").write_text("h")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git/config.txt").write_text("c")
+    assert Store(str(tmp_path)).glob("**/*.txt") == ["x.txt"]
+
+
+@pytest.mark.parametrize("url, root_url, child", [
+    ("/", "/", "/x"),
+    ("memory://", "memory://", None),
+    ("file:///", "file:///", "/x"),
+    ("s3-like/relative/", "s3-like/relative", None),
+])
+def test_a_root_keeps_its_own_slash(url, root_url, child):
+    s = Store(url)
+    assert s.url == root_url
+    if child is not None:
+        assert s.path("x") == child
+
+
+def test_the_work_dir_marks_a_task_done_only_by_its_marker(tmp_path):
+    work = WorkDir(str(tmp_path / "w"))
+    assert not work.is_done("curate", 3)
+    work.mark_done("curate", 3, {"documents": 7})
+    assert work.is_done("curate", 3) and not work.is_done("curate", 4)
+    assert work.read_json(work.marker("curate", 3)) == {"documents": 7}
+    assert (tmp_path / "w/markers/curate-00003.done").is_file()
