@@ -32,7 +32,7 @@ Convention = Literal["palm", "kaplan", "6nd"]
 CONVENTIONS: tuple[str, ...] = ("palm", "kaplan", "6nd")
 DEFAULT_CONVENTION: Convention = "palm"
 
-# Rows of the output head's fused loss computed at a time (transformer.py's
+# Rows of the output head's fused loss computed at a time (head_loss.py's
 # HeadCrossEntropy): big enough for efficient matmuls, small enough that a
 # chunk's logits stay cheap. Here because the planner's memory estimate needs it
 # without importing torch.

@@ -25,6 +25,7 @@ from torch import nn
 
 from fmforge.config import ModelConfig
 from fmforge.model.counting import LOSS_CHUNK
+from fmforge.model.head_loss import HeadCrossEntropy
 
 
 class KVCache:
@@ -238,58 +239,6 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-class HeadCrossEntropy(torch.autograd.Function):
-    """mean cross_entropy(h @ weight.T, targets), ignoring targets of -100, with
-    its gradients computed during the forward, a chunk of rows at a time.
-
-    Why: the usual path materialises the (tokens, vocab) logits, their
-    log-softmax and a same-sized gradient: at a vocabulary of 8192 those passes
-    over memory cost more than a tenth of a small model's step on a CPU, and at
-    a large vocabulary they dominate the memory of a step. Here each chunk's
-    softmax is turned into its gradient in place and folded into the gradients
-    of ``h`` and ``weight`` at once; backward only scales them. Same FLOPs, same
-    result (to float rounding) as F.cross_entropy(F.linear(h, weight), targets)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk: int) -> torch.Tensor:
-        need_h, need_w = ctx.needs_input_grad[:2]  # a frozen head (LoRA) needs no grad_w
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        count = (targets != -100).sum()
-        for start in range(0, h.shape[0], chunk):
-            hc, tc = h[start:start + chunk], targets[start:start + chunk]
-            logits = F.linear(hc, weight)  # bf16 under autocast, like lm_head's
-            probs = torch.log_softmax(logits.float(), dim=-1)
-            ignored = tc == -100
-            rows = torch.arange(tc.shape[0], device=tc.device)
-            label = tc.masked_fill(ignored, 0)
-            total -= probs[rows, label].masked_fill(ignored, 0.0).sum()
-            # d(sum of losses)/d(logits) = softmax - one_hot(target); 0 where ignored.
-            probs.exp_()
-            probs[rows, label] -= 1.0
-            probs.masked_fill_(ignored[:, None], 0.0)
-            grad_logits = probs.to(logits.dtype)
-            if need_h:
-                grad_h[start:start + chunk] = grad_logits @ weight
-            if need_w:
-                grad_w += grad_logits.t() @ hc
-        count = count.clamp(min=1)
-        ctx.grads = grad_h, grad_w
-        ctx.save_for_backward(count)
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        (count,) = ctx.saved_tensors
-        grad_h, grad_w = ctx.grads
-        del ctx.grads  # free them with the step, not with the graph
-        scale = grad_loss / count
-        return (None if grad_h is None else grad_h * scale,
-                None if grad_w is None else grad_w * scale, None, None)
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -376,7 +325,8 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens: (batch, seq). Returns logits (batch, seq, vocab), or with targets
-        the mean cross-entropy loss (ignoring targets equal to -100)."""
+        the mean cross-entropy loss (ignoring targets equal to -100), the output
+        head fused with the loss while gradients are needed (head_loss.py)."""
         t = tokens.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds model.seq_len={self.cfg.seq_len}")
