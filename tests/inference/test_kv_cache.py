@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fmforge.inference.engine import GenerationRequest
-from fmforge.model.transformer import KVCache
+from fmforge.inference.decode import forward_cached
+from fmforge.inference.kv_cache import KVCache
 
 
 def greedy_by_recomputation(model, prompt_ids: list[int], n: int) -> list[int]:
@@ -29,9 +30,9 @@ def test_cached_logits_equal_full_forward(kw, make_model):
     with torch.no_grad():
         full = model(tokens)[0]
     cache = KVCache(model.cfg, rows=2, length=40)
-    got = [model.forward_cached(tokens[:, :10], cache, rows=[1], start=[0])[0]]
+    got = [forward_cached(model, tokens[:, :10], cache, rows=[1], start=[0])[0]]
     for p in range(10, 40):
-        got.append(model.forward_cached(tokens[:, p:p + 1], cache, rows=[1], start=[p])[0])
+        got.append(forward_cached(model, tokens[:, p:p + 1], cache, rows=[1], start=[p])[0])
     torch.testing.assert_close(torch.stack(got), full[9:], atol=1e-5, rtol=1e-5)
     # GQA: the cache holds only the kv heads.
     assert cache.k[0].shape == (2, model.cfg.kv_heads, 40, model.cfg.head_dim)
@@ -49,18 +50,18 @@ def test_cached_logits_with_scattered_rows_and_ragged_lengths(make_model):
     padded = torch.zeros((3, max(lengths)), dtype=torch.long)
     for i, n in enumerate(lengths):
         padded[i, :n] = seqs[i][:n]
-    out = model.forward_cached(padded, cache, rows, [0, 0, 0], last=[n - 1 for n in lengths])
+    out = forward_cached(model, padded, cache, rows, [0, 0, 0], last=[n - 1 for n in lengths])
     with torch.no_grad():
         for i, n in enumerate(lengths):
             torch.testing.assert_close(out[i], model(seqs[i][None, :n])[0, -1], atol=1e-5, rtol=1e-5)
     # One sequence takes a 3-token chunk after its cached prefix.
-    out = model.forward_cached(seqs[0][None, 5:8], cache, [3], [5])
+    out = forward_cached(model, seqs[0][None, 5:8], cache, [3], [5])
     lengths[0] = 8
     with torch.no_grad():
         torch.testing.assert_close(out[0], model(seqs[0][None, :8])[0, -1], atol=1e-5, rtol=1e-5)
     for _ in range(6):  # decode all three together, each at its own position
         tokens = torch.stack([s[n:n + 1] for s, n in zip(seqs, lengths)])
-        out = model.forward_cached(tokens, cache, rows, list(lengths))
+        out = forward_cached(model, tokens, cache, rows, list(lengths))
         lengths = [n + 1 for n in lengths]
         with torch.no_grad():
             for i, n in enumerate(lengths):
@@ -72,14 +73,14 @@ def test_cache_grow_keeps_contents(make_model):
     model = make_model(101)
     tokens = torch.randint(0, 101, (1, 12), generator=torch.Generator().manual_seed(3))
     cache = KVCache(model.cfg, rows=1, length=8)
-    model.forward_cached(tokens[:, :8], cache, [0], [0])
+    forward_cached(model, tokens[:, :8], cache, [0], [0])
     cache.grow(rows=2, length=16)
     assert (cache.rows, cache.length) == (2, 16)
-    out = model.forward_cached(tokens[:, 8:12], cache, [0], [8])
+    out = forward_cached(model, tokens[:, 8:12], cache, [0], [8])
     with torch.no_grad():
         torch.testing.assert_close(out[0], model(tokens)[0, -1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="exceed"):
-        model.forward_cached(tokens[:, :1], cache, [0], [16])
+        forward_cached(model, tokens[:, :1], cache, [0], [16])
 
 
 def test_engine_greedy_equals_recomputation_for_50_tokens(engine, trained):
@@ -100,7 +101,7 @@ def test_training_forward_is_unchanged_by_decoding(make_model):
     tokens = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         before = model(tokens)
-        model.forward_cached(tokens[:1], KVCache(model.cfg, 1, 20), [0], [0])
+        forward_cached(model, tokens[:1], KVCache(model.cfg, 1, 20), [0], [0])
         torch.testing.assert_close(model(tokens), before, atol=0, rtol=0)
     loss = model(tokens[:, :-1], tokens[:, 1:])
     loss.backward()

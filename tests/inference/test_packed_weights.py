@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from fmforge.inference.engine import Engine, GenerationRequest
-from fmforge.model.transformer import KVCache, PackedWeights
+from fmforge.inference.decode import forward_cached
+from fmforge.inference.kv_cache import KVCache
+from fmforge.inference.packed_weights import PackedWeights
 
 
 def test_packed_decode_logits_equal_full_forward(make_model):
@@ -18,9 +20,9 @@ def test_packed_decode_logits_equal_full_forward(make_model):
     with torch.no_grad():
         full = model(tokens)[0]
     cache = KVCache(model.cfg, rows=3, length=30)
-    got = [model.forward_cached(tokens[:, :10], cache, [2], [0], packed=packed)[0]]
+    got = [forward_cached(model, tokens[:, :10], cache, [2], [0], packed=packed)[0]]
     for p in range(10, 30):
-        got.append(model.forward_cached(tokens[:, p:p + 1], cache, [2], [p], packed=packed)[0])
+        got.append(forward_cached(model, tokens[:, p:p + 1], cache, [2], [p], packed=packed)[0])
     torch.testing.assert_close(torch.stack(got), full[9:], atol=1e-5, rtol=1e-5)
 
 
@@ -33,8 +35,8 @@ def test_packed_weights_follow_an_in_place_change(make_model):
         model.blocks[0].mlp.down_proj.weight.mul_(3.0)  # after packing
     tokens = torch.randint(0, 101, (1, 9), generator=torch.Generator().manual_seed(6))
     cache = KVCache(model.cfg, rows=1, length=9)
-    model.forward_cached(tokens[:, :8], cache, [0], [0])
-    out = model.forward_cached(tokens[:, 8:], cache, [0], [8], packed=packed)
+    forward_cached(model, tokens[:, :8], cache, [0], [0])
+    out = forward_cached(model, tokens[:, 8:], cache, [0], [8], packed=packed)
     with torch.no_grad():
         torch.testing.assert_close(out[0], model(tokens)[0, -1], atol=1e-5, rtol=1e-5)
 

@@ -191,10 +191,10 @@ def test_fmforge_serve_exits_with_an_error_when_the_worker_gives_up(trained):
     run, _ = trained
     broken = load_trained(run, device="cpu")  # its own copy: the shared model stays intact
 
-    def forward_cached(*args, **kwargs):
+    def embed(*args, **kwargs):  # every forward of the engine's starts with the embedding
         raise RuntimeError("injected device failure")
 
-    broken.model.forward_cached = forward_cached
+    broken.model.embed.forward = embed
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -40,10 +40,12 @@ from typing import Literal
 
 import torch
 
+from fmforge.inference.decode import forward_cached
 from fmforge.inference.detokenize import IncrementalDecoder
+from fmforge.inference.kv_cache import KVCache
 from fmforge.inference.loading import TrainedModel
+from fmforge.inference.packed_weights import PackedWeights
 from fmforge.inference.sampling import sample_token
-from fmforge.model.transformer import KVCache, PackedWeights
 
 FinishReason = Literal["stop", "length"]
 CONTEXT_IDS = 4  # prompt ids given to the incremental decoder as context
@@ -196,17 +198,20 @@ class Engine:
     of ``model.cfg.seq_len`` positions). ``pack_weights``: keep MKL-packed copies
     of the weights for the decode steps of a single sequence (``PackedWeights``:
     faster matrix-vector products on CPU, one more copy of the weights in memory);
-    None: when the model is float32 on a CPU with MKL."""
+    None: when the model is float32 on a CPU whose torch has working MKL packing,
+    else the plain products."""
 
     def __init__(self, trained: TrainedModel, max_batch: int = 16,
                  pack_weights: bool | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = trained.model.eval()
+        unavailable = PackedWeights.unavailable(self.model) if pack_weights is not False else None
         if pack_weights is None:
-            pack_weights = PackedWeights.supported(self.model)
-        elif pack_weights and not PackedWeights.supported(self.model):
-            raise ValueError("pack_weights needs a float32 model on a CPU and a torch built with MKL")
+            pack_weights = unavailable is None
+        elif pack_weights and unavailable is not None:
+            raise ValueError(f"pack_weights=True cannot be honoured: {unavailable}; "
+                             "leave pack_weights unset to use the plain products")
         self.packed = PackedWeights(self.model) if pack_weights else None
         self.tokenizer = trained.tokenizer
         self.eos_id = trained.eos_id
@@ -307,16 +312,16 @@ class Engine:
         tokens = torch.zeros((len(seqs), max(s.length for s in seqs)), dtype=torch.long)
         for i, seq in enumerate(seqs):
             tokens[i, : seq.length] = torch.tensor(seq.fed)
-        logits = self.model.forward_cached(
-            tokens.to(self.device), self.cache, [s.row for s in seqs], [0] * len(seqs),
+        logits = forward_cached(
+            self.model, tokens.to(self.device), self.cache, [s.row for s in seqs], [0] * len(seqs),
             last=[s.length - 1 for s in seqs])
         self._sample(seqs, logits.float())
 
     def _decode(self, seqs: list[_Sequence]) -> None:
         seqs = sorted(seqs, key=lambda s: s.row)  # neighbouring rows are read as a view
         tokens = torch.tensor([[s.last_token] for s in seqs], device=self.device)
-        logits = self.model.forward_cached(tokens, self.cache, [s.row for s in seqs],
-                                           [s.length for s in seqs], packed=self.packed)
+        logits = forward_cached(self.model, tokens, self.cache, [s.row for s in seqs],
+                                [s.length for s in seqs], packed=self.packed)
         for seq in seqs:
             seq.length += 1
         self._sample(seqs, logits.float())
