@@ -81,7 +81,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fmforge.config import DataConfig, config_from_dict
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 from fmforge.data.minhash import MinHasher
 from fmforge.data.steps import build_steps, run_steps
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fmforge.config import load_config
-from fmforge.data.errors import UnknownPlaceholderError
+from fmforge.data.problems import UnknownPlaceholderError
 from fmforge.data.stage import list_all_sources
 from fmforge.model.counting import count_parameters
 from fmforge.model.transformer import Transformer

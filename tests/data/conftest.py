@@ -9,10 +9,10 @@ from typing import Any, Callable
 import pytest
 
 from fmforge.config import RunConfig, SourceConfig, config_from_dict
-from fmforge.data.document import Document
 from fmforge.data.listing import list_source_files
 from fmforge.data.problems import InputProblems
-from fmforge.data.sources import open_reader
+from fmforge.data.readers import open_reader
+from fmforge.data.readers.base import Document
 
 
 @pytest.fixture(autouse=True)

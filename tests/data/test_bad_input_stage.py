@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fmforge.data.errors import BadInputError, EmptyCorpusError
+from fmforge.data.problems import BadInputError, EmptyCorpusError
 from fmforge.data.shards import iter_split_records
 from fmforge.data.stage import run_data_stage
 from fmforge.rundir import RunDir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fmforge.config import CleaningConfig
 from fmforge.data.cleaning import Clean
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 
 
 def clean(text: str, **cfg) -> tuple[str, dict[str, int]]:

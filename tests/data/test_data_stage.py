@@ -8,8 +8,8 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from fmforge.data import stage as stage_mod
-from fmforge.data.errors import EmptyCorpusError, NoFilesMatchedError
+from fmforge.data import gather as gather_mod
+from fmforge.data.problems import EmptyCorpusError, NoFilesMatchedError
 from fmforge.data.shards import iter_split_records, iter_split_texts, list_shards, read_data_card
 from fmforge.data.stage import data_inputs_fingerprint, run_data_stage
 from fmforge.rundir import RunDir
@@ -200,7 +200,7 @@ def test_failure_while_writing_leaves_no_data_dir(write, make_cfg, run, monkeypa
     for i in range(20):
         write(f"a/{i}.txt", doc_text(i))
     cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"]}], shard_max_docs=3)
-    real = stage_mod._copy_out
+    real = gather_mod._copy_out
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -209,7 +209,7 @@ def test_failure_while_writing_leaves_no_data_dir(write, make_cfg, run, monkeypa
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stage_mod, "_copy_out", flaky)
+    monkeypatch.setattr(gather_mod, "_copy_out", flaky)
     with pytest.raises(OSError, match="disk full"):
         run_data_stage(cfg, run)
     assert calls["n"] == 3  # it did fail midway, after writing shards
@@ -223,7 +223,7 @@ def test_failed_rerun_keeps_previous_data(write, make_cfg, run, monkeypatch, doc
     cfg = make_cfg([{"name": "a", "paths": ["a/*.txt"]}])
     run_data_stage(cfg, run)
     before = _card(run)
-    monkeypatch.setattr(stage_mod, "_copy_out", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    monkeypatch.setattr(gather_mod, "_copy_out", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError):
         run_data_stage(cfg, run)
     assert _card(run) == before

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fmforge.data.stage as stage_module
-from fmforge.data.errors import BadInputError, DataError
+from fmforge.data.problems import BadInputError, DataError
 from fmforge.data.shards import iter_split_records, iter_split_texts, list_shards
 from fmforge.data.stage import run_data_stage
 from fmforge.rundir import RunDir

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from fmforge.data.document import Document
-from fmforge.data.filters import LengthFilter, length_filter_reason
+from fmforge.data.readers.base import Document
+from fmforge.data.steps import LengthFilter, length_filter_reason
 
 
 def test_length_filter_reasons():

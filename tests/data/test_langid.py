@@ -7,8 +7,8 @@ import pytest
 pytest.importorskip("fasttext")
 
 from fmforge.config import LanguageConfig  # noqa: E402
-from fmforge.data.document import Document  # noqa: E402
 from fmforge.data.langid import LanguageFilter, identify, model_path  # noqa: E402
+from fmforge.data.readers.base import Document  # noqa: E402
 
 SENTENCES = {
     "en": "The quick brown fox jumps over the lazy dog and runs into the forest.",

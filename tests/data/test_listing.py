@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from fmforge.config import SourceConfig
-from fmforge.data.errors import DataError, NoFilesMatchedError, UnknownPlaceholderError
 from fmforge.data.listing import glob_root, list_source_files, translate_exclude
+from fmforge.data.problems import DataError, NoFilesMatchedError, UnknownPlaceholderError
 from fmforge.data.store import open_binary
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fmforge.config import MinHashConfig
-from fmforge.data.hashing import hash_u64
 from fmforge.data.minhash import MinHasher, words
+from fmforge.data.split import hash_u64
 
 M64 = (1 << 64) - 1
 P = (1 << 61) - 1

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fmforge.data.mixture import copies, document_copies, shuffle_key
+from fmforge.data.scatter import copies, document_copies, shuffle_key
 
 
 def _docs(source: str, n: int) -> list[tuple[str, bytes]]:

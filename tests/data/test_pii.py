@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fmforge.config import PIIConfig
-from fmforge.data.document import Document
 from fmforge.data.pii import PII, PLACEHOLDERS, luhn_valid
+from fmforge.data.readers.base import Document
 
 
 def redact(text: str, **cfg) -> tuple[str, dict[str, int]]:

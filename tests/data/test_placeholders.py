@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fmforge.data.errors import UnknownPlaceholderError
 from fmforge.data.placeholders import resolve_pattern
+from fmforge.data.problems import UnknownPlaceholderError
 
 
 def test_stdlib_placeholder_points_at_the_standard_library():

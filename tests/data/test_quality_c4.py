@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fmforge.config import C4Config
 from fmforge.data.c4 import C4
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 
 PAGE = """Home | About | Contact
 Welcome to our bakery in the heart of town. We bake bread every morning.

@@ -8,7 +8,7 @@ import textwrap
 
 from fmforge.config import CodeQualityConfig
 from fmforge.data.code_quality import CodeQuality
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 
 
 def code(text: str) -> str | None:

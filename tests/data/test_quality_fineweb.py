@@ -6,8 +6,8 @@ import random
 import string
 
 from fmforge.config import FineWebConfig
-from fmforge.data.document import Document
 from fmforge.data.fineweb import FineWeb
+from fmforge.data.readers.base import Document
 
 
 def fineweb(text: str) -> str | None:

@@ -11,8 +11,8 @@ import string
 import pytest
 
 from fmforge.config import GopherQualityConfig, GopherRepetitionConfig
-from fmforge.data.document import Document
 from fmforge.data.gopher import GopherQuality, GopherRepetition
+from fmforge.data.readers.base import Document
 
 
 def quality(text: str) -> str | None:

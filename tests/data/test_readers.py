@@ -16,10 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from fmforge.config import SourceConfig
-from fmforge.data.errors import BadInputError, UnknownSourceTypeError
-from fmforge.data.problems import InputProblems
 from fmforge.data.listing import list_source_files
-from fmforge.data.sources import READERS, open_reader
+from fmforge.data.problems import BadInputError, InputProblems, UnknownSourceTypeError
+from fmforge.data.readers import READERS, open_reader
 
 
 def jsonl(*objs: Any) -> str:

@@ -8,8 +8,8 @@ import io
 import pytest
 
 from fmforge.config import SourceConfig
-from fmforge.data.errors import BadInputError, DataError
 from fmforge.data.listing import list_source_files
+from fmforge.data.problems import BadInputError, DataError
 
 
 ARTICLE = ("We walked along the shore of the lake for most of the morning, watching the herons "

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from fmforge.config import DataConfig
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 from fmforge.data.steps import STEP_NAMES, build_steps, run_steps, step_reasons
 
 

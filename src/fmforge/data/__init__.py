@@ -16,11 +16,11 @@ _EXPORTS = {
     "iter_split_records": "fmforge.data.shards",
     "list_shards": "fmforge.data.shards",
     "read_data_card": "fmforge.data.shards",
-    "Document": "fmforge.data.sources",
-    "DataError": "fmforge.data.errors",
-    "EmptyCorpusError": "fmforge.data.errors",
-    "NoFilesMatchedError": "fmforge.data.errors",
-    "UnknownPlaceholderError": "fmforge.data.errors",
+    "Document": "fmforge.data.readers.base",
+    "DataError": "fmforge.data.problems",
+    "EmptyCorpusError": "fmforge.data.problems",
+    "NoFilesMatchedError": "fmforge.data.problems",
+    "UnknownPlaceholderError": "fmforge.data.problems",
 }
 
 __all__ = sorted(_EXPORTS)

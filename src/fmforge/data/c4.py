@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 
 from fmforge.config import C4Config
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 
 _CITATION_RE = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 _TERMINAL = (".", "?", "!", '"', "'")

@@ -25,8 +25,8 @@ import re
 from typing import Any
 
 from fmforge.config import CleaningConfig
-from fmforge.data.document import Document
 from fmforge.data.normalize import normalize_text
+from fmforge.data.readers.base import Document
 
 # Cc is U+0000-U+001F and U+007F-U+009F; tab and newline are text.
 # (CR is gone already: normalize_text made every line end LF.)

@@ -31,7 +31,7 @@ from fmforge.config import DataConfig, SourceConfig
 from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
 from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import InputProblems
-from fmforge.data.sources import open_reader
+from fmforge.data.readers import open_reader
 from fmforge.data.steps import build_steps, run_steps, step_reasons
 from fmforge.data.store import WorkDir, is_url
 from fmforge.data.tasks import MAX_DOCS_PER_TASK, TaskSpec

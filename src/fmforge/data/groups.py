@@ -19,7 +19,7 @@ part before the first slash.
 from __future__ import annotations
 
 from fmforge.config import DataConfig, SourceConfig
-from fmforge.data.errors import DataError
+from fmforge.data.problems import DataError
 
 # More groups than this in one source is a group_by naming the wrong field (a
 # title, an id); every group is a source of its own down to the evaluation.

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fmforge.config import LanguageConfig
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 
 _model: Any = None
 _lock = threading.Lock()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from fmforge.config import SourceConfig
 from fmforge.data.placeholders import resolve_pattern, substitute_placeholders
-from fmforge.data.errors import DataError, NoFilesMatchedError
+from fmforge.data.problems import DataError, NoFilesMatchedError
 from fmforge.data.store import Store, is_url, locate
 
 _MAGIC = re.compile(r"[*?\[]")

@@ -10,7 +10,7 @@ s = 0.9, so the dedup stage only has to compare equal keys (``dedup.py``),
 never documents.
 
 Everything here is deterministic across processes and machines: words are
-hashed with BLAKE2b and the permutations come from ``hashing.hash_u64`` (never
+hashed with BLAKE2b and the permutations come from ``split.hash_u64`` (never
 Python's salted ``hash()`` nor a numpy RNG stream, which may change between
 numpy versions), so keys written by tasks on different machines agree.
 """
@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from fmforge.config import MinHashConfig
-from fmforge.data.hashing import hash_u64
+from fmforge.data.split import hash_u64
 
 # Words are maximal runs of Unicode word characters (letters, digits, "_") of
 # the casefolded text: punctuation, spacing and case never make two copies of

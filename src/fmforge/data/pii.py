@@ -55,7 +55,7 @@ import re
 from collections.abc import Callable
 
 from fmforge.config import PIIConfig
-from fmforge.data.document import Document
+from fmforge.data.readers.base import Document
 
 PLACEHOLDERS = {"email": "<EMAIL>", "credit_card": "<CREDIT_CARD>",
                 "ip_address": "<IP_ADDRESS>", "phone": "<PHONE>"}

@@ -14,7 +14,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from fmforge.data.errors import UnknownPlaceholderError
+from fmforge.data.problems import UnknownPlaceholderError
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -1,4 +1,9 @@
-"""Bad input, counted and reported, never lost silently.
+"""What can go wrong with the data stage's input: errors that stop the stage,
+and bad input counted and reported, never lost silently.
+
+Each error is a ``ValueError`` subclass whose message says what was wrong, where
+(which source, which pattern, which filter) and what to do, so the CLI can print
+it as-is instead of a traceback.
 
 Every reader reports what it could not read (a line that is not JSON, a file
 that is not UTF-8, a truncated archive...) to an ``InputProblems`` with the file
@@ -11,11 +16,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from fmforge.data.errors import BadInputError
 from fmforge.progress import log
 
 MAX_EXAMPLES = 20  # per source, kept in the data card
 MAX_WARNINGS = 5  # per source and task, printed as they happen
+
+
+class DataError(ValueError):
+    """A data-stage problem a user can fix by changing the config or the files."""
+
+
+class UnknownPlaceholderError(DataError):
+    """A ``{name}`` in a source path that fmforge does not know."""
+
+
+class NoFilesMatchedError(DataError):
+    """A source pattern (or a whole source, after excludes) matched no files."""
+
+
+class EmptyCorpusError(DataError):
+    """Filtering, dedup or mixing left nothing to train on."""
+
+
+class UnknownSourceTypeError(DataError):
+    """A ``type:`` with no registered reader."""
+
+
+class BadInputError(DataError):
+    """With ``data.strict: true``: the first unreadable file, line or record."""
 
 
 class InputProblems:

@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fmforge.data.document import Document
+    from fmforge.data.readers.base import Document
 
 import re
 

@@ -10,6 +10,13 @@ Partition ``k`` of a split holds the copies whose key is ``k`` modulo the
 partition count; phase 4 sorts each partition by key, which makes the
 concatenated shards one seeded shuffle of the whole split.
 
+The mixture follows The Pile's "epochs" convention: a source with weight ``w``
+contributes each of its training documents ``floor(w)`` times, plus once more
+when a seeded hash draw of the document is below ``frac(w)``: weight 2.0
+doubles a source, 0.5 keeps about half of it. The draw is per document, so the
+expected share is exact and the result does not depend on the other documents.
+Only the train split is mixed; val stays the natural held-out distribution.
+
 Writes ``scatter/NNNNN/{train,val}-KKKKK.parquet``, the task's rejected
 duplicates and over-cap documents (with ``data.keep_rejected``), and
 ``scatter/NNNNN/stats.json``, then the marker.
@@ -17,6 +24,7 @@ duplicates and over-cap documents (with ``data.keep_rejected``), and
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,8 +34,7 @@ from fmforge.config import DataConfig
 from fmforge.data.curate import REJECTED_SCHEMA, task_dir
 from fmforge.data.decide import read_drops
 from fmforge.data.groups import source_weight
-from fmforge.data.mixture import document_copies, shuffle_key
-from fmforge.data.split import split_key, split_threshold
+from fmforge.data.split import hash_u64, hash_uniform, split_key, split_threshold
 from fmforge.data.store import WorkDir
 from fmforge.data.tasks import docref
 
@@ -40,6 +47,23 @@ SCATTER_SCHEMA = pa.schema([
 
 EMPTY_COUNTS = {"train_documents": 0, "train_bytes": 0, "val_documents": 0, "val_bytes": 0,
                 "mixed_documents": 0, "mixed_bytes": 0}
+SHUFFLE_PURPOSE = {"train": "fmforge.shuffle", "val": "fmforge.shuffle.val"}
+
+
+def copies(weight: float, draw: float) -> int:
+    """How many times a document with this uniform ``draw`` enters the mix."""
+    whole = math.floor(weight)
+    return whole + (1 if draw < weight - whole else 0)
+
+
+def document_copies(weight: float, seed: int, doc_id: str, digest: bytes) -> int:
+    """How many times this training document enters the mix at ``weight``."""
+    return copies(weight, hash_uniform(seed, "fmforge.mix", doc_id, digest))
+
+
+def shuffle_key(seed: int, split: str, doc_id: str, digest: bytes, copy: int) -> int:
+    """The 64-bit key that orders copy ``copy`` of a document within ``split``."""
+    return hash_u64(seed, SHUFFLE_PURPOSE[split], doc_id, digest, str(copy))
 
 
 def scatter_dir(task: int) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fmforge.data.errors import DataError
+from fmforge.data.problems import DataError
 from fmforge.rundir import read_json_artifact
 
 SPLITS: tuple[str, ...] = ("train", "val")

@@ -15,15 +15,38 @@ first of them (by id) moves.
 The data stage sees its documents as a stream spread over tasks, so the rule is
 computed by ``SplitGuard`` from running counts and extremes; ``assign_val`` is
 the same rule over a list.
+
+The draws come from ``hash_u64``, a keyed BLAKE2b of a document's own identity,
+never from a running RNG; mixture repeats and the shuffle (``scatter.py``),
+the token-budget mixture and MinHash's permutations use it too. A document's
+fate therefore does not depend on which other documents exist or in what order
+they were read, and changing ``seed`` changes every draw.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Hashable, Sequence
 
-from fmforge.data.hashing import hash_u64
-
 _SPLIT_PURPOSE = "fmforge.split"
+_SCALE = float(2**64)
+
+
+def hash_u64(seed: int, purpose: str, *parts: bytes | str) -> int:
+    """A 64-bit integer from ``parts``, keyed by ``seed`` and separated by ``purpose``."""
+    h = hashlib.blake2b(
+        digest_size=8, key=str(seed).encode("ascii"), person=purpose.encode("ascii")[:16]
+    )
+    for part in parts:
+        b = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return int.from_bytes(h.digest(), "little")
+
+
+def hash_uniform(seed: int, purpose: str, *parts: bytes | str) -> float:
+    """A deterministic draw in [0, 1)."""
+    return hash_u64(seed, purpose, *parts) / _SCALE
 
 
 def split_key(digest: bytes, seed: int) -> int:

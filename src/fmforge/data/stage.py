@@ -13,7 +13,8 @@ kill resumes where it stopped:
    the split guarantee (``decide.py``);
 3. scatter (per task): split, mixture copies, shuffle keys into partitions
    (``scatter.py``);
-4. gather (per output shard): sort a partition by key (``gather.py``).
+4. gather (per output shard): sort a partition by key, then place the shards
+   in the data directory (``gather.py``).
 
 Memory is bounded by a task and a partition, not by the corpus. The work
 directory is removed when the data directory is in place.
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,24 +33,22 @@ from fmforge.config import DataConfig, RunConfig
 from fmforge.data.card import CARD_VERSION, source_stats, totals
 from fmforge.data.curate import PHASE as CURATE, curate_task, task_dir
 from fmforge.data.decide import PHASE as DECIDE, decide
-from fmforge.data.errors import EmptyCorpusError, NoFilesMatchedError
 from fmforge.data.executor import ExecutorSpec, TaskRunner
-from fmforge.data.filters import describe_reason
-from fmforge.data.gather import PHASE as GATHER, gather_task, gathered_path
+from fmforge.data.gather import PHASE as GATHER, gather_task, place_rejected, place_shards
 from fmforge.data.groups import output_weights
 from fmforge.data.listing import FileListing, list_source_files
+from fmforge.data.problems import EmptyCorpusError, NoFilesMatchedError
 from fmforge.data.scatter import PHASE as SCATTER, scatter_dir, scatter_task
-from fmforge.data.shards import DATA_CARD, SPLITS, shard_name
-from fmforge.data.steps import STEP_NAMES
+from fmforge.data.shards import DATA_CARD, SPLITS
+from fmforge.data.steps import STEP_NAMES, describe_reason
 from fmforge.data.store import WorkDir
 from fmforge.data.tasks import TaskSpec, plan_tasks, split_docref
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_directory, fingerprint
 
 DEDUP_PARTITION_BYTES = 256 * 2**20  # input bytes per dedup bucket partition
-REJECTED_DIR = "rejected"
-INLINE_BELOW_BYTES = 32 * 2**20
-PARTITION_BYTES = 32 * 2**20  # text per output partition, gathered in memory  # with data.workers unset, smaller inputs run in this process
+INLINE_BELOW_BYTES = 32 * 2**20  # with data.workers unset, smaller inputs run in this process
+PARTITION_BYTES = 32 * 2**20  # text per output partition, gathered in memory
 
 
 def list_all_sources(cfg: RunConfig) -> list[FileListing]:
@@ -160,8 +158,8 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     _check_mixture(data, sources, tot)
     _report_groups(grouped)
     with atomic_directory(run.data) as tmp:
-        shard_names = {split: _place_shards(work, tmp, split, parts[split], scattered) for split in SPLITS}
-        rejected = _place_rejected(work, tmp, tasks, curated, scattered) if data.keep_rejected else []
+        shard_names = {split: place_shards(work, tmp, split, parts[split], scattered) for split in SPLITS}
+        rejected = place_rejected(work, tmp, tasks, curated, scattered) if data.keep_rejected else []
         card = {
             "version": CARD_VERSION,
             "seed": cfg.seed,
@@ -346,36 +344,3 @@ def _by_task(refs: list[int]) -> dict[int, list[int]]:
     for ref in refs:
         out.setdefault(split_docref(ref)[0], []).append(ref)
     return out
-
-
-def _copy_out(work: WorkDir, rel: str, dest: Path) -> None:
-    with work.open_read(rel) as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, length=4 * 2**20)
-
-
-def _place_shards(work: WorkDir, tmp: Path, split: str, partitions: int, scattered: list[dict]) -> list[str]:
-    """Copy the gathered partitions into the data directory under consecutive names."""
-    names: list[str] = []
-    for k in range(partitions):
-        if not any(k in s["partitions"][split] for s in scattered):
-            continue
-        chunks = work.read_json(work.marker(f"{GATHER}-{split}", k))["chunks"]
-        for c in range(chunks):
-            name = shard_name(split, len(names))
-            _copy_out(work, gathered_path(split, k, c), tmp / name)
-            names.append(name)
-    return names
-
-
-def _place_rejected(work: WorkDir, tmp: Path, tasks: list[TaskSpec], curated: list[dict],
-                    scattered: list[dict]) -> list[str]:
-    (tmp / REJECTED_DIR).mkdir()
-    names: list[str] = []
-    for t, c, s in zip(tasks, curated, scattered):
-        for rel, present in ((f"{task_dir(t.index)}/rejected.parquet", c["has_rejected"]),
-                             (f"{scatter_dir(t.index)}/rejected.parquet", s["has_rejected"])):
-            if present:
-                name = f"{REJECTED_DIR}/rejected-{len(names):05d}.parquet"
-                _copy_out(work, rel, tmp / name)
-                names.append(name)
-    return names

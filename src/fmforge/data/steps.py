@@ -7,7 +7,7 @@ Every document of a source goes through the same chain, in this order:
 - ``clean`` always runs first (normalisation; control characters and
   mojibake as ``data.cleaning`` says), so every later step sees the text
   that will be stored;
-- ``length`` (``data.min_chars``/``max_chars``) next: it is the cheapest test
+- ``length`` (``data.min_chars``/``max_chars``; ``LengthFilter``, here) next: it is the cheapest test
   and throws out empty pages before anything costly looks at them;
 - ``language`` only when the source lists ``languages``; before the quality
   filters, because their rules (stop words, sentence ends) are English-made
@@ -53,11 +53,10 @@ from fmforge.config import DataConfig, SourceConfig
 from fmforge.data.c4 import C4
 from fmforge.data.cleaning import Clean
 from fmforge.data.code_quality import CodeQuality
-from fmforge.data.document import Document
-from fmforge.data.filters import LengthFilter
 from fmforge.data.fineweb import FineWeb
 from fmforge.data.gopher import GopherQuality, GopherRepetition
 from fmforge.data.quality import WordSplit
+from fmforge.data.readers.base import Document
 
 
 class DocumentStep(Protocol):
@@ -77,6 +76,52 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "prose": ("gopher_quality", "gopher_repetition"),
     "code": ("code",),
 }
+
+
+def length_filter_reason(text: str, min_chars: int, max_chars: int | None) -> str | None:
+    """``None`` to keep, else the reason to drop.
+
+    Whitespace-only text is always ``empty`` (even with ``min_chars: 0``); the
+    length bounds count characters of the normalised text.
+    """
+    n = len(text)
+    if n == 0 or text.isspace():
+        return "empty"
+    if n < min_chars:
+        return "too_short"
+    if max_chars is not None and n > max_chars:
+        return "too_long"
+    return None
+
+
+def describe_reason(reason: str, data: DataConfig, max_bytes: int | None = None) -> str:
+    """A reason with the setting that caused it, for error messages."""
+    return {
+        "empty": "empty (whitespace only)",
+        "too_short": f"too_short (data.min_chars={data.min_chars})",
+        "too_long": f"too_long (data.max_chars={data.max_chars})",
+        "max_bytes": f"max_bytes (source max_bytes={max_bytes})",
+    }.get(reason, reason)
+
+
+class LengthFilter:
+    """The ``length`` step: ``data.min_chars`` / ``data.max_chars`` over the
+    cleaned text; reasons ``length:empty``, ``length:too_short``,
+    ``length:too_long``. The quality filters have their own modules."""
+
+    name = "length"
+    reasons = ("length:empty", "length:too_short", "length:too_long")
+
+    def __init__(self, min_chars: int, max_chars: int | None) -> None:
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def __call__(self, doc: Document) -> str | None:
+        reason = length_filter_reason(doc.text, self.min_chars, self.max_chars)
+        return None if reason is None else f"length:{reason}"
 
 
 def preset_of(data: DataConfig, source: SourceConfig) -> str:

@@ -5,7 +5,7 @@ Shares are in tokens, which exist only after encoding, so the data stage keeps
 each training document once and this step, at the end of the tokenize stage,
 repeats or subsamples each source's documents to reach ``share × total_tokens``:
 a source with ``T`` tokens gets the weight ``w = share × total / T`` in The
-Pile's "epochs" convention (``data.mixture.copies``: ``floor(w)`` copies of
+Pile's "epochs" convention (``data.scatter.copies``: ``floor(w)`` copies of
 every document plus one more for a seeded hash draw below ``frac(w)``). The
 first copy of each kept document stays where it was; the extra copies follow in
 a seeded shuffle, so a repeated document never sits next to itself. The
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from fmforge.data.hashing import hash_u64, hash_uniform
-from fmforge.data.mixture import copies
+from fmforge.data.scatter import copies
+from fmforge.data.split import hash_u64, hash_uniform
 from fmforge.progress import log
 from fmforge.tokenizer.tokens import SplitTokens
 

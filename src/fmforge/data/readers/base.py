@@ -1,16 +1,35 @@
-"""What every reader shares: its source, where it reports problems, its counters,
-and how a document's id and metadata are formed (see ``Document``)."""
+"""What every reader shares: the ``Document`` it makes, its source, where it
+reports problems, its counters, and how a document's id and metadata are formed."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Iterable, Iterator
 
 from fmforge.config import SourceConfig
-from fmforge.data.document import Document
 from fmforge.data.listing import SourceFile
 from fmforge.data.problems import InputProblems
+
+
+@dataclass(slots=True)
+class Document:
+    """The unit that flows through the data stage: one document with its origin.
+    Readers make them from files; cleaning steps may rewrite ``text``; filters
+    drop them with a reason; the assembled shards keep ``id``, ``text``, ``source``.
+
+    ``id`` is stable across machines and runs: ``SOURCE/REL`` for a whole
+    file, ``SOURCE/REL:LINE`` for a line of a JSONL or CSV file (1-based),
+    ``SOURCE/REL#RECORD`` for a record of a Parquet file, web archive or saved
+    dataset (0-based). ``metadata`` holds ``path`` (the file, or URL), ``line``
+    or ``record``, ``url`` where a web page has one, and what steps add
+    (``language``, ``language_score``)."""
+
+    id: str
+    text: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def require(module: str, source_type: str) -> ModuleType:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from fmforge.data.document import Document
-from fmforge.data.errors import DataError
 from fmforge.data.listing import SourceFile
-from fmforge.data.readers.base import ReaderBase, require
+from fmforge.data.problems import DataError
+from fmforge.data.readers.base import Document, ReaderBase, require
 
 BATCH_ROWS = 1024
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from fmforge.data.document import Document
 from fmforge.data.listing import SourceFile
 from fmforge.data.normalize import decode_utf8
-from fmforge.data.readers.base import ReaderBase
+from fmforge.data.readers.base import Document, ReaderBase
 from fmforge.data.store import open_binary
 
 SNIFF_BYTES = 8192  # where a NUL byte marks a binary file (git and grep look at 8000)

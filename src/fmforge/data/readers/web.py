@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from fmforge.data.document import Document
 from fmforge.data.listing import SourceFile
 from fmforge.data.normalize import decode_utf8
-from fmforge.data.readers.base import ReaderBase, require
+from fmforge.data.readers.base import Document, ReaderBase, require
 from fmforge.data.readers.compression import damage, open_decompressed
 from fmforge.data.store import open_binary
 
