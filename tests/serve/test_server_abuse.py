@@ -126,6 +126,9 @@ CASES = [
     ("bearer-alone", "POST", "/v1/completions", OK, {"Authorization": "Bearer"}, 401, None, "invalid_api_key"),
     ("basic-auth", "POST", "/v1/completions", OK, {"Authorization": "Basic dGVzdC1rZXk="}, 401, None,
      "invalid_api_key"),
+    # the key behind another 7-character scheme: only "Bearer " introduces the key
+    ("key-under-another-scheme", "POST", "/v1/completions", OK, {"Authorization": f"Token: {KEY}"}, 401,
+     None, "invalid_api_key"),
     ("latin1-key", "POST", "/v1/completions", OK, {"Authorization": b"Bearer \xe9\xff"}, 401, None,
      "invalid_api_key"),
     ("key-on-models", "GET", "/v1/models", None, {}, 401, None, "invalid_api_key"),
