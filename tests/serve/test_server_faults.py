@@ -128,6 +128,26 @@ def test_a_failing_step_is_a_logged_500_for_every_request_in_flight_or_waiting(
     assert_serves(base, trained[1], greedy)
 
 
+def test_a_stream_of_two_choices_where_one_fails_still_carries_the_other_to_its_end(
+        served, trained, greedy):
+    """n=2, streamed: admitting one choice fails (an error event for it), the other
+    choice streams its whole text and its finish_reason before [DONE] (app mutant
+    create_app 436, `continue` → `break` after an error event, cut the survivor off)."""
+    base, _, engine = served()
+    engine.fail["add"] = 1
+    expected = greedy(trained[1], PROMPT, 8).text
+    r = httpx.post(base + "/v1/completions", json=body(stream=True, n=2), timeout=10)
+    events = [e for e in r.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    data = [json.loads(e[6:]) for e in events if e.startswith("data: {")]
+    errors = [d for d in data if "error" in d]
+    assert len(errors) == 1 and "injected add failure" in errors[0]["error"]["message"]
+    chunks = [d["choices"][0] for d in data if "choices" in d]
+    assert len({c["index"] for c in chunks}) == 1  # the failed choice has no text chunks
+    assert "".join(c["text"] for c in chunks) == expected
+    assert chunks[-1]["finish_reason"] == "length"
+
+
 def test_the_official_client_raises_on_a_stream_that_fails(served):
     base, _, engine = served()
     engine.fail["step"] = 1
