@@ -315,7 +315,9 @@ def test_a_bug_of_ours_mid_stream_is_an_error_event_then_done_and_logged(own, ca
     assert r.status_code == 200
     raw = [e for e in r.text.split("\n\n") if e]
     assert raw[-1] == "data: [DONE]" and len(raw) == 2
-    err = json.loads(raw[0][6:])["error"]
+    # An SSE field name is case-sensitive: anything but "data: " is ignored by clients.
+    assert raw[0].startswith("data: {")
+    err = json.loads(raw[0].removeprefix("data: "))["error"]
     assert err["type"] == "server_error" and err["message"].startswith("the stream failed: AttributeError")
     [record] = [r for r in caplog.records if r.name == "fmforge.serve"]
     assert record.getMessage() == "a stream failed"
