@@ -1,11 +1,13 @@
 """The docs name real code: every dotted ``fmforge.…`` name in README.md, docs/
-and benchmarks/README.md imports and resolves, and every source file they name
-in backticks exists. A rename that leaves the docs pointing at nothing fails here."""
+and benchmarks/README.md imports and resolves, every source file they name
+in backticks exists, and every link between the pages lands on a file and, with
+``#anchor``, on a heading. A rename that leaves the docs pointing at nothing fails here."""
 
 from __future__ import annotations
 
 import importlib
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,56 @@ def _is_source(path: str) -> bool:
 def test_a_file_the_docs_name_exists(page, path):
     candidates = [ROOT / path, ROOT / "src" / path, ROOT / "src" / "fmforge" / path]
     assert any(c.exists() for c in candidates), f"{page} names `{path}`, found nowhere in the repository"
+
+
+# A Markdown link to one of our pages or files: [text](docs/x.md#anchor), ](#anchor).
+LINK = re.compile(r"\]\(([^)\s]*)\)")
+FENCE = re.compile(r"^(```|~~~)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation and symbols dropped
+    (letters, marks, digits, ``_``, ``-`` and spaces kept), spaces made hyphens."""
+    text = re.sub(r"`|\*\*|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading.strip()).lower()
+    kept = "".join(c for c in text if c in " -_" or unicodedata.category(c)[0] in "LMN")
+    return kept.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, code blocks skipped, repeats numbered as GitHub does."""
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line.lstrip()):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#{1,6} (.+)", line)):
+            slug = _slug(m.group(1))
+            seen[slug] = seen.get(slug, -1) + 1
+            if seen[slug]:
+                seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def _links() -> list[tuple[str, str]]:
+    found = []
+    for page in PAGES:
+        fenced = False
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if FENCE.match(line.lstrip()):
+                fenced = not fenced
+                continue
+            if not fenced:
+                found += [(page.relative_to(ROOT).as_posix(), target) for target in LINK.findall(line)
+                          if not re.match(r"[a-z]+:", target)]  # https:, mailto: are not ours
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("page,target", _links())
+def test_a_link_between_the_pages_lands(page, target):
+    """A link to a page of ours (or a heading on it) lands: the file exists and, for
+    ``#anchor``, the anchor is the slug of one of its headings."""
+    path, _, anchor = target.partition("#")
+    linked = (ROOT / page).parent / path if path else ROOT / page
+    assert linked.exists(), f"{page} links to {target}: {path} does not exist"
+    if anchor and linked.suffix == ".md":
+        assert anchor in _anchors(linked), f"{page} links to {target}: no heading of {path or page} has that anchor"
