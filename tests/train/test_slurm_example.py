@@ -34,7 +34,11 @@ def rendered(tmp_path_factory) -> list[str]:
     bin_dir, record = tmp / "bin", tmp / "srun-args"
     bin_dir.mkdir()
     _stub(bin_dir / "srun", f'printf "%s\\0" "$@" > {shlex.quote(str(record))}\n')
-    _stub(bin_dir / "scontrol", 'test "$1 $2 $3" = "show hostnames gpu[07-08]" && printf "gpu07\\ngpu08\\n"\n')
+    # The second host comes a moment after the first, as from a real scontrol over many
+    # nodes: a reader that stops after one line (`head -n 1`) gets it killed by SIGPIPE,
+    # which `set -o pipefail` turned into the script's failure.
+    _stub(bin_dir / "scontrol", 'test "$1 $2 $3" = "show hostnames gpu[07-08]" || exit 1\n'
+                                'printf "gpu07\\n"; sleep 0.3; printf "gpu08\\n"\n')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "2",
            "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242",
            "SLURM_SUBMIT_DIR": str(ROOT), "FMFORGE_VENV": str(tmp / "no-venv")}
