@@ -1,6 +1,7 @@
 """Imports run one way, lowest first (``../shared/DESIGN.md``):
 
-config, hardware (and the run-directory / progress helpers) → model → data →
+errors (the user-error base every package subclasses) → config, hardware (and the
+run-directory / progress helpers) → model → data →
 tokenizer → train → inference → eval, export, finetune, serve → ladder → pipeline → cli;
 plan uses only config, hardware and model.
 
@@ -17,6 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fmforge"
 
 BASE = {"config", "hardware", "rundir", "progress", "launch"}
 LEVELS = {
+    # UserError, which every package's named errors subclass: imports no fmforge module
+    "errors": -1,
     **{name: 0 for name in BASE},
     "model": 1,
     "data": 2,
@@ -32,7 +35,7 @@ LEVELS = {
     "cli": 8, "__main__": 9,
 }
 # The planner prices runs before any stage exists, so it may read only these.
-PLAN_MAY_IMPORT = BASE | {"model", "plan"}
+PLAN_MAY_IMPORT = BASE | {"errors", "model", "plan"}
 
 
 def unit_of(path: Path, root: Path) -> str:
