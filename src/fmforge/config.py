@@ -14,9 +14,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fmforge.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem a user can fix; the message names the key."""
+
+
+class EmptyHeldOutError(ConfigError):
+    """The held-out split has nothing to evaluate: data.val_fraction (or the data) leaves it
+    empty, and the message says so."""
 
 
 _NUMBERS = (int, float, int | None, float | None)
@@ -864,6 +871,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
             raw = yaml.load(f, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it "
+                          "as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides or [])

@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
+from fmforge.errors import UserError
 
-class HardwareError(ValueError):
+
+class HardwareError(UserError, ValueError):
     """An unknown device or an impossible price: says what to do instead."""
 
 CPU = "cpu"

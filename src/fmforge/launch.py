@@ -11,6 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from fmforge.errors import UserError
+
+
+class LaunchError(UserError, ValueError):
+    """The launch environment (torchrun's variables) cannot be read."""
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -48,8 +54,8 @@ def current_launch() -> Launch:
         try:
             return int(value)
         except ValueError:
-            raise ValueError(f"environment variable {name}={value!r} is not a whole number; "
-                             "launch with torchrun, or unset it") from None
+            raise LaunchError(f"environment variable {name}={value!r} is not a whole number; "
+                              "launch with torchrun, or unset it") from None
 
     return Launch(rank=number("RANK", 0), local_rank=number("LOCAL_RANK", 0),
                   world_size=number("WORLD_SIZE", 1),

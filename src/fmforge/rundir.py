@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from fmforge.errors import UserError
 
-class RunDirWriteError(OSError):
+
+class RunDirWriteError(UserError, OSError):
     """A run directory (or another output) could not be written: the disk is
     full, the file system is read-only, or permission is denied. Carries a
     message that says where and what to do; nothing half-written is kept."""
@@ -276,22 +278,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # torn by a kill mid-write
-            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}); the metrics log is "
-                             "damaged: delete the line, or the file to start the log afresh") from exc
+            raise ArtifactError(f"{path}:{number}: not valid JSON ({exc.msg}); the metrics log is "
+                                "damaged: delete the line, or the file to start the log afresh") from exc
     return records
+
+
+class ArtifactMissingError(UserError, FileNotFoundError):
+    """A run, or an artifact a stage has not made yet, is not there: the message says
+    which, and the command that makes it."""
+
+
+class ArtifactError(UserError, ValueError):
+    """An artifact in the run directory that cannot be used (damaged, or made for
+    another config or tokenizer): the message says how to remake it."""
 
 
 def read_json_artifact(path: Path, stage: str) -> dict[str, Any]:
     """A JSON artifact of ``stage``; a missing or damaged one says which command remakes it."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `fmforge {stage} CONFIG` first")
+        raise ArtifactMissingError(f"{path} is missing: run `fmforge {stage} CONFIG` first")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc.msg}): rerun `fmforge {stage} CONFIG --force`") from exc
+        raise ArtifactError(f"{path} is not valid JSON ({exc.msg}): rerun `fmforge {stage} CONFIG --force`") from exc
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """Another process is working on this run directory."""
 
 
@@ -336,7 +348,7 @@ def resolve_run(run: str | Path) -> RunDir:
     for candidate in (p, Path("runs") / p):
         if (candidate / "config.yaml").is_file():
             return RunDir(candidate)
-    raise FileNotFoundError(
+    raise ArtifactMissingError(
         f"no run at {p} (nor runs/{p}): expected a directory containing config.yaml; "
         "run `fmforge run CONFIG` first"
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fmforge.config import ModelConfig
+from fmforge.errors import UserError
 
 Convention = Literal["palm", "kaplan", "6nd"]
 CONVENTIONS: tuple[str, ...] = ("palm", "kaplan", "6nd")
@@ -39,7 +40,7 @@ DEFAULT_CONVENTION: Convention = "palm"
 LOSS_CHUNK = 256
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(UserError, ValueError):
     """An architecture that cannot be counted: says which value, and why."""
 
 

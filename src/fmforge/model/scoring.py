@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fmforge.config import EmptyHeldOutError
+
 
 @dataclass
 class TokenScore:
@@ -140,5 +142,5 @@ def score_tokens(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError("the held-out split has no tokens to evaluate: raise data.val_fraction")
+        raise EmptyHeldOutError("the held-out split has no tokens to evaluate: raise data.val_fraction")
     return TokenScore(nats=nats, tokens=count, bytes=n_bytes)
