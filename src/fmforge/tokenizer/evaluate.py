@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from fmforge.config import EmptyHeldOutError
 from fmforge.data.shards import iter_split_records
 from fmforge.rundir import RunDir, atomic_write_json
 from fmforge.tokenizer.byo import TokenizerPathError, load_tokenizer_file, resolve_tokenizer_file
@@ -136,8 +137,8 @@ def evaluate_tokenizers(run: RunDir, compare: str | Path | None = None, write: b
         for t in tallies:
             t.add(texts, sources, ids)
     if n == 0:
-        raise ValueError(f"{run.data} has no held-out ({SPLIT}) documents to measure the tokenizer on: "
-                         "set data.val_fraction above 0 and rerun `fmforge data CONFIG`")
+        raise EmptyHeldOutError(f"{run.data} has no held-out ({SPLIT}) documents to measure the tokenizer on: "
+                                "set data.val_fraction above 0 and rerun `fmforge data CONFIG`")
     out: dict[str, Any] = {"split": SPLIT, "documents": n, "tokenizers": [t.result() for t in tallies]}
     if write:
         atomic_write_json(run.tokenizer / EVAL_JSON, out)

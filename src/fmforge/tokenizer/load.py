@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from fmforge.rundir import RunDir
+from fmforge.rundir import ArtifactMissingError, RunDir
 
 
 def load_tokenizer(run: RunDir, raw_text: bool = False) -> Tokenizer:
@@ -22,7 +22,7 @@ def load_tokenizer(run: RunDir, raw_text: bool = False) -> Tokenizer:
     never forge a document boundary; the trainer adds the real EOS itself."""
     path = run.tokenizer / "tokenizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `fmforge tokenizer CONFIG` first")
+        raise ArtifactMissingError(f"{path} is missing: run `fmforge tokenizer CONFIG` first")
     tok = Tokenizer.from_file(str(path))
     tok.encode_special_tokens = raw_text
     return tok

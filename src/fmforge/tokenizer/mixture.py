@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fmforge.data.problems import EmptyCorpusError
 from fmforge.data.scatter import copies
 from fmforge.data.split import hash_u64, hash_uniform
 from fmforge.progress import log
@@ -45,7 +46,7 @@ def apply_token_budget(tokens_dir: Path, split: str, files: list[dict[str, Any]]
     weights = {}
     for i, name in enumerate(sources):
         if budget.get(name, 0) > 0 and have[i] == 0:
-            raise ValueError(f"source {name!r} has share {budget[name]} but no training tokens")
+            raise EmptyCorpusError(f"source {name!r} has share {budget[name]} but no training tokens")
         weights[name] = budget.get(name, 0.0) * total_tokens / have[i] if have[i] else 0.0
     n_copies = np.array([copies(weights[sources[s]], hash_uniform(seed, "fmforge.mix.tokens", str(d)))
                          for d, s in enumerate(src.tolist())], dtype=np.int64)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fmforge.errors import UserError
 from fmforge.rundir import RunDir
 
 SPLITS = ("train", "val")
@@ -30,7 +31,7 @@ def load_meta(run: RunDir) -> dict:
     return run.tokens_meta()
 
 
-class DamagedTokensError(ValueError):
+class DamagedTokensError(UserError, ValueError):
     """A token file that does not hold what ``meta.json`` says it holds."""
 
 

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from fmforge.errors import UserError
 from fmforge.rundir import (
+    ArtifactMissingError,
     atomic_directory,
     atomic_write_json,
     fsync_dir,
@@ -36,7 +38,7 @@ from fmforge.rundir import (
     standard_permissions_of_file,
 )
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """A sound checkpoint that this way of training cannot resume (not damage)."""
 
 
@@ -281,7 +283,7 @@ def consolidate(ckpt: Path, model: torch.nn.Module) -> Path:
     the plain, single-process ``model`` first. Returns the file written."""
     ckpt = Path(ckpt)
     if not (ckpt / DCP_DIR / ".metadata").is_file():
-        raise FileNotFoundError(f"{ckpt} has no sharded checkpoint ({DCP_DIR}/): nothing to consolidate")
+        raise ArtifactMissingError(f"{ckpt} has no sharded checkpoint ({DCP_DIR}/): nothing to consolidate")
     _load_through_dcp(ckpt, model, None)
     out = ckpt / "model.safetensors"
     tmp = ckpt / ".model.safetensors.tmp"

@@ -7,10 +7,11 @@ import contextlib
 import torch
 
 from fmforge.config import TrainConfig
+from fmforge.errors import UserError
 from fmforge.hardware import cpu_has_native_bf16
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """The requested device does not exist here."""
 
 

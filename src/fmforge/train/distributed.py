@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fmforge.config import ConfigError
 from fmforge.launch import Launch, current_launch
 
 
@@ -88,7 +89,7 @@ class Parallel:
 def setup_parallel(mode: str, device_name: str, replicate_degree: int | None = None) -> Parallel:
     """Join the process group torchrun set up (when there is one) and pick this
     process's device: ``cuda:LOCAL_RANK`` on GPUs."""
-    from fmforge.train.device import pick_device
+    from fmforge.train.device import DeviceError, pick_device
 
     launch = current_launch()
     device = pick_device(device_name)
@@ -97,7 +98,7 @@ def setup_parallel(mode: str, device_name: str, replicate_degree: int | None = N
     if not launch.distributed and not (mode in ("fsdp", "hsdp") and launch.under_torchrun):
         return Parallel(launch, "none", device)
     if mode == "none":
-        raise ValueError(
+        raise ConfigError(
             f"launched with {launch.world_size} processes but train.parallel is none: set "
             "train.parallel=ddp, fsdp or hsdp, or run one process"
         )
@@ -106,7 +107,7 @@ def setup_parallel(mode: str, device_name: str, replicate_degree: int | None = N
         device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), not {device.type}")
+        raise DeviceError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), not {device.type}")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
@@ -117,7 +118,7 @@ def hsdp_replicas(launch: Launch, replicate_degree: int | None) -> int:
     """The number of HSDP replica groups: the user's, or one per node."""
     replicas = replicate_degree or launch.nodes
     if launch.world_size % replicas:
-        raise ValueError(
+        raise ConfigError(
             f"train.replicate_degree={replicas} does not divide the {launch.world_size} "
             "processes into equal groups: choose a divisor of the process count (the number "
             "of nodes shards within each node)")

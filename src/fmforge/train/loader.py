@@ -19,13 +19,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fmforge.config import ConfigError
+
 
 class EpochWindowLoader:
     def __init__(self, tokens: np.ndarray, seq_len: int, micro_batch: int, grad_accum: int,
                  seed: int, rank: int = 0, world_size: int = 1):
         n_windows = (len(tokens) - 1) // seq_len
         if n_windows < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the training split has {len(tokens)} tokens, fewer than one window of "
                 f"model.seq_len+1={seq_len + 1}: add data or lower model.seq_len"
             )

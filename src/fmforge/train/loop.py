@@ -25,7 +25,8 @@ from fmforge.model.counting import count_parameters, flops_per_token
 from fmforge.model.scoring import score_tokens, spread_starts
 from fmforge.model.transformer import Transformer
 from fmforge.progress import log, progress_bar
-from fmforge.rundir import RunDir, RunDirWriteError, storage_advice, storage_errno
+from fmforge.errors import UserError
+from fmforge.rundir import ArtifactError, RunDir, RunDirWriteError, storage_advice, storage_errno
 from fmforge.tokenizer.load import load_tokenizer, token_byte_lengths
 from fmforge.tokenizer.tokens import load_meta, open_tokens
 from fmforge.train.budget import StepBudget
@@ -45,7 +46,7 @@ from fmforge.train.metrics import MetricsLog, ScalarBoard
 from fmforge.train.optim import build_optimizer, decay_start, lr_at
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
@@ -256,7 +257,7 @@ def _train(cfg: RunConfig, run: RunDir, fingerprint: str, lineage: str, fresh: b
     tokens_fp = tokens_record.get("output", tokens_record["fingerprint"]) if tokens_record else None
     meta = load_meta(run)
     if meta["vocab_size"] != mcfg.vocab_size:
-        raise ValueError(
+        raise ArtifactError(
             f"token shards in {run.tokens} were encoded for vocab_size={meta['vocab_size']} "
             f"but the model has vocab_size={mcfg.vocab_size}: rerun `fmforge tokenize`"
         )
