@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fmforge.config import RunConfig
+from fmforge.config import EmptyHeldOutError, RunConfig
+from fmforge.errors import UserError
 from fmforge.launch import current_launch
 from fmforge.progress import log
 from fmforge.rundir import RunDir, atomic_write_text, fingerprint, run_lock
@@ -33,7 +34,7 @@ _TRAIN_NON_SEMANTIC = {"log_every", "keep_checkpoints", "num_threads", "device",
                        "compile", "activation_checkpointing", "parallel", "max_skipped_steps"}
 
 
-class StageOrderError(RuntimeError):
+class StageOrderError(UserError, RuntimeError):
     """A stage was asked for before the stage it reads from completed."""
 
 
@@ -297,7 +298,7 @@ def require_heldout_tokens(run: RunDir) -> None:
     """Fail before hours of training, not after, when evaluation will find nothing."""
     meta = run.tokens_meta()
     if meta.get("val_tokens", 0) < 2:
-        raise ValueError(
+        raise EmptyHeldOutError(
             f"the held-out split in {run.tokens} is empty ({meta.get('val_documents', 0)} "
             "documents), so evaluation would fail after training: raise data.val_fraction "
             "(or add documents), or run the stages you need one by one"

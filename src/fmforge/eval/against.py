@@ -23,6 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fmforge.errors import UserError
+
 from fmforge.data.shards import iter_split_records
 from fmforge.model.scoring import score_tokens
 from fmforge.progress import log
@@ -33,7 +35,7 @@ from fmforge.rundir import RunDir
 MAX_WINDOW = 4096
 
 
-class CandidateError(ValueError):
+class CandidateError(UserError, ValueError):
     """A candidate that cannot be scored as given."""
 
 

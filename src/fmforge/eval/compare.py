@@ -8,9 +8,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from fmforge.errors import UserError
 from fmforge.eval.report import CSS, _plt, _series, bits_per_byte_bars, empty, esc, figure_png, section, table
 from fmforge.eval.results import read_eval
 from fmforge.rundir import RunDir, atomic_write_text, read_metrics
+
+
+class CompareError(UserError, ValueError):
+    """Runs that cannot be compared as given (fewer than two)."""
 
 
 def _final_row(run: RunDir) -> list:
@@ -79,7 +84,7 @@ def render_compare(runs: list[RunDir]) -> str:
 
 def compare_runs(runs: list[RunDir], out: Path) -> Path:
     if len(runs) < 2:
-        raise ValueError("compare needs at least two runs: fmforge compare RUN_A RUN_B [...]")
+        raise CompareError("compare needs at least two runs: fmforge compare RUN_A RUN_B [...]")
     out = Path(out)
     atomic_write_text(out, render_compare(runs))
     return out

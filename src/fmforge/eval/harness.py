@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fmforge.errors import InputFileMissing, UserError
 from fmforge.eval.results import record_harness
 from fmforge.inference.engine import Engine, GenerationRequest
 from fmforge.inference.loading import TrainedModel, load_trained
@@ -47,6 +48,11 @@ from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import register_model  # noqa: E402
 
 
+class HarnessError(UserError, ValueError):
+    """A benchmark run that cannot start as asked: no or unknown tasks, task data that is
+    not on local disk, no run named."""
+
+
 @register_model("fmforge")
 class FmforgeLM(TemplateLM):
     """lm-eval model over a trained run: ``model_args="run=runs/demo,step=346"``."""
@@ -57,7 +63,7 @@ class FmforgeLM(TemplateLM):
         super().__init__()
         if trained is None:
             if run is None:
-                raise ValueError("FmforgeLM needs run=RUN (a run directory or a name under runs/)")
+                raise HarnessError("FmforgeLM needs run=RUN (a run directory or a name under runs/)")
             run_dir = resolve_run(run)
             trained = load_trained(run_dir, device=device, step=None if step is None else int(step))
             bos_id = special_token_ids(run_dir.tokenizer, trained.tokenizer).get("bos")
@@ -163,14 +169,14 @@ def _task_manager(tasks: list[str], include_path: list[str] | None):
     if include_path:
         for p in include_path:
             if not Path(p).is_dir():
-                raise FileNotFoundError(f"--include-path {p} is not a directory of lm-eval task YAML files")
+                raise InputFileMissing(f"--include-path {p} is not a directory of lm-eval task YAML files")
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(local.match_tasks([t]) for t in tasks):
             return local
     manager = TaskManager(include_path=include_path or None)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
-        raise ValueError(
+        raise HarnessError(
             f"unknown lm-eval task(s): {', '.join(unknown)}. `lm-eval ls tasks` lists the "
             f"{len(manager.all_tasks):,} tasks lm-eval knows; a task of your own is a YAML file "
             "in a directory given with --include-path (docs/evaluation.md shows one)")
@@ -187,7 +193,7 @@ def run_harness(run: RunDir, tasks: list[str], num_fewshot: int | None = None,
     from lm_eval import simple_evaluate
 
     if not tasks:
-        raise ValueError("no tasks given: --tasks hellaswag,arc_easy,...")
+        raise HarnessError("no tasks given: --tasks hellaswag,arc_easy,...")
     manager = _task_manager(tasks, include_path)
     if trained is None:
         trained = load_trained(run, device=device, step=step)
@@ -199,9 +205,9 @@ def run_harness(run: RunDir, tasks: list[str], num_fewshot: int | None = None,
                               task_manager=manager, log_samples=log_samples, bootstrap_iters=0,
                               random_seed=0, numpy_random_seed=1234, torch_random_seed=1234)
     except (ConnectionError, OSError) as exc:
-        raise ValueError(f"lm-eval could not read a task's data locally ({exc}); nothing is downloaded: "
-                         "point the task at local files (dataset_path: json with data_files, or a "
-                         "datasets cache in HF_DATASETS_CACHE) as docs/evaluation.md shows") from exc
+        raise HarnessError(f"lm-eval could not read a task's data locally ({exc}); nothing is downloaded: "
+                           "point the task at local files (dataset_path: json with data_files, or a "
+                           "datasets cache in HF_DATASETS_CACHE) as docs/evaluation.md shows") from exc
     seconds = round(time.perf_counter() - t0, 2)
     tasks_out = {name: {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and v == v}
                  for name, res in out["results"].items()}

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from fmforge.config import ConfigError, EmptyHeldOutError
 from fmforge.data.shards import iter_split_records
+from fmforge.inference.loading import StaleCheckpointError
 from fmforge.model.scoring import score_tokens
 from fmforge.rundir import RunDir
 from fmforge.tokenizer.load import decode_bytes, token_byte_lengths, token_byte_table
@@ -93,17 +95,17 @@ def evaluate_heldout(model: torch.nn.Module, tok: Tokenizer, eos_id: int, run: R
     """``{"overall": {...}, "per_source": {source: {...}}}`` for one model."""
     vocab = model.cfg.vocab_size
     if settings.stride is not None and settings.stride > settings.seq_len:
-        raise ValueError(f"eval.stride={settings.stride} is longer than the window "
-                         f"(model.seq_len={settings.seq_len}): set eval.stride to at most "
-                         f"{settings.seq_len}, or leave it unset for non-overlapping windows")
+        raise ConfigError(f"eval.stride={settings.stride} is longer than the window "
+                          f"(model.seq_len={settings.seq_len}): set eval.stride to at most "
+                          f"{settings.seq_len}, or leave it unset for non-overlapping windows")
     meta = run.tokens_meta()
     if meta.get("val_tokens", 0) < 1:
-        raise ValueError(
+        raise EmptyHeldOutError(
             f"the held-out split of {run.root} is empty ({meta.get('val_documents', 0)} documents "
             f"in the val split of {run.tokens}): raise data.val_fraction (or add documents) and rerun "
             f"{EVAL_STAGE_HINT}")
     if meta.get("vocab_size") is not None and meta["vocab_size"] > vocab:
-        raise ValueError(
+        raise StaleCheckpointError(
             f"the run's tokens use a vocabulary of {meta['vocab_size']} ids but the checkpoint's "
             f"model has {vocab}: the checkpoint belongs to another tokenizer; retrain it with "
             "`fmforge train CONFIG` (or `fmforge run CONFIG`)")

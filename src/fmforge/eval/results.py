@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fmforge.rundir import RunDir, atomic_write_json
+from fmforge.rundir import ArtifactError, RunDir, atomic_write_json
 
 HEADLINE = ("loss", "perplexity", "bits_per_byte", "gzip_bits_per_byte", "xz_bits_per_byte",
             "tokens", "bytes")
@@ -29,8 +29,8 @@ def read_eval(run: RunDir) -> dict[str, Any]:
     try:
         return json.loads(run.eval_json.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{run.eval_json} is not valid JSON ({exc.msg}): move it aside and rerun "
-                         "`fmforge eval RUN`") from exc
+        raise ArtifactError(f"{run.eval_json} is not valid JSON ({exc.msg}): move it aside and rerun "
+                            "`fmforge eval RUN`") from exc
 
 
 def record_heldout(run: RunDir, step: int, entry: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from fmforge.config import ModelConfig
+from fmforge.errors import UserError
 from fmforge.tokenizer.load import special_token_ids
 from fmforge.inference.loading import TrainedModel, load_trained
 from fmforge.rundir import RunDir, fsync_dir
@@ -38,6 +39,11 @@ DTYPES = ("f32", "f16", "q8_0")
 # applies ("gpt-2" in llama-vocab.cpp and convert_hf_to_gguf.py; llama.cpp refuses a
 # file whose pre-tokenizer name it does not know, and "gpt2" is not one).
 GPT2_PRE = "gpt-2"
+
+
+class GGUFExportError(UserError, ValueError):
+    """A run GGUF export cannot write as asked: an unknown --dtype, or a tokenizer
+    llama.cpp could not read the same way."""
 
 
 def _gguf():
@@ -109,8 +115,8 @@ def tokenizer_metadata(tokenizer_json: dict[str, Any], n_vocab: int) -> dict[str
     gguf = _gguf()
     model = tokenizer_json.get("model", {})
     if model.get("type") != "BPE":
-        raise ValueError(f"GGUF export supports byte-level BPE tokenizers; this one is "
-                         f"{model.get('type')!r}")
+        raise GGUFExportError(f"GGUF export supports byte-level BPE tokenizers; this one is "
+                              f"{model.get('type')!r}")
     vocab: dict[str, int] = dict(model["vocab"])
     special, added = set(), {}
     for t in tokenizer_json.get("added_tokens", []):
@@ -148,7 +154,7 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
                 trained: TrainedModel | None = None) -> Path:
     """Write the run's latest checkpoint as one GGUF file (written aside, then renamed)."""
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise GGUFExportError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     gguf = _gguf()
     out_path = Path(out_path)
     trained = trained or load_trained(run, device="cpu")
@@ -158,8 +164,8 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
     pre_name = llama_cpp_pre_tokenizer(tok_json)
     if pre_name is None:
         pre = tok_json.get("pre_tokenizer") or {}
-        raise ValueError(f"{run.tokenizer / 'tokenizer.json'}: GGUF export supports fmforge's byte-level "
-                         f"pre-tokenizers (the GPT-2 and GPT-4 splits); this one is {pre.get('type')!r}")
+        raise GGUFExportError(f"{run.tokenizer / 'tokenizer.json'}: GGUF export supports fmforge's byte-level "
+                              f"pre-tokenizers (the GPT-2 and GPT-4 splits); this one is {pre.get('type')!r}")
     meta = tokenizer_metadata(tok_json, int(cfg.vocab_size))
     ids = special_token_ids(run.tokenizer, trained.tokenizer)
     eos = trained.eos_id if trained.eos_id is not None else ids["eos"]

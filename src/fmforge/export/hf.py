@@ -22,6 +22,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from fmforge.config import ModelConfig, RunConfig, config_from_dict
+from fmforge.errors import InputFileMissing
 from fmforge.export.mapping import (
     UnsupportedModelError,
     from_hf_state_dict,
@@ -100,7 +101,7 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
             f"{hf_dir} holds pickled PyTorch weights (*.bin), which fmforge does not unpickle: "
             "convert them to safetensors first (load with transformers and "
             "`save_pretrained(dir, safe_serialization=True)`)")
-    raise FileNotFoundError(f"{hf_dir} has no model.safetensors (nor model.safetensors.index.json)")
+    raise InputFileMissing(f"{hf_dir} has no model.safetensors (nor model.safetensors.index.json)")
 
 
 def _copy_tokenizer(hf_dir: Path, dest: Path) -> None:
@@ -110,10 +111,13 @@ def _copy_tokenizer(hf_dir: Path, dest: Path) -> None:
         except ImportError:
             AutoTokenizer = None
         if AutoTokenizer is None:
-            raise FileNotFoundError(
+            raise InputFileMissing(
                 f"{hf_dir} has no tokenizer.json (a fast tokenizer), and transformers, which could "
                 "convert its tokenizer, is not installed: `pip install fmforge[hf]`")
-        tok = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UnsupportedModelError(f"{hf_dir}: transformers cannot load its tokenizer ({exc})") from exc
         if not getattr(tok, "is_fast", False):
             raise UnsupportedModelError(f"{hf_dir}: its tokenizer has no fast (tokenizer.json) form")
         tok.save_pretrained(str(dest))
@@ -146,10 +150,13 @@ def import_hf(hf_dir: str | Path, run_root: str | Path) -> RunDir:
 
     hf_dir, run_root = Path(hf_dir), Path(run_root)
     if not (hf_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{hf_dir} has no config.json: expected a Hugging Face model directory")
+        raise InputFileMissing(f"{hf_dir} has no config.json: expected a Hugging Face model directory")
     if run_root.exists() and any(run_root.iterdir()):
         raise FileExistsError(f"{run_root} already exists and is not empty: name a new run directory")
-    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    try:
+        config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UnsupportedModelError(f"{hf_dir / 'config.json'} is not valid JSON: {exc}") from exc
     model_cfg = model_config_from_hf(config, str(hf_dir / "config.json"))
     weights = _read_hf_weights(hf_dir)
     ours = from_hf_state_dict(weights, model_cfg, str(hf_dir))

@@ -18,9 +18,10 @@ from typing import Any, Mapping
 import torch
 
 from fmforge.config import ModelConfig
+from fmforge.errors import UserError
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError, ValueError):
     """A checkpoint whose architecture fmforge's Transformer cannot reproduce exactly."""
 
 

@@ -38,6 +38,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from fmforge.errors import InputFileMissing, UserError
+
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
 
@@ -55,7 +57,7 @@ FMFORGE_CHAT_TEMPLATE = (
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The examples cannot be used as given; the message says where and why."""
 
 
@@ -115,7 +117,7 @@ def expand_paths(patterns: Iterable[str], base_dir: str | None = None) -> list[P
             full = os.path.join(base_dir, full)
         found = sorted(glob.glob(full, recursive=True))
         if not found:
-            raise FileNotFoundError(f"finetune data {pattern!r} matches no file (looked for {full})")
+            raise InputFileMissing(f"finetune data {pattern!r} matches no file (looked for {full})")
         out += [Path(f) for f in found if Path(f).is_file()]
     return out
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from fmforge.errors import InputFileMissing
 from fmforge.finetune.data import IGNORE, Example, Sequence, as_model_mask, bos_ids, collate, pad_id_of
 
 
@@ -143,6 +144,9 @@ def evaluate_model(model_path: str | Path, data: str | Path, base: str | Path | 
     from fmforge.finetune.merge import load_model, load_tokenizer
     from fmforge.train.device import pick_device
 
+    if not Path(data).is_file():  # before a model loads
+        raise InputFileMissing(f"{data} does not exist: give a held-out JSONL file of chat or "
+                               "prompt/completion examples")
     dev = pick_device(device)
     tokenizer = load_tokenizer(model_path)
     template = ensure_chat_template(tokenizer, "auto")

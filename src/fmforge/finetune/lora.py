@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from fmforge.config import FinetuneConfig
+from fmforge.errors import UserError
 
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGET_MODULES: dict[str, list[str]] = {
@@ -39,11 +40,11 @@ TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
-class QLoRAUnavailable(RuntimeError):
+class QLoRAUnavailable(UserError, RuntimeError):
     """QLoRA was asked for where it cannot run (no CUDA, or no bitsandbytes)."""
 
 
-class BaseModelError(ValueError):
+class BaseModelError(UserError, ValueError):
     """The base is not a Hugging Face causal LM directory fmforge can load."""
 
 
@@ -52,7 +53,10 @@ def base_config(base_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise BaseModelError(f"{base_dir} has no config.json: finetune.base must be a local Hugging "
                              "Face model directory (or an fmforge run, which is exported first)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BaseModelError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def default_target_modules(model_type: str | None) -> list[str] | str:
@@ -96,7 +100,11 @@ def load_base(base_dir: Path, method: str, device: torch.device, weights_dtype: 
         kwargs["device_map"] = {"": device.index or 0}
     else:
         kwargs["dtype"] = weights_dtype
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"{base_dir}: transformers cannot load it as a causal language model "
+                             f"({exc})") from exc
     if method != "qlora":
         model.to(device)
     return model

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from fmforge.config import RunConfig
+from fmforge.config import ConfigError, RunConfig
+from fmforge.errors import InputFileMissing
 from fmforge.finetune.data import (
     ExampleLoader,
     ReadReport,
@@ -35,6 +36,7 @@ from fmforge.finetune.data import (
 )
 from fmforge.finetune.evaluate import loss_over, sequence_batches
 from fmforge.finetune.lora import (
+    BaseModelError,
     add_adapters,
     base_config,
     check_qlora_possible,
@@ -43,7 +45,7 @@ from fmforge.finetune.lora import (
 )
 from fmforge.finetune.trainer import LoopSettings, run_loop
 from fmforge.progress import log
-from fmforge.rundir import RunDir, atomic_directory, atomic_write_json, atomic_write_text, fingerprint
+from fmforge.rundir import ArtifactError, RunDir, atomic_directory, atomic_write_json, atomic_write_text, fingerprint
 from fmforge.train.device import autocast, configure_threads, pick_device, resolve_dtype
 
 # Keys that do not change what is trained: a resumed run may differ in them.
@@ -77,9 +79,9 @@ def resolve_base(cfg: RunConfig) -> Path:
     for c in candidates:
         if (c / "config.json").is_file() or is_fmforge_run(c):
             return c.resolve()
-    raise FileNotFoundError(f"finetune.base={cfg.finetune.base!r} is neither a Hugging Face model "
-                            "directory (with config.json) nor an fmforge run directory "
-                            f"(looked at {', '.join(str(c) for c in candidates)})")
+    raise InputFileMissing(f"finetune.base={cfg.finetune.base!r} is neither a Hugging Face model "
+                           "directory (with config.json) nor an fmforge run directory "
+                           f"(looked at {', '.join(str(c) for c in candidates)})")
 
 
 def _files_fingerprint(paths: list[Path]) -> str:
@@ -137,7 +139,7 @@ def _token_data(cfg: RunConfig, base_tokenizer, model):
     ours, theirs = run_tok.get_vocab(), base_tokenizer.get_vocab()
     differ = [t for t, i in theirs.items() if ours.get(t) != i]
     if differ:
-        raise ValueError(
+        raise ArtifactError(
             f"the token shards in {run.tokens} were encoded with a tokenizer that is not the base "
             f"model's ({len(differ):,} of its {len(theirs):,} tokens have other ids, e.g. "
             f"{differ[:3]}): set tokenizer.path to the base model directory "
@@ -159,7 +161,7 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
     Hugging Face directory (the CLI passes ``fmforge.export.hf.export_hf``)."""
     fc = cfg.finetune
     if fc is None:
-        raise ValueError("the config has no finetune section: add one (see docs/finetune.md)")
+        raise ConfigError("the config has no finetune section: add one (see docs/finetune.md)")
     if fc.method == "qlora":
         check_qlora_possible()  # before anything is read or loaded
     from transformers import AutoTokenizer
@@ -173,8 +175,8 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
     base_dir = Path(base_dir) if base_dir is not None else resolve_base(cfg)
     if is_fmforge_run(base_dir) and not (base_dir / "config.json").is_file():
         if export_run is None:
-            raise ValueError(f"finetune.base={base_dir} is an fmforge run: export it first "
-                             f"(`fmforge export hf {base_dir} OUT`) and name OUT")
+            raise BaseModelError(f"finetune.base={base_dir} is an fmforge run: export it first "
+                                 f"(`fmforge export hf {base_dir} OUT`) and name OUT")
         exported = ft.root / "base-hf"
         states = list((base_dir / "checkpoints").glob("step-*/trainer_state.json"))
         newest = max((p.stat().st_mtime for p in states), default=float("inf"))
@@ -190,7 +192,10 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
     configure_threads(tcfg0)
     device = pick_device(fc.device)
     dtype = resolve_dtype(device, tcfg0)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"{base_dir}: transformers cannot load its tokenizer ({exc})") from exc
     template = ensure_chat_template(tokenizer, fc.template)
     pad_id = pad_id_of(tokenizer)
 

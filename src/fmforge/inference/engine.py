@@ -40,6 +40,7 @@ from typing import Literal
 
 import torch
 
+from fmforge.errors import UserError
 from fmforge.inference.decode import forward_cached
 from fmforge.inference.detokenize import IncrementalDecoder
 from fmforge.inference.kv_cache import KVCache
@@ -49,6 +50,11 @@ from fmforge.inference.sampling import sample_token
 
 FinishReason = Literal["stop", "length"]
 CONTEXT_IDS = 4  # prompt ids given to the incremental decoder as context
+
+
+class RequestError(UserError, ValueError):
+    """A generation request the model cannot serve as given (a sampling setting out of
+    range, a prompt too long for the context): the message says what to change."""
 
 
 @dataclass
@@ -89,7 +95,7 @@ class GenerationRequest:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise RequestError(message)
 
 
 @dataclass
@@ -235,12 +241,12 @@ class Engine:
             ids = self.tokenizer.encode(request.prompt, add_special_tokens=False).ids
         room = self.context - request.max_new_tokens
         if room < 1:
-            raise ValueError(
+            raise RequestError(
                 f"max_new_tokens={request.max_new_tokens} leaves no room for a prompt in the "
                 f"model's context of {self.context} tokens: ask for at most {self.context - 1}")
         if len(ids) > room:
             if request.truncate != "left":
-                raise ValueError(
+                raise RequestError(
                     f"the prompt is {len(ids)} tokens; with max_new_tokens={request.max_new_tokens} "
                     f"the model's context of {self.context} tokens leaves room for {room}: shorten "
                     f"the prompt, lower max_new_tokens, or truncate from the left (truncate='left')")

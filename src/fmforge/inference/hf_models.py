@@ -9,9 +9,16 @@ from pathlib import Path
 
 import torch
 
+from fmforge.errors import InputFileMissing, UserError
 
-class AdapterError(ValueError):
+
+class AdapterError(UserError, ValueError):
     """An adapter directory that cannot be used as given."""
+
+
+class ModelDirError(UserError, ValueError):
+    """A model directory (or an adapter's base) transformers cannot load: the message
+    names it and carries transformers' reason."""
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -24,7 +31,11 @@ def adapter_base(adapter_dir: Path, base: str | Path | None = None) -> Path:
     if base is not None:
         found = Path(base)
     else:
-        conf = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+        path = Path(adapter_dir) / "adapter_config.json"
+        try:
+            conf = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"{path} is not valid JSON: {exc}") from exc
         recorded = conf.get("base_model_name_or_path")
         if not recorded:
             raise AdapterError(f"{adapter_dir}/adapter_config.json names no base model: pass --base")
@@ -38,7 +49,10 @@ def adapter_base(adapter_dir: Path, base: str | Path | None = None) -> Path:
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{path}: transformers cannot load its tokenizer ({exc})") from exc
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", base: str | Path | None = None,
@@ -50,12 +64,23 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", base: str |
     if is_adapter_dir(path):
         from peft import PeftModel
 
-        base_model = AutoModelForCausalLM.from_pretrained(str(adapter_base(path, base)), dtype=dtype,
-                                                          local_files_only=True)
-        model = PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
+        base_dir = adapter_base(path, base)
+        base_model = _from_pretrained(AutoModelForCausalLM, base_dir, dtype)
+        try:
+            model = PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
+        except (OSError, ValueError, RuntimeError) as exc:  # a missing file, another base's shapes
+            raise AdapterError(f"{path}: peft cannot load the adapter on {base_dir} ({exc})") from exc
     elif (path / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+        model = _from_pretrained(AutoModelForCausalLM, path, dtype)
     else:
-        raise FileNotFoundError(f"{path} is neither a model directory (config.json) nor an adapter "
-                                "directory (adapter_config.json)")
+        raise InputFileMissing(f"{path} is neither a model directory (config.json) nor an adapter "
+                               "directory (adapter_config.json)")
     return model.to(device).eval()
+
+
+def _from_pretrained(auto, path: Path, dtype: torch.dtype):
+    try:
+        return auto.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{path}: transformers cannot load it as a causal language model "
+                            f"({exc})") from exc

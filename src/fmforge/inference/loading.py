@@ -10,7 +10,8 @@ from tokenizers import Tokenizer
 
 from fmforge.config import ModelConfig, config_from_dict
 from fmforge.model.transformer import Transformer
-from fmforge.rundir import RunDir
+from fmforge.errors import UserError
+from fmforge.rundir import ArtifactMissingError, RunDir
 from fmforge.tokenizer.load import load_tokenizer, special_token_ids
 from fmforge.train.checkpoint import (
     consolidate,
@@ -31,7 +32,7 @@ class TrainedModel:
     eos_id: int
 
 
-class StaleCheckpointError(ValueError):
+class StaleCheckpointError(UserError, ValueError):
     """The checkpoint was trained on tokens that no longer match the run's tokenizer."""
 
 
@@ -42,13 +43,13 @@ def load_trained(run: RunDir, device: str = "auto", step: int | None = None) -> 
     cfg = config_from_dict(yaml.safe_load(run.config.read_text(encoding="utf-8")))
     ckpt = latest_checkpoint(run.checkpoints)
     if ckpt is None:
-        raise FileNotFoundError(
+        raise ArtifactMissingError(
             f"no complete checkpoint under {run.checkpoints}: run `fmforge train` first"
         )
     if step is not None:
         found = dict(list_checkpoints(run.checkpoints))
         if step not in found:
-            raise FileNotFoundError(
+            raise ArtifactMissingError(
                 f"no checkpoint of step {step} under {run.checkpoints}; there are: "
                 f"{', '.join(str(s) for s in sorted(found))} (train.checkpoint_every and "
                 "train.keep_checkpoints decide which steps `fmforge train` keeps)")
@@ -80,10 +81,10 @@ def consolidate_checkpoint(run: RunDir, step: int | None = None):
     latest, or ``step``), so export tools and other programs read one file."""
     found = dict(list_checkpoints(run.checkpoints))
     if not found:
-        raise FileNotFoundError(f"no complete checkpoint under {run.checkpoints}: run `fmforge train` first")
+        raise ArtifactMissingError(f"no complete checkpoint under {run.checkpoints}: run `fmforge train` first")
     if step is not None and step not in found:
-        raise FileNotFoundError(f"no checkpoint of step {step} under {run.checkpoints}; "
-                                f"there are: {', '.join(str(s) for s in sorted(found))}")
+        raise ArtifactMissingError(f"no checkpoint of step {step} under {run.checkpoints}; "
+                                   f"there are: {', '.join(str(s) for s in sorted(found))}")
     ckpt = found[step if step is not None else max(found)]
     state = load_trainer_state(ckpt)
     model = Transformer(ModelConfig.model_validate(state["model"]))

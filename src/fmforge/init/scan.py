@@ -20,6 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmforge.errors import UserError
+
 SAMPLE_BYTES = 65_536  # read from each file to decide what it holds
 SAMPLE_LINES = 200  # JSONL lines / CSV rows a text field is guessed from
 BINARY_SNIFF = 8192  # NUL bytes here mark a binary file (as the text reader decides)
@@ -38,7 +40,7 @@ TYPED_EXT = ((".warc.wet.gz", "wet"), (".wet.gz", "wet"), (".wet", "wet"), (".wa
 TEXT_FIELD_NAMES = ("text", "content", "body", "document", "article", "story", "message", "completion")
 
 
-class ScanError(ValueError):
+class ScanError(UserError, ValueError):
     """The folders cannot make a corpus; the message names the folder and what to do."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fmforge.config import ConfigError, RunConfig, load_config
+from fmforge.errors import UserError
 from fmforge.hardware import Hardware, cpu_has_native_bf16, detect_gpu, get_hardware
 from fmforge.init.scan import (
     Scan,
@@ -33,7 +34,7 @@ SEQ_LEN = 256
 WARMUP_STEPS = 100
 
 
-class InitError(ValueError):
+class InitError(UserError, ValueError):
     """A problem with the command's arguments or its output path; says what to do."""
 
 
@@ -164,7 +165,7 @@ def write_atomically(path: Path, text: str) -> RunConfig:
         try:
             cfg = load_config(tmp)
         except ConfigError as exc:  # a bug of init's, not the user's: keep nothing
-            raise InitError(f"init wrote a config the loader refuses (please report it):\n{exc}") from exc
+            raise RuntimeError(f"init wrote a config the loader refuses (please report it):\n{exc}") from exc
         os.replace(tmp, path)
         return cfg
     except BaseException:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fmforge.config import ModelConfig, RunConfig
+from fmforge.errors import UserError
 from fmforge.eval.stage import run_eval_stage
 from fmforge.ladder.fit import Point, bootstrap, fit_law
 from fmforge.ladder.plot import plot_ladder
@@ -42,6 +43,12 @@ from fmforge.train.loop import run_train_stage
 # (benchmarks/README.md, "Scaling ladder").
 DEFAULT_SIZES = ((64, 1), (64, 2), (64, 3), (128, 2), (128, 3))
 SHARED = ("data", "tokenizer", "tokens")
+
+
+class LadderError(UserError, ValueError):
+    """A ladder that cannot run as asked: sizes that do not parse or fit, too few rungs,
+    or a run without tokens yet; the message names ladder.sizes / --sizes or the
+    commands to run first."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,12 @@ def parse_sizes(spec: str | Sequence[str]) -> list[Rung]:
         try:
             d, layers = (int(x) for x in text.split("x"))
         except ValueError:
-            raise ValueError(f"ladder size {item!r}: write d_model x n_layers, e.g. 64x2") from None
+            raise LadderError(f"ladder size {item!r}: write d_model x n_layers, e.g. 64x2") from None
         if d <= 0 or layers <= 0:
-            raise ValueError(f"ladder size {item!r}: d_model and n_layers must be positive")
+            raise LadderError(f"ladder size {item!r}: d_model and n_layers must be positive")
         rungs.append(Rung(d, layers))
     if len({r.name for r in rungs}) != len(rungs):
-        raise ValueError(f"ladder sizes repeat a rung: {', '.join(r.name for r in rungs)}")
+        raise LadderError(f"ladder sizes repeat a rung: {', '.join(r.name for r in rungs)}")
     return rungs
 
 
@@ -77,7 +84,7 @@ def default_rungs(model: ModelConfig) -> list[Rung]:
     target = non_embedding_params(model)
     rungs = [Rung(d, n) for d, n in DEFAULT_SIZES if non_embedding_params(rung_model(model, Rung(d, n))) < target]
     if len(rungs) < 3:
-        raise ValueError(
+        raise LadderError(
             f"the config's model ({target:,} non-embedding parameters) is too small for the default "
             f"ladder ({', '.join(f'{d}x{n}' for d, n in DEFAULT_SIZES)}): name smaller rungs with "
             "ladder.sizes or --sizes (d_model x n_layers, e.g. 32x1,32x2,64x2)")
@@ -90,7 +97,7 @@ def rung_model(base: ModelConfig, rung: Rung) -> ModelConfig:
     where it divides, everything else (vocabulary, context, RoPE, ties) as is."""
     head_dim = 64 if rung.d_model % 64 == 0 else 32 if rung.d_model % 32 == 0 else None
     if head_dim is None:
-        raise ValueError(f"ladder rung {rung.name}: d_model must be a multiple of 32")
+        raise LadderError(f"ladder rung {rung.name}: d_model must be a multiple of 32")
     heads = rung.d_model // head_dim
     ratio = base.n_heads // base.kv_heads
     kv = heads // ratio if ratio > 1 and heads % ratio == 0 else heads
@@ -159,14 +166,14 @@ def run_ladder(cfg: RunConfig, run: RunDir, rungs: Sequence[Rung], tokens_per_pa
                minutes: float | None = None, force: bool = False, samples: int = 200) -> dict[str, Any]:
     """Train and evaluate every rung (cached), fit the law, write ``ladder/ladder.json``."""
     if len(rungs) < 3:
-        raise ValueError(f"a ladder needs at least 3 rungs to fit a law, got {len(rungs)}: "
-                         "list more sizes (ladder.sizes or --sizes)")
+        raise LadderError(f"a ladder needs at least 3 rungs to fit a law, got {len(rungs)}: "
+                          "list more sizes (ladder.sizes or --sizes)")
     if (minutes is None) == (tokens_per_param is None):
         raise ValueError("give the rungs' budget as tokens per parameter or as total minutes, one of the two")
     tokenize = run.stage_record("tokenize")
     if tokenize is None or run.stage_record("tokenizer") is None or run.stage_record("data") is None:
-        raise ValueError(f"the ladder trains on the run's own tokens, and {run.root} has none yet: run "
-                         "`fmforge data CONFIG`, `fmforge tokenizer CONFIG` and `fmforge tokenize CONFIG` first")
+        raise LadderError(f"the ladder trains on the run's own tokens, and {run.root} has none yet: run "
+                          "`fmforge data CONFIG`, `fmforge tokenizer CONFIG` and `fmforge tokenize CONFIG` first")
     tokens_fp = tokenize.get("output", tokenize["fingerprint"])
     minutes_each = minutes / len(rungs) if minutes is not None else None
     points, rows = [], []

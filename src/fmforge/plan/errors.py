@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fmforge.errors import UserError
 
-class PlanError(ValueError):
+
+class PlanError(UserError, ValueError):
     """Input the planner cannot price: says what was wrong and what to do."""
 
 

@@ -14,11 +14,12 @@ trained by that rule (``tokens_per_param`` = r).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from fmforge.rundir import read_json_artifact
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def read_ladder(run_root: Path) -> dict[str, Any] | None:
     path = Path(run_root) / "ladder" / "ladder.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_artifact(path, "ladder")
 
 
 def ladder_prediction(ladder: dict[str, Any], params: float, tokens: float | None) -> dict[str, Any]:
