@@ -52,13 +52,13 @@ def _sized(cfg):
     """``model: auto`` sized for the budget on this machine, and said so before any stage runs."""
     if not cfg.model.auto:
         return cfg
+    from fmforge.errors import UserError
     from fmforge.plan.autosize import RECORD, resolve_auto_model
-    from fmforge.plan.errors import PlanError
     from fmforge.progress import log
 
     try:
         cfg, size, reused = resolve_auto_model(cfg)
-    except (PlanError, ValueError) as exc:
+    except UserError as exc:
         _fail(f"model: auto: {exc}")
     log(f"model: auto → {size.describe()}"
         + (f" [dim](as decided before, {cfg.run_dir / RECORD})[/dim]" if reused else ""))
@@ -92,29 +92,21 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that carry a message a user can act on: printed, never a traceback."""
-    from fmforge.pipeline import StageOrderError
-    from fmforge.rundir import RunDirWriteError, RunLockedError
-
-    errors: tuple[type[BaseException], ...] = (StageOrderError, FileNotFoundError, ValueError,
-                                               RunLockedError, RunDirWriteError)
-    if "fmforge.train.loop" in sys.modules:  # only a training stage can diverge
-        errors += (sys.modules["fmforge.train.loop"].TrainingDiverged,)
-    return errors
-
-
 @contextlib.contextmanager
 def _reported(rerun: str):
-    """Errors a user can act on become a message and exit code 2; an interrupt
-    says how to resume; anything else is a bug and keeps its traceback."""
+    """Errors a user can act on (``fmforge.errors.UserError``: a config key, a file,
+    input data, a command to run first) become a message and exit code 2, and so
+    does a full, read-only or forbidden disk; an interrupt says how to resume;
+    anything else is a bug of ours and keeps its traceback."""
+    from fmforge.errors import UserError
+
     try:
         yield
     except KeyboardInterrupt as exc:
         _fail(f"interrupted: {exc}. Rerun {rerun} to resume.", code=130)
+    except UserError as exc:
+        _fail(str(exc))
     except Exception as exc:
-        if isinstance(exc, _user_errors()):
-            _fail(str(exc))
         from fmforge.rundir import storage_advice, storage_errno
 
         code = storage_errno(exc)
@@ -156,14 +148,14 @@ def init(
 ) -> None:
     """Write a commented run config for folders of your own files: one source per
     kind of file, and the model and vocabulary sized for the budget."""
-    from fmforge.init.scan import ScanError
-    from fmforge.init.write import Budget, InitError, init_config
+    from fmforge.errors import UserError
+    from fmforge.init.write import Budget, init_config
     from fmforge.progress import console
 
     try:
         result = init_config(dirs, output, Budget(minutes=minutes, usd=budget, gpu=gpu, num_gpus=num_gpus),
                              name=name, ladder_run=ladder_run, overwrite=force)
-    except (ScanError, InitError, ValueError) as exc:
+    except UserError as exc:
         _fail(str(exc))
     for group in sorted(result.scan.groups.values(), key=lambda g: -g.bytes):
         where = (f", text field {group.text_field!r} (guessed from {group.guessed_from})" if group.text_field
@@ -202,6 +194,7 @@ def run(config: Path = typer.Argument(..., help="the run's YAML config"),
 
 
 def _print_plan_vs_actual(run_dir) -> None:
+    from fmforge.errors import UserError
     from fmforge.plan.actual import compare_plan_to_actual
     from fmforge.plan.report import render_actual
     from fmforge.progress import console
@@ -211,7 +204,7 @@ def _print_plan_vs_actual(run_dir) -> None:
     try:
         for r in render_actual(compare_plan_to_actual(run_dir.root)):
             console.print(r)
-    except ValueError as exc:  # PlanError included: a run without a usable plan or metrics
+    except UserError as exc:  # PlanError included: a run without a usable plan or metrics
         console.print(f"[yellow]plan vs actual unavailable: {exc}[/yellow]", soft_wrap=True)
 
 
@@ -361,6 +354,7 @@ app.add_typer(eval_app, name="eval")
 
 def _run_and_config(target: str, overrides):
     """A run given as a config file, a run directory or a name under runs/, with its config."""
+    from fmforge.errors import UserError
     from fmforge.pipeline import prepare_run_dir
     from fmforge.rundir import resolve_run
 
@@ -370,7 +364,7 @@ def _run_and_config(target: str, overrides):
         return prepare_run_dir(cfg), cfg
     try:
         run = resolve_run(target)
-    except FileNotFoundError as exc:
+    except UserError as exc:
         _fail(str(exc))
     return run, _load(run.config, overrides)
 
@@ -544,12 +538,13 @@ def checkpoint_consolidate(
     step: Optional[int] = typer.Option(None, "--step", help="which checkpoint (default: the latest)"),
 ) -> None:
     """Turn a sharded (FSDP) checkpoint into one model.safetensors beside it."""
+    from fmforge.errors import UserError
     from fmforge.inference.loading import consolidate_checkpoint
     from fmforge.rundir import resolve_run
 
     try:
         out = consolidate_checkpoint(resolve_run(run), step)
-    except (FileNotFoundError, ValueError) as exc:
+    except UserError as exc:
         _fail(str(exc))
     sys.stdout.write(f"{out}\n")
 
@@ -608,13 +603,14 @@ def generate(
     refused with the lengths, or keeps its last tokens with --truncate."""
     import tempfile
 
+    from fmforge.errors import UserError
     from fmforge.inference.engine import Engine, GenerationRequest
     from fmforge.inference.loading import load_trained
 
     with tempfile.TemporaryDirectory(prefix="fmforge-generate-") as tmp:
         try:
             trained = load_trained(_run_of(run, Path(tmp)), device=device)
-        except (FileNotFoundError, ValueError) as exc:
+        except UserError as exc:
             _fail(str(exc))
     try:
         request = GenerationRequest(prompt=unescape(prompt), max_new_tokens=max_new_tokens,
@@ -622,7 +618,7 @@ def generate(
                                     stop=[unescape(s) for s in stop or []],
                                     truncate="left" if truncate else "error")
         text = Engine(trained, max_batch=1).generate([request])[0].text
-    except (FileNotFoundError, ValueError) as exc:
+    except UserError as exc:
         _fail(str(exc))
     sys.stdout.write(text + "\n")
 
@@ -669,15 +665,12 @@ def plan(
     options = {k: v for k, v in locals().items() if k != "as_json"}  # the parameters, before any import
     import json
 
-    from fmforge.config import ConfigError
-    from fmforge.hardware import HardwareError
-    from fmforge.model.counting import ArchitectureError
+    from fmforge.errors import UserError
     from fmforge.plan.command import PlanOptions, plan_command
-    from fmforge.plan.errors import PlanError
 
     try:
         out = plan_command(PlanOptions(**{**options, "overrides": overrides or []}))
-    except (PlanError, ArchitectureError, HardwareError, ConfigError, FileNotFoundError) as exc:
+    except UserError as exc:  # PlanError, ConfigError, HardwareError, ArchitectureError ...
         _fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(out.data, indent=2, default=str) + "\n")
@@ -768,6 +761,7 @@ def serve(
     if its generation worker fails beyond repair (see docs/serving.md)."""
     import tempfile
 
+    from fmforge.errors import UserError
     from fmforge.inference.loading import load_trained
     from fmforge.serve.server import WorkerFailed
     from fmforge.serve.server import serve as run_server
@@ -777,7 +771,7 @@ def serve(
         try:
             run_dir = _run_of(path, Path(tmp))
             trained = load_trained(run_dir, device=device)
-        except (FileNotFoundError, ValueError) as exc:
+        except UserError as exc:
             _fail(str(exc))
         try:
             run_server(trained, model_name or target.resolve().name, host=host, port=port,
@@ -817,7 +811,6 @@ def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
     if cfg.finetune is None:
         _fail(f"{config} has no finetune section: see docs/finetune.md")
     from fmforge.export.hf import export_hf
-    from fmforge.finetune.lora import BaseModelError, QLoRAUnavailable
     from fmforge.finetune.stage import run_finetune
     from fmforge.progress import console
     from fmforge.rundir import RunDir, run_lock
@@ -827,11 +820,8 @@ def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
 
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with _reported(f"`fmforge finetune {config}`"):
-        try:
-            with run_lock(cfg.run_dir, "finetune"):
-                summary = run_finetune(cfg, fresh=force, export_run=export_run)
-        except (QLoRAUnavailable, BaseModelError) as exc:
-            _fail(str(exc))
+        with run_lock(cfg.run_dir, "finetune"):
+            summary = run_finetune(cfg, fresh=force, export_run=export_run)
     shown = {k: summary.get(k) for k in ("method", "trainable_params", "trainable_share", "steps",
                                          "first_loss", "final_loss", "val_loss", "tokens_per_s",
                                          "wall_s", "output")}
