@@ -265,3 +265,44 @@ def test_apostrophes_inside_words_are_not_symbol_tokens():
     text = "It's the author's view that we can't stop. 'Quoted' too."
     assert split.words(text)[:3] == ["It's", "the", "author's"]
     assert split.n_symbol_tokens(text) == 4  # ". ' ' ." -- the quotes around Quoted and two full stops
+
+
+def test_symbols_at_exactly_one_per_ten_words_are_kept():
+    # The published rule drops a document with *more* than 0.1 '#' or ellipses per
+    # word: 90 words and 10 symbols are 10/100 = 0.1 exactly, kept.
+    words = ["the", "and"] + ["apple"] * 88
+    assert quality(" ".join(words + ["#"] * 10)) is None
+    assert quality(" ".join(["..."] * 10 + words)) is None
+    assert quality(" ".join(words + ["#"] * 11)) == "gopher_quality:max_symbol_word_ratio"  # 11/101
+
+
+def test_a_2gram_of_one_letter_words_over_20_percent_is_found():
+    # "x y" 30 times, each time before a distinct 6-letter word: 30 units of
+    # "x y wwwwww " less the last space, 329 characters. "x y" holds 30 * 3 = 90 of
+    # them with its space: 90/329 = 0.274 > 0.2, dropped. (The bound that skips
+    # counting 2-grams must count the space of each occurrence: without it, 2 * 30
+    # characters of x and y alone are 60/329 = 0.18, under the limit.)
+    filler = unique_words(6)
+    text = " ".join(w for _ in range(30) for w in ("x", "y", next(filler)))
+    assert len(text) == 329
+    assert repetition(text) == "gopher_repetition:max_top_2gram_char_fraction"
+
+
+def test_a_duplicated_6gram_that_ends_the_text_is_counted():
+    # Six 5-letter words said at the start and again as the last words, 200
+    # characters in all. With the top-n-gram rules off (a config a user can set), the
+    # duplicate rules decide: the repeat's 5-gram holds 25 characters (25/200 =
+    # 0.125, under 0.15), its 6-gram 30 (30/200 = 0.15, over 0.14): dropped by the
+    # 6-gram rule, which must look at the text's very last 6-gram.
+    filler = unique_words(5)
+    phrase = [next(filler) for _ in range(6)]
+    middle = [next(filler) for _ in range(18)]
+    head = " ".join(phrase + middle)
+    pad = "q" * (200 - len(head) - len(" ".join(phrase)) - 2)
+    text = f"{head} {pad} {' '.join(phrase)}"
+    assert len(text) == 200
+    step = GopherRepetition(GopherRepetitionConfig(max_top_ngram_char_fraction={}))
+    assert step(Document("d", text, "s")) == "gopher_repetition:max_dup_6gram_char_fraction"
+    words = text.split()
+    assert brute_force_rule(words, len(text), GopherRepetitionConfig(max_top_ngram_char_fraction={})) \
+        == "max_dup_6gram_char_fraction"
