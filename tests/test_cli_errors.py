@@ -204,3 +204,28 @@ def test_internal_invariants_stay_plain_errors():
     with pytest.raises(ValueError, match="temperature must be >= 0") as err:  # a user's setting
         GenerationRequest(prompt="x", temperature=-1)
     assert isinstance(err.value, UserError)
+
+
+# ------------------------------------------------------- optional packages missing
+
+@pytest.mark.parametrize("missing, args, extra", [
+    ("fastapi", ["serve", "runs/none"], "serve"),
+    ("peft", ["finetune", "merge", "adapter", "out"], "finetune"),
+    ("peft", ["finetune", "eval", "model", "data.jsonl"], "finetune"),
+], ids=["serve", "finetune-merge", "finetune-eval"])
+def test_a_command_whose_extra_is_not_installed_says_which_to_install(monkeypatch, missing, args, extra):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"pip install 'fmforge[{extra}]'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_feature_whose_package_is_missing_raises_a_user_error(monkeypatch):
+    from fmforge.data.executor import ExecutorSpec, TaskRunner
+    from fmforge.errors import MissingDependencyError, UserError
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'fmforge\[ray\]'") as caught:
+        TaskRunner(ExecutorSpec(kind="ray"))._connect_ray()
+    assert isinstance(caught.value, UserError) and isinstance(caught.value, ImportError)

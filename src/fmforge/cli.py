@@ -32,9 +32,12 @@ ForceOpt = typer.Option(False, "--force", help="redo the stage(s) even if up to 
 
 
 def _fail(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
     from fmforge.progress import console
 
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message's own brackets ("pip install 'fmforge[serve]'") are text, not markup
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -452,6 +455,7 @@ def eval_chat(model: str = typer.Argument(..., help="a PEFT adapter directory, a
     data: the same as `fmforge finetune eval`."""
     import json
 
+    _require_finetune()
     from fmforge.finetune.evaluate import evaluate_model
 
     with _reported("the same command"):
@@ -556,6 +560,7 @@ def _run_of(path: str, tmp: Path):
 
     target = Path(path)
     if (target / "adapter_config.json").is_file():
+        _require_finetune()
         from fmforge.finetune.merge import merge_adapter
 
         target = merge_adapter(target, tmp / "merged")
@@ -761,7 +766,13 @@ def serve(
     if its generation worker fails beyond repair (see docs/serving.md)."""
     import tempfile
 
-    from fmforge.errors import UserError
+    from fmforge.errors import UserError, require
+
+    try:
+        for module in ("fastapi", "uvicorn", "jinja2"):
+            require(module, "serve", "fmforge serve")
+    except UserError as exc:
+        _fail(str(exc))
     from fmforge.inference.loading import load_trained
     from fmforge.serve.server import WorkerFailed
     from fmforge.serve.server import serve as run_server
@@ -803,6 +814,16 @@ app.add_typer(finetune_app, name="finetune")
 BaseOpt = typer.Option(None, "--base", help="the base model directory (default: the one the adapter records)")
 
 
+def _require_finetune() -> None:
+    from fmforge.errors import UserError, require
+
+    try:
+        for module in ("transformers", "peft"):
+            require(module, "finetune", "fmforge finetune")
+    except UserError as exc:
+        _fail(str(exc))
+
+
 @finetune_app.command("train")
 def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
                    force: bool = typer.Option(False, "--force", help="start afresh instead of resuming")) -> None:
@@ -810,6 +831,7 @@ def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
     cfg = _load(config, overrides)
     if cfg.finetune is None:
         _fail(f"{config} has no finetune section: see docs/finetune.md")
+    _require_finetune()
     from fmforge.export.hf import export_hf
     from fmforge.finetune.stage import run_finetune
     from fmforge.progress import console
@@ -834,6 +856,7 @@ def finetune_merge(adapter: str = typer.Argument(..., help="a PEFT adapter direc
                    out_dir: str = typer.Argument(..., help="where the merged model is written"),
                    base: Optional[Path] = BaseOpt) -> None:
     """Base + adapter as one standalone Hugging Face model."""
+    _require_finetune()
     from fmforge.finetune.merge import merge_adapter
 
     with _reported("the same command"):
@@ -855,6 +878,7 @@ def finetune_eval(model: str = typer.Argument(..., help="an adapter, a merged or
     """Held-out assistant-token loss (and greedy accuracy) of an adapter, merged or base model."""
     import json
 
+    _require_finetune()
     from fmforge.finetune.evaluate import evaluate_model
 
     with _reported("the same command"):

@@ -22,3 +22,22 @@ class InputFileMissing(UserError, FileNotFoundError):
     directory, a data pattern, a task folder) or one an installed package should
     hold. The message says where it looked and what to do. (A stage's artifact
     not made yet is ``rundir.ArtifactMissingError``.)"""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """A package an optional feature needs is not installed; the message names the
+    feature and the ``pip install 'fmforge[extra]'`` that brings it."""
+
+
+def require(module: str, extra: str, feature: str):
+    """Import ``module`` for ``feature``, or raise the error that says which extra
+    to install (``import fmforge`` stays light: optional packages are imported where
+    a feature first needs them)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{feature} needs the {module.split('.')[0]} package, which is not installed: "
+            f"pip install 'fmforge[{extra}]' ({exc})") from exc

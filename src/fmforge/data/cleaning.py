@@ -27,6 +27,7 @@ from typing import Any
 from fmforge.config import CleaningConfig
 from fmforge.data.normalize import normalize_text
 from fmforge.data.readers.base import Document
+from fmforge.errors import MissingDependencyError
 
 # Cc is U+0000-U+001F and U+007F-U+009F; tab and newline are text.
 # (CR is gone already: normalize_text made every line end LF.)
@@ -37,7 +38,7 @@ def _ftfy_fixer() -> Any:
     try:
         import ftfy
     except ImportError as e:  # the `data` extra
-        raise ImportError(
+        raise MissingDependencyError(
             "data.cleaning.fix_mojibake needs ftfy: pip install 'fmforge[data]' "
             "(or set data.cleaning.fix_mojibake: false)") from e
     config = ftfy.TextFixerConfig(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
+from fmforge.errors import MissingDependencyError
 from fmforge.progress import progress_bar
 
 TaskFn = Callable[[dict[str, Any]], Any]
@@ -106,7 +107,7 @@ class TaskRunner:
         try:
             import ray
         except ImportError:
-            raise RuntimeError(
+            raise MissingDependencyError(
                 "data.executor is 'ray' but Ray is not installed: pip install 'fmforge[ray]'"
             ) from None
         if not ray.is_initialized():

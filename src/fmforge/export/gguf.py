@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fmforge.config import ModelConfig
-from fmforge.errors import UserError
+from fmforge.errors import MissingDependencyError, UserError
 from fmforge.tokenizer.load import special_token_ids
 from fmforge.inference.loading import TrainedModel, load_trained
 from fmforge.rundir import RunDir, fsync_dir
@@ -50,7 +50,7 @@ def _gguf():
     try:
         import gguf
     except ImportError:
-        raise ImportError("GGUF export needs the gguf package: `pip install 'fmforge[gguf]'` "
+        raise MissingDependencyError("GGUF export needs the gguf package: `pip install 'fmforge[gguf]'` "
                           "(or `pip install gguf`)") from None
     return gguf
 

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator
 from fmforge.config import SourceConfig
 from fmforge.data.listing import SourceFile
 from fmforge.data.problems import InputProblems
+from fmforge.errors import MissingDependencyError
 
 
 @dataclass(slots=True)
@@ -38,7 +39,7 @@ def require(module: str, source_type: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"source type {source_type!r} needs the {module.split('.')[0]} package, which is not "
             "installed: pip install 'fmforge[data]'"
         ) from None

@@ -19,6 +19,8 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from fmforge.errors import MissingDependencyError
+
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 16
@@ -101,7 +103,7 @@ class _ZstdRaw(_DecompressingRaw):
         try:
             import zstandard
         except ImportError:
-            raise ImportError("reading .zst files needs zstandard: pip install 'fmforge[data]'") from None
+            raise MissingDependencyError("reading .zst files needs zstandard: pip install 'fmforge[data]'") from None
         self._zstd = zstandard
         self._raw = raw
         self._dctx = zstandard.ZstdDecompressor()
