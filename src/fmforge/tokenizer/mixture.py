@@ -18,6 +18,7 @@ end, in place of the old ones.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,10 @@ def apply_token_budget(tokens_dir: Path, split: str, files: list[dict[str, Any]]
     new_lengths = lengths[order]
     new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(new_lengths, out=new_offsets[1:])
-    tokens = SplitTokens([np.memmap(tokens_dir / f["path"], dtype=dtype, mode="r") if f["tokens"] else
-                          np.zeros(0, dtype) for f in files], dtype)
+    # opened as read, a bounded number at a time (SplitTokens): a split can be thousands of files
+    tokens = SplitTokens([functools.partial(np.memmap, tokens_dir / f["path"], dtype=dtype, mode="r")
+                          if f["tokens"] else np.zeros(0, dtype) for f in files], dtype,
+                         lengths=[f["tokens"] for f in files])
     mixed = tokens_dir / f".{split}.mix"
     mixed.mkdir()
     new_files = []

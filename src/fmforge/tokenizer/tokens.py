@@ -10,7 +10,9 @@ them into one. A run tokenized before the split was kept in pieces holds one
 
 from __future__ import annotations
 
+import functools
 import operator
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,21 +37,48 @@ class DamagedTokensError(UserError, ValueError):
     """A token file that does not hold what ``meta.json`` says it holds."""
 
 
+# Memory maps kept open at once: each holds its file open, and a split of a large
+# corpus has thousands of files (one per encoded unit) where many systems allow a
+# process 1,024. A training window reads one or two files; reopening one costs
+# tens of microseconds.
+MAX_OPEN_FILES = 64
+
+
 class SplitTokens:
     """A token split held in several arrays (memory-mapped files), read as their
     concatenation: ``len``, ``dtype``, ``tokens[i]``, ``tokens[a:b]`` (a window
     across files is copied into one array; one inside a file is a view of it) and
-    ``np.asarray(tokens)``, which concatenates (for a small split, like val)."""
+    ``np.asarray(tokens)``, which concatenates (for a small split, like val).
+
+    A part is an array, or a function that opens one (with ``lengths`` giving the
+    sizes): those are opened when first read and at most ``MAX_OPEN_FILES`` of them
+    stay open, the least recently read closed first."""
 
     ndim = 1
 
-    def __init__(self, parts: Sequence[np.ndarray], dtype: Any, paths: Sequence[Path] | None = None):
+    def __init__(self, parts: Sequence[Any], dtype: Any, paths: Sequence[Path] | None = None,
+                 lengths: Sequence[int] | None = None):
         self.dtype = np.dtype(dtype)
         self.parts = list(parts)
         self.paths = list(paths) if paths is not None else None
+        sizes = list(lengths) if lengths is not None else [len(p) for p in self.parts]
         # starts[k]: the index of file k's first token; starts[-1]: the total
         self._starts = np.zeros(len(self.parts) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in self.parts], out=self._starts[1:])
+        np.cumsum(sizes, out=self._starts[1:])
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _part(self, k: int) -> np.ndarray:
+        part = self.parts[k]
+        if not callable(part):
+            return part
+        arr = self._open.get(k)
+        if arr is None:
+            arr = self._open[k] = part()
+            if len(self._open) > MAX_OPEN_FILES:
+                self._open.popitem(last=False)  # its map closes once no view of it is left
+        else:
+            self._open.move_to_end(k)
+        return arr
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -82,7 +111,7 @@ class SplitTokens:
             raise IndexError(f"index {i} is out of range for a split of {n} tokens")
         i %= n
         k = self._file_of(i)
-        return self.parts[k][i - self._starts[k]]
+        return self._part(k)[i - self._starts[k]]
 
     def _window(self, start: int, stop: int) -> np.ndarray:
         if stop <= start:
@@ -90,8 +119,8 @@ class SplitTokens:
         first, last = self._file_of(start), self._file_of(stop - 1)
         s = self._starts
         if first == last:
-            return self.parts[first][start - s[first]: stop - s[first]]
-        return np.concatenate([self.parts[k][max(start, s[k]) - s[k]: min(stop, s[k + 1]) - s[k]]
+            return self._part(first)[start - s[first]: stop - s[first]]
+        return np.concatenate([self._part(k)[max(start, s[k]) - s[k]: min(stop, s[k + 1]) - s[k]]
                                for k in range(first, last + 1)])
 
     def _take(self, index: np.ndarray) -> np.ndarray:
@@ -105,11 +134,13 @@ class SplitTokens:
         out = np.empty(index.shape, dtype=self.dtype)
         for k in np.unique(files).tolist():
             mine = files == k
-            out[mine] = self.parts[k][index[mine] - self._starts[k]]
+            out[mine] = self._part(k)[index[mine] - self._starts[k]]
         return out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        whole = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
+        whole = np.empty(len(self), dtype=self.dtype)
+        for k in range(len(self.parts)):  # one file at a time: never all of them open
+            whole[self._starts[k]: self._starts[k + 1]] = self._part(k)
         return whole.astype(dtype if dtype is not None else self.dtype, copy=False)
 
     def __repr__(self) -> str:
@@ -124,10 +155,10 @@ def split_files(meta: dict, split: str) -> list[tuple[str, int]]:
     return [(f"{split}.bin", expected)] if expected else []
 
 
-def _map_file(path: Path, expected: int, dtype: np.dtype, split: str, meta_path: Path) -> np.ndarray:
-    """The file memory-mapped, after checking that it holds exactly the tokens
-    ``meta.json`` records: a file cut short (a full disk, a copy that stopped)
-    would otherwise train on less, or not open at all."""
+def _map_file(path: Path, expected: int, dtype: np.dtype, split: str, meta_path: Path) -> Any:
+    """A function that memory-maps the file, after checking that it holds exactly
+    the tokens ``meta.json`` records: a file cut short (a full disk, a copy that
+    stopped) would otherwise train on less, or not open at all."""
     if expected == 0:
         return np.zeros(0, dtype=dtype)
     if not path.is_file():
@@ -140,7 +171,7 @@ def _map_file(path: Path, expected: int, dtype: np.dtype, split: str, meta_path:
         raise DamagedTokensError(
             f"{path} holds {what}, but {meta_path} records {expected} "
             f"({expected * dtype.itemsize} bytes); the file is truncated or damaged: {REBUILD}")
-    return np.memmap(path, dtype=dtype, mode="r")
+    return functools.partial(np.memmap, path, dtype=dtype, mode="r")
 
 
 def open_tokens(run: RunDir, split: str) -> SplitTokens:
@@ -156,4 +187,5 @@ def open_tokens(run: RunDir, split: str) -> SplitTokens:
         raise DamagedTokensError(f"{meta_path} lists {split} files of {listed} tokens in all but records "
                                  f"{expected} {split} tokens: {REBUILD}")
     paths = [run.tokens / rel for rel, _ in files]
-    return SplitTokens([_map_file(p, n, dtype, split, meta_path) for p, (_, n) in zip(paths, files)], dtype, paths)
+    return SplitTokens([_map_file(p, n, dtype, split, meta_path) for p, (_, n) in zip(paths, files)], dtype,
+                       paths, lengths=[n for _, n in files])
