@@ -44,3 +44,35 @@ def test_a_finetune_whose_steps_are_all_non_finite_stops_after_max_skipped_steps
     cfg = ft.finetune_config(tmp_path / "run", tiny_base, [examples], max_steps=8, max_skipped_steps=3)
     with pytest.raises(TrainingDiverged, match=r"3 consecutive steps .* finetune\.lr"):
         run_finetune(cfg)
+
+
+def test_activation_checkpointing_under_finetune_recomputes_the_layers_and_learns_the_same(
+        tmp_path, ft, tiny_base, examples, monkeypatch):
+    """With finetune.activation_checkpointing each decoder layer runs again in the
+    backward pass (its MLP's calls counted by a hook), and the losses are those of a
+    run without it."""
+    import fmforge.finetune.stage as stage
+    from fmforge.rundir import read_metrics
+
+    calls = {}
+    real_load = stage.load_base
+
+    def counting_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        # a module inside the layer: a recompute in the backward pass calls it again
+        # (a pre-hook: torch stops a recompute once it has what backward needs, which
+        # can be before the module's forward returns)
+        mlp = model.model.layers[0].mlp
+        mlp.register_forward_pre_hook(lambda *a: calls.__setitem__(run, calls.get(run, 0) + 1))
+        return model
+
+    monkeypatch.setattr(stage, "load_base", counting_load)
+    losses = {}
+    for run, on in (("plain", False), ("checkpointed", True)):
+        cfg = ft.finetune_config(tmp_path / run, tiny_base, [examples], max_steps=3, lr=1e-2,
+                                 activation_checkpointing=on)
+        run_finetune(cfg)
+        losses[run] = [r["loss"] for r in read_metrics(cfg.run_dir / "finetune" / "metrics.jsonl")
+                       if "loss" in r]
+    assert losses["checkpointed"] == pytest.approx(losses["plain"], rel=1e-5)
+    assert calls["checkpointed"] > calls["plain"]  # layer 0 again in each backward

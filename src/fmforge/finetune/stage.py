@@ -50,7 +50,7 @@ from fmforge.train.device import autocast, configure_threads, pick_device, resol
 
 # Keys that do not change what is trained: a resumed run may differ in them.
 _NOT_LINEAGE = {"log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                "tensorboard", "num_threads", "output", "device"}
+                "tensorboard", "num_threads", "output", "device", "activation_checkpointing"}
 
 
 def finetune_dir(cfg: RunConfig) -> RunDir:
@@ -258,6 +258,10 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
         def val_batches():
             return sequence_batches(val_seqs[: fc.eval_batches * fc.micro_batch_size], fc.micro_batch_size, pad_id)
 
+    if fc.activation_checkpointing:
+        # Non-reentrant: the frozen embedding's output needs no gradient of its own
+        # for the recomputed layers to get theirs (LoRA, QLoRA).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if fc.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
