@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from fmforge.errors import UserError
 
@@ -257,6 +257,126 @@ class RunDir:
         records = self.stage_records()
         if records.pop(stage, None) is not None:
             atomic_write_json(self.stages_json, records)
+
+
+# eval.json: eval/results.py writes it. What decides which of its figures are the
+# current model's lives here, below every stage, so that the trainer can set a
+# model's evaluations aside with its checkpoints and the planner can tell a stale
+# score of another model, neither of them importing eval.
+EVAL_HEADLINE = ("loss", "perplexity", "bits_per_byte", "gzip_bits_per_byte", "xz_bits_per_byte",
+                 "tokens", "bytes")
+_EVAL_TOP = (*EVAL_HEADLINE, "step", "lineage", "stride", "per_source")
+
+
+def read_eval_json(run: RunDir) -> dict[str, Any]:
+    """The run's ``eval.json`` (empty when nothing was evaluated yet)."""
+    if not run.eval_json.is_file():
+        return {}
+    try:
+        return json.loads(run.eval_json.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{run.eval_json} is not valid JSON ({exc.msg}): move it aside and rerun "
+                            "`fmforge eval RUN`") from exc
+
+
+def refresh_eval_top(ev: dict[str, Any]) -> dict[str, Any]:
+    """``ev`` with its top-level figures those of the highest step in ``steps``
+    (every step there is the current model's), or without them when none is left."""
+    rest = {k: v for k, v in ev.items() if k not in _EVAL_TOP}
+    steps = ev.get("steps") or {}
+    if not steps:
+        return rest
+    latest = max(steps, key=int)
+    top = steps[latest]
+    figures = {k: top["overall"].get(k) for k in EVAL_HEADLINE}
+    figures.update(step=int(latest), stride=top.get("stride"), per_source=top["per_source"])
+    if top.get("lineage") is not None:
+        figures["lineage"] = top["lineage"]
+    return {**figures, **rest}
+
+
+def split_evaluations(ev: dict[str, Any], moves: Callable[[int, str | None], bool]
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what stays, what moves) of ``ev``'s evaluations of the trained model: its
+    held-out steps, their history lines and its lm-eval results, each moving when
+    ``moves(step, lineage)`` holds (lineage None where eval.json did not record
+    it). Scores of other models (``against``) stay. Both top levels refreshed."""
+    kept, moved = dict(ev), {}
+    for key in ("steps", "harness"):
+        entries = ev.get(key) or {}
+        going = {s: e for s, e in entries.items() if moves(int(s), e.get("lineage"))}
+        if going:
+            moved[key] = going
+            kept[key] = {s: e for s, e in entries.items() if s not in going}
+    history = ev.get("history") or []
+    going = [h for h in history if moves(int(h["step"]), h.get("lineage"))]
+    if going:
+        moved["history"] = going
+        kept["history"] = [h for h in history if not moves(int(h["step"]), h.get("lineage"))]
+    return refresh_eval_top(kept), refresh_eval_top(moved)
+
+
+def new_aside_folder(run: RunDir, reason: str) -> Path:
+    """A new folder ``checkpoints.previous/<UTC time>/`` with ``reason.txt``, for
+    what no longer belongs to the run's current model: each set-aside gets its own,
+    so a second change of config keeps the first one's too."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = run.root / "checkpoints.previous" / stamp
+    n = 1
+    while aside.exists():  # two set-asides within a second
+        n += 1
+        aside = aside.with_name(f"{stamp}-{n}")
+    aside.mkdir(parents=True)
+    (aside / "reason.txt").write_text(reason + "\n", encoding="utf-8")
+    return aside
+
+
+def set_aside_evaluations(run: RunDir, aside: Path,
+                          moves: Callable[[int, str | None], bool] = lambda step, lineage: True) -> int:
+    """Move the evaluations for which ``moves(step, lineage)`` holds (all of the
+    trained model's by default) from ``eval.json`` into ``aside/eval.json``, beside
+    the checkpoints they scored, so eval.json's figures are never a discarded
+    model's. Returns how many held-out steps moved."""
+    ev = read_eval_json(run)
+    kept, moved = split_evaluations(ev, moves)
+    if not moved:
+        return 0
+    target = Path(aside) / "eval.json"
+    if target.is_file():  # a second move into the same folder: merge
+        earlier = json.loads(target.read_text(encoding="utf-8"))
+        for key in ("steps", "harness"):
+            moved[key] = {**(earlier.get(key) or {}), **(moved.get(key) or {})}
+        moved["history"] = (earlier.get("history") or []) + (moved.get("history") or [])
+        moved = refresh_eval_top(moved)
+    # the copy first: a kill between the two writes leaves them twice, never nowhere
+    atomic_write_json(target, moved)
+    atomic_write_json(run.eval_json, kept)
+    return len(moved.get("steps") or {})
+
+
+def heldout_data(run: RunDir) -> str | None:
+    """What names the run's held-out bytes: the data stage's output fingerprint (a
+    hash of its shards, the val split's included); None before the data stage."""
+    record = run.stage_record("data")
+    return None if record is None else record.get("output", record["fingerprint"])
+
+
+def against_stale(run: RunDir, entry: dict[str, Any]) -> str | None:
+    """Why another model's score in eval.json's ``against`` is not of the run's
+    current held-out bytes, or None when it is (or cannot be told: no data stage)."""
+    record = run.stage_record("data")
+    if record is None:
+        return None
+    scored = entry.get("heldout_data")
+    if scored is not None:
+        if scored == record.get("output", record["fingerprint"]):
+            return None
+        return "scored on held-out bytes that the data stage has since replaced"
+    # written before fmforge recorded the bytes: by time
+    at, redone = entry.get("evaluated_at"), record.get("completed_at")
+    if at is not None and redone is not None and at < redone:
+        return "scored before the data stage last ran, and which held-out bytes was not recorded then"
+    return None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

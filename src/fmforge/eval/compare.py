@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fmforge.errors import UserError
 from fmforge.eval.report import CSS, _plt, _series, bits_per_byte_bars, empty, esc, figure_png, section, table
-from fmforge.eval.results import read_eval
+from fmforge.eval.results import current_against, read_eval
 from fmforge.rundir import RunDir, atomic_write_text, read_metrics
 
 
@@ -67,13 +67,19 @@ def render_compare(runs: list[RunDir]) -> str:
     imgs.append(bits_per_byte_bars([[r[0], r[7], r[8], r[9]] for r in rows], "Held-out bits per byte"))
     body = table(["run", "parameters", "vocabulary", "tokens seen", "steps", "final train loss",
                   "final val loss", "held-out bits/byte", "gzip -9", "xz -9e", "perplexity", "lm-eval"], rows)
-    others = [[run.root.name, name, r.get("params"), r.get("bits_per_byte"),
-               (read_eval(run).get("bits_per_byte")), r.get("max_bytes")]
-              for run in runs for name, r in sorted((read_eval(run).get("against") or {}).items())]
+    others, stale = [], []
+    for run in runs:
+        ev = read_eval(run)
+        current, notes = current_against(run, ev)  # not those scored on bytes the run no longer holds
+        others += [[run.root.name, name, r.get("params"), r.get("bits_per_byte"), ev.get("bits_per_byte"),
+                    r.get("max_bytes")] for name, r in current.items()]
+        stale += [f"{run.root.name}: {n}" for n in notes]
+    if others or stale:
+        body += "<h3>Other models on each run's held-out bytes (<code>fmforge eval RUN --against</code>)</h3>"
     if others:
-        body += ("<h3>Other models on each run's held-out bytes (<code>fmforge eval RUN --against</code>)</h3>"
-                 + table(["run", "model", "parameters", "its bits/byte", "the run's bits/byte",
-                          "scored on the first (bytes)"], others))
+        body += table(["run", "model", "parameters", "its bits/byte", "the run's bits/byte",
+                       "scored on the first (bytes)"], others)
+    body += "".join(f"<p class='note'>{esc(n)}</p>" for n in stale)
     plots = f'<div class="grid">{"".join(imgs)}</div>' if imgs else empty("no metrics.jsonl in these runs")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>fmforge compare</title>"
             f"<style>{CSS}</style></head><body><h1>Compare: {esc(', '.join(names))}</h1>"

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from fmforge.eval.results import read_eval
+from fmforge.eval.results import current_against, read_eval
 from fmforge.rundir import RunDir, atomic_write_text, read_metrics
 
 SECTIONS = ("training", "data", "heldout", "harness", "plan", "samples")
@@ -245,7 +245,10 @@ def heldout_section(run: RunDir) -> str:
         imgs.append(figure_png(fig))
     body += f'<div class="grid">{"".join(imgs)}</div>'
     if ev.get("against"):
-        body += against_block(ev, entry)
+        current, stale = current_against(run, ev)
+        if current:
+            body += against_block({**ev, "against": current}, entry)
+        body += "".join(f"<p class='note'>{esc(n)}</p>" for n in stale)
     return section("heldout", "Held-out evaluation", body)
 
 

@@ -22,7 +22,7 @@ from fmforge.plan.actual import compare_plan_to_actual
 from fmforge.plan.decide import serving_cost
 from fmforge.plan.errors import PlanError
 from fmforge.plan.scaling import ScalingLaw, ladder_prediction, read_ladder
-from fmforge.rundir import RunDir
+from fmforge.rundir import RunDir, against_stale
 
 
 def _eval(root: Path) -> dict[str, Any]:
@@ -80,7 +80,12 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
                      "params": params, "bits_per_byte": ev["bits_per_byte"], "per_source": _per_source(ev),
                      "basis": f"measured at step {ev.get('step')}", "one_time_usd": _actual_cost(root),
                      "monthly_usd": serve(params)})
+    stale = []
     for name, r in sorted((ev.get("against") or {}).items()):
+        why = against_stale(RunDir(root), r)
+        if why is not None:  # other held-out bytes than the run's own now: no comparison
+            stale.append(f"{name} left out: {why}; rescore it with `fmforge eval RUN --against {r['path']}`")
+            continue
         path = Path(r["path"])
         kind = r.get("kind")
         if kind == "peft" or (kind == "hf" and (path.parent / "summary.json").is_file()):
@@ -128,6 +133,7 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
     best = min((r for r in rows if r["bits_per_byte"] is not None), key=lambda r: r["bits_per_byte"])
     notes = [f"lowest held-out bits per byte: {best['model']} ({best['option']}, {best['bits_per_byte']:.4f}, "
              f"{best['basis']})"]
+    notes += stale
     if references["xz"] is not None:
         notes.append(f"xz -9e on the same bytes: {references['xz']:.4f} bits per byte; a model above it has "
                      "learned less about this data than a general-purpose compressor")

@@ -26,11 +26,20 @@ from fmforge.model.scoring import score_tokens, spread_starts
 from fmforge.model.transformer import Transformer
 from fmforge.progress import log, progress_bar
 from fmforge.errors import UserError
-from fmforge.rundir import ArtifactError, RunDir, RunDirWriteError, storage_advice, storage_errno
+from fmforge.rundir import (
+    ArtifactError,
+    RunDir,
+    RunDirWriteError,
+    new_aside_folder,
+    set_aside_evaluations,
+    storage_advice,
+    storage_errno,
+)
 from fmforge.tokenizer.load import load_tokenizer, token_byte_lengths
 from fmforge.tokenizer.tokens import load_meta, open_tokens
 from fmforge.train.budget import StepBudget
 from fmforge.train.checkpoint import (
+    STEP_DIR,
     CheckpointFormatError,
     checkpoint_damage,
     list_checkpoints,
@@ -109,23 +118,23 @@ def set_aside(run: RunDir, reason: str, checkpoints: list[Path] | None = None) -
     """Move checkpoints that no longer match the config (all of them unless a list
     is given) into a new folder ``checkpoints.previous/<UTC time>/`` with the
     reason in ``reason.txt``, rather than deleting days of training: each set-aside
-    gets its own folder, so a second change of config keeps the first one's too."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    aside = run.root / "checkpoints.previous" / stamp
-    n = 1
-    while aside.exists():  # two set-asides within a second
-        n += 1
-        aside = aside.with_name(f"{stamp}-{n}")
-    aside.mkdir(parents=True)
-    (aside / "reason.txt").write_text(reason + "\n", encoding="utf-8")
+    gets its own folder, so a second change of config keeps the first one's too.
+    The evaluations of those checkpoints (eval.json's held-out steps, history and
+    lm-eval results) go with them, into that folder's ``eval.json``, so the run's
+    figures are never a discarded model's; scores of other models stay."""
+    aside = new_aside_folder(run, reason)
     if checkpoints is None:
+        set_aside_evaluations(run, aside)  # before the checkpoints: never a discarded model's figures
         for ck in list(run.checkpoints.iterdir()) if run.checkpoints.exists() else []:
             ck.rename(aside / ck.name)
-        log(f"{reason}: starting afresh; the earlier checkpoints are kept in {aside}")
+        log(f"{reason}: starting afresh; the earlier checkpoints (and their evaluations) are kept in {aside}")
         return
+    steps = [int(m.group(1)) for m in (STEP_DIR.match(ck.name) for ck in checkpoints) if m]
+    if steps:  # evaluations of those steps and after scored checkpoints that go
+        set_aside_evaluations(run, aside, lambda step, lineage: step >= min(steps))
     for ck in checkpoints:
         ck.rename(aside / ck.name)
-    log(f"{reason}; the later checkpoints are kept in {aside}")
+    log(f"{reason}; the later checkpoints (and their evaluations) are kept in {aside}")
 
 
 def _state_of(ckpt: Path) -> dict | None:
