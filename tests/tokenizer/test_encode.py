@@ -189,6 +189,7 @@ def test_a_worker_encodes_with_one_rust_thread(encoded_inline, monkeypatch):
         encode.run_tokenize_stage(cfg, run)
     payload = payloads[0]
     monkeypatch.setattr(load, "load_tokenizer", spy)
+    monkeypatch.setattr(encode, "_ENCODERS", {})  # this process's encoder, built by the fixture's encode
     with pytest.raises(RuntimeError, match="enough"):
         encode.encode_unit(payload)
     with pytest.raises(RuntimeError, match="enough"):

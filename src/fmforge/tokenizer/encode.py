@@ -18,8 +18,7 @@ split and per source.
 
 The work is cut into units of a few row groups of one shard and run on the data
 stage's executor (``data.executor``: a local process pool sized to the cores, or
-Ray tasks; ``tokenizers``' batch encoding inside each, one Rust thread per
-worker), each unit written to ``tokens.work/`` with a completion marker and then
+Ray tasks; one thread per worker), each unit written to ``tokens.work/`` with a completion marker and then
 linked into ``tokens/`` as one of its split's files. A unit is read one row
 group at a time and encoded ``BATCH_CHARS`` of text at a time, so memory stays
 flat as the corpus (or a document) grows; a killed encode resumes from the
@@ -27,12 +26,17 @@ markers. A small corpus is encoded in this process (a pool takes seconds to
 start) unless ``data.workers`` or ``data.executor: ray`` says otherwise. On a
 cluster, the workers read ``data/`` and ``tokenizer/`` and write
 ``tokens.work/`` in the run directory: it must be on a file system every node sees.
+
+The encoder is ``tiktoken`` on the tokenizer's own merges whenever that is exact
+(``fast_encode.py``: a byte-level BPE with fmforge's or GPT-2's split), several
+times faster per core than ``tokenizers`` with identical ids; any other
+tokenizer is encoded by ``tokenizers``. ``meta.json``'s ``encoder`` says which,
+and why not ``tiktoken``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import shutil
 import socket
@@ -48,12 +52,14 @@ from fmforge.data.executor import ExecutorSpec, TaskRunner
 from fmforge.data.shards import list_shards, reading_shard
 from fmforge.progress import log
 from fmforge.rundir import ArtifactError, RunDir, atomic_directory, atomic_write_json, fingerprint
+from fmforge.tokenizer.fast_encode import TIKTOKEN, TOKENIZERS, TextEncoder, available_cores
 from fmforge.tokenizer.load import load_tokenizer, special_token_names
 from fmforge.tokenizer.tokens import SPLITS, token_dtype
 
 # A longer document is encoded in pieces of about this size cut after a newline:
-# the Rust encoder keeps offsets and token strings for a whole batch, so memory
-# grows with the batch, not with the document.
+# an encoder holds a whole piece's ids (``tokenizers`` also its offsets and token
+# strings), so memory grows with the batch, not with the document. Both encoders
+# see the same pieces, so their files are identical.
 PIECE_CHARS = 1_000_000
 ROW_GROUPS_PER_UNIT = 8  # the data stage writes row groups of 1,024 documents
 INLINE_BELOW_BYTES = 32 * 2**20
@@ -96,11 +102,7 @@ def _units(data_dir: Path) -> list[dict[str, Any]]:
     return units
 
 
-def _flatten(chunks: list[list[int]], total: int, dtype: np.dtype) -> np.ndarray:
-    return np.fromiter(itertools.chain.from_iterable(chunks), dtype=dtype, count=total)
-
-
-def _encode_texts(tok, texts: list[str], eos: int, dtype: np.dtype, out) -> np.ndarray:
+def _encode_texts(encoder: TextEncoder, texts: list[str], eos: int, dtype: np.dtype, out) -> np.ndarray:
     """Encode ``texts`` into ``out`` (each document's tokens, then ``eos``), a batch of
     pieces at a time, so memory holds about BATCH_CHARS of text and its ids whatever
     the unit's size. Returns each document's token count (its eos included)."""
@@ -109,21 +111,18 @@ def _encode_texts(tok, texts: list[str], eos: int, dtype: np.dtype, out) -> np.n
     owners: list[int] = []  # the document of each piece; -1-d marks the last piece of document d
     size = 0
 
+    eos_a = np.array([eos], dtype=np.uint32)
+
     def flush() -> None:
         nonlocal size
-        encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
-        chunks: list[list[int]] = []
-        total = 0
-        for owner, enc in zip(owners, encodings):
-            ids = enc.ids
+        chunks: list[np.ndarray] = []
+        for owner, ids in zip(owners, encoder.encode_arrays(pieces)):
             d = owner if owner >= 0 else -1 - owner
             lengths[d] += len(ids)
             chunks.append(ids)
-            total += len(ids)
             if owner < 0:
-                chunks.append([eos])
-                total += 1
-        _flatten(chunks, total, dtype).tofile(out)
+                chunks.append(eos_a)
+        np.concatenate(chunks).astype(dtype, copy=False).tofile(out)
         pieces.clear()
         owners.clear()
         size = 0
@@ -145,13 +144,29 @@ def _this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_ENCODERS: dict[tuple, TextEncoder] = {}
+
+
+def _unit_encoder(run: RunDir, prefer: str, threads: int) -> TextEncoder:
+    """The run's encoder, built once per process and tokenizer file: a worker encodes
+    many units, and building a large vocabulary's encoder takes a good part of a second."""
+    from fmforge.tokenizer.load import load_tokenizer
+
+    path = run.tokenizer / "tokenizer.json"
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, prefer, threads)
+    if key not in _ENCODERS:
+        _ENCODERS.clear()
+        _ENCODERS[key] = TextEncoder(load_tokenizer(run, raw_text=True), prefer, threads=threads)
+    return _ENCODERS[key]
+
+
 def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
     """Encode some row groups of one shard into ``work/NNNNN.*`` (top-level: it
     travels to pool and Ray workers). Reads one row group at a time and encodes a
     bounded batch of text at a time, appending to the unit's file."""
-    from fmforge.tokenizer.load import load_tokenizer
-
-    if payload["driver"] != _this_process():
+    inline = payload["driver"] == _this_process()
+    if not inline:
         # a worker encodes its own unit: one Rust thread each keeps the cores busy
         # without oversubscribing them. Set here, before the tokenizer's thread pool
         # starts, because a Ray worker does not inherit the driver's environment.
@@ -159,7 +174,8 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
     work = Path(payload["work"])
     run = RunDir(payload["run"])
-    tok = load_tokenizer(run, raw_text=True)
+    # in the driver (a small corpus) tiktoken uses every core, as tokenizers' own pool does
+    encoder = _unit_encoder(run, payload.get("encoder", TIKTOKEN), available_cores() if inline else 1)
     eos, dtype = payload["eos_id"], np.dtype(payload["dtype"])
     source_index = {s: i for i, s in enumerate(payload["sources"])}
     with reading_shard(payload["shard"]):
@@ -174,7 +190,7 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
             nbytes.append(pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64))
             srcs.append(np.array([source_index[s] for s in table.column("source").to_pylist()], dtype=np.uint16))
             del table
-            lengths.append(_encode_texts(tok, texts, eos, dtype, out))
+            lengths.append(_encode_texts(encoder, texts, eos, dtype, out))
     lengths_a = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     src_a = np.concatenate(srcs) if srcs else np.zeros(0, np.uint16)
     bytes_a = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
@@ -186,8 +202,11 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
     return {"index": i, "tokens": int(lengths_a.sum()), "bytes": int(bytes_a.sum())}
 
 
-def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
+def run_tokenize_stage(cfg: RunConfig, run: RunDir, encoder: str = TIKTOKEN) -> dict:
+    """``encoder``: ``"tiktoken"`` (used when the tokenizer converts exactly, else
+    ``tokenizers``) or ``"tokenizers"`` (always; the benchmark's baseline)."""
     tok = load_tokenizer(run, raw_text=True)
+    chosen = TextEncoder(tok, encoder)
     eos_token = special_token_names(run.tokenizer)["eos"] or cfg.tokenizer.eos_token
     eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
@@ -209,7 +228,7 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
     if len(todo) < len(units):
         log(f"tokenize: resuming, {len(units) - len(todo)} of {len(units)} units already encoded")
     base = {"work": str(work), "run": str(run.root), "eos_id": eos_id, "dtype": dtype.name, "sources": sources,
-            "driver": _this_process()}
+            "driver": _this_process(), "encoder": chosen.name}
     total_bytes = sum(int(card["splits"][s]["bytes"]) for s in SPLITS)
     # the data stage's executor and rule: unset workers and a small corpus, this process
     data = cfg.data
@@ -221,7 +240,9 @@ def run_tokenize_stage(cfg: RunConfig, run: RunDir) -> dict:
 
     meta: dict[str, Any] = {"dtype": dtype.name, "vocab_size": vocab, "tokenizer_vocab_size": tok.get_vocab_size(),
                             "eos_id": eos_id, "eos_token": eos_token, "tokenizer_sha256": tok_hash,
-                            "sources": sources, "files": {}, "per_source": {}}
+                            "encoder": chosen.name, "sources": sources, "files": {}, "per_source": {}}
+    if chosen.name == TOKENIZERS:
+        meta["encoder_why_not_tiktoken"] = chosen.why
     with atomic_directory(run.tokens) as tmp:
         for split in SPLITS:
             counts = _gather_split(work, [u for u in units if u["split"] == split], Path(tmp), split, len(sources))

@@ -13,6 +13,10 @@ over every document of the ``val`` split:
   and the text of special tokens included (text is encoded as raw text, the way
   the tokenize stage encodes it).
 
+Each tokenizer encodes with the tokenize stage's encoder (``fast_encode.py``:
+``tiktoken`` on its merges where that is exact, else ``tokenizers``; the ids are
+the same); ``encoder`` in the result says which.
+
 Documents are read and encoded in batches, so memory holds one batch. The
 result is written to ``RUN/tokenizer/eval.json``; ``render_table`` shows it side
 by side.
@@ -30,6 +34,7 @@ from fmforge.config import EmptyHeldOutError
 from fmforge.data.shards import iter_split_records
 from fmforge.rundir import RunDir, atomic_write_json
 from fmforge.tokenizer.byo import TokenizerPathError, load_tokenizer_file, resolve_tokenizer_file
+from fmforge.tokenizer.fast_encode import TIKTOKEN, TextEncoder, available_cores
 from fmforge.tokenizer.load import load_tokenizer
 
 EVAL_JSON = "eval.json"
@@ -57,8 +62,9 @@ def resolve_tokenizer(target: str | Path) -> tuple[str, Tokenizer]:
 class _Tally:
     """One tokenizer's running counts over the held-out documents."""
 
-    def __init__(self, label: str, tok: Tokenizer):
+    def __init__(self, label: str, tok: Tokenizer, encoder: str = TIKTOKEN):
         self.label, self.tok = label, tok
+        self.encoder = TextEncoder(tok, encoder, threads=available_cores())
         self.added = {i for i in tok.get_added_tokens_decoder()}
         self.vocab_size = tok.get_vocab_size()
         self.used = np.zeros(self.vocab_size, dtype=bool)
@@ -67,9 +73,8 @@ class _Tally:
         self.failed = 0
 
     def add(self, texts: list[str], sources: list[str], doc_ids: list[str]) -> None:
-        encodings = self.tok.encode_batch_fast(texts, add_special_tokens=False)
-        ids = [e.ids for e in encodings]
-        decoded = self.tok.decode_batch(ids, skip_special_tokens=False)
+        ids = self.encoder.encode_batch(texts)
+        decoded = self.encoder.decode_batch(ids)
         for text, source, doc_id, tokens, back in zip(texts, sources, doc_ids, ids, decoded):
             s = self.per_source.setdefault(source, {"documents": 0, "bytes": 0, "tokens": 0, "round_trip_failures": 0})
             s["documents"] += 1
@@ -93,7 +98,7 @@ class _Tally:
         per_source = {name: {**s, "bytes_per_token": _ratio(s["bytes"], s["tokens"])}
                       for name, s in sorted(self.per_source.items())}
         return {
-            "tokenizer": self.label, "vocab_size": self.vocab_size, "special_tokens": len(self.added),
+            "tokenizer": self.label, "encoder": self.encoder.name, "vocab_size": self.vocab_size, "special_tokens": len(self.added),
             "documents": docs, "bytes": nbytes, "tokens": tokens, "bytes_per_token": _ratio(nbytes, tokens),
             "ids_used": used, "vocab_usage": round(used / ordinary, 6) if ordinary else 0.0,
             "round_trip_exact": self.failed == 0, "round_trip_failures": self.failed,
@@ -125,12 +130,14 @@ def _batches(run: RunDir) -> Iterator[tuple[list[str], list[str], list[str]]]:
         yield texts, sources, ids
 
 
-def evaluate_tokenizers(run: RunDir, compare: str | Path | None = None, write: bool = True) -> dict[str, Any]:
+def evaluate_tokenizers(run: RunDir, compare: str | Path | None = None, write: bool = True,
+                        encoder: str = TIKTOKEN) -> dict[str, Any]:
     """Held-out figures for the run's tokenizer and, optionally, another one; written
-    to ``RUN/tokenizer/eval.json`` (unless ``write`` is false)."""
-    tallies = [_Tally(str(run.tokenizer), load_tokenizer(run, raw_text=True))]
+    to ``RUN/tokenizer/eval.json`` (unless ``write`` is false). ``encoder``:
+    ``"tokenizers"`` never uses tiktoken (the figures are the same)."""
+    tallies = [_Tally(str(run.tokenizer), load_tokenizer(run, raw_text=True), encoder)]
     if compare is not None:
-        tallies.append(_Tally(*resolve_tokenizer(compare)))
+        tallies.append(_Tally(*resolve_tokenizer(compare), encoder))
     n = 0
     for texts, sources, ids in _batches(run):
         n += len(texts)
