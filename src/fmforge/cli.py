@@ -384,7 +384,10 @@ def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run 
                                                       "candidate's window by this many tokens"),
                  max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1, help="with --against: score "
                                                          "about this many held-out bytes, each source its share"),
-                 device: str = typer.Option("auto", "--device", help="with --against: where candidates run")) -> None:
+                 device: str = typer.Option("auto", "--device", help="with --against: where candidates run"),
+                 dtype: str = typer.Option("float32", "--dtype", help="with --against: float32 (every row's "
+                                           "exact figure) or bfloat16 (faster on a GPU; every candidate and the "
+                                           "run itself then in bf16)")) -> None:
     """Held-out loss, perplexity and bits per byte, overall and per source, beside gzip -9
     and xz -9e on the same bytes; appended to eval.json by step. With --against, other
     models' bits per byte on exactly those bytes (eval.json's "against")."""
@@ -412,12 +415,13 @@ def eval_heldout(target: str = typer.Argument(..., help="a run directory, a run 
 
             with locked(run, "fmforge eval --against"):
                 scored = evaluate_against(run, against, pick_device(device), stride=stride,
-                                          max_bytes=max_bytes, batch_size=cfg.eval.batch_size)
-            _print_against(read_eval(run), list(scored))
+                                          max_bytes=max_bytes, batch_size=cfg.eval.batch_size, dtype=dtype)
+            _print_against(read_eval(run), list(scored), run.root)
 
 
-def _print_against(ev: dict, names: list[str]) -> None:
-    """Each candidate beside the run's own model and the compressors, by source."""
+def _print_against(ev: dict, names: list[str], run_root: Optional[Path] = None) -> None:
+    """Each candidate beside the run's own model and the compressors, by source, with
+    how each was scored (its document convention and precision)."""
     from rich.table import Table
 
     from fmforge.progress import console
@@ -427,23 +431,45 @@ def _print_against(ev: dict, names: list[str]) -> None:
     table = Table(title="held-out bits per byte: the run's model, other models, compressors")
     table.add_column("model")
     table.add_column("params", justify="right")
+    table.add_column("scored as")
     for col in ("overall", *sources):
         table.add_column(col, justify="right")
     per = ev.get("per_source", {})
-    table.add_row("this run (step " + str(ev.get("step")) + ")", "",
-                  _fmt(ev.get("bits_per_byte")), *(_fmt(per[s].get("bits_per_byte")) for s in sources))
+    own = str(Path(run_root).resolve()) if run_root is not None else None
+    # In bf16 the run was scored as a candidate too: its row shows that figure, in the table's precision.
+    again = next((n for n in names if own and found.get(n, {}).get("path") == own
+                  and found[n].get("dtype", "float32") != "float32"), None)
+
+    def scored_as(entry: dict) -> str:
+        conv = entry.get("convention") or {}
+        sep = conv.get("separator") or "eos"
+        shape = f"{conv['bos_token']} doc {sep}" if conv.get("bos") else f"doc {sep}"
+        return f"{shape}, {entry.get('dtype', 'float32')}"
+
+    if again:
+        r = found[again]
+        table.add_row("this run (step " + str(ev.get("step")) + ")", "", scored_as(r), _fmt(r["bits_per_byte"]),
+                      *(_fmt(r["per_source"].get(s, {}).get("bits_per_byte")) for s in sources))
+    else:
+        step = (ev.get("steps") or {}).get(str(ev.get("step"))) or {}
+        table.add_row("this run (step " + str(ev.get("step")) + ")", "", scored_as(step),
+                      _fmt(ev.get("bits_per_byte")), *(_fmt(per[s].get("bits_per_byte")) for s in sources))
     for name in names:
         r = found.get(name)
-        if r is None:
+        if r is None or name == again:
             continue
-        table.add_row(name, f"{r['params']:,}", _fmt(r["bits_per_byte"]),
+        table.add_row(name, f"{r['params']:,}", scored_as(r), _fmt(r["bits_per_byte"]),
                       *(_fmt(r["per_source"].get(s, {}).get("bits_per_byte")) for s in sources))
     for label, key in (("gzip -9", "gzip_bits_per_byte"), ("xz -9e", "xz_bits_per_byte")):
-        table.add_row(label, "", _fmt(ev.get(key)), *(_fmt(per[s].get(key)) for s in sources))
+        table.add_row(label, "", "", _fmt(ev.get(key)), *(_fmt(per[s].get(key)) for s in sources))
     console.print(table)
+    console.print("overall: the sum over the per-source streams (their nats over their bytes) for every row; "
+                  "\"doc\" is each held-out document, special-token text in it encoded as text; a "
+                  "beginning-of-sequence token also opens every window and is never scored", style="dim")
     if any(found.get(n, {}).get("max_bytes") for n in names):
-        console.print("candidates were scored on a --max-bytes share of the held-out bytes; the run's "
-                      "model and the compressors on all of them", style="dim")
+        console.print("candidates were scored on a --max-bytes share of the held-out bytes; "
+                      + ("the compressors" if again else "the run's model and the compressors")
+                      + " on all of them", style="dim")
 
 
 @eval_app.command("chat")

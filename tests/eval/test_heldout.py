@@ -73,6 +73,32 @@ def test_bits_per_byte_by_hand_with_each_target_scored_in_its_window(stride):
     assert math.isclose(res.bits_per_byte, nats / math.log(2) / n_bytes, rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [None, 5, 1])
+def test_a_bos_model_sees_bos_first_in_every_window_and_bos_is_never_scored(stride):
+    """A model trained with a beginning-of-sequence token: target t is predicted from
+    [bos] + tokens[pos+1:t] (the window's first position holds BOS in place of its
+    stream token), pos as without BOS; targets that are BOS are not scored."""
+    torch.manual_seed(0)
+    L, bos = 8, 1
+    model = Transformer(ModelConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=2, seq_len=L)).eval()
+    tokens = np.random.default_rng(2).integers(2, 40, size=31)
+    tokens[[0, 6, 13, 14, 22]] = bos  # documents open with BOS
+    res = score_tokens(model, tokens, L, batch_size=3, device=torch.device("cpu"), stride=stride, bos_id=bos)
+    s = stride or L
+    nats, scored = 0.0, 0
+    with torch.no_grad():
+        for t in range(1, len(tokens)):
+            if tokens[t] == bos:
+                continue
+            pos = 0 if t <= L else math.ceil((t - L) / s) * s
+            context = np.concatenate([[bos], tokens[pos + 1: t]]).astype(np.int64)
+            logits = model(torch.from_numpy(context)[None])[0, -1]
+            nats -= float(torch.log_softmax(logits, -1)[tokens[t]])
+            scored += 1
+    assert res.tokens == scored == len(tokens) - 5
+    assert math.isclose(res.nats, nats, rel_tol=1e-5)
+
+
 def test_stride_longer_than_the_window_is_refused():
     model = Transformer(ModelConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=2, seq_len=8))
     with pytest.raises(ValueError, match="stride must be in 1..8"):
@@ -98,6 +124,7 @@ def test_per_source_bits_per_byte_equal_a_hand_computation_on_the_real_run(train
     assert set(ev["per_source"]) == {"code", "prose"}
     trained = load_trained(trained_run, device="cpu")
     L = trained.model.cfg.seq_len
+    total_nats = 0.0
     for source, texts in _val_docs(trained_run).items():
         stream = [trained.eos_id]
         for text in texts:
@@ -116,8 +143,16 @@ def test_per_source_bits_per_byte_equal_a_hand_computation_on_the_real_run(train
         joined = "".join(texts).encode("utf-8")
         assert got["gzip_bits_per_byte"] == pytest.approx(gzip_bits_per_byte(joined))
         assert got["xz_bits_per_byte"] == pytest.approx(xz_bits_per_byte(joined))
+        total_nats += nats
     total = sum(len(t.encode()) for ts in _val_docs(trained_run).values() for t in ts)
     assert ev["bytes"] == total  # overall: every held-out byte, once
+    # overall: the sum over the per-source streams, as for every --against candidate
+    # (failed before: the run's overall was its interleaved val split)
+    assert math.isclose(ev["bits_per_byte"], total_nats / math.log(2) / total, rel_tol=1e-5)
+    assert ev["steps"]["12"]["overall_is"] == "sum over per-source streams"
+    compressed = sum(ev["per_source"][s]["xz_bits_per_byte"] * ev["per_source"][s]["bytes"]
+                     for s in ev["per_source"])
+    assert ev["xz_bits_per_byte"] == pytest.approx(compressed / total)
 
 
 def test_step_and_stride_append_to_eval_json_by_step(trained_run):

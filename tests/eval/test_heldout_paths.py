@@ -65,6 +65,7 @@ def test_score_stream_baselines_are_on_the_scored_targets_only():
     assert scored == b"bebfjcg"
     res = score_tokens(model, tokens, 4, 2, CPU, max_tokens=7, token_bytes=token_bytes)
     assert got == {
+        "nats": res.nats,
         "loss": res.loss,
         "perplexity": res.perplexity,
         "bits_per_byte": res.bits_per_byte,
@@ -149,10 +150,11 @@ def test_each_wrong_setting_is_refused_with_what_to_do(monkeypatch, tmp_path):
     assert EVAL_STAGE_HINT == "`fmforge data CONFIG` then `fmforge tokenize CONFIG` (or `fmforge run CONFIG`)"
 
 
-def test_the_overall_stream_starts_with_eos_and_each_source_is_scored(monkeypatch, tmp_path):
+def test_overall_is_the_sum_over_the_per_source_streams(monkeypatch, tmp_path):
+    """Each source's stream is scored once; overall is their nats over their bytes
+    (and the compressors' bits over the same bytes), not a second pass over the
+    interleaved split (failed before: the val split of tokens/ was scored too)."""
     model = _model(vocab=20, seq_len=4)
-    val = np.array([2, 3, 4, 0, 5, 2, 0], dtype=np.uint16)
-    monkeypatch.setattr(heldout, "open_tokens", lambda run, split: val if split == "val" else None)
     monkeypatch.setattr(heldout, "source_streams",
                         lambda run, tok, eos: {"x": np.array([0, 2, 3, 0]), "y": np.array([0, 4, 0])})
     calls = []
@@ -169,9 +171,14 @@ def test_the_overall_stream_starts_with_eos_and_each_source_is_scored(monkeypatc
         calls.clear()
         out = evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, meta),
                                HeldoutSettings(seq_len=4, stride=4), CPU)
-        assert calls == [[0, 2, 3, 4, 0, 5, 2, 0], [0, 2, 3, 0], [0, 4, 0]]
-        assert set(out) == {"overall", "per_source"} and set(out["per_source"]) == {"x", "y"}
-        assert out["overall"]["tokens"] == 7 and out["per_source"]["y"]["tokens"] == 2
+        assert calls == [[0, 2, 3, 0], [0, 4, 0]]
+        assert set(out["per_source"]) == {"x", "y"} and out["overall_is"] == "sum over per-source streams"
+        assert out["dtype"] == "float32" and out["convention"]["bos"] is False
+        x, y, o = out["per_source"]["x"], out["per_source"]["y"], out["overall"]
+        assert o["tokens"] == 5 and y["tokens"] == 2
         # tokenizer ids: b"a" for 2, b"b" for 3 ...; <eos> stands for no bytes.
-        assert out["per_source"]["x"]["bytes"] == 2 and out["overall"]["bytes"] == 5
-        assert math.isclose(out["overall"]["gzip_bits_per_byte"], gzip_bits_per_byte(b"abcda"))
+        assert x["bytes"] == 2 and o["bytes"] == 3
+        assert math.isclose(o["bits_per_byte"], (x["nats"] + y["nats"]) / math.log(2) / 3, rel_tol=1e-9)
+        assert math.isclose(o["loss"], (x["nats"] + y["nats"]) / 5, rel_tol=1e-9)
+        gz = (gzip_bits_per_byte(b"ab") * 2 + gzip_bits_per_byte(b"c")) / 3
+        assert math.isclose(o["gzip_bits_per_byte"], gz, rel_tol=1e-9)

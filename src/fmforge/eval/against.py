@@ -2,18 +2,33 @@
 
 A candidate is a local Hugging Face causal LM directory, a PEFT adapter
 directory on its base, or another fmforge run. Each is scored on exactly the
-run's held-out documents, with its own tokenizer: per source, the documents are
-encoded without special tokens and joined with the candidate's end-of-text
-token (``[eos] doc1 [eos] doc2 [eos] ...``, the shape the run's own model is
-scored on), cut into windows of the candidate's context (``stride`` for sliding
-windows), and the nats of every predicted token are summed. Bits per byte =
-nats / ln 2 / the documents' UTF-8 bytes: the same denominator for every
-candidate, so models with different tokenizers compare, with each other and
-with gzip and xz.
+run's held-out documents, the way it was trained, with the same arithmetic as
+every other row of the table:
+
+- per source, the documents are encoded with the candidate's own tokenizer,
+  without special tokens, special-token *text* (``<s>``, ``</s>``, ``<unk>``,
+  ``<|endoftext|>``, ``<|im_start|>`` ... written in a document) as plain text,
+  and joined by ``tokenizer.stream.join_documents``: ``[eos] doc [eos] doc ...``
+  for a tokenizer without a beginning-of-sequence token (fmforge's own, GPT-2
+  style), ``[bos] doc [eos] [bos] doc [eos] ...`` for one that adds it
+  (``add_special_tokens=True`` puts it first, or ``tokenizer_config.json`` says
+  ``add_bos_token``: Llama, Mistral, Gemma); with BOS, every window also opens
+  with it, and it is never a scored target (``model.scoring``);
+- the stream is cut into windows of the candidate's context (``stride`` for
+  sliding windows) and the nats of every predicted token are summed, in float32
+  unless ``dtype="bfloat16"`` (every candidate, and the run itself, then in bf16);
+- overall is the sum over the per-source streams, as for the run's own figure
+  (``eval/heldout.py``).
+
+Bits per byte = nats / ln 2 / the documents' UTF-8 bytes: the same denominator
+for every candidate, so models with different tokenizers compare, with each
+other and with gzip and xz. ``eval.json`` records the convention, the precision
+and the definition of overall with every candidate.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -25,14 +40,16 @@ import torch
 
 from fmforge.errors import UserError
 
-from fmforge.data.shards import iter_split_records
+from fmforge.eval.heldout import OVERALL_IS, heldout_texts
 from fmforge.model.scoring import score_tokens
 from fmforge.progress import log
 from fmforge.rundir import RunDir
+from fmforge.tokenizer.stream import Convention, join_documents
 
 # The longest window scored: a model's context can be 128k tokens, which on a
 # CPU costs far more than it tells about held-out text.
 MAX_WINDOW = 4096
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class CandidateError(UserError, ValueError):
@@ -45,12 +62,16 @@ class Candidate:
     name: str
     kind: str  # "hf", "peft" or "fmforge"
     model: torch.nn.Module  # (B, T) ids -> (B, T, V) logits
-    encode: Callable[[list[str]], list[list[int]]]  # documents -> ids, no special tokens
+    encode: Callable[[list[str]], list[list[int]]]  # documents -> ids, special-token text as text
     decode: Callable[[list[int]], str]
-    eos_id: int
+    convention: Convention  # how documents are joined: eos, and bos where it was trained with one
     context: int
     params: int
     unk_id: int | None = None
+
+    @property
+    def eos_id(self) -> int:
+        return self.convention.eos_id
 
 
 class _Logits(torch.nn.Module):
@@ -64,7 +85,12 @@ class _Logits(torch.nn.Module):
         return self.hf(input_ids=ids, use_cache=False).logits
 
 
-def load_candidate(path: str | Path, device: torch.device) -> Candidate:
+def load_candidate(path: str | Path, device: torch.device, dtype: str = "float32") -> Candidate:
+    """The model at ``path`` ready to score: its weights in ``dtype`` for a Hugging
+    Face model (float32 or bfloat16; an fmforge run's stay float32, bf16 then
+    comes from autocast in ``score_candidate``)."""
+    if dtype not in DTYPES:
+        raise CandidateError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     path = Path(path)
     if not path.is_dir():
         raise CandidateError(f"--against {path}: no such directory")
@@ -73,9 +99,9 @@ def load_candidate(path: str | Path, device: torch.device) -> Candidate:
     from fmforge.inference.hf_models import is_adapter_dir
 
     if is_adapter_dir(path):
-        return _hf_candidate(path, device, kind="peft")
+        return _hf_candidate(path, device, kind="peft", dtype=DTYPES[dtype])
     if (path / "config.json").is_file():
-        return _hf_candidate(path, device, kind="hf")
+        return _hf_candidate(path, device, kind="hf", dtype=DTYPES[dtype])
     raise CandidateError(f"--against {path}: not a model: expected a Hugging Face model directory "
                          "(config.json), a PEFT adapter directory (adapter_config.json) or an "
                          "fmforge run (config.yaml and checkpoints/)")
@@ -87,15 +113,17 @@ def _fmforge_candidate(path: Path, device: torch.device) -> Candidate:
 
     trained = load_trained(RunDir(path), device=str(device.type))
     tok = trained.tokenizer
+    tok.encode_special_tokens = True  # as the tokenize stage encodes its training text
     return Candidate(
         path=path, name=path.resolve().name, kind="fmforge", model=trained.model,
         encode=lambda docs: [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)],
         decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
-        eos_id=trained.eos_id, context=trained.model.cfg.seq_len,
+        convention=Convention(eos_id=trained.eos_id, eos_token=tok.id_to_token(trained.eos_id)),
+        context=trained.model.cfg.seq_len,
         params=count_parameters(trained.model.cfg).total)
 
 
-def _hf_candidate(path: Path, device: torch.device, kind: str) -> Candidate:
+def _hf_candidate(path: Path, device: torch.device, kind: str, dtype: torch.dtype) -> Candidate:
     try:
         from transformers import AutoConfig
     except ImportError as exc:
@@ -115,7 +143,6 @@ def _hf_candidate(path: Path, device: torch.device, kind: str) -> Candidate:
         raise CandidateError(f"--against {path}: {arch} is not a causal language model (transformers "
                              "has no AutoModelForCausalLM for it): bits per byte needs a model that "
                              "predicts the next token")
-    dtype = torch.bfloat16 if _native_bf16(device) else torch.float32
     model = load_model(path, device, dtype=dtype)
     if kind == "peft":
         model = model.merge_and_unload()
@@ -130,30 +157,43 @@ def _hf_candidate(path: Path, device: torch.device, kind: str) -> Candidate:
         raise CandidateError(f"--against {path}: its tokenizer has no end-of-text token to join "
                              "documents with (eos_token)")
     context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0) or 2048)
+    bos = _bos_id(tok, tok_dir)
+    convention = Convention(eos_id=int(eos), eos_token=tok.convert_ids_to_tokens(int(eos)),
+                            bos_id=bos, bos_token=tok.convert_ids_to_tokens(bos) if bos is not None else None)
     return Candidate(
         path=path, name=path.resolve().name, kind=kind, model=_Logits(model).eval(),
-        encode=lambda docs: tok(docs, add_special_tokens=False)["input_ids"],
+        # split_special_tokens: "<s>" written in a document is text, not the token
+        encode=lambda docs: tok(docs, add_special_tokens=False, split_special_tokens=True)["input_ids"],
         decode=lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
-        eos_id=int(eos), context=min(context, MAX_WINDOW),
+        convention=convention, context=min(context, MAX_WINDOW),
         params=sum(p.numel() for p in model.parameters()), unk_id=tok.unk_token_id)
 
 
-def _native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        from fmforge.hardware import cpu_has_native_bf16
-
-        return cpu_has_native_bf16()
-    return False
+def _bos_id(tok, tok_dir: Path) -> int | None:
+    """The beginning-of-sequence id the model was trained with, or None: where the
+    tokenizer puts it first when asked for special tokens (a post-processor, or
+    ``add_bos_token`` honoured by its class), or where ``tokenizer_config.json``
+    says ``add_bos_token: true`` (transformers ignores that key for some tokenizer
+    classes; the model was trained with it all the same). A BOS that is also the
+    end-of-text token is no separate convention: the separator opens every
+    document already."""
+    bos = tok.bos_token_id
+    if bos is None or bos == tok.eos_token_id:
+        return None
+    with_special = tok("a", add_special_tokens=True)["input_ids"]
+    adds = bool(with_special) and with_special[0] == bos
+    conf_path = tok_dir / "tokenizer_config.json"
+    try:
+        conf = json.loads(conf_path.read_text(encoding="utf-8")) if conf_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise CandidateError(f"{conf_path} is not valid JSON ({exc.msg})") from exc
+    return int(bos) if adds or conf.get("add_bos_token") is True else None
 
 
 def heldout_documents(run: RunDir, max_bytes: int | None = None) -> dict[str, list[str]]:
     """The run's held-out documents per source, in shard order. ``max_bytes``
     keeps about that many bytes in all, each source its share of them."""
-    docs: dict[str, list[str]] = {}
-    for record in iter_split_records(run.data, "val", columns=("text", "source")):
-        docs.setdefault(record["source"] or "(none)", []).append(record["text"])
+    docs = heldout_texts(run)
     if not docs:
         raise CandidateError(f"the run {run.root} has no held-out documents: raise data.val_fraction "
                              "and rerun its data stage")
@@ -171,7 +211,10 @@ def heldout_documents(run: RunDir, max_bytes: int | None = None) -> dict[str, li
     return dict(sorted(docs.items()))
 
 
-def _stream(candidate: Candidate, texts: list[str]) -> np.ndarray:
+def candidate_stream(candidate: Candidate, texts: list[str]) -> np.ndarray:
+    """``texts`` as ``candidate`` is scored on them: encoded (special-token text as
+    text; refused where the tokenizer cannot give the same bytes back) and joined by
+    its convention (``tokenizer.stream``)."""
     encoded = candidate.encode(texts)
     for text, ids in zip(texts, encoded):
         decoded = candidate.decode(ids)
@@ -182,25 +225,25 @@ def _stream(candidate: Candidate, texts: list[str]) -> np.ndarray:
                 f"bytes to an unknown token or changes them), e.g. near {text[max(0, at - 20): at + 20]!r}; "
                 "bits per byte would count the wrong bytes. Score a model whose tokenizer is byte-level "
                 "(byte BPE, or byte fallback)")
-    stream = [candidate.eos_id]
-    for ids in encoded:
-        stream.extend(ids)
-        stream.append(candidate.eos_id)
-    return np.asarray(stream, dtype=np.int64)
+    return join_documents(encoded, candidate.convention.eos_id, candidate.convention.bos_id)
 
 
 def score_candidate(candidate: Candidate, documents: dict[str, list[str]], device: torch.device,
-                    stride: int | None = None, batch_size: int = 4) -> dict[str, Any]:
-    """Bits per byte of ``candidate`` overall and per source."""
+                    stride: int | None = None, batch_size: int = 4, dtype: str = "float32") -> dict[str, Any]:
+    """Bits per byte of ``candidate`` overall (the sum over the per-source streams)
+    and per source, in ``dtype`` (float32: the exact figure every row shares)."""
     window = candidate.context
     if stride is not None and not 0 < stride <= window:
         raise CandidateError(f"--stride {stride} must be between 1 and the window ({window} tokens "
                              f"for {candidate.name})")
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if _native_bf16(device) else None
+    if dtype not in DTYPES:
+        raise CandidateError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else None
     per_source, t0 = {}, time.perf_counter()
     for source, texts in documents.items():
-        stream = _stream(candidate, texts)
-        res = score_tokens(candidate.model, stream, window, batch_size, device, autocast=amp, stride=stride)
+        stream = candidate_stream(candidate, texts)
+        res = score_tokens(candidate.model, stream, window, batch_size, device, autocast=amp, stride=stride,
+                           bos_id=candidate.convention.bos_id)
         n_bytes = sum(len(t.encode("utf-8")) for t in texts)
         per_source[source] = {"bits_per_byte": res.nats / math.log(2) / n_bytes, "nats": res.nats,
                               "tokens": res.tokens, "bytes": n_bytes, "documents": len(texts)}
@@ -210,7 +253,8 @@ def score_candidate(candidate: Candidate, documents: dict[str, list[str]], devic
     n_bytes = sum(r["bytes"] for r in per_source.values())
     return {"path": str(candidate.path.resolve()), "name": candidate.name, "kind": candidate.kind,
             "params": candidate.params, "context": window, "stride": stride or window,
-            "dtype": "bfloat16" if amp else "float32", "bits_per_byte": nats / math.log(2) / n_bytes,
+            "dtype": dtype, "convention": candidate.convention.describe(), "overall_is": OVERALL_IS,
+            "bits_per_byte": nats / math.log(2) / n_bytes,
             "bytes": n_bytes, "tokens": sum(r["tokens"] for r in per_source.values()),
             "per_source": per_source, "seconds": round(time.perf_counter() - t0, 2),
             "evaluated_at": time.time()}
@@ -233,24 +277,35 @@ def candidate_name(path: Path, taken: dict[str, str | None]) -> str:
 
 
 def evaluate_against(run: RunDir, paths: list[str | Path], device: torch.device, stride: int | None = None,
-                     max_bytes: int | None = None, batch_size: int = 4) -> dict[str, dict[str, Any]]:
+                     max_bytes: int | None = None, batch_size: int = 4,
+                     dtype: str = "float32") -> dict[str, dict[str, Any]]:
     """Score every candidate on the run's held-out documents; recorded in
-    ``eval.json`` under ``against`` (one entry per candidate, by name)."""
+    ``eval.json`` under ``against`` (one entry per candidate, by name). In
+    ``bfloat16`` the run itself is scored too (as a candidate), so that its row
+    of the table shares the candidates' arithmetic; its eval stage's own figure
+    stays float32."""
     from fmforge.eval.results import record_against
 
     from fmforge.eval.results import read_eval
 
+    if dtype not in DTYPES:
+        raise CandidateError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     documents = heldout_documents(run, max_bytes)
+    paths = list(paths)
+    if dtype != "float32" and not any(Path(p).resolve() == run.root.resolve() for p in paths):
+        paths.append(run.root)
     found = {}
     taken = {name: r.get("path") for name, r in (read_eval(run).get("against") or {}).items()}
     for path in paths:
-        candidate = load_candidate(path, device)
+        candidate = load_candidate(path, device, dtype)
         candidate.name = candidate_name(Path(path), taken)
         taken[candidate.name] = str(Path(path).resolve())
         log(f"scoring {candidate.name} ({candidate.kind}, {candidate.params:,} parameters, window "
-            f"{candidate.context}) on {sum(len(v) for v in documents.values()):,} held-out documents")
+            f"{candidate.context}, {candidate.convention.short()}, {dtype}) on "
+            f"{sum(len(v) for v in documents.values()):,} held-out documents")
         with torch.no_grad():
-            result = score_candidate(candidate, documents, device, stride=stride, batch_size=batch_size)
+            result = score_candidate(candidate, documents, device, stride=stride, batch_size=batch_size,
+                                     dtype=dtype)
         if max_bytes is not None:
             result["max_bytes"] = max_bytes
         found[candidate.name] = result

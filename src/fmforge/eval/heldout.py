@@ -1,19 +1,30 @@
 """Held-out evaluation: loss, perplexity and bits per byte of one checkpoint,
-overall and per source, beside what ``gzip -9`` and ``xz -9`` achieve on exactly
+overall and per source, beside what ``gzip -9`` and ``xz -9e`` achieve on exactly
 the bytes the model was scored on.
 
-The overall figure scores the val split of ``tokens/`` (every held-out document
-followed by the end-of-text token, as the trainer saw them). Per source, the source's
-held-out documents (the ``source`` column of the val shards) are encoded again
-with the run's tokenizer into a stream of the same shape and scored alone. Every
-stream starts with the end-of-text token, so the first document's first token is
-predicted from a document boundary like every other document's.
+Per source, the source's held-out documents (the ``source`` column of the val
+shards, in shard order) are encoded with the run's tokenizer (special-token text
+as plain text, as the tokenize stage encodes it) and joined by
+``tokenizer.stream.join_documents``: ``[eos] doc1 [eos] doc2 [eos] ...``, the
+shape the trainer saw, starting with the end-of-text token so the first
+document's first token is predicted from a document boundary like every other's.
+Each source's stream is scored alone, in float32.
+
+**Overall** is the sum over the per-source streams: their nats over their bytes
+(and, for the compressors, their compressed bits over their bytes). It is the
+byte-weighted mean of the per-source figures printed beside it, every document
+sees context from its own source only, whatever order the data stage shuffled
+the split into, and it is exactly how every ``--against`` candidate's overall is
+found (``eval/against.py``), so the two compare on one definition. (The trainer's
+periodic validation scores the interleaved val split of ``tokens/``: a figure
+within noise of this one, not equal to it.)
 """
 
 from __future__ import annotations
 
 import gzip
 import lzma
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +37,10 @@ from fmforge.inference.loading import StaleCheckpointError
 from fmforge.model.scoring import score_tokens
 from fmforge.rundir import RunDir
 from fmforge.tokenizer.load import decode_bytes, token_byte_lengths, token_byte_table
-from fmforge.tokenizer.tokens import open_tokens
+from fmforge.tokenizer.stream import Convention, join_documents
 
+# What eval.json records with every scored model (the run's own and each candidate).
+OVERALL_IS = "sum over per-source streams"
 EVAL_STAGE_HINT = "`fmforge data CONFIG` then `fmforge tokenize CONFIG` (or `fmforge run CONFIG`)"
 
 
@@ -54,20 +67,21 @@ class HeldoutSettings:
     max_tokens: int | None = None
 
 
-def source_streams(run: RunDir, tok: Tokenizer, eos_id: int, dtype=np.int64) -> dict[str, np.ndarray]:
-    """Per source, its held-out documents encoded as the tokenize stage encodes
-    them: ``[eos] doc1 [eos] doc2 [eos] ...``, in shard order."""
-    ids: dict[str, list[int]] = {}
+def heldout_texts(run: RunDir) -> dict[str, list[str]]:
+    """The run's held-out documents per source (sorted by source; ``(none)`` for
+    documents without one), each source's in shard order."""
     texts: dict[str, list[str]] = {}
     for record in iter_split_records(run.data, "val", columns=("text", "source")):
         texts.setdefault(record["source"] or "(none)", []).append(record["text"])
-    for source, docs in texts.items():
-        stream = [eos_id]
-        for enc in tok.encode_batch_fast(docs, add_special_tokens=False):
-            stream.extend(enc.ids)
-            stream.append(eos_id)
-        ids[source] = stream
-    return {s: np.asarray(v, dtype=dtype) for s, v in sorted(ids.items())}
+    return dict(sorted(texts.items()))
+
+
+def source_streams(run: RunDir, tok: Tokenizer, eos_id: int, dtype=np.int64) -> dict[str, np.ndarray]:
+    """Per source, its held-out documents encoded as the tokenize stage encodes
+    them: ``[eos] doc1 [eos] doc2 [eos] ...``, in shard order."""
+    return {source: join_documents((e.ids for e in tok.encode_batch_fast(docs, add_special_tokens=False)),
+                                   eos_id, dtype=dtype)
+            for source, docs in heldout_texts(run).items()}
 
 
 def score_stream(model: torch.nn.Module, tokens: np.ndarray, settings: HeldoutSettings,
@@ -80,6 +94,7 @@ def score_stream(model: torch.nn.Module, tokens: np.ndarray, settings: HeldoutSe
     # Every target is scored once: targets are tokens[1 : tokens + 1].
     heldout = decode_bytes(table, tokens[1: res.tokens + 1])
     return {
+        "nats": res.nats,
         "loss": res.loss,
         "perplexity": res.perplexity,
         "bits_per_byte": res.bits_per_byte,
@@ -111,8 +126,26 @@ def evaluate_heldout(model: torch.nn.Module, tok: Tokenizer, eos_id: int, run: R
             "`fmforge train CONFIG` (or `fmforge run CONFIG`)")
     table = token_byte_table(tok, vocab)
     token_bytes = token_byte_lengths(tok, vocab)
-    val = np.concatenate([[eos_id], np.asarray(open_tokens(run, "val"), dtype=np.int64)])
-    overall = score_stream(model, val, settings, device, table, token_bytes)
     per_source = {name: score_stream(model, stream, settings, device, table, token_bytes)
                   for name, stream in source_streams(run, tok, eos_id).items()}
-    return {"overall": overall, "per_source": per_source}
+    convention = Convention(eos_id=eos_id, eos_token=tok.id_to_token(eos_id))
+    return {"overall": overall_of(per_source), "per_source": per_source, "overall_is": OVERALL_IS,
+            "dtype": "float32", "convention": convention.describe()}
+
+
+def overall_of(per_source: dict[str, dict]) -> dict:
+    """The overall figures: the sum over the per-source streams (module docstring)."""
+    nats = sum(r["nats"] for r in per_source.values())
+    tokens = sum(r["tokens"] for r in per_source.values())
+    n_bytes = sum(r["bytes"] for r in per_source.values())
+
+    def compressed(key: str) -> float | None:
+        if not n_bytes or any(r.get(key) is None for r in per_source.values() if r["bytes"]):
+            return None
+        return sum(r[key] * r["bytes"] for r in per_source.values() if r["bytes"]) / n_bytes
+
+    loss = nats / tokens
+    return {"nats": nats, "loss": loss, "perplexity": math.exp(min(loss, 700)),
+            "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else None,
+            "gzip_bits_per_byte": compressed("gzip_bits_per_byte"),
+            "xz_bits_per_byte": compressed("xz_bits_per_byte"), "tokens": tokens, "bytes": n_bytes}

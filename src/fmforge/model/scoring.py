@@ -8,6 +8,14 @@ targets no earlier window scored, so every target but those of the first window
 sees at least ``seq_len - stride`` tokens of context (the sliding-window
 perplexity of the Hugging Face docs); it costs ``seq_len / stride`` times more.
 
+A model trained with a beginning-of-sequence token (Llama, Mistral, Gemma: see
+``tokenizer.stream``) is scored with ``bos_id``: every window's first input is
+that token, in place of the stream's token there (context only: an earlier window
+scored it), so the window holds ``seq_len - 1`` tokens of the stream and the model
+always sees what it was trained on at position 0; and targets equal to ``bos_id``
+(the stream's own document openers) are context, not scored. The windows, and
+which targets each scores, are otherwise the same.
+
 The one scorer behind the trainer's periodic validation and the eval stage. It
 lives beside the model (not in ``eval/``) because the trainer, which sits below
 the eval stage, needs it too.
@@ -94,13 +102,15 @@ def sliding_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None,
 def score_tokens(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
                  device: torch.device, max_tokens: int | None = None,
                  token_bytes: np.ndarray | None = None, autocast=None,
-                 stride: int | None = None, starts: np.ndarray | None = None) -> TokenScore:
+                 stride: int | None = None, starts: np.ndarray | None = None,
+                 bos_id: int | None = None) -> TokenScore:
     """Score ``tokens`` (at most ``max_tokens`` predictions) in windows of
     ``seq_len``, ``batch_size`` windows at a time. ``token_bytes[id]`` gives the
     bytes of each id for bits per byte; ``autocast`` is a context factory (None:
     full float32, the exact figure); ``stride`` < ``seq_len`` slides the window
     (see the module docstring); ``starts`` scores only the windows beginning
-    there (``spread_starts``: a sample of the split), each in full."""
+    there (``spread_starts``: a sample of the split), each in full; ``bos_id``
+    opens every window with that token and never scores it (module docstring)."""
     was_training = model.training
     model.eval()
     nats, count, n_bytes = 0.0, 0, 0
@@ -110,10 +120,14 @@ def score_tokens(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch
         nonlocal nats, count, n_bytes
         if not pending:
             return
-        x = torch.from_numpy(np.stack([p[0] for p in pending])).to(device)
+        inputs = np.stack([p[0] for p in pending])
         targets = np.stack([p[1] for p in pending])
         for row, (_, t, scored) in enumerate(pending):
             targets[row, : len(t) - scored] = -100  # scored by an earlier window
+        if bos_id is not None:
+            inputs[:, 0] = bos_id
+            targets[targets == bos_id] = -100
+        x = torch.from_numpy(inputs).to(device)
         y = torch.from_numpy(targets).to(device)
         with (autocast() if autocast else contextlib.nullcontext()):
             logits = model(x)
