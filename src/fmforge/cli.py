@@ -110,14 +110,15 @@ def _reported(rerun: str):
     except UserError as exc:
         _fail(str(exc))
     except Exception as exc:
-        from fmforge.rundir import storage_advice, storage_errno
+        from fmforge.rundir import storage_failure
 
-        code = storage_errno(exc)
-        if code is None:
+        # A full, read-only or forbidden disk (a file we read, or one we write): the
+        # user's to fix, not a bug of ours. Only what was raised from such an error
+        # counts; a bug raised while handling one keeps its traceback.
+        failure = storage_failure(exc)
+        if failure is None:
             raise
-        # A full, read-only or forbidden disk: the user's to fix, not a bug of ours.
-        where = getattr(exc, "filename", None) or "the run directory"
-        _fail(f"cannot write {where}: {storage_advice(code, where)}; then rerun {rerun}")
+        _fail(f"{failure}; then rerun {rerun}")
 
 
 def _needs_data(cfg, config: Path) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -34,32 +35,103 @@ _STORAGE_TEXTS = {"no space left on device": errno.ENOSPC, "os error 28": errno.
                   "os error 30": errno.EROFS}
 
 
-def storage_errno(exc: BaseException) -> int | None:
-    """The errno of a full, read-only or forbidden disk behind ``exc`` (or any
-    exception it was raised from), else None."""
+def storage_error(exc: BaseException) -> BaseException | None:
+    """The exception behind ``exc`` that says the disk is full, read-only or
+    forbidden: ``exc`` itself or one it was raised from (``raise ... from``), else
+    None. Only explicit causes are followed: an exception raised while handling a
+    disk error (its ``__context__``) is a bug of its own, not that disk error."""
     seen = 0
     while exc is not None and seen < 10:
-        code = getattr(exc, "errno", None)
-        if code in _STORAGE_ERRNOS:
-            return code
+        if getattr(exc, "errno", None) in _STORAGE_ERRNOS:
+            return exc
         text = str(exc).lower()
-        for needle, code in _STORAGE_TEXTS.items():
-            if needle in text:
-                return code
-        exc = exc.__cause__ or exc.__context__
+        if any(needle in text for needle in _STORAGE_TEXTS):
+            return exc
+        exc = exc.__cause__
         seen += 1
     return None
 
 
-def storage_advice(code: int, where: Path | str) -> str:
-    """What a user does about a storage errno at ``where``."""
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of a full, read-only or forbidden disk behind ``exc`` (or any
+    exception it was raised from), else None."""
+    found = storage_error(exc)
+    if found is None:
+        return None
+    code = getattr(found, "errno", None)
+    if code in _STORAGE_ERRNOS:
+        return code
+    text = str(found).lower()
+    return next(code for needle, code in _STORAGE_TEXTS.items() if needle in text)
+
+
+def _permits(path: Path, owner: int, group: int, other: int) -> bool:
+    """Whether ``path``'s permission bits grant this process the access of the
+    given bits. By the bits, not ``os.access``: root passes every ``access`` check,
+    yet a root-squashed network file system still refuses it what the bits do."""
+    st = os.stat(path)
+    if st.st_uid == os.geteuid():
+        return bool(st.st_mode & owner)
+    if st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        return bool(st.st_mode & group)
+    return bool(st.st_mode & other)
+
+
+def denied_access(path: Path | str) -> str | None:
+    """What a permission error on ``path`` stopped, judged by the permission bits on
+    the way to it: "read" (a folder on the way that cannot be searched, or the path
+    itself unreadable), "write" (the path, or the folder that would hold it, not
+    writable), or None when the bits grant both (an ACL, a security module)."""
+    path = Path(os.path.abspath(path))
+    try:
+        for folder in reversed(path.parents):
+            if folder.exists() and not _permits(folder, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
+                return "read"
+        if path.exists():
+            if not _permits(path, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH) or (
+                    path.is_dir() and not _permits(path, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)):
+                return "read"
+            if not _permits(path, stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH):
+                return "write"
+            return None
+        holder = next((p for p in path.parents if p.exists()), None)
+        if holder is not None and not _permits(holder, stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH):
+            return "write"
+    except OSError:
+        return None
+    return None
+
+
+def storage_advice(code: int, where: Path | str, access: str | None = "write") -> str:
+    """What a user does about a storage errno at ``where``; for a permission error,
+    ``access`` says what was denied ("read", "write", or None when unknown)."""
     if code in (errno.ENOSPC, errno.EDQUOT):
         return f"{_STORAGE_ERRNOS[code]} on the disk holding {where}: free space there (or set out_dir elsewhere)"
     if code == errno.EROFS:
         return (f"{where} is on a read-only file system: reading commands (generate, serve, "
                 "export) work there; to train or evaluate, copy the run to a writable place "
                 "or set out_dir")
+    if access == "read":
+        return (f"permission denied reading {where}: make it readable for this user (and the "
+                "folders above it searchable), or run as a user who may read it")
+    if access is None:
+        return (f"permission denied on {where}: make it readable, and writable where fmforge "
+                "writes, for this user, or set out_dir")
     return f"permission denied writing {where}: make it writable for this user or set out_dir"
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden disk behind ``exc`` ("cannot
+    read/write WHERE: what to do"), or None when ``exc`` is not one (a bug)."""
+    found = storage_error(exc)
+    if found is None:
+        return None
+    code = storage_errno(found)
+    filename = getattr(found, "filename", None) or getattr(exc, "filename", None)
+    where = filename or "the run directory"
+    access = denied_access(filename) if code == errno.EACCES and filename else "write"
+    verb = {"read": "read", "write": "write", None: "access"}[access]
+    return f"cannot {verb} {where}: {storage_advice(code, where, access)}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
