@@ -188,3 +188,17 @@ def test_model_auto_is_printed_before_training_and_recorded_in_the_run(folders, 
     state = json.loads(sorted((tmp_path / "runs/auto-init/checkpoints").glob("step-*/trainer_state.json"))[-1]
                        .read_text())
     assert state["model"]["d_model"] == record["d_model"]
+
+
+def test_init_says_when_the_chosen_model_would_repeat_its_data(tmp_path):
+    """A folder of 40 kB (about 10,000 tokens at 4 bytes a token) and an hour of an
+    H100: the model is sized for the data, and init says how often the hour repeats it."""
+    d = tmp_path / "small"
+    d.mkdir()
+    (d / "a.txt").write_text("A line of plain prose about nothing in particular.\n" * 800)
+    r = init_config([d], tmp_path / "c.yaml", Budget(usd=3.0, gpu="h100-sxm"), measure=False)
+    data_tokens = r.scan.total_bytes / 4
+    assert 20 * r.size.non_embedding_params <= 4 * data_tokens or r.size.d_model == 64
+    said = " ".join(r.size.notes)
+    assert f"repeat its data {r.size.tokens / data_tokens:,.1f} times" in said
+    assert "# note: " in (tmp_path / "c.yaml").read_text() and "Muennighoff" in (tmp_path / "c.yaml").read_text()

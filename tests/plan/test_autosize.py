@@ -136,3 +136,62 @@ def test_under_torchrun_the_decision_must_exist_before_the_launch(tmp_path, monk
     monkeypatch.setenv("RANK", "1")
     sized, size, reused = resolve_auto_model(load_config(tmp_path / "c.yaml"))
     assert reused and size == decided and sized.model.d_model == decided.d_model
+
+
+def test_the_two_variable_law_never_picks_a_model_the_data_cannot_feed():
+    """2e6 tokens of data and an H100-hour: Chinchilla's two-variable law alone picks
+    a model of hundreds of millions of parameters that repeats the data hundreds of
+    times; a model the data can feed trains on at least 20 tokens per parameter
+    within 4 passes over it (Muennighoff et al. 2023)."""
+    from fmforge.plan.scaling import CHINCHILLA
+
+    hw = get_hardware("h100-sxm")
+    size = size_model(hw, 3600, ladder={"law": CHINCHILLA.to_dict()}, data_tokens=2e6)
+    assert 20 * size.non_embedding_params <= 4 * 2e6
+    epochs = size.tokens / 2e6
+    assert epochs > 16
+    said = " ".join(size.notes)
+    assert f"repeat its data {epochs:,.1f} times" in said and "2M of data" in said
+
+
+@pytest.mark.parametrize("artifact", ["tokens", "data_card"])
+def test_model_auto_sizes_for_the_data_the_run_has(tmp_path, monkeypatch, artifact):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(
+        "name: fed\ndata:\n  sources: [{name: s, paths: ['*.txt']}]\nmodel: auto\n"
+        "train: {max_minutes: 60, max_steps: null, device: cpu, dtype: float32}\nplan: {mfu: 0.3}\n")
+    unlimited = size_model(get_hardware("cpu", cpu_dtype="float32"), 3600, dtype="float32", mfu=0.3)
+    run = tmp_path / "runs" / "fed"
+    if artifact == "tokens":
+        (run / "tokens").mkdir(parents=True)
+        (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 1_000_000}))
+    else:
+        (run / "data").mkdir(parents=True)
+        (run / "data" / "data_card.json").write_text(json.dumps({"splits": {"train": {"bytes": 4_000_000}}}))
+    _, size, reused = resolve_auto_model(load_config(tmp_path / "c.yaml"))
+    assert not reused
+    assert 20 * unlimited.non_embedding_params > 4 * 1e6  # without the data, a model too big for it
+    assert 20 * size.non_embedding_params <= 4 * 1e6
+    assert f"repeat its data {size.tokens / 1e6:,.1f} times" in " ".join(size.notes)
+    assert "1M of data" in " ".join(size.notes)
+
+
+def test_model_auto_sizes_again_when_the_data_arrives_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(
+        "name: late\ndata:\n  sources: [{name: s, paths: ['*.txt']}]\nmodel: auto\n"
+        "train: {max_minutes: 60, max_steps: null, device: cpu, dtype: float32}\nplan: {mfu: 0.3}\n")
+    _, blind, _ = resolve_auto_model(load_config(tmp_path / "c.yaml"))
+    run = tmp_path / "runs" / "late"
+    (run / "tokens").mkdir(parents=True)
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 1_000_000}))
+    _, fed, reused = resolve_auto_model(load_config(tmp_path / "c.yaml"))
+    assert not reused and fed.params < blind.params
+    assert resolve_auto_model(load_config(tmp_path / "c.yaml"))[2]  # the same data: the same decision
+    # once its tokenizer is trained, new data keeps the model and says how to size again
+    (run / "tokenizer").mkdir(parents=True)
+    (run / "tokenizer" / "tokenizer.json").write_text("{}")
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 100_000_000}))
+    _, kept, reused = resolve_auto_model(load_config(tmp_path / "c.yaml"))
+    assert reused and kept.model_keys() == fed.model_keys()
+    assert any("delete" in n and "model_size.json" in n for n in kept.notes)

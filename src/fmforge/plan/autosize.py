@@ -21,7 +21,12 @@ The rule (docs/planner.md, "Sizing a model for a budget"):
    decides instead: the one-variable law's own tokens-per-parameter rule, or the
    shape with the lowest predicted loss under the two-variable law.
 4. When the data is known, a model is not grown past what ``MAX_USEFUL_EPOCHS``
-   passes over it can train by the same rule (more time then buys repetition).
+   passes over it can train by the same rule (under the two-variable law:
+   ``TOKENS_PER_PARAM``, and tokens past those passes count for nothing); more
+   time then buys repetition, and a note names the epochs.
+
+``budget_optimum``: what a compute budget buys by a ladder's law among the same
+family's real shapes, each with its own FLOPs per token (``plan --budget``).
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from typing import Any
 
 from fmforge.config import ModelConfig
 from fmforge.hardware import Hardware
-from fmforge.model.counting import Architecture, count_params, from_model_config
+from fmforge.model.counting import Architecture, count_params, from_model_config, train_flops_per_token
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan
-from fmforge.plan.scaling import ScalingLaw
-from fmforge.plan.sizing import MAX_USEFUL_EPOCHS, TOKENS_PER_PARAM
+from fmforge.plan.scaling import ScalingLaw, Shape
+from fmforge.plan.sizing import MAX_USEFUL_EPOCHS, TOKENS_PER_PARAM, data_tokens_from_run, repetition_note
 
 WIDTHS = (64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512, 640, 768, 896, 1024, 1280,
           1536, 2048, 2560, 3072, 4096, 5120, 6144, 8192)
@@ -57,6 +62,31 @@ def _arch(d: int, layers: int, heads: int, vocab: int, seq_len: int) -> Architec
     # the config's own defaults (d_ff, tied embeddings): what training will build
     return from_model_config(ModelConfig(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads,
                                          seq_len=seq_len))
+
+
+def family_shapes(model: ModelConfig) -> list[Shape]:
+    """The family's shapes (``shape_for_width`` at each of ``WIDTHS``) built as
+    ``model`` builds its own: its vocabulary, context, tied embeddings, feed-forward
+    rule and grouped-query ratio; each with its real parameter and FLOPs counts."""
+    group = model.n_heads // model.kv_heads
+    out = []
+    for d in WIDTHS:
+        layers, heads = shape_for_width(d)
+        kv = heads // group if group > 1 and heads % group == 0 else None
+        cfg = model.model_copy(update={"d_model": d, "n_layers": layers, "n_heads": heads, "n_kv_heads": kv,
+                                       "d_ff": None})
+        arch = from_model_config(cfg)
+        counts = count_params(arch)
+        out.append(Shape(float(counts.non_embedding), float(counts.total), float(train_flops_per_token(arch)),
+                         {"d_model": d, "n_layers": layers, "n_heads": heads}))
+    return out
+
+
+def budget_optimum(law: ScalingLaw, compute: float, model: ModelConfig) -> dict[str, Any]:
+    """What ``compute`` training FLOPs (the project's own count) buy by ``law``
+    among the family's real shapes with ``model``'s vocabulary and choices
+    (``ScalingLaw.optimum_over``): tokens × FLOPs per token = ``compute``."""
+    return law.optimum_over(compute, family_shapes(model))
 
 
 # The embedding may hold up to this many times the rest of the model. Measured on
@@ -154,7 +184,19 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
     notes: list[str] = []
     law = ScalingLaw.from_dict(ladder["law"]) if ladder else None
     if law is not None and not law.one_variable:
-        chosen, mfu_used = min(candidates, key=lambda c: law.predict(c[0].non_embedding_params, c[0].tokens))
+        # The law assumes fresh tokens: left alone it grows the model past what the
+        # data can feed and counts repeated tokens as new. A shape is fed when
+        # TOKENS_PER_PARAM tokens per parameter fit in MAX_USEFUL_EPOCHS passes, and
+        # tokens past those passes count for nothing in its prediction.
+        fed = candidates
+        useful = math.inf
+        if data_tokens:
+            useful = MAX_USEFUL_EPOCHS * data_tokens
+            fed = [c for c in candidates if TOKENS_PER_PARAM * c[0].non_embedding_params <= useful]
+            if len(fed) < len(candidates):
+                notes.append(_data_limited(data_tokens, TOKENS_PER_PARAM))
+            fed = fed or candidates[:1]
+        chosen, mfu_used = min(fed, key=lambda c: law.predict(c[0].non_embedding_params, min(c[0].tokens, useful)))
         rule = "the lowest loss by this run's ladder law"
     else:
         # Parameters are counted without the embedding, as the ladder counts them: at
@@ -176,13 +218,21 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
         if data_tokens:
             within = [c for c in fitting if ratio * count(c[0]) <= MAX_USEFUL_EPOCHS * data_tokens]
             if len(within) < len(fitting):
-                notes.append(f"data-limited: {data_tokens:,.0f} tokens of data suit a model trained on at "
-                             f"most {MAX_USEFUL_EPOCHS:g} passes; a bigger one would need more data, "
-                             "not more time")
+                notes.append(_data_limited(data_tokens, ratio))
                 fitting = within or fitting[:1]
         chosen, mfu_used = fitting[-1]
+    repeats = repetition_note(chosen.tokens, data_tokens, "the chosen model, trained for the whole budget,")
+    if repeats:
+        notes.append(repeats)
     return ModelSize(**asdict(chosen), seconds=seconds, hardware=hardware.key, peak_flops=hardware.peak_flops,
                      mfu=mfu_used, dtype=dtype, num_devices=num_devices, rule=rule, notes=notes)
+
+
+def _data_limited(data_tokens: float, ratio: float) -> str:
+    return (f"data-limited: {data_tokens:,.0f} tokens of data feed a model of at most "
+            f"{MAX_USEFUL_EPOCHS * data_tokens / ratio:,.0f} non-embedding parameters ({ratio:g} tokens per "
+            f"parameter in {MAX_USEFUL_EPOCHS:g} passes over the data); a bigger one would need more data, "
+            "not more time")
 
 
 # ------------------------------------------------------- measured on this machine
@@ -268,7 +318,11 @@ def resolve_auto_model(cfg: Any) -> tuple[Any, ModelSize, bool]:
     train on: (the sized config, the decision, whether it was reused). The decision
     is kept in ``RUN/model_size.json`` and reused while its inputs (budget, device,
     precision, context, micro-batch, threads, fixed vocabulary, ladder) are the
-    same, so every stage command of a run sees the same model."""
+    same, so every stage command of a run sees the same model. It is sized for the
+    data the run has (``sizing.data_tokens_from_run``: its tokens, else its data
+    card); data that arrives or changes later sizes it again only while nothing
+    was built for the model yet (a tokenizer, a checkpoint), else it is kept and
+    a note says what the data would choose."""
     import json
     from pathlib import Path
 
@@ -288,16 +342,23 @@ def resolve_auto_model(cfg: Any) -> tuple[Any, ModelSize, bool]:
     ladder = read_ladder(Path(cfg.run_dir))
     inputs = _budget_inputs(cfg, key, mode, ladder)
     record_path = Path(cfg.run_dir) / RECORD
+    # The data the run has (its tokens, else its data card's bytes): a model is not
+    # sized past what it can feed. Before the data stage it is unknown.
+    found = data_tokens_from_run(cfg.run_dir)
+    data_tokens = found[0] if found else None
+    earlier, record = None, {}
     if record_path.is_file():
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
             if record.get("inputs") == json.loads(json.dumps(inputs)):
-                size = ModelSize(**{k: v for k, v in record["size"].items() if k != "tokens_per_param"})
-                return cfg.with_model_size(**size.model_keys()), size, True
+                earlier = ModelSize(**{k: v for k, v in record["size"].items() if k != "tokens_per_param"})
         except (OSError, ValueError, TypeError, KeyError):
             pass  # a damaged record is decided again and rewritten
     from fmforge.launch import current_launch
 
+    if earlier is not None and (data_tokens is None or record.get("data_tokens") == data_tokens
+                                or current_launch().distributed):
+        return cfg.with_model_size(**earlier.model_keys()), earlier, True
     if current_launch().distributed:
         # every process must build the same model: one decision, made before the launch
         raise PlanError(f"model: auto under torchrun needs the size decided first: run the earlier stages "
@@ -307,11 +368,35 @@ def resolve_auto_model(cfg: Any) -> tuple[Any, ModelSize, bool]:
 
     kw = dict(dtype=mode, num_devices=1, seq_len=cfg.model.seq_len,
               micro_batch=cfg.train.micro_batch_size * cfg.train.grad_accum_for(cfg.model.seq_len, 1),
-              vocab_size=_fixed_vocab(cfg), ladder=ladder, max_steps=cfg.train.max_steps)
-    if cfg.plan.mfu is not None:  # an MFU given by hand is trusted, not measured
-        size = size_model(hw, cfg.train.max_minutes * 60, mfu=cfg.plan.mfu, **kw)
+              vocab_size=_fixed_vocab(cfg), ladder=ladder, max_steps=cfg.train.max_steps,
+              data_tokens=data_tokens)
+    seconds = cfg.train.max_minutes * 60
+    reused = False
+    if earlier is not None:
+        # Only the data is new (the data stage ran since, or its output changed): the
+        # speed measured before stands. The model changes only while nothing built
+        # for it (the tokenizer, a checkpoint) exists yet.
+        size = size_model(hw, seconds, mfu=earlier.mfu, **kw)
+        run = Path(cfg.run_dir)
+        built = (run / "tokenizer" / "tokenizer.json").is_file() or any((run / "checkpoints").glob("step-*"))
+        if size.model_keys() == earlier.model_keys():
+            reused = True
+        elif built:
+            earlier.notes.append(
+                f"sized before the run's data ({data_tokens:,.0f} tokens, {found[1]}) was known; for it the rule "
+                f"now picks d_model {size.d_model}, {size.n_layers} layers ({size.non_embedding_params:,} "
+                f"non-embedding parameters). Kept, since its tokenizer or checkpoints exist: delete {record_path} "
+                "and rerun from the tokenizer stage to size again")
+            repeats = repetition_note(earlier.tokens, data_tokens, "the model, trained for the whole budget,")
+            if repeats:
+                earlier.notes.append(repeats)
+            return cfg.with_model_size(**earlier.model_keys()), earlier, True
+    elif cfg.plan.mfu is not None:  # an MFU given by hand is trusted, not measured
+        size = size_model(hw, seconds, mfu=cfg.plan.mfu, **kw)
     else:
-        size = size_model_measured(hw, cfg.train.max_minutes * 60, device="cpu" if key == "cpu" else "cuda", **kw)
+        size = size_model_measured(hw, seconds, device="cpu" if key == "cpu" else "cuda", **kw)
+    if found:
+        size.notes.append(f"sized for the run's data: {data_tokens:,.0f} tokens ({found[1]})")
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record_path, {"inputs": inputs, "size": size.to_dict()})
-    return cfg.with_model_size(**size.model_keys()), size, False
+    atomic_write_json(record_path, {"inputs": inputs, "data_tokens": data_tokens, "size": size.to_dict()})
+    return cfg.with_model_size(**size.model_keys()), size, reused

@@ -18,11 +18,11 @@ from fmforge.plan.actual import compare_customize_to_actual, compare_plan_to_act
 from fmforge.plan.decide import DEFAULT_HORIZON_MONTHS, DEFAULT_LORA_EPOCHS, compare_options
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import make_plan, plan_run_tokens, run_dtype, settle_mfu
-from fmforge.plan.quality import quality_table
+from fmforge.plan.quality import optimum_prediction, quality_table
 from fmforge.plan.report import (render_actual, render_decision, render_ladder, render_plan, render_quality,
                                  render_sizing)
-from fmforge.plan.scaling import ScalingLaw, ladder_prediction, read_ladder
-from fmforge.plan.sizing import data_tokens_from_run, size_for_budget
+from fmforge.plan.scaling import ladder_prediction, read_ladder
+from fmforge.plan.sizing import data_tokens_from_run, repetition_note, size_for_budget
 from fmforge.rundir import resolve_run
 
 
@@ -195,13 +195,13 @@ def plan_command(o: PlanOptions) -> PlanOutput:
 
     ladder = read_ladder(cfg.run_dir) if cfg is not None else None
     if ladder is not None:
-        data["ladder"] = ladder_section(ladder, cfg, data)
+        data["ladder"] = ladder_section(ladder, cfg, data, data_tokens)
         renderables += render_ladder(data["ladder"])
 
     if o.decide:
         if cfg is None:
             raise PlanError("--decide compares what was measured and predicted for a run: give its CONFIG")
-        data["quality"] = quality_table(cfg.run_dir, cfg, data, hw, o.monthly_tokens)
+        data["quality"] = quality_table(cfg.run_dir, cfg, data, hw, o.monthly_tokens, data_tokens)
         renderables += render_quality(data["quality"])
 
     if o.api_price is not None:
@@ -229,13 +229,14 @@ def plan_command(o: PlanOptions) -> PlanOutput:
     return PlanOutput(renderables, data)
 
 
-def ladder_section(ladder: dict[str, Any], cfg: Any, data: dict[str, Any]) -> dict[str, Any]:
+def ladder_section(ladder: dict[str, Any], cfg: Any, data: dict[str, Any],
+                   data_tokens: float | None = None) -> dict[str, Any]:
     """What the run's own ladder (``fmforge ladder``) predicts: held-out bits per
     byte of the config's model at its planned tokens, and, with a budget, of the
-    model the law finds best for that compute."""
+    model the law finds best for that compute (among real shapes, in real FLOPs);
+    a warning where either would repeat ``data_tokens`` more than a few times."""
     from fmforge.model.counting import count_parameters
 
-    law = ScalingLaw.from_dict(ladder["law"])
     n = count_parameters(cfg.resolved_model()).non_embedding
     out: dict[str, Any] = {"law": ladder["law"], "form": ladder.get("form"),
                            "warnings": ladder.get("warnings", []),
@@ -243,9 +244,14 @@ def ladder_section(ladder: dict[str, Any], cfg: Any, data: dict[str, Any]) -> di
                            "planned": ladder_prediction(ladder, n, data.get("tokens"))}
     compute = (data.get("sizing") or {}).get("compute_flops")
     if compute:
-        n_opt, d_opt = law.optimum(compute)
-        out["optimum"] = {"compute_flops": compute, **ladder_prediction(ladder, n_opt, d_opt)}
+        out["optimum"] = optimum_prediction(ladder, compute, cfg.resolved_model())
     for label in ("planned", "optimum"):
+        what = "the config's model" if label == "planned" else "the budget optimum"
+        own = list((out.get(label) or {}).get("warnings") or [])  # the ladder's, about this prediction
+        out["warnings"] = out["warnings"] + [f"{what}: {w}" for w in own if w not in out["warnings"]]
+        note = repetition_note(out.get(label, {}).get("tokens") or 0.0, data_tokens, what)
+        if note and not any(("epoch" in w or "repeat" in w) for w in own):
+            out["warnings"] = out["warnings"] + [note]
         far = out.get(label, {}).get("extrapolation")
         if far is not None and far > MAX_TRUSTED_EXTRAPOLATION:
             out["warnings"] = out["warnings"] + [

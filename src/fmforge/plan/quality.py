@@ -13,6 +13,7 @@ and, with a budget, the compute-optimal one, with their 90% intervals.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from fmforge.model.counting import count_parameters
 from fmforge.plan.actual import compare_plan_to_actual
 from fmforge.plan.decide import serving_cost
 from fmforge.plan.errors import PlanError
+from fmforge.plan.autosize import budget_optimum
 from fmforge.plan.scaling import ScalingLaw, ladder_prediction, read_ladder
+from fmforge.plan.sizing import repetition_note
 from fmforge.rundir import RunDir, against_stale
 
 
@@ -59,11 +62,58 @@ def _per_source(r: dict[str, Any]) -> dict[str, float | None]:
     return {k: v.get("bits_per_byte") for k, v in (r.get("per_source") or {}).items()}
 
 
+def optimum_prediction(ladder: dict[str, Any], compute: float, model: Any) -> dict[str, Any]:
+    """What the ladder predicts for the model ``compute`` training FLOPs buy among the
+    real shapes of ``model``'s family (``autosize.budget_optimum``), with that
+    model's tokens, FLOPs per token, total parameters and how it was found."""
+    opt = budget_optimum(ScalingLaw.from_dict(ladder["law"]), compute, model)
+    return {"compute_flops": compute, **ladder_prediction(ladder, opt["non_embedding_params"], opt["tokens"]),
+            **{k: opt[k] for k in ("tokens", "flops_per_token", "params", "shape", "how")}}
+
+
+def _cautions(predicted: dict[str, Any], tokens: float | None, data_tokens: float | None, what: str) -> list[str]:
+    """The prediction's own warnings (the ladder's), and one when its training repeats the data."""
+    warnings = list(predicted.get("warnings") or [])
+    if not any("epoch" in w or "repeat" in w for w in warnings):
+        note = repetition_note(tokens or 0.0, data_tokens, what)
+        if note:
+            warnings.append(note)
+    return warnings
+
+
+def _configs_row(ladder: dict[str, Any], model: Any, plan: dict[str, Any], data_tokens: float | None,
+                 serve: Any) -> dict[str, Any]:
+    """The config's model as the ladder predicts it, priced for the training the
+    prediction is for: the one-variable law describes a model trained at its rule,
+    so where the config plans another ratio the row is priced at the rule's tokens."""
+    counts = count_parameters(model)
+    law = ScalingLaw.from_dict(ladder["law"])
+    planned, cost = plan.get("tokens"), plan.get("cost_usd")
+    predicted = ladder_prediction(ladder, counts.non_embedding, planned)
+    trained = predicted.get("tokens", planned)
+    basis = [f"ladder, {predicted.get('extrapolation', 0):g}x its largest rung"]
+    if law.one_variable and planned and trained and not math.isclose(trained, planned, rel_tol=0.05):
+        cost = cost * trained / planned if cost is not None else None
+        basis.append(
+            f"quality and cost both for {trained:,.0f} tokens ({law.tokens_per_param:g} tokens per non-embedding "
+            f"parameter, the ladder's rule); the config plans {planned:,.0f} ({planned / counts.non_embedding:.3g} "
+            "per parameter), which this law does not describe: give the ladder rungs at a second "
+            "tokens-per-parameter (the two-variable law) to predict that")
+    if "bits_per_byte" not in predicted:
+        basis.append("no prediction" + (f": {predicted['note']}" if predicted.get("note") else ""))
+    basis += _cautions(predicted, trained, data_tokens, "the config's model")
+    return {"option": "train", "model": "config's model, predicted", "params": counts.total,
+            "bits_per_byte": predicted.get("bits_per_byte"), "interval_90": predicted.get("interval_90"),
+            "per_source": {}, "basis": "; ".join(basis), "tokens": trained, "one_time_usd": cost,
+            "monthly_usd": serve(counts.total)}
+
+
 def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware: Hardware,
-                  monthly_tokens: float | None = None) -> dict[str, Any]:
+                  monthly_tokens: float | None = None, data_tokens: float | None = None) -> dict[str, Any]:
     """Rows of options with their held-out bits per byte (measured or predicted)
     and costs; ``plan`` is ``fmforge plan``'s data for the config (its cost, and
-    ``sizing`` with a budget)."""
+    ``sizing`` with a budget); ``data_tokens``: the training data's size, to say
+    when a predicted model would repeat it."""
     root = Path(run_root)
     ev = _eval(root)
     rows: list[dict[str, Any]] = []
@@ -104,35 +154,28 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
     ladder = read_ladder(root)
     if ladder is not None and cfg is not None:
         model = cfg.resolved_model()
-        counts = count_parameters(model)
-        predicted = ladder_prediction(ladder, counts.non_embedding, plan.get("tokens"))
-        if "bits_per_byte" in predicted:
-            rows.append({"option": "train", "model": "config's model, predicted",
-                         "params": counts.total, "bits_per_byte": predicted["bits_per_byte"],
-                         "interval_90": predicted.get("interval_90"), "per_source": {},
-                         "basis": f"ladder, {predicted.get('extrapolation', 0):g}x its largest rung",
-                         "one_time_usd": plan.get("cost_usd"), "monthly_usd": serve(counts.total)})
+        rows.append(_configs_row(ladder, model, plan, data_tokens, serve))
         compute = (plan.get("sizing") or {}).get("compute_flops")
         if compute:
-            law = ScalingLaw.from_dict(ladder["law"])
-            n_opt, d_opt = law.optimum(compute)
-            p = ladder_prediction(ladder, n_opt, d_opt)
-            # The law counts non-embedding parameters; serving holds the embedding too.
-            embedding = counts.embedding + counts.lm_head
+            p = optimum_prediction(ladder, compute, model)
+            basis = [f"ladder, {p.get('extrapolation', 0):g}x its largest rung", p["how"],
+                     f"{p['tokens']:,.0f} tokens x {p['flops_per_token']:,.0f} FLOPs per token = the budget's "
+                     f"{compute:.3g} FLOPs", *_cautions(p, p["tokens"], data_tokens, "the budget optimum")]
             rows.append({"option": "train", "model": "budget optimum, predicted",
-                         "params": n_opt + embedding, "bits_per_byte": p["bits_per_byte"],
-                         "interval_90": p.get("interval_90"), "per_source": {},
-                         "basis": f"ladder, {p.get('extrapolation', 0):g}x its largest rung",
+                         "params": p["params"], "bits_per_byte": p.get("bits_per_byte"),
+                         "interval_90": p.get("interval_90"), "per_source": {}, "basis": "; ".join(basis),
+                         "tokens": p["tokens"],
                          "one_time_usd": (plan.get("sizing") or {}).get("budget_usd"),
-                         "monthly_usd": serve(n_opt + embedding)})
+                         "monthly_usd": serve(p["params"])})
     if not rows:
         raise PlanError(f"nothing to compare in {root}: evaluate the run (`fmforge eval RUN`), score other "
                         "models on its held-out bytes (`fmforge eval RUN --against DIR`) or fit a ladder "
                         "(`fmforge ladder CONFIG`) first")
     references = {k: ev.get(f"{k}_bits_per_byte") for k in ("gzip", "xz")}
-    best = min((r for r in rows if r["bits_per_byte"] is not None), key=lambda r: r["bits_per_byte"])
-    notes = [f"lowest held-out bits per byte: {best['model']} ({best['option']}, {best['bits_per_byte']:.4f}, "
-             f"{best['basis']})"]
+    best = min((r for r in rows if r["bits_per_byte"] is not None), key=lambda r: r["bits_per_byte"], default=None)
+    notes = [] if best is None else [
+        f"lowest held-out bits per byte: {best['model']} ({best['option']}, {best['bits_per_byte']:.4f}, "
+        f"{best['basis'].split('; ')[0]})"]
     notes += stale
     if references["xz"] is not None:
         notes.append(f"xz -9e on the same bytes: {references['xz']:.4f} bits per byte; a model above it has "

@@ -106,6 +106,11 @@ def render_ladder(l: dict[str, Any]) -> list[Any]:
     if "optimum" in l:
         row("budget optimum", l["optimum"])
     out: list[Any] = [t]
+    if l.get("optimum", {}).get("how"):
+        o = l["optimum"]
+        out.append(Text(f"budget optimum: {o['how']}; {fmt.count(o['tokens'])} tokens x "
+                        f"{o['flops_per_token']:.3g} FLOPs per token (head and attention included) = the "
+                        f"budget's {o['compute_flops']:.3g} FLOPs"))
     if l["law"].get("tokens_per_param") is not None:
         out.append(Text(f"the law holds for models trained on {l['law']['tokens_per_param']:g} tokens per "
                         "non-embedding parameter, as its rungs were; the prediction assumes that budget"))

@@ -19,7 +19,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from fmforge.plan.errors import PlanError
 from fmforge.rundir import read_json_artifact
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A real model of a family: its counts and its training FLOPs per token (the
+    project's own, ``fmforge.model.counting``; head and attention included)."""
+
+    non_embedding_params: float
+    params: float
+    flops_per_token: float
+    keys: dict[str, int]  # the config keys that build it (model.d_model, n_layers, n_heads)
+
+    def describe(self) -> str:
+        return (f"d_model {self.keys['d_model']} x {self.keys['n_layers']} layers "
+                f"({self.non_embedding_params:,.0f} non-embedding parameters)")
 
 
 @dataclass(frozen=True)
@@ -56,18 +72,84 @@ class ScalingLaw:
 
     def optimum(self, compute: float, flops_per_param_token: float = 6.0) -> tuple[float, float]:
         """(N, D) with the lowest predicted loss for ``compute`` = 6·N·D FLOPs
-        (Hoffmann et al. 2022, eq. 4); the one-variable law keeps its rule."""
+        (Hoffmann et al. 2022, eq. 4); the one-variable law keeps its rule.
+
+        This is the law's own arithmetic, in its own units (6 FLOPs per parameter
+        and token, N without the embedding and head): what a budget buys in the
+        project's real FLOPs per token is ``optimum_over`` a family of shapes."""
         if compute <= 0:
             raise ValueError(f"compute must be positive, got {compute}")
+        self.require_optimum()
         per = compute / flops_per_param_token
         if self.one_variable:
             n = math.sqrt(per / self.tokens_per_param)
             return n, self.tokens_per_param * n
-        if self.alpha <= 0 or self.beta <= 0 or self.A <= 0 or self.B <= 0:
-            raise ValueError("this fit has no finite optimum: a term does not fall with scale")
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         n = g * per ** (self.beta / (self.alpha + self.beta))
         return n, per / n
+
+    def require_optimum(self) -> None:
+        """A PlanError (one line, what to do) unless every term of the law falls with
+        scale: with a non-positive exponent a bigger model (or more tokens) predicts
+        no better, and no budget has a best model."""
+        terms = [("alpha", self.alpha, self.A)] + ([] if self.one_variable else [("beta", self.beta, self.B)])
+        bad = [f"{name} = {exp:.3g}" for name, exp, coef in terms if exp <= 0 or coef <= 0]
+        if bad:
+            raise PlanError(
+                f"the ladder's fitted law has no optimum: {', '.join(bad)} (a term that does not fall with "
+                "scale: a bigger model or more tokens predicts no better). Its rungs do not yet show the trend: "
+                "add more and larger rungs, or train each on more tokens per parameter, and run "
+                "`fmforge ladder CONFIG` again")
+
+    def optimum_over(self, compute: float, shapes: Sequence[Shape]) -> dict[str, Any]:
+        """The model ``compute`` FLOPs buy among real ``shapes`` (each with its own
+        FLOPs per training token), so that tokens × FLOPs per token = ``compute``.
+
+        The two-variable law: the shape of lowest predicted loss, each trained on
+        ``compute`` / its FLOPs per token. The one-variable law holds only at its rule
+        D = r·N: the N where r·N·f(N) = ``compute``, f interpolated log-linearly
+        between the two shapes around it (beyond the family: along its end segment)."""
+        if compute <= 0:
+            raise ValueError(f"compute must be positive, got {compute}")
+        self.require_optimum()
+        shapes = sorted(shapes, key=lambda s: s.non_embedding_params)
+        if not shapes:
+            raise ValueError("no shapes to choose from")
+        if not self.one_variable:
+            best = min(shapes, key=lambda s: self.predict(s.non_embedding_params, compute / s.flops_per_token))
+            where = ("the family's smallest shape" if best is shapes[0] else "the family's largest shape"
+                     if best is shapes[-1] else "the family's shape")
+            return {"non_embedding_params": best.non_embedding_params, "params": best.params,
+                    "tokens": compute / best.flops_per_token, "flops_per_token": best.flops_per_token,
+                    "compute_flops": compute, "shape": best.keys,
+                    "how": f"{where} {best.describe()} of lowest predicted loss, trained on what the budget buys"}
+        r = self.tokens_per_param
+        cost = [r * s.non_embedding_params * s.flops_per_token for s in shapes]
+        if len(shapes) == 1:
+            s = shapes[0]
+            n = math.sqrt(compute / (r * s.flops_per_token / s.non_embedding_params))  # f ∝ N
+            return {"non_embedding_params": n, "params": s.params * n / s.non_embedding_params, "tokens": r * n,
+                    "flops_per_token": compute / (r * n), "compute_flops": compute, "shape": s.keys,
+                    "how": f"scaled from {s.describe()}"}
+        i = max(0, min(len(shapes) - 2, next((k - 1 for k, c in enumerate(cost) if c > compute), len(shapes) - 1)))
+        a, b = shapes[i], shapes[i + 1]
+        ln_na, ln_nb = math.log(a.non_embedding_params), math.log(b.non_embedding_params)
+        slope = (math.log(b.flops_per_token) - math.log(a.flops_per_token)) / (ln_nb - ln_na)
+        ln_n = (math.log(compute / r) - math.log(a.flops_per_token) + slope * ln_na) / (1 + slope)
+        t = (ln_n - ln_na) / (ln_nb - ln_na)
+        n = math.exp(ln_n)
+        fpt = math.exp(math.log(a.flops_per_token) + t * (math.log(b.flops_per_token) - math.log(a.flops_per_token)))
+        params = math.exp(math.log(a.params) + t * (math.log(b.params) - math.log(a.params)))
+        nearest = a if t < 0.5 else b
+        if 0 <= t <= 1:
+            how = (f"between the family's shapes {a.describe()} and {b.describe()} (interpolated); the nearer, "
+                   f"{nearest.describe()}, trained by the rule costs "
+                   f"{r * nearest.non_embedding_params * nearest.flops_per_token / compute:.0%} of the budget")
+        else:
+            how = (f"beyond the family's {'smallest' if t < 0 else 'largest'} shape {nearest.describe()} "
+                   "(extrapolated)")
+        return {"non_embedding_params": n, "params": params, "tokens": r * n, "flops_per_token": fpt,
+                "compute_flops": compute, "shape": nearest.keys, "how": how}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,6 +29,22 @@ MAX_USEFUL_EPOCHS = 4.0
 BYTES_PER_TOKEN = 4.0  # BPE tokenizers on English text: about 4 bytes (characters) a token
 
 
+# Past this many epochs repeated tokens are worth almost nothing (Muennighoff et al.
+# 2023: the value of a repeated token decays with their fitted R*_D ≈ 15 repetitions).
+WORTHLESS_EPOCHS = 16.0
+
+
+def repetition_note(tokens: float, data_tokens: float | None, what: str = "this training") -> str | None:
+    """A sentence when training on ``tokens`` would pass over ``data_tokens`` of data
+    more than ``MAX_USEFUL_EPOCHS`` times (naming the epochs and the data's size), else None."""
+    if not data_tokens or not tokens or tokens <= MAX_USEFUL_EPOCHS * data_tokens:
+        return None
+    return (f"{what} would repeat its data {tokens / data_tokens:,.1f} times ({fmt.count(tokens)} tokens over "
+            f"{fmt.count(data_tokens)} of data; past ~{MAX_USEFUL_EPOCHS:g} epochs repeated tokens are worth less "
+            f"and less, past ~{WORTHLESS_EPOCHS:g} nearly nothing: Muennighoff et al. 2023): a prediction for fresh "
+            "data is too optimistic there, and more data would help more than more compute")
+
+
 def chinchilla_loss(params: float, tokens: float) -> float:
     return CHINCHILLA.predict(params, tokens)
 
