@@ -52,8 +52,11 @@ of the demo's corpus (stdlib code up to 8 MB + package docs up to 3 MB, as
 on 10 copies of it (each file given a first line naming its copy, so exact
 dedup keeps it): with ``data.workers=1`` (one process) and with the default
 workers, at the default ``task_bytes``/``shard_max_docs`` and at smaller ones
-(``BOUNDED``) that the 1x corpus already exceeds; peak RSS is ``ru_maxrss`` of
-the process plus that of its largest child.
+(``BOUNDED``) that the 1x corpus already exceeds; peak RSS is read from
+``VmHWM`` of the process and of each process it starts (the shared harness's
+``run_tree``; not ``ru_maxrss``, which a child inherits across fork and exec, so
+every row showed the parent's peak), with the largest sum of their ``VmRSS`` at
+one moment.
 
     python benchmarks/bench_data.py                   # about 4 minutes on 2 busy cores (--mb 2)
     python benchmarks/bench_data.py --mb 4 --skip-rss --json /tmp/bench_data.json
@@ -65,20 +68,20 @@ import argparse
 import ast
 import json
 import os
-import platform
 import random
 import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import machine, report_root_hwm, run_tree
 
 from fmforge.config import DataConfig, config_from_dict
 from fmforge.data.readers.base import Document
@@ -516,18 +519,17 @@ def in_chain_agreement(ours: dict[str, list], theirs: dict[str, list], our_chain
 # -- RSS of the whole stage -------------------------------------------------------------------
 
 RSS_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, SRC)
 from fmforge.config import config_from_dict
 from fmforge.data.stage import run_data_stage
+from fmforge.hardware import peak_rss_bytes
 from fmforge.rundir import RunDir
 cfg = config_from_dict(json.loads(sys.argv[1]))
 t = time.perf_counter()
 summary = run_data_stage(cfg, RunDir(sys.argv[2]))
 wall = time.perf_counter() - t
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"wall_s": wall, "rss_self_mb": own / 1024, "rss_children_mb": kids / 1024}))
+print(json.dumps({"wall_s": wall, "self_hwm_mb": peak_rss_bytes() / 2**20}))
 """
 
 
@@ -586,25 +588,29 @@ def rss_run(corpus: Path, workers: int | None, run_dir: Path, extra: dict | None
         "min_chars": 64, "val_fraction": 0.04, "dedup": "exact", "workers": workers,
         "work_dir": str(run_dir / "work"), **(extra or {})}}
     child = RSS_CHILD.replace("SRC", repr(str(root / "src")))
-    proc = subprocess.run([sys.executable, "-c", child, json.dumps(raw), str(run_dir / "run")],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"data stage failed:\n{proc.stderr[-3000:]}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["rss_peak_mb"] = res["rss_self_mb"] + res["rss_children_mb"]
+    out, peak = run_tree([sys.executable, "-c", child, json.dumps(raw), str(run_dir / "run")])
+    res = json.loads(out.strip().splitlines()[-1])
+    peak = report_root_hwm(out, peak)
+    # each process's own peak (VmHWM): the stage's process, its largest child, all of them
+    # together (an upper bound: their peaks need not coincide), and the most the tree held
+    # at one moment (the sum of VmRSS, polled)
+    res.update(rss_self_mb=peak.root_mb, rss_largest_child_mb=peak.largest_child_mb, processes=1 + len(peak.children),
+               rss_peak_mb=peak.hwm_sum_mb, rss_tree_at_once_mb=peak.rss_sum_peak_mb)
     shutil.rmtree(run_dir, ignore_errors=True)
     return res
 
 
-def measure_rss() -> list[dict]:
+def measure_rss(copies_big: int = 10) -> list[dict]:
     """Default data settings: 1x and 10x with one worker, 10x with the default
-    workers; then ``BOUNDED`` task and partition sizes, 1x and 10x, one worker."""
+    workers; then ``BOUNDED`` task and partition sizes, 1x and 10x, one worker.
+    ``copies_big`` replaces 10 (``--rss-copies``, e.g. 2 for a quick check)."""
     files = demo_files()
-    plan = [(1, 1, None), (10, 1, None), (10, None, None), (1, 1, BOUNDED), (10, 1, BOUNDED)]
+    plan = [(1, 1, None), (copies_big, 1, None), (copies_big, None, None), (1, 1, BOUNDED),
+            (copies_big, 1, BOUNDED)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_data_rss_") as tmp:
         tmp = Path(tmp)
-        sizes = {copies: write_corpus(tmp / f"x{copies}", files, copies) for copies in (1, 10)}
+        sizes = {copies: write_corpus(tmp / f"x{copies}", files, copies) for copies in (1, copies_big)}
         for copies, workers, extra in plan:
             res = rss_run(tmp / f"x{copies}", workers, tmp / "run", extra)
             settings = ("task_bytes 8 MB, shard_max_docs 2000" if extra else "defaults")
@@ -612,8 +618,9 @@ def measure_rss() -> list[dict]:
                        workers=workers if workers else "default", settings=settings)
             rows.append(res)
             print(f"  {copies:>2}x demo ({res['input_mb']:6.1f} MB), {settings}, workers={res['workers']}: "
-                  f"peak RSS {res['rss_peak_mb']:.0f} MB (self {res['rss_self_mb']:.0f} + "
-                  f"children {res['rss_children_mb']:.0f}), {res['wall_s']:.1f} s", flush=True)
+                  f"peak RSS {res['rss_peak_mb']:.0f} MB (self {res['rss_self_mb']:.0f}, "
+                  f"{res['processes'] - 1} children, largest {res['rss_largest_child_mb']:.0f}; "
+                  f"tree at once {res['rss_tree_at_once_mb']:.0f}), {res['wall_s']:.1f} s", flush=True)
     return rows
 
 
@@ -632,15 +639,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples", type=int, default=3, help="disagreements to print per filter")
     ap.add_argument("--skip-rss", action="store_true", help="leave out the data-stage RSS runs")
+    ap.add_argument("--rss-copies", type=int, default=10, help="copies of the demo corpus in the larger RSS runs")
+    ap.add_argument("--skip-speed", action="store_true", help="only the data-stage RSS runs")
     ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     args = ap.parse_args()
 
-    load = os.getloadavg()
-    report: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                    "python": platform.python_version(),
-                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "load_avg_start": load}
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    report: dict = {"machine": machine()}
+    load = report["machine"]["load_average"]
+    print(f"{report['machine']['cpu']}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs")
+    if args.skip_speed:
+        print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and "
+              f"{args.rss_copies}x):", flush=True)
+        report["rss"] = measure_rss(args.rss_copies)
+        report["load_avg_end"] = os.getloadavg()
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+        return
     texts, kinds = build_corpus(args.mb, args.seed)
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     report["corpus"] = {"pages": len(texts), "mb": mb,
@@ -651,8 +666,8 @@ def main() -> None:
     have_dt = datatrove_available()
     if not have_dt:
         print("datatrove is not installed: only our side is timed. For the comparison, install it "
-              "into this venv for the benchmark only: pip install datatrove spacy "
-              "(it is not a dependency of fmforge).")
+              "into this venv for the benchmark only: pip install datatrove spacy regex xxhash "
+              "(they are not dependencies of fmforge).")
     # Rounds interleaved; spaCy's configuration is 10-40x slower than the others
     # and is run once, so the whole benchmark stays within a few minutes.
     order = ["ours", "datatrove-regex", "datatrove-default", "datatrove-regex", "ours"]
@@ -714,8 +729,9 @@ def main() -> None:
                   f"on the documents it is handed {'yes' if chained else 'NO'}")
 
     if not args.skip_rss:
-        print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and 10x):", flush=True)
-        report["rss"] = measure_rss()
+        print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and "
+              f"{args.rss_copies}x):", flush=True)
+        report["rss"] = measure_rss(args.rss_copies)
     report["load_avg_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

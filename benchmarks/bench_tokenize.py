@@ -1,25 +1,32 @@
 """The tokenize stage against raw ``tokenizers``, same text, same tokenizer.
 
-Why: issue 11 asks the encode stage (parquet shards to token files on disk) to
+Why: issue 11 asked the encode stage (parquet shards to token files on disk) to
 run at least 0.9x the speed of ``tokenizers.Tokenizer.encode_batch`` on the same
-strings already in memory, with a peak RSS that stays flat as the corpus grows,
-and the compression of the GPT-4 split against the GPT-2 split.
+strings already in memory, with a peak RSS that stays flat as the corpus grows;
+issue 30 asks it to encode with tiktoken on the same merges (ids identical) at
+>= 4x the stage as it was and >= 3x raw ``encode_batch_fast``, per CPU-second and
+wall; and the compression of the GPT-4 split against the GPT-2 split.
 
 Corpus: demo-like, built offline from this machine as ``configs/demo.yaml`` builds
 it (the interpreter's standard library ``.py`` files up to 8 MB, the installed
 packages' METADATA/LICENSE/README files up to 3 MB), written directly as the data
 stage's shards (96% train, 4% val, seeded), so only the tokenizer stages are timed.
 
+Measured with the shared harness (``harness.py``: interleaved repeats, wall and
+CPU-seconds, ``VmHWM`` of a fresh process tree, machine and load with each figure).
+
 - **speed**: a BPE at vocab 8192 (GPT-4 split) is trained once; then, interleaved
   and twice each: ``run_tokenize_stage`` on the run (reads the parquet shards,
-  encodes, writes ``tokens/``; wall seconds) and ``Tokenizer.encode_batch`` (and
-  ``encode_batch_fast``, no offsets) on the same texts held in a Python list.
-  MB/s = UTF-8 MB of text / wall seconds; both use all cores (Rust threads). Also
-  MB per CPU-second (the process's and its children's), steadier on a shared machine.
+  encodes, writes ``tokens/``) with its default encoder (tiktoken on the run's
+  merges) and with ``encoder="tokenizers"`` (the stage as it was before issue 30);
+  raw ``Tokenizer.encode_batch`` and ``encode_batch_fast`` (no offsets) on the same
+  texts held in a Python list; and raw tiktoken on them (``TextEncoder``, one thread
+  per core). All use every core. MB/s = UTF-8 MB of text / wall seconds; MB per
+  CPU-second (the process's threads and its children), steadier on a shared machine.
 - **RSS**: ``run_tokenize_stage`` in a fresh subprocess on the 1x corpus and on a
   10x corpus (each document repeated 10 times, each copy with its own first line
   and a per-copy word swap): peak RSS (``VmHWM``) of the process and of each pool
-  worker (polled), in the inline path (1x) and with the process pool (1x forced, 10x
+  worker, in the inline path (1x) and with the process pool (1x forced, 10x
   by default).
 - **compression**: held-out bytes per token (``fmforge.tokenizer.evaluate``) of a
   GPT-4-split and a GPT-2-split BPE at vocab 8192, both trained on the same train split.
@@ -34,13 +41,13 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+from harness import best_rates, hwm_mb, interleaved, load, machine, report_root_hwm, run_tree
 
 STDLIB_MB, DOCS_MB = 8.0, 3.0
 
@@ -119,78 +126,56 @@ def train(cfg, run) -> float:
     return time.perf_counter() - t
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def bench_speed(cfg, run, repeats: int = 2) -> dict:
     import shutil
 
     from fmforge.data.shards import iter_split_texts
     from fmforge.tokenizer.encode import run_tokenize_stage
+    from fmforge.tokenizer.fast_encode import TextEncoder, available_cores
     from fmforge.tokenizer.load import load_tokenizer
 
     texts = [t for s in ("train", "val") for t in iter_split_texts(run.data, s)]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     tok = load_tokenizer(run, raw_text=True)
-    rows: dict[str, list[float]] = {"stage": [], "encode_batch": [], "encode_batch_fast": []}
-    cpu_rows: dict[str, list[float]] = {k: [] for k in rows}
-    for r in range(repeats):
-        order = ["stage", "encode_batch", "encode_batch_fast"]
-        for what in (order if r % 2 == 0 else order[::-1]):
-            shutil.rmtree(run.tokens, ignore_errors=True)
-            c = time.process_time() + _children_cpu()
-            t = time.perf_counter()
-            if what == "stage":
-                run_tokenize_stage(cfg, run)
-            elif what == "encode_batch":
-                tok.encode_batch(texts, add_special_tokens=False)
-            else:
-                tok.encode_batch_fast(texts, add_special_tokens=False)
-            rows[what].append(mb / (time.perf_counter() - t))
-            cpu_rows[what].append(mb / (time.process_time() + _children_cpu() - c))
-    best = {k: max(v) for k, v in rows.items()}
-    best_cpu = {k: max(v) for k, v in cpu_rows.items()}
-    return {"mb": round(mb, 2), "mb_per_s": {k: [round(x, 2) for x in v] for k, v in rows.items()},
-            "mb_per_cpu_s": {k: [round(x, 2) for x in v] for k, v in cpu_rows.items()},
-            "cpu_ratio_vs_encode_batch": round(best_cpu["stage"] / best_cpu["encode_batch"], 3),
-            "cpu_ratio_vs_encode_batch_fast": round(best_cpu["stage"] / best_cpu["encode_batch_fast"], 3),
-            "ratio_vs_encode_batch": round(best["stage"] / best["encode_batch"], 3),
-            "ratio_vs_encode_batch_fast": round(best["stage"] / best["encode_batch_fast"], 3)}
+    fast = TextEncoder(tok, threads=available_cores())
+    assert fast.name == "tiktoken", fast.why
+    cases = {
+        "stage": lambda: run_tokenize_stage(cfg, run),
+        "stage_tokenizers": lambda: run_tokenize_stage(cfg, run, encoder="tokenizers"),
+        "encode_batch": lambda: tok.encode_batch(texts, add_special_tokens=False),
+        "encode_batch_fast": lambda: tok.encode_batch_fast(texts, add_special_tokens=False),
+        "tiktoken_raw": lambda: fast.encode_arrays(texts),
+    }
+    samples = interleaved(cases, repeats, before=lambda name: shutil.rmtree(run.tokens, ignore_errors=True))
+    rates = best_rates(samples, mb)
+    meta = json.loads((run.tokens / "meta.json").read_text())  # the last run's
+    out = {"mb": round(mb, 2), "threads": available_cores(), "rates": rates}
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return round(rates[a][key] / rates[b][key], 2)
+
+    for key, label in (("best_per_cpu_s", "per_cpu_s"), ("best_per_s", "wall")):
+        out[f"stage_vs_stage_tokenizers_{label}"] = ratio("stage", "stage_tokenizers", key)
+        out[f"stage_vs_encode_batch_fast_{label}"] = ratio("stage", "encode_batch_fast", key)
+        out[f"stage_vs_encode_batch_{label}"] = ratio("stage", "encode_batch", key)
+        out[f"tiktoken_raw_vs_encode_batch_fast_{label}"] = ratio("tiktoken_raw", "encode_batch_fast", key)
+    out["last_stage_encoder"] = meta["encoder"]
+    return out
 
 
-def _hwm_mb(pid: str | int = "self") -> float | None:
-    """Peak resident set (VmHWM) of a live process, in MB. Unlike ``ru_maxrss`` it
-    starts afresh at exec, so it does not inherit the RSS of the process that forked it."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+def one_core_child(run_root: str) -> None:
+    """The speed cases again in a process pinned to one core (so tokenizers' Rust
+    pool and the stage's tiktoken threads are one thread each): per-core rates."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    from fmforge.config import load_config
+    from fmforge.rundir import RunDir
 
-
-def _watch_children(peaks: dict[int, float], stop) -> None:
-    """Poll the peak RSS of this process's children (the pool's workers) until ``stop``."""
-    while not stop.is_set():
-        for task in Path("/proc/self/task").iterdir():
-            try:
-                kids = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for pid in kids:
-                mb = _hwm_mb(pid)
-                if mb is not None:
-                    peaks[int(pid)] = max(peaks.get(int(pid), 0.0), mb)
-        stop.wait(0.05)
+    run = RunDir(run_root)
+    print(json.dumps(bench_speed(load_config(run.config), run)))
 
 
 def rss_child(run_root: str, pool: bool) -> None:
-    """In a fresh process: the tokenize stage, then peak RSS (self, the pool's workers) as JSON."""
-    import threading
-
+    """In a fresh process: the tokenize stage (the parent reads the tree's peaks)."""
     from fmforge.config import load_config
     from fmforge.rundir import RunDir
     from fmforge.tokenizer import encode
@@ -199,28 +184,20 @@ def rss_child(run_root: str, pool: bool) -> None:
         encode.INLINE_BELOW_BYTES = 0
     run = RunDir(run_root)
     cfg = load_config(run.config)
-    peaks: dict[int, float] = {}
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_children, args=(peaks, stop), daemon=True)
-    watcher.start()
-    t = time.perf_counter()
     encode.run_tokenize_stage(cfg, run)
-    wall = time.perf_counter() - t
-    stop.set()
-    watcher.join()
-    me = _hwm_mb() or 0.0
-    print(json.dumps({"self_mb": round(me, 1), "workers": len(peaks),
-                      "largest_worker_mb": round(max(peaks.values(), default=0.0), 1),
-                      "self_plus_workers_mb": round(me + sum(peaks.values()), 1), "seconds": round(wall, 1)}))
+    print(json.dumps({"self_hwm_mb": hwm_mb()}))
 
 
 def measure_rss(run, pool: bool) -> dict:
     import shutil
 
     shutil.rmtree(run.tokens, ignore_errors=True)
-    out = subprocess.run([sys.executable, __file__, "--rss-child", str(run.root)] + (["--pool"] if pool else []),
-                         capture_output=True, text=True, check=True, env={**os.environ, "FMFORGE_NO_PROGRESS": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out, peak = run_tree([sys.executable, __file__, "--rss-child", str(run.root)] + (["--pool"] if pool else []),
+                         env={**os.environ, "FMFORGE_NO_PROGRESS": "1"})
+    peak = report_root_hwm(out, peak)
+    return {"self_mb": round(peak.root_mb, 1), "workers": len(peak.children),
+            "largest_worker_mb": round(peak.largest_child_mb, 1), "self_plus_workers_mb": round(peak.hwm_sum_mb, 1),
+            "rss_sum_peak_mb": round(peak.rss_sum_peak_mb, 1), "seconds": round(peak.wall_s, 1), "load": load()}
 
 
 def main() -> None:
@@ -229,20 +206,30 @@ def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-split", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--skip-one-core", action="store_true")
     ap.add_argument("--rss-child")
     ap.add_argument("--pool", action="store_true")
+    ap.add_argument("--one-core-child")
     args = ap.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.pool)
         return
+    if args.one_core_child:
+        one_core_child(args.one_core_child)
+        return
     os.environ.setdefault("FMFORGE_NO_PROGRESS", "1")
-    result: dict = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    result: dict = {"machine": machine()}
     texts = demo_like_texts()
     with tempfile.TemporaryDirectory(prefix="bench_tokenize-") as tmp:
         cfg, run = write_run(Path(tmp) / "gpt4", texts, args.vocab, "gpt4")
         result["train_seconds_gpt4"] = round(train(cfg, run), 1)
         result["speed"] = bench_speed(cfg, run)
         print("speed:", json.dumps(result["speed"]), flush=True)
+        if not args.skip_one_core and hasattr(os, "sched_setaffinity"):
+            out, _ = run_tree([sys.executable, __file__, "--one-core-child", str(run.root)],
+                              env={**os.environ, "FMFORGE_NO_PROGRESS": "1"})
+            result["speed_one_core"] = json.loads(out.strip().splitlines()[-1])
+            print("speed on one core:", json.dumps(result["speed_one_core"]), flush=True)
         if not args.skip_split:
             from fmforge.tokenizer.evaluate import evaluate_tokenizers
 
@@ -269,6 +256,7 @@ def main() -> None:
                 result["rss"][key] = {**measure_rss(r, pool),
                                       "text_mb": round((card["train"]["bytes"] + card["val"]["bytes"]) / 1e6, 1)}
                 print("rss", key, json.dumps(result["rss"][key]), flush=True)
+    result["load_average_at_end"] = load()
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
