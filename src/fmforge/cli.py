@@ -464,9 +464,11 @@ def _print_against(ev: dict, names: list[str], run_root: Optional[Path] = None) 
     for label, key in (("gzip -9", "gzip_bits_per_byte"), ("xz -9e", "xz_bits_per_byte")):
         table.add_row(label, "", "", _fmt(ev.get(key)), *(_fmt(per[s].get(key)) for s in sources))
     console.print(table)
+    bos = any((found.get(n, {}).get("convention") or {}).get("bos") for n in names)
     console.print("overall: the sum over the per-source streams (their nats over their bytes) for every row; "
-                  "\"doc\" is each held-out document, special-token text in it encoded as text; a "
-                  "beginning-of-sequence token also opens every window and is never scored", style="dim")
+                  "\"doc\" is each held-out document, special-token text in it encoded as text"
+                  + ("; a beginning-of-sequence token also opens every window and is never scored" if bos else ""),
+                  style="dim")
     if any(found.get(n, {}).get("max_bytes") for n in names):
         console.print("candidates were scored on a --max-bytes share of the held-out bytes; "
                       + ("the compressors" if again else "the run's model and the compressors")

@@ -107,7 +107,8 @@ def score_stream(model: torch.nn.Module, tokens: np.ndarray, settings: HeldoutSe
 
 def evaluate_heldout(model: torch.nn.Module, tok: Tokenizer, eos_id: int, run: RunDir,
                      settings: HeldoutSettings, device: torch.device) -> dict:
-    """``{"overall": {...}, "per_source": {source: {...}}}`` for one model."""
+    """``{"overall": {...}, "per_source": {source: {...}}, "overall_is", "dtype",
+    "convention"}`` for one model: overall the sum over the per-source streams."""
     vocab = model.cfg.vocab_size
     if settings.stride is not None and settings.stride > settings.seq_len:
         raise ConfigError(f"eval.stride={settings.stride} is longer than the window "
