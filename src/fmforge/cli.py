@@ -333,12 +333,13 @@ def _print_ladder(result: dict) -> None:
     from fmforge.progress import console
 
     table = Table(title="ladder: held-out bits per byte by size", title_justify="left")
-    for col in ("rung", "non-emb. params", "tokens", "bits/byte", "fit"):
+    for col in ("rung", "non-emb. params", "tokens", "epochs", "bits/byte", "fit"):
         table.add_column(col, justify="left" if col == "rung" else "right")
     law = ScalingLaw.from_dict(result["law"])
     for r in result["rungs"]:
         fit = law.predict(r["non_embedding_params"], None if law.one_variable else r["tokens"])
         table.add_row(r["name"], f"{r['non_embedding_params']:,}", f"{r['tokens']:,}",
+                      f"{r['epochs']:.2g}" if r.get("epochs") is not None else "-",
                       f"{r['bits_per_byte']:.4f}", f"{fit:.4f}")
     console.print(table)
     t = result.get("target", {})

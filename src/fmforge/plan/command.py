@@ -245,6 +245,12 @@ def ladder_section(ladder: dict[str, Any], cfg: Any, data: dict[str, Any],
     compute = (data.get("sizing") or {}).get("compute_flops")
     if compute:
         out["optimum"] = optimum_prediction(ladder, compute, cfg.resolved_model())
+    bt = ladder.get("backtest")
+    if bt:  # shown beside the intervals: each is at least this error, scaled to its reach
+        out["notes"] = [f"backtest: the law fitted without its largest rung ({bt.get('rung', 'the largest')}) "
+                        f"predicted it at {bt['predicted']:.3f} bits/byte, measured {bt['measured']:.3f} "
+                        f"({bt['error']:+.1%}); each interval is at least that wide, more the further it "
+                        "reaches beyond the rungs"]
     for label in ("planned", "optimum"):
         what = "the config's model" if label == "planned" else "the budget optimum"
         own = list((out.get(label) or {}).get("warnings") or [])  # the ladder's, about this prediction

@@ -114,6 +114,7 @@ def render_ladder(l: dict[str, Any]) -> list[Any]:
     if l["law"].get("tokens_per_param") is not None:
         out.append(Text(f"the law holds for models trained on {l['law']['tokens_per_param']:g} tokens per "
                         "non-embedding parameter, as its rungs were; the prediction assumes that budget"))
+    out += [Text(n) for n in l.get("notes", [])]
     out += [Text(f"warning: {w}", style="yellow") for w in l.get("warnings", [])]
     return out
 

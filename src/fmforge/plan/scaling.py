@@ -184,24 +184,89 @@ def read_ladder(run_root: Path) -> dict[str, Any] | None:
     return read_json_artifact(path, "ladder")
 
 
+# Passes over its data past which a prediction is declined: up to about 4 epochs
+# repeated tokens are worth nearly as much as fresh ones, beyond that less and
+# less, past about 16 nearly nothing (Muennighoff et al. 2023, "Scaling
+# data-constrained language models"). A ladder's law is fitted to the rungs' loss
+# as they trained; it has no term for repetition and over-promises there (issue 29:
+# a model repeating its data 17 times measured 18.6% worse than predicted).
+REPEAT_LIMIT_EPOCHS = 4.0
+# A backtest miss beyond this (the 3% a ladder is held to at 2x) is called out.
+BACKTEST_WARN = 0.03
+
+
+def backtest_widening(ladder: dict[str, Any], params: float) -> float | None:
+    """The relative half-width the ladder's backtest demands at ``params``: the
+    error of the law fitted without the largest rung when it predicted that rung,
+    scaled by how much further (in log N) ``params`` lies beyond the largest rung
+    than the largest rung lay beyond the rest (at least the error itself); None
+    without a backtest."""
+    bt = ladder.get("backtest") or {}
+    if bt.get("error") is None:
+        return None
+    largest = max((r["non_embedding_params"] for r in ladder.get("rungs", [])), default=None)
+    reach = bt.get("reach") or 0.0
+    far = 1.0
+    if largest and reach > 1 and params > largest:
+        far = max(1.0, math.log(params / largest) / math.log(reach))
+    return abs(bt["error"]) * far
+
+
 def ladder_prediction(ladder: dict[str, Any], params: float, tokens: float | None) -> dict[str, Any]:
     """What a ladder's law predicts for a model of ``params`` non-embedding
     parameters trained on ``tokens`` (the one-variable law: by its rule, whatever
-    ``tokens`` says), with the 90% interval of its bootstrap fits and how far
-    beyond the largest rung that is."""
+    ``tokens`` says), with its 90% interval and how far beyond the largest rung
+    that is. The interval is the bootstrap's, widened to the ladder's backtest
+    (``backtest_widening``) where that is wider. ``warnings`` lists what the user
+    must know; where the training would repeat the run's data more than
+    ``REPEAT_LIMIT_EPOCHS`` times there is no ``bits_per_byte``: the law cannot
+    describe it, and a warning says so with the epochs and the data's size."""
+    from fmforge.plan import format as fmt
+
     law = ScalingLaw.from_dict(ladder["law"])
     laws = [ScalingLaw.from_dict(b) for b in ladder.get("bootstrap", [])]
+    out: dict[str, Any] = {"non_embedding_params": params, "warnings": []}
     if not law.one_variable and tokens is None:
-        return {"non_embedding_params": params, "note": "the two-variable law needs a token count"}
+        out["note"] = "the two-variable law needs a token count"
+        return out
     use_tokens = None if law.one_variable else tokens
-    out: dict[str, Any] = {"non_embedding_params": params,
-                           "tokens": law.tokens_per_param * params if law.one_variable else tokens,
-                           "bits_per_byte": law.predict(params, use_tokens)}
-    if laws:
-        out["interval_90"] = list(interval(laws, params, use_tokens))
+    out["tokens"] = law.tokens_per_param * params if law.one_variable else tokens
     largest = max((r["non_embedding_params"] for r in ladder.get("rungs", [])), default=None)
     if largest:  # how far beyond the largest rung: 2.0 is twice its size
         out["extrapolation"] = round(params / largest, 3)
+    data = ladder.get("data_tokens")
+    if data:
+        epochs = out["tokens"] / data
+        out.update(epochs=round(epochs, 3), data_tokens=data)
+        if epochs > REPEAT_LIMIT_EPOCHS:
+            seen = max((r.get("epochs") or 0.0 for r in ladder.get("rungs", [])), default=0.0)
+            out["note"] = f"not predicted: repeats its data {epochs:.1f}x"
+            out["warnings"].append(
+                f"not predicted: a model of {fmt.count(params)} non-embedding parameters trained on "
+                f"{fmt.count(out['tokens'])} tokens would pass over the run's {fmt.count(data)} training tokens "
+                f"{epochs:.1f} times; past ~{REPEAT_LIMIT_EPOCHS:g} epochs repeated tokens are worth less and "
+                "less, past ~16 nearly nothing (Muennighoff et al. 2023), and the ladder's law (its rungs saw "
+                f"their data at most {seen:.1f} times) has no term for that: it would over-promise. Add data, "
+                "or plan a smaller model or fewer tokens")
+            return out
+    predicted = law.predict(params, use_tokens)
+    out["bits_per_byte"] = predicted
+    if laws:
+        out["interval_90"] = list(interval(laws, params, use_tokens))
+    widen = backtest_widening(ladder, params)
+    if widen is not None:
+        error = ladder["backtest"]["error"]
+        out["backtest_error"] = error
+        if "interval_90" in out:
+            lo, hi = out["interval_90"]
+            out["interval_90"] = [min(lo, predicted * (1 - widen)), max(hi, predicted * (1 + widen))]
+            if out["interval_90"] != [lo, hi]:
+                out["interval_bootstrap"] = [lo, hi]
+        if abs(error) > BACKTEST_WARN:
+            out["warnings"].append(
+                f"on your data, this ladder missed its own largest rung by {error:+.1%} (the law fitted "
+                f"without it): do not trust it at {out.get('extrapolation', 1):.3g}x"
+                + (f"; the interval is widened to ±{widen:.1%}" if "interval_90" in out else ""))
     return out
 
 
