@@ -139,3 +139,16 @@ def test_plan_declines_a_model_that_would_repeat_the_data_many_times(prepared, l
     text = " ".join(shown.stdout.split())
     assert "not predicted" in text and f"{planned['epochs']:.1f} times" in text
     assert "backtest" in text
+
+
+def test_the_run_report_shows_the_backtest_and_the_targets_warnings(prepared, law_trained):
+    from fmforge.eval.report import ladder_section
+    from fmforge.rundir import RunDir
+
+    _, cfg = prepared
+    result = _ladder(cfg, "8x1,16x1,16x2,24x1,24x2", 2.0)
+    html = ladder_section(RunDir(cfg.run_dir))
+    bt = result["backtest"]
+    assert f"Backtest: the law fitted without its largest rung ({bt['rung']})" in html
+    assert result["target"]["warnings"] and all(w.replace("'", "&#x27;") in html
+                                                for w in result["target"]["warnings"])

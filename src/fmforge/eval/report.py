@@ -309,7 +309,12 @@ def ladder_section(run: RunDir) -> str:
             + (f", rungs trained on {law['tokens_per_param']:g} tokens per parameter"
                if law.get("tokens_per_param") is not None else "") + ".</p>")
     body += table(["rung", "non-embedding parameters", "tokens", "measured bits/byte", "fit"], rows)
-    for w in ladder.get("warnings", []):
+    bt = ladder.get("backtest")
+    if bt:
+        body += (f"<p class='sub'>Backtest: the law fitted without its largest rung ({esc(str(bt.get('rung')))}) "
+                 f"predicted it at {bt['predicted']:.4f}, measured {bt['measured']:.4f} ({bt['error']:+.1%}); "
+                 "every interval is at least that wide.</p>")
+    for w in ladder.get("warnings", []) + t.get("warnings", []):
         body += f"<p class='note'>{esc(w)}</p>"
     png = run.root / "ladder" / "ladder.png"
     if png.is_file():

@@ -44,8 +44,11 @@ def plot_ladder(result: dict[str, Any], out: Path) -> Path | None:
     ax.plot(xs[~inside], np.array(curve(law))[~inside], "--", color="#1f77b4", lw=1.5, label="extrapolation")
     ax.plot(ns, [r["bits_per_byte"] for r in rungs], "o", color="black", ms=5, label="rungs (measured)")
     if "bits_per_byte" in target:
-        ax.plot([target["non_embedding_params"]], [target["bits_per_byte"]], "*", color="#d62728", ms=11,
-                label="config's model (predicted)")
+        lo_hi = target.get("interval_90")
+        err = ([[target["bits_per_byte"] - lo_hi[0]], [lo_hi[1] - target["bits_per_byte"]]] if lo_hi else None)
+        ax.errorbar([target["non_embedding_params"]], [target["bits_per_byte"]], yerr=err, fmt="*",
+                    color="#d62728", ms=11, capsize=4,
+                    label="config's model (predicted, 90% interval with the backtest)")
     ax.set_xscale("log")
     # a wild bootstrap fit must not flatten the picture: frame the measured points
     seen = [r["bits_per_byte"] for r in rungs] + ([target["bits_per_byte"]] if "bits_per_byte" in target else [])
