@@ -147,9 +147,12 @@ def test_a_prediction_that_repeats_the_data_past_four_epochs_is_declined_with_a_
     assert "bits_per_byte" not in declined and "interval_90" not in declined
     assert declined["epochs"] == pytest.approx(16.0)
     assert any("16.0 times" in w and "500k" in w for w in declined["warnings"])
-    fed = ladder_prediction(ladder, 1e5, None)  # 1M tokens over 500k: 2 epochs, within reach
-    assert fed["bits_per_byte"] == pytest.approx(true.predict(1e5), rel=1e-3)
-    assert fed["epochs"] == pytest.approx(2.0) and fed["warnings"] == []
+    repeated = ladder_prediction(ladder, 1e5, None)  # 1M tokens over 500k: 2 epochs, within reach
+    assert repeated["bits_per_byte"] == pytest.approx(true.predict(1e5), rel=1e-3)
+    assert repeated["epochs"] == pytest.approx(2.0)
+    assert any("2.0 times" in w for w in repeated["warnings"])  # said, not declined
+    fresh = ladder_prediction(ladder, 4e4, None)  # 400k tokens over 500k: every token fresh
+    assert fresh["warnings"] == [] and fresh["epochs"] == pytest.approx(0.8)
 
 
 def test_the_optimum_is_where_a_search_along_the_compute_finds_the_lowest_loss():

@@ -249,6 +249,11 @@ def ladder_prediction(ladder: dict[str, Any], params: float, tokens: float | Non
                 f"their data at most {seen:.1f} times) has no term for that: it would over-promise. Add data, "
                 "or plan a smaller model or fewer tokens")
             return out
+        if epochs > 1:
+            out["warnings"].append(
+                f"this model would pass over the run's {fmt.count(data)} training tokens {epochs:.1f} times: the "
+                "law predicts it as if every token were fresh; up to ~4 epochs repeated tokens are worth nearly "
+                "as much (Muennighoff et al. 2023), so expect it a little worse than predicted")
     predicted = law.predict(params, use_tokens)
     out["bits_per_byte"] = predicted
     if laws:
