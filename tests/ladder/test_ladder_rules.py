@@ -90,6 +90,13 @@ def test_sizes_off_the_configs_shape_are_warned_about(prepared, law_trained):
     off = _ladder(cfg, "16x1,32x2,48x1,64x1", 2.0)
     (warning,) = [w for w in off["warnings"] if "off the family" in w]
     assert "d48-l1" in warning and "d64-l1" in warning and "d32-l2" not in warning
+    # the default ladder of a model too shallow for 3 smaller ones of its shape
+    from fmforge.pipeline import prepare_run_dir
+
+    shallow = ladder_run.run_ladder(cfg, prepare_run_dir(cfg), default_rungs(cfg.resolved_model()),
+                                    tokens_per_param=2.0, samples=20)
+    (warning,) = [w for w in shallow["warnings"] if "off the family" in w]
+    assert "make it deeper" in warning
 
 
 @pytest.mark.parametrize("d_model,n_layers,n_heads", [(512, 8, 8), (768, 12, 12), (1024, 16, 8), (96, 12, 6)])
@@ -111,13 +118,15 @@ def test_default_rungs_follow_the_targets_own_shape(d_model, n_layers, n_heads):
 
 def test_the_old_fixed_sizes_are_off_the_family_of_the_issues_target():
     # Issue 29: rungs 64x1..64x4 and 128x2 for a 128x4 model with 64-dimensional
-    # heads (32 wide per layer); the family of such a small model has one smaller
-    # member, so the ladder asks for sizes by hand rather than mix shapes.
+    # heads (32 wide per layer). The family of so shallow a model has one smaller
+    # member; the default ladder adds the nearest shapes, which run_ladder warns
+    # about (below). A model with no smaller one at all is refused.
     target = ModelConfig(vocab_size=8192, d_model=128, n_layers=4, n_heads=2, seq_len=256)
     assert [r.name for r in parse_sizes("64x1,64x2,64x3,64x4,128x2")
             if not ladder_run.on_family(target, r)] == ["d64-l1", "d64-l3", "d64-l4", "d128-l2"]
-    with pytest.raises(ladder_run.LadderError, match="own shape"):
-        default_rungs(target)
+    assert [r.name for r in default_rungs(target) if ladder_run.on_family(target, r)] == ["d64-l2"]
+    with pytest.raises(ladder_run.LadderError, match="--sizes"):
+        default_rungs(ModelConfig(vocab_size=8192, d_model=64, n_layers=1, n_heads=1, seq_len=256))
 
 
 def test_plan_declines_a_model_that_would_repeat_the_data_many_times(prepared, law_trained):

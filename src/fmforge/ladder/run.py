@@ -104,12 +104,25 @@ def default_rungs(model: ModelConfig, count: int = DEFAULT_RUNGS, span: float = 
                 found.setdefault(n, rung)
     sizes = sorted(found)
     if len(sizes) < 3:
+        # Too shallow for 3 smaller models of its own shape: the nearest shapes (the
+        # same heads, the width per layer least off), which the ladder warns about.
+        near: dict[int, tuple[float, Rung]] = {}
+        for layers in range(1, model.n_layers + 1):
+            for heads in range(1, model.d_model // head + 1):
+                rung = Rung(head * heads, layers)
+                n = non_embedding_params(rung_model(model, rung))
+                off = abs(math.log(rung.d_model / layers / aspect))
+                if n <= target / TARGET_REACH and n not in found and (n not in near or off < near[n][0]):
+                    near[n] = (off, rung)
+        for n, (_, rung) in sorted(near.items(), key=lambda kv: (kv[1][0], kv[0]))[:count - len(sizes)]:
+            found[n] = rung
+        sizes = sorted(found)
+    if len(sizes) < 3:
         raise LadderError(
             f"the config's model (d_model {model.d_model} x {model.n_layers} layers, heads of {head}, "
-            f"{target:,} non-embedding parameters) has {len(sizes)} smaller model(s) of its own shape "
-            f"(its d_model/n_layers and head dimension) at most 1/{TARGET_REACH:g} its size; a ladder needs 3 or more: "
-            "make the model deeper, or name rungs with ladder.sizes or --sizes (d_model x n_layers, "
-            "e.g. 32x1,32x2,64x2), which are then off its family and the prediction is warned about")
+            f"{target:,} non-embedding parameters) has {len(sizes)} smaller model(s) with its heads at most "
+            f"1/{TARGET_REACH:g} its size; a ladder needs 3 or more: make the model larger, or name rungs "
+            "with ladder.sizes or --sizes (d_model x n_layers, e.g. 32x1,32x2,64x2)")
     if len(sizes) <= count:
         return [found[n] for n in sizes]
     largest = sizes[-1]
@@ -303,8 +316,9 @@ def _shape_warnings(target: ModelConfig, rungs: Sequence[Rung], rows: Sequence[d
             f"the config's model (d_model {target.d_model} x {target.n_layers} layers: "
             f"{target.d_model / target.n_layers:.3g} wide per layer, heads of {target.head_dim}) is off the "
             f"family of rung(s) {', '.join(r.name for r in off)} (another head dimension, or a width per layer "
-            f"more than {ASPECT_TOLERANCE:g}x off): a law fitted across shapes does not transfer to it "
-            "(issue 29 measured +18% at 2x); leave ladder.sizes/--sizes out to get rungs of its own shape")
+            f"more than {ASPECT_TOLERANCE:g}x off): a law fitted across shapes may not transfer to it "
+            "(issue 29 measured +18% at 2x). Leave ladder.sizes/--sizes out for rungs of its own shape; a "
+            "model too shallow to have 3 smaller ones of its shape gets the nearest shapes: make it deeper")
     head_dims = sorted({r["d_model"] // r["n_heads"] for r in rows})
     if len(head_dims) > 1:
         out.append(f"the rungs mix heads of {' and '.join(map(str, head_dims))} dimensions: they are not one "
