@@ -2,8 +2,7 @@
 (Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt"): the
 Huber loss (δ = 1e-3) between log L and log of the law written as
 LSE(a − α·log N, b − β·log D, e), with A = e^a, B = e^b, E = e^e, minimised by
-a Levenberg-Marquardt descent on the Huber loss from every start of a grid,
-keeping the best; intervals
+Levenberg-Marquardt from every start of a grid, keeping the best. Intervals come
 from a parametric bootstrap: the rungs' noise, estimated from the fit's residuals
 and widened for the few degrees of freedom a ladder has, is drawn again many
 times and each draw is fitted exactly as the point fit is (the whole grid).
