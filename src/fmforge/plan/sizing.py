@@ -19,13 +19,15 @@ from typing import Any
 from fmforge.hardware import Hardware
 from fmforge.plan.errors import PlanError, require_positive
 from fmforge.plan.estimate import gpu_hours_for
-from fmforge.plan.scaling import CHINCHILLA
+from fmforge.plan.scaling import CHINCHILLA, REPEAT_LIMIT_EPOCHS
 from fmforge.plan import format as fmt
 from fmforge.rundir import RunDir
 
 TOKENS_PER_PARAM = 20.0
 SMALL_MODEL_FRACTION = 0.5
-MAX_USEFUL_EPOCHS = 4.0
+# Passes over the data worth training: one home for the limit, beside the ladder's
+# prediction that declines past it (Muennighoff et al. 2023).
+MAX_USEFUL_EPOCHS = REPEAT_LIMIT_EPOCHS
 BYTES_PER_TOKEN = 4.0  # BPE tokenizers on English text: about 4 bytes (characters) a token
 
 
