@@ -399,6 +399,6 @@ def _backtest(points: Sequence[Point], law: ScalingLaw) -> dict[str, Any] | None
 
 def _describe(law: ScalingLaw) -> str:
     if law.one_variable:
-        return (f"L(N) = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} at {law.tokens_per_param:g} "
+        return (f"L(N) = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} at {law.tokens_per_param:.3g} "
                 "tokens per parameter")
     return f"L(N, D) = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}"

@@ -95,7 +95,7 @@ def _configs_row(ladder: dict[str, Any], model: Any, plan: dict[str, Any], data_
     if law.one_variable and planned and trained and not math.isclose(trained, planned, rel_tol=0.05):
         cost = cost * trained / planned if cost is not None else None
         basis.append(
-            f"quality and cost both for {trained:,.0f} tokens ({law.tokens_per_param:g} tokens per non-embedding "
+            f"quality and cost both for {trained:,.0f} tokens ({law.tokens_per_param:.3g} tokens per non-embedding "
             f"parameter, the ladder's rule); the config plans {planned:,.0f} ({planned / counts.non_embedding:.3g} "
             "per parameter), which this law does not describe: give the ladder rungs at a second "
             "tokens-per-parameter (the two-variable law) to predict that")

@@ -112,7 +112,7 @@ def render_ladder(l: dict[str, Any]) -> list[Any]:
                         f"{o['flops_per_token']:.3g} FLOPs per token (head and attention included) = the "
                         f"budget's {o['compute_flops']:.3g} FLOPs"))
     if l["law"].get("tokens_per_param") is not None:
-        out.append(Text(f"the law holds for models trained on {l['law']['tokens_per_param']:g} tokens per "
+        out.append(Text(f"the law holds for models trained on {l['law']['tokens_per_param']:.3g} tokens per "
                         "non-embedding parameter, as its rungs were; the prediction assumes that budget"))
     out += [Text(n) for n in l.get("notes", [])]
     out += [Text(f"warning: {w}", style="yellow") for w in l.get("warnings", [])]

@@ -62,7 +62,7 @@ class ScalingLaw:
         if self.one_variable:
             if tokens is not None and not math.isclose(tokens, self.tokens_per_param * params, rel_tol=0.05):
                 raise ValueError(
-                    f"this law was fitted to models trained on {self.tokens_per_param:g} tokens per "
+                    f"this law was fitted to models trained on {self.tokens_per_param:.3g} tokens per "
                     f"parameter; {tokens:,.0f} tokens for {params:,.0f} parameters is "
                     f"{tokens / params:.3g} per parameter, outside what it describes")
             return loss
