@@ -173,3 +173,35 @@ def test_a_prediction_the_ladder_declines_is_a_row_that_says_why(tmp_path, monke
     for part in render_quality(data["quality"]):
         console.print(part)
     assert "its data 17 times" in console.export_text()
+
+
+def _with_measurement(tmp_path: Path, measured: float) -> dict:
+    """The config's model predicted by a law whose bootstrap fits spread widely
+    (A from 8 to 20: predictions about 1.08-1.34), beside a measured run."""
+    law = {**ONE_VARIABLE, "A": 12.0}
+    config = _config(tmp_path, law)
+    ladder_path = tmp_path / "runs" / "opt" / "ladder" / "ladder.json"
+    ladder = json.loads(ladder_path.read_text())
+    ladder["bootstrap"] = [{**law, "A": a} for a in (8.0, 10.0, 12.0, 14.0, 20.0)]
+    ladder_path.write_text(json.dumps(ladder))
+    (tmp_path / "runs" / "opt" / "eval.json").write_text(json.dumps(
+        {"bits_per_byte": measured, "step": 100, "per_source": {}}))
+    return _plan(config, 1e15, decide=True)["quality"]
+
+
+def test_a_prediction_is_not_called_best_while_its_interval_holds_a_measured_figure(tmp_path):
+    """E + A/N^alpha at N = 332,448 non-embedding parameters: 0.9 + 12 / 332448^0.3 = 1.165
+    (by hand), below the run's measured 1.2, but the 90% interval (A 8-20) reaches
+    past it: the measured run is the lowest measured figure, and the prediction is
+    named as not shown to be better."""
+    quality = _with_measurement(tmp_path / "a", 1.2)
+    predicted = next(r for r in quality["rows"] if r["model"] == "config's model, predicted")
+    assert predicted["bits_per_byte"] == pytest.approx(0.9 + 12 / 332448 ** 0.3, rel=1e-3)
+    lo, hi = predicted["interval_90"]
+    assert lo < 1.2 < hi
+    first = quality["notes"][0]
+    assert first.startswith("lowest measured held-out bits per byte: opt (this run)"), quality["notes"]
+    assert any("config's model, predicted" in n and "not shown to be better" in n for n in quality["notes"])
+    # a measured figure above the whole interval: the prediction is named as better
+    quality = _with_measurement(tmp_path / "b", 1.6)
+    assert any("config's model, predicted" in n and "wholly below" in n for n in quality["notes"])

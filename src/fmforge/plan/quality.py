@@ -108,6 +108,37 @@ def _configs_row(ladder: dict[str, Any], model: Any, plan: dict[str, Any], data_
             "monthly_usd": serve(counts.total)}
 
 
+def _lowest(rows: list[dict[str, Any]]) -> list[str]:
+    """Which option scores lowest: among measured rows; a prediction is named as better
+    only when its whole 90% interval lies below the best measurement (a point
+    prediction with a wide interval is no evidence that it beats a measured model)."""
+    scored = [r for r in rows if r["bits_per_byte"] is not None]
+    measured = [r for r in scored if "interval_90" not in r and "predicted" not in r["model"]]
+    predicted = [r for r in scored if r not in measured]
+    notes = []
+    best = min(measured, key=lambda r: r["bits_per_byte"], default=None)
+    if best is not None:
+        notes.append(f"lowest measured held-out bits per byte: {best['model']} ({best['option']}, "
+                     f"{best['bits_per_byte']:.4f}, {best['basis'].split('; ')[0]})")
+    for r in predicted:
+        hi = (r.get("interval_90") or [None, None])[1]
+        if best is None:
+            continue
+        if hi is not None and hi < best["bits_per_byte"]:
+            notes.append(f"{r['model']}: {r['bits_per_byte']:.4f}, its 90% interval wholly below "
+                         f"{best['model']}'s measured {best['bits_per_byte']:.4f}")
+        elif r["bits_per_byte"] < best["bits_per_byte"]:
+            interval = r.get("interval_90")
+            spread = f" (90% interval {interval[0]:.4f}-{interval[1]:.4f})" if interval else ""
+            notes.append(f"{r['model']}: {r['bits_per_byte']:.4f}{spread} is below {best['model']}'s measured "
+                         f"{best['bits_per_byte']:.4f}, but its interval includes that figure: not shown "
+                         "to be better; train it and measure")
+    if best is None and predicted:
+        top = min(predicted, key=lambda r: r["bits_per_byte"])
+        notes.append(f"nothing measured yet; lowest prediction: {top['model']} ({top['bits_per_byte']:.4f})")
+    return notes
+
+
 def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware: Hardware,
                   monthly_tokens: float | None = None, data_tokens: float | None = None) -> dict[str, Any]:
     """Rows of options with their held-out bits per byte (measured or predicted)
@@ -172,10 +203,7 @@ def quality_table(run_root: str | Path, cfg: Any, plan: dict[str, Any], hardware
                         "models on its held-out bytes (`fmforge eval RUN --against DIR`) or fit a ladder "
                         "(`fmforge ladder CONFIG`) first")
     references = {k: ev.get(f"{k}_bits_per_byte") for k in ("gzip", "xz")}
-    best = min((r for r in rows if r["bits_per_byte"] is not None), key=lambda r: r["bits_per_byte"], default=None)
-    notes = [] if best is None else [
-        f"lowest held-out bits per byte: {best['model']} ({best['option']}, {best['bits_per_byte']:.4f}, "
-        f"{best['basis'].split('; ')[0]})"]
+    notes = _lowest(rows)
     notes += stale
     if references["xz"] is not None:
         notes.append(f"xz -9e on the same bytes: {references['xz']:.4f} bits per byte; a model above it has "
