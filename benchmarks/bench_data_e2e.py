@@ -136,29 +136,6 @@ def datatrove_child(inp: str, out: str, workers: int, tokenizer: str) -> None:
 
 # -- counting the CPU time of every process a command starts ---------------------------------
 
-# A process's CPU time reaches its parent's RUSAGE_CHILDREN only when the parent
-# waits for it. multiprocessing's forkserver (datatrove's default start method)
-# is never waited for: its CPU time, and that of the pool workers it forked and
-# reaped, would be lost. The command therefore runs under this wrapper, a child
-# subreaper (prctl PR_SET_CHILD_SUBREAPER): orphans are re-parented to it and it
-# waits for every one of them, so the wrapper's own rusage, read by the harness
-# once it is reaped, holds the whole tree's CPU time.
-SUBREAPER = r"""
-import ctypes, os, subprocess, sys
-ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-rc = subprocess.call(sys.argv[1:])
-while True:
-    try:
-        os.wait()
-    except ChildProcessError:
-        break
-sys.exit(rc)
-"""
-
-
-def wrapped(cmd: list[str]) -> list[str]:
-    return [sys.executable, "-c", SUBREAPER, *cmd]
-
 
 # -- our side and the corpus ----------------------------------------------------------------
 
@@ -289,7 +266,7 @@ def main() -> None:
 
         def case(name):
             def go():
-                _, peak = run_tree(wrapped(cmds[name]), env=env)
+                _, peak = run_tree(cmds[name], env=env, reap_orphans=True)
                 # the wrapper (the tree's root) is left out of the peaks
                 wrapper_mb = peak.root_mb
                 d = {**peak.as_dict(), "wrapper_mb": round(wrapper_mb, 1), "processes": len(peak.children),

@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -33,13 +34,12 @@ POLL_S = 0.02
 def machine() -> dict:
     """What the figures were measured on, and how busy it was at that moment."""
     model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux names the CPU model there; elsewhere the platform's name stands
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     return {"cpu": model, "cpus": os.cpu_count(), "python": platform.python_version(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_average": load()}
 
@@ -158,9 +158,34 @@ class TreePeak:
                 "largest_child_mb": round(self.largest_child_mb, 1), "hwm_sum_mb": round(self.hwm_sum_mb, 1)}
 
 
-def run_tree(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> tuple[str, TreePeak]:
+# A process's CPU time reaches its parent's RUSAGE_CHILDREN only when the parent
+# waits for it. multiprocessing's forkserver (datatrove's default start method)
+# is never waited for: its CPU time, and that of the pool workers it forked and
+# reaped, would be lost. With ``reap_orphans`` the command runs under this wrapper, a child
+# subreaper (prctl PR_SET_CHILD_SUBREAPER): orphans are re-parented to it and it
+# waits for every one of them, so the wrapper's own rusage, read by the harness
+# once it is reaped, holds the whole tree's CPU time.
+SUBREAPER = r"""
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+rc = subprocess.call(sys.argv[1:])
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+sys.exit(rc)
+"""
+
+
+def run_tree(cmd: list[str], env: dict | None = None, timeout: float | None = None,
+             reap_orphans: bool = False) -> tuple[str, TreePeak]:
     """Run ``cmd`` in a fresh process; its stdout and the tree's peaks. Raises
-    ``RuntimeError`` with the end of stderr when it fails."""
+    ``RuntimeError`` with the end of stderr when it fails. ``reap_orphans``: run it
+    under ``SUBREAPER`` so a forkserver's CPU time is counted too (the wrapper is
+    then the tree's root)."""
+    if reap_orphans:
+        cmd = [sys.executable, "-c", SUBREAPER, *cmd]
     peak = TreePeak()
     t = time.perf_counter()
     with open(os.devnull, "rb") as devnull:
