@@ -306,7 +306,7 @@ def ladder_section(run: RunDir) -> str:
     form = ("L(N) = {E:.4f} + {A:.4g} / N^{alpha:.4f}".format(**law) if law.get("tokens_per_param") is not None
             else "L(N, D) = {E:.4f} + {A:.4g} / N^{alpha:.4f} + {B:.4g} / D^{beta:.4f}".format(**law))
     body = (f"<p class='sub'>{esc(form)}, N non-embedding parameters, L held-out bits per byte"
-            + (f", rungs trained on {law['tokens_per_param']:g} tokens per parameter"
+            + (f", rungs trained on {law['tokens_per_param']:.3g} tokens per parameter"
                if law.get("tokens_per_param") is not None else "") + ".</p>")
     body += table(["rung", "non-embedding parameters", "tokens", "measured bits/byte", "fit"], rows)
     bt = ladder.get("backtest")

@@ -50,13 +50,19 @@ def plot_ladder(result: dict[str, Any], out: Path) -> Path | None:
                     color="#d62728", ms=11, capsize=4,
                     label="config's model (predicted, 90% interval with the backtest)")
     ax.set_xscale("log")
+    # a ladder spans about one decade: matplotlib then labels the minor ticks (2 x 10^4,
+    # 3 x 10^4 ...), and at this width their labels run into each other
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
     # a wild bootstrap fit must not flatten the picture: frame the measured points
     seen = [r["bits_per_byte"] for r in rungs] + ([target["bits_per_byte"]] if "bits_per_byte" in target else [])
     span = max(seen) - min(seen) or max(seen) * 0.1
     ax.set_ylim(min(seen) - 0.5 * span, max(seen) + 0.5 * span)
     ax.set(title="Held-out bits per byte by model size", xlabel="non-embedding parameters",
            ylabel="bits per byte")
-    ax.legend(fontsize=7)
+    # below the axes: inside, the wide legend hid a rung and the interval band
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     fig.savefig(tmp, format="png", dpi=96, bbox_inches="tight")
