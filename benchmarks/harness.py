@@ -13,20 +13,31 @@
   starts at its parent's current RSS, and pages it shares with the parent count
   in both (the sum over the tree is an upper bound). Also the largest sum of
   ``VmRSS`` over the tree seen at one moment (polled every ``POLL_S``).
+- ``run_json(cmd)``: a command in a fresh process, unpolled, and the JSON object its
+  last line prints (a worker that times itself).
+- Inside a process: ``Timer`` (a block's wall and CPU seconds, ``sync`` for a GPU),
+  ``timed_steps`` (each step of a loop), ``DevicePeak`` (the peak memory of a stretch
+  of work: ``torch.cuda.max_memory_allocated`` on CUDA, ``VmHWM`` on CPU),
+  ``torch_allocator_peak`` (what torch's CPU allocator held at most).
+- Summaries: ``best_rates``, ``per_wall`` and ``paired_ratio`` (interleaved rounds),
+  ``percentile``; ``concurrently`` (async jobs at a fixed concurrency, a server's
+  clients) and ``process_cpu_s`` (what another process, the server, spent).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 POLL_S = 0.02
 
@@ -234,3 +245,235 @@ def report_root_hwm(out: str, peak: TreePeak) -> TreePeak:
     if own:
         peak.root_mb = max(peak.root_mb, float(own))
     return peak
+
+
+# -- inside a process: timing a block or a loop, a device's peak memory ---------------------
+
+def machine_line(m: dict | None = None) -> str:
+    """``machine()`` as one line for a printed table's heading."""
+    m = m or machine()
+    la = m["load_average"]
+    return (f"{m['cpu']}, {m['cpus']} CPUs, Python {m['python']}, {m['date']}, "
+            f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
+
+
+class Timer:
+    """Wall and CPU seconds of a ``with`` block (as ``measure``): ``with Timer() as t: ...``,
+    then ``t.wall_s``, ``t.cpu_s``, ``t.sample``. ``sync`` runs before the clock is read at
+    the end, so work a GPU still has queued counts inside the block (``device_sync``).
+    ``Timer().start()`` and ``elapsed()`` read the wall clock without stopping it (the time
+    to a first token)."""
+
+    def __init__(self, sync: Callable[[], object] | None = None):
+        self.sync = sync
+        self.sample: Sample | None = None
+
+    def start(self) -> "Timer":
+        self._load = load()
+        self._cpu, self._wall = _cpu_now(), time.perf_counter()
+        return self
+
+    __enter__ = start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._wall
+
+    def __exit__(self, *exc) -> None:
+        if self.sync is not None and exc[0] is None:
+            self.sync()
+        self.sample = Sample(time.perf_counter() - self._wall, _cpu_now() - self._cpu, self._load)
+
+    @property
+    def wall_s(self) -> float:
+        return self.sample.wall_s
+
+    @property
+    def cpu_s(self) -> float:
+        return self.sample.cpu_s
+
+
+def timed_steps(step: Callable[[], object], n: int,
+                sync: Callable[[], object] | None = None) -> tuple[list[float], list]:
+    """``step()`` ``n`` times: each call's wall seconds and what it returned. ``sync``
+    runs before the first call and before each clock read, so on a GPU each figure is
+    that step's own work, not the previous step's tail."""
+    times, values = [], []
+    if sync is not None:
+        sync()
+    for _ in range(n):
+        t = time.perf_counter()
+        values.append(step())
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t)
+    return times, values
+
+
+def device_sync(device) -> Callable[[], None] | None:
+    """``torch.cuda.synchronize`` for a CUDA device, None elsewhere (a CPU op is done
+    when it returns)."""
+    import torch
+
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    """A live process's resident set now (``VmRSS``), MB; None when it is gone."""
+    return _status_mb(pid, "VmRSS:")
+
+
+def hwm_bytes(pid: int | str = "self") -> int | None:
+    """``hwm_mb`` in bytes (procfs counts kB, so this is exact)."""
+    mb = hwm_mb(pid)
+    return None if mb is None else int(mb * 2**20)
+
+
+class DevicePeak:
+    """Peak memory of this process's work on ``device`` since ``mark()``, less what it
+    held at the mark.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors held by torch's caching
+    allocator; the peak is reset at the mark) less ``memory_allocated`` at the mark.
+    CPU: the process's ``VmHWM`` less its ``VmHWM`` at the mark. A process's
+    ``VmHWM`` cannot be reset: measure in a fresh process, after a tiny warm-up has
+    made the one-time allocations (thread pools, the autograd engine), so they fall
+    into the mark. ``restart()`` forgets the peak so far on CUDA (the mark stays), to
+    see a steady state; on CPU it cannot, and does nothing."""
+
+    def __init__(self, device):
+        self.cuda = str(device).split(":")[0] == "cuda"  # a name or a torch.device; torch only on CUDA
+        self.base = 0
+
+    @property
+    def method(self) -> str:
+        return "torch.cuda.max_memory_allocated()" if self.cuda else "peak RSS (VmHWM)"
+
+    def mark(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = hwm_bytes()
+
+    def restart(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_bytes(self) -> int:
+        """The peak since the mark (or the last ``restart``), less the mark's holding."""
+        if not self.cuda:
+            return hwm_bytes() - self.base
+        import torch
+
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - self.base
+
+    def held_bytes(self) -> int | None:
+        """What stays allocated now, less the mark's holding (CUDA; None on CPU, where
+        freed memory may stay resident)."""
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.memory_allocated() - self.base
+
+    def reserved_peak_bytes(self) -> int | None:
+        """The most the CUDA caching allocator reserved from the driver (None on CPU)."""
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.max_memory_reserved()
+
+
+def torch_allocator_peak(fn: Callable[[], object]) -> int | None:
+    """Peak bytes held by torch's CPU allocator while ``fn()`` runs, from the
+    profiler's memory timeline: the memory the work itself needs, where the process's
+    RSS also counts what the C allocator kept after torch freed it. It reads a private
+    torch API (``torch.profiler._memory_profiler``): None where that is missing or
+    changed (not measured)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+    except ImportError:
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        fn()
+    try:
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+    except Exception:  # noqa: BLE001 - a private API: any change means "not measured"
+        return None
+    return int(max(sum(row) for row in sizes))
+
+
+# -- rounds, percentiles, other processes -----------------------------------------------------
+
+def per_wall(samples: dict[str, list[Sample]], amount: float) -> dict[str, list[float]]:
+    """Per case, ``amount`` per wall second of every run (e.g. tokens/s of each round)."""
+    return {name: [s.per_wall(amount) for s in ss] for name, ss in samples.items()}
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of ``a[i] / b[i]``: each round's two runs sit side by side
+    in time (``interleaved``), so a drift in the machine's load cancels."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``xs`` by nearest rank: a value that was measured."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU-seconds (user + system, every thread) a live process has used so far, from
+    procfs; None when it is gone. Read before and after a stretch of load to get what a
+    server spent on it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def concurrently(job: Callable[[object], Awaitable], items: list, concurrency: int) -> tuple[list, Sample]:
+    """``await job(item)`` for every item, ``concurrency`` at a time: that many workers
+    each take the next item as soon as their last is done, so the load stays at
+    ``concurrency`` until the items run out. The results (in the order they finished)
+    and the whole run's ``Sample`` (CPU-seconds: this process's, the load generator's own
+    share of the machine)."""
+    import asyncio
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    results: list = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            results.append(await job(queue.get_nowait()))
+
+    with Timer() as t:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, t.sample
+
+
+def run_json(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
+    """Run ``cmd`` in a fresh process (a clean ``VmHWM`` and CUDA state) and return the
+    JSON object on the last line of its stdout. Nothing polls it, so its own timings are
+    undisturbed (``run_tree`` reads procfs every ``POLL_S``). Its stderr passes through;
+    raises ``RuntimeError`` naming the command when it fails."""
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); its error is printed above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
