@@ -5,8 +5,10 @@ loss against tokens seen, learning rate, tokens/s, MFU, gradient norm), the data
 card (per source: weight, documents and bytes through each step, duplicates,
 tokens, bytes per token), held-out results beside the gzip and xz baselines per
 source, lm-eval results, plan against actual, and greedy completions of fixed
-prompts at the latest checkpoint. Plots are matplotlib PNGs embedded as base64,
-so the file can be mailed or attached as it is.
+prompts at the latest checkpoint; with a ladder or a datamix experiment under the
+run (``ladder/``, ``datamix/``), its section too, read from its JSON as an
+artifact. Plots are matplotlib PNGs embedded as base64, so the file can be mailed
+or attached as it is.
 
 The planner sits beside this package, so the plan-versus-actual figures are
 passed in by the caller (``fmforge.pipeline.write_run_report``) rather than
@@ -20,7 +22,7 @@ import html
 import io
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from fmforge.eval.results import current_against, read_eval
 from fmforge.rundir import RunDir, atomic_write_text, read_metrics
@@ -41,6 +43,12 @@ th{background:#f5f5f7;font-weight:600} td:first-child,th:first-child{text-align:
 img.wide{max-width:100%} .kv td{text-align:left}
 pre{background:#f6f8fa;padding:10px 12px;border-radius:4px;white-space:pre-wrap;font-size:13px;margin:4px 0 0}
 pre b{color:#0b5cad;font-weight:600}
+h3{font-size:16px;margin:20px 0 6px}
+.chart img{max-width:100%}
+.callout{background:#eef4fb;border-left:4px solid #0b5cad;padding:8px 12px;margin:10px 0;font-size:14.5px}
+table.mix td,table.mix th{padding:5px 9px} table.mix th.l,table.mix td.l{text-align:left}
+.better{color:#1b6e20;font-weight:600} .worse{color:#b71c1c;font-weight:600} .noise{color:#777}
+tr.best td{background:#edf7ee} td.own{background:#f3f3f3;color:#888} th.group{text-align:center;border-left:2px solid #fff}
 """
 
 
@@ -323,6 +331,273 @@ def ladder_section(run: RunDir) -> str:
     return section("ladder", "Scaling ladder", body)
 
 
+# --------------------------------------------------------------------------- which data (fmforge datamix)
+
+# A verdict's CSS class and chart colour: called better (or a source that helps) in
+# green, worse (hurts) in red, within the seed noise in grey.
+VERDICT_STYLE = {"better": ("better", "#2e7d32"), "helps": ("better", "#2e7d32"),
+                 "worse": ("worse", "#c62828"), "hurts": ("worse", "#c62828"),
+                 "within noise": ("noise", "#9e9e9e"), "base": ("", "#1f77b4")}
+
+
+def _cell(text: Any, cls: str = "", title: str = "") -> str:
+    attrs = (f' class="{cls}"' if cls.strip() else "") + (f' title="{esc(title)}"' if title else "")
+    return f"<td{attrs}>{esc(text)}</td>"
+
+
+def _head(headers: list[str], titles: dict[str, str], left: int, group: str = "",
+          grouped: Sequence[str] = ()) -> str:
+    """A table head: ``headers`` (the first ``left`` of them left-aligned, ``titles``
+    their tooltips), then ``grouped`` columns under one spanning label ``group``."""
+    cells = [f'<th{" class=l" if i < left else ""} title="{esc(titles.get(h, ""))}">{esc(h)}</th>'
+             for i, h in enumerate(headers)]
+    if not grouped:
+        return f"<thead><tr>{''.join(cells)}</tr></thead>"
+    top = "".join(c.replace("<th", "<th rowspan=2", 1) for c in cells)
+    return (f"<thead><tr>{top}<th class=group colspan={len(grouped)}>{esc(group)}</th></tr>"
+            f"<tr>{''.join(f'<th>{esc(g)}</th>' for g in grouped)}</tr></thead>")
+
+
+def _signed(v: float | None, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:+.{digits}f}".replace("-", "−")
+
+
+def _bpb(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def _times(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}×"
+
+
+def _style(verdict: Any) -> tuple[str, str]:
+    return VERDICT_STYLE.get(verdict, ("noise", "#9e9e9e"))
+
+
+def _datamix_target(t: dict) -> str:
+    kind, name = t.get("kind"), t.get("name")
+    what = {"heldout": "this run's held-out split (every source)",
+            "source": f"the held-out part of source “{name}”",
+            "files": f"your evaluation files “{name}”"}.get(kind, str(name))
+    size = [f"{t[k]:,} {k}" for k in ("bytes", "tokens", "documents") if isinstance(t.get(k), int)]
+    return what + (f" ({', '.join(size)})" if size else "")
+
+
+def _variant_order(variants: list[dict]) -> list[tuple[str, dict]]:
+    """(rank, variant): base first; the variants called better ranked by their
+    difference; those within the noise unranked in the experiment's order (their order
+    is the noise's); those called worse last, least harmful first, unranked."""
+    base = [v for v in variants if v.get("verdict") == "base"]
+    better = sorted((v for v in variants if v.get("verdict") == "better"), key=lambda v: v.get("delta") or 0.0)
+    noise = [v for v in variants if v.get("verdict") not in ("base", "better", "worse")]
+    worse = sorted((v for v in variants if v.get("verdict") == "worse"), key=lambda v: v.get("delta") or 0.0)
+    return ([("", v) for v in base] + [(str(i + 1), v) for i, v in enumerate(better)]
+            + [("", v) for v in noise + worse])
+
+
+def _variant_change(v: dict) -> str:
+    if v.get("kind") == "base":
+        return "the run's own mixture"
+    if v.get("removed_source"):
+        return f"without source {v['removed_source']}"
+    return ", ".join(v.get("overrides") or []) or "–"
+
+
+def _effect_bars(names: list[str], values: list[float], colours: list[str], labels: list[str],
+                 dots: list[list[float]], threshold: float | None, title: str, xlabel: str) -> str:
+    """Horizontal bars, one per row top to bottom as listed, over the band of the seed
+    noise (±threshold), each seed's own difference a dot, the value and the verdict
+    written past the bar's end."""
+    plt = _plt()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(7.4, 0.5 * n + 1.9), layout="constrained")
+    ys = list(range(n))[::-1]
+    ax.axvline(0, color="black", lw=0.8, zorder=1)
+    if threshold:
+        ax.axvspan(-threshold, threshold, color="#bdbdbd", alpha=0.5, lw=0, zorder=0,
+                   label=f"within the seed noise (±{threshold:.4f})")
+    ax.barh(ys, values, height=0.55, color=colours, zorder=2)
+    labelled = False
+    for y, seeds in zip(ys, dots):
+        if seeds:
+            ax.plot(seeds, [y] * len(seeds), "o", ms=3.5, color="black", alpha=0.75, zorder=3,
+                    label=None if labelled else "each seed's own difference")
+            labelled = True
+    span = max([abs(v) for v in values] + [abs(d) for s in dots for d in s] + [threshold or 0.0, 1e-6])
+    ax.set_xlim(-1.6 * span, 1.6 * span)
+    for y, v, seeds, text in zip(ys, values, dots, labels):
+        end = max([v, *seeds]) if v >= 0 else min([v, *seeds])
+        ax.text(end + (0.04 if v >= 0 else -0.04) * span, y, text, va="center",
+                ha="left" if v >= 0 else "right", fontsize=8.5, zorder=4)
+    ax.set_yticks(ys, names)
+    ax.grid(axis="y", visible=False)
+    ax.set(title=title, xlabel=xlabel)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return figure_png(fig)
+
+
+def _variants_block(mix: dict) -> str:
+    variants = mix.get("variants") or []
+    threshold = (mix.get("noise") or {}).get("threshold")
+    seeds = sorted({r.get("seed") for v in variants for r in v.get("runs") or [] if r.get("seed") is not None})
+    base = next((v for v in variants if v.get("kind") == "base"), variants[0] if variants else {})
+    sources = list(base.get("per_source") or {})
+    best = mix.get("best")
+    headers = ["rank", "variant", "what changes", "verdict", "bits/byte", "vs base", "× noise",
+               *(f"seed {s}" for s in seeds), "spread"]
+    titles = {"rank": "only a variant called better than the base beyond the seed noise is ranked",
+              "bits/byte": "on the target, the mean over seeds; lower is better",
+              "vs base": "bits/byte minus the base mixture's; negative is better",
+              "× noise": "the difference as a multiple of the noise threshold",
+              "spread": "largest minus smallest over the seeds"}
+    rows = []
+    for rank, v in _variant_order(variants):
+        cls = _style(v.get("verdict"))[0]
+        by_seed = {r.get("seed"): r.get("bits_per_byte") for r in v.get("runs") or []}
+        per = v.get("per_source") or {}
+        is_best = best is not None and v.get("name") == best
+        cells = [_cell(rank or "–", "l"), _cell(v.get("name", "?") + ("  ★ best" if is_best else ""), "l"),
+                 _cell(_variant_change(v), "l"), _cell(v.get("verdict"), f"l {cls}"),
+                 _cell(_bpb(v.get("bits_per_byte"))), _cell(_signed(v.get("delta")), cls),
+                 _cell(_times(v.get("delta_over_noise"))),
+                 *(_cell(_bpb(by_seed.get(s))) for s in seeds), _cell(_bpb(v.get("spread"))),
+                 *(_cell(_bpb(per.get(s))) for s in sources)]
+        rows.append(f"<tr{' class=best' if is_best else ''}>{''.join(cells)}</tr>")
+    body = ("<h3>The variants</h3>"
+            '<div class="scroll"><table class="mix">'
+            + _head(headers, titles, 4, "bits/byte on each source's held-out part", sources)
+            + f"<tbody>{''.join(rows)}</tbody></table></div>"
+            "<p class='note'>Bits per byte on the target, lower is better. Only a variant called better than "
+            "the base beyond the seed noise is ranked; those within the noise are listed in the experiment's "
+            "order, because their order is the noise's. The held-out columns are each source's held-out part "
+            "of this run, for reference.</p>")
+    others = [v for _, v in _variant_order([v for v in variants if v.get("kind") != "base"])
+              if isinstance(v.get("delta"), (int, float))]
+    if others:
+        base_bpb = base.get("bits_per_byte")
+        dots = [[r["bits_per_byte"] - base_bpb for r in v.get("runs") or []
+                 if isinstance(base_bpb, (int, float)) and isinstance(r.get("bits_per_byte"), (int, float))]
+                for v in others]
+        body += '<div class="chart">' + _effect_bars(
+            [v.get("name", "?") for v in others], [v["delta"] for v in others],
+            [_style(v.get("verdict"))[1] for v in others],
+            [f"{_signed(v['delta'])} {v.get('verdict')}" for v in others], dots, threshold,
+            "Each variant against the base mixture", "target bits/byte minus the base's (< 0: better)") + "</div>"
+    return body
+
+
+def _sources_block(mix: dict) -> str:
+    worth = mix.get("sources_worth") or []
+    if not worth:
+        return ""
+    threshold = (mix.get("noise") or {}).get("threshold")
+    variants = mix.get("variants") or []
+    without = {v.get("removed_source"): v for v in variants if v.get("removed_source")}
+    base = next((v for v in variants if v.get("kind") == "base"), {})
+    weights = {s: (d or {}).get("weight") for s, d in (base.get("sources") or {}).items()}
+    # helps (most first), within the noise (unranked, as listed), hurts (most last)
+    helps = sorted((w for w in worth if w.get("verdict") == "helps"), key=lambda w: -(w.get("effect") or 0.0))
+    noise = [w for w in worth if w.get("verdict") not in ("helps", "hurts")]
+    hurts = sorted((w for w in worth if w.get("verdict") == "hurts"), key=lambda w: -(w.get("effect") or 0.0))
+    ordered = helps + noise + hurts
+    others = list(dict.fromkeys(s for w in worth for s in (w.get("per_source_effect") or {})))
+    total_tokens = sum(w.get("tokens") or 0 for w in worth)
+    headers = ["source", "verdict", "worth to the target", "× noise", "weight", "bytes", "tokens",
+               "share of tokens"]
+    titles = {"worth to the target": "the target's bits/byte without the source minus with it: > 0, it helps",
+              "× noise": "the worth as a multiple of the noise threshold",
+              "tokens": "the tokens the source puts in the base mixture's training data"}
+    rows = []
+    for w in ordered:
+        cls = _style(w.get("verdict"))[0]
+        per = w.get("per_source_effect") or {}
+        cells = [_cell(w.get("source"), "l"), _cell(w.get("verdict"), f"l {cls}"),
+                 _cell(_signed(w.get("effect")), cls), _cell(_times(w.get("effect_over_noise"))),
+                 _cell(fmt(weights.get(w.get("source")))), _cell(fmt(w.get("bytes"))), _cell(fmt(w.get("tokens"))),
+                 _cell(f"{w['tokens'] / total_tokens:.1%}" if total_tokens and w.get("tokens") else "–"),
+                 *(_cell(_signed(per.get(s)), "own" if s == w.get("source") else "",
+                         "its own held-out part" if s == w.get("source") else "") for s in others)]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    body = ("<h3>What each source is worth</h3><p class='sub'>Each row is the mixture without that source, "
+            "trained and scored like the other variants. <b>Worth</b> = the target's bits per byte without the "
+            "source minus with it: positive, the source helps the target (leaving it out costs that much); "
+            "negative, the target is better off without it. The last columns are the same difference on each "
+            "source's held-out part; they are not judged against the noise, and the shaded one is the source's "
+            "own.</p>"
+            '<div class="scroll"><table class="mix">'
+            + _head(headers, titles, 2, "worth to each source's held-out part", others)
+            + f"<tbody>{''.join(rows)}</tbody></table></div>")
+    base_bpb = base.get("bits_per_byte")
+    dots = [[r["bits_per_byte"] - base_bpb for r in (without.get(w.get("source")) or {}).get("runs") or []
+             if isinstance(base_bpb, (int, float)) and isinstance(r.get("bits_per_byte"), (int, float))]
+            for w in ordered]
+    body += '<div class="chart">' + _effect_bars(
+        [w.get("source", "?") for w in ordered], [w.get("effect") or 0.0 for w in ordered],
+        [_style(w.get("verdict"))[1] for w in ordered],
+        [f"{_signed(w.get('effect'))} {w.get('verdict')}" for w in ordered], dots, threshold,
+        "What each source is worth to the target", "target bits/byte without the source − with it (> 0: it helps)"
+    ) + "</div>"
+    return body
+
+
+def datamix_section(run: RunDir) -> str:
+    """Which data (``fmforge datamix``): each variant of the run's data trained as a
+    proxy model with several seeds and scored on one target against the seed noise;
+    with ``--ablate-sources``, what each source is worth. Read from
+    ``datamix/datamix.json`` as an artifact (the experiment lives in the ladder package,
+    above this one)."""
+    import json
+
+    path = run.root / "datamix" / "datamix.json"
+    if not path.is_file():
+        return ""
+    try:
+        mix = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        return section("datamix", "Which data", empty(
+            f"{path} does not read as JSON ({exc}): run `fmforge datamix CONFIG` again"))
+    if not isinstance(mix, dict) or mix.get("version") != 1:
+        return section("datamix", "Which data", empty(
+            f"{path} is not a datamix.json of version 1, which this report reads: run `fmforge datamix CONFIG` "
+            "again"))
+    proxy, noise, price = mix.get("proxy") or {}, mix.get("noise") or {}, mix.get("price") or {}
+    seeds = proxy.get("seeds") or []
+    model = proxy.get("model") or {}
+    shape = f"d_model {model['d_model']} × {model['n_layers']} layers, " if model.get("d_model") else ""
+    body = (f"<p class='sub'>Each variant of this run's data trained the same proxy model ({esc(shape)}"
+            f"{fmt(proxy.get('non_embedding_params'))} non-embedding parameters) on {fmt(proxy.get('tokens'))} "
+            f"tokens with {len(seeds)} seed{'' if len(seeds) == 1 else 's'} ({esc(', '.join(map(str, seeds)))}) "
+            f"and this run's tokenizer, and was scored on {esc(_datamix_target(mix.get('target') or {}))} in "
+            "bits per byte.</p>")
+    if isinstance(noise.get("threshold"), (int, float)):
+        method = str(noise.get("method") or "")
+        body += (f"<p class='sub'>Seed noise: the same data trained with another seed moves the target by "
+                 f"{fmt(noise.get('seed_sd'))} bits/byte (standard deviation); a difference is called only "
+                 f"beyond <b>{noise['threshold']:.4f}</b>. {esc(method[:1].upper() + method[1:])}</p>")
+    variants = mix.get("variants") or []
+    best = next((v for v in variants if v.get("name") == mix.get("best")), None) if mix.get("best") else None
+    if best is not None:
+        verdict = (f"Best: <b>{esc(best.get('name'))}</b> ({esc(_variant_change(best))}), "
+                   f"{esc(_signed(best.get('delta')))} bits/byte against the base mixture, "
+                   f"{esc(_times(best.get('delta_over_noise')))} the noise. "
+                   "<code>fmforge datamix CONFIG --write-best OUT.yaml</code> writes its config.")
+    else:
+        verdict = ("No variant beats the base mixture beyond the seed noise: keep it, or resolve smaller "
+                   "differences with more seeds or larger proxies.")
+    body += f"<p class='callout'>{verdict}</p>" + _variants_block(mix) + _sources_block(mix)
+    if price:
+        spent, planned, dollars = price.get("seconds_measured"), price.get("seconds_estimated"), price.get("dollars")
+        body += (f"<p class='note'>The experiment: {fmt(price.get('proxies'))} proxy trainings"
+                 + (f", {price['flops']:.3g} FLOPs" if isinstance(price.get("flops"), (int, float)) else "")
+                 + (f", planned at {planned / 60:.3g} min" if isinstance(planned, (int, float)) else "")
+                 + (f" on {esc(price['device'])}" if price.get("device") else "")
+                 + (f", took {spent / 60:.3g} min" if isinstance(spent, (int, float)) else "")
+                 + (f", ${dollars:,.2f}" if isinstance(dollars, (int, float)) else "") + ".</p>")
+    body += "".join(f"<p class='note'>⚠ {esc(w)}</p>" for w in mix.get("warnings") or [])
+    return section("datamix", "Which data", body)
+
+
 def harness_section(run: RunDir) -> str:
     harness = read_eval(run).get("harness") or {}
     if not harness:
@@ -434,9 +709,9 @@ def render_report(run: RunDir, plan_actual: dict | None = None, plan_missing: st
     import yaml
 
     cfg = yaml.safe_load(run.config.read_text(encoding="utf-8")) if run.config.is_file() else None
-    parts = [training_section(run), data_section(run), heldout_section(run), ladder_section(run), harness_section(run),
-             decision_section(decision), plan_section(plan_actual, plan_missing),
-             samples_section(samples, samples_missing)]
+    parts = [training_section(run), data_section(run), heldout_section(run), ladder_section(run),
+             datamix_section(run), harness_section(run), decision_section(decision),
+             plan_section(plan_actual, plan_missing), samples_section(samples, samples_missing)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>fmforge report: {esc(run.root.name)}</title><style>{CSS}</style></head><body>"
             + _header(run, cfg) + "".join(parts) + "</body></html>\n")
