@@ -72,7 +72,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from measure_step import train_step_worker  # benchmarks/, beside this script
+from harness import DevicePeak, Timer, device_sync, machine, timed_steps  # benchmarks/, beside this script
+from measure_step import train_step_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -307,10 +308,10 @@ def part_trainer_data(args, deadline: float, res: dict[str, Any]) -> None:
     path = trainer_config(args)
     res.update({"config": str(path), "stages": {}})
     for stage in ("data", "tokenizer", "tokenize"):
-        t0 = time.perf_counter()
-        rc, log = call([sys.executable, "-m", "fmforge", stage, str(path)], _env(args.device), deadline,
-                       f"fmforge {stage}")
-        res["stages"][stage] = round(time.perf_counter() - t0, 1)
+        with Timer() as t:
+            rc, log = call([sys.executable, "-m", "fmforge", stage, str(path)], _env(args.device), deadline,
+                           f"fmforge {stage}")
+        res["stages"][stage] = round(t.wall_s, 1)
         if rc != 0:
             raise PartFailed(f"fmforge {stage} failed (exit {rc}): {log[-1500:]}")
     res["ok"] = True
@@ -352,9 +353,9 @@ def part_trainer(mode: str, args, deadline: float, res: dict[str, Any]) -> None:
            "-m", "fmforge", "train", str(work / "trainer.yaml"), *overrides]
     res["command"] = " ".join(["torchrun", *cmd[3:]])
     res["expected_log_line"] = expect
-    t0 = time.perf_counter()
-    rc, log = call(cmd, _env(args.device), deadline, f"torchrun ... fmforge train ({mode})")
-    res["train_s"] = round(time.perf_counter() - t0, 1)
+    with Timer() as t:
+        rc, log = call(cmd, _env(args.device), deadline, f"torchrun ... fmforge train ({mode})")
+    res["train_s"] = round(t.wall_s, 1)
     res["log_tail"] = log[-1500:]
     if rc != 0:
         raise PartFailed(f"torchrun ... fmforge train failed (exit {rc}): {log[-2000:]}")
@@ -398,7 +399,6 @@ def meta_build_worker(spec: dict[str, Any]) -> None:
     import torch
 
     from fmforge.config import ModelConfig, TrainConfig
-    from fmforge.hardware import peak_rss_bytes
     from fmforge.model.transformer import Transformer
     from fmforge.train.distributed import build_sharded, setup_parallel, teardown
     from fmforge.train.optim import build_optimizer
@@ -409,38 +409,25 @@ def meta_build_worker(spec: dict[str, Any]) -> None:
     cuda = par.device.type == "cuda"
     cfg = ModelConfig(**spec["model"])
     dtype = "bfloat16" if cuda else "float32"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    def memory() -> int:
-        return torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
+    sync = device_sync(par.device)
+    memory = DevicePeak(par.device)
 
     def build() -> Transformer:
         torch.manual_seed(spec["seed"])
         return Transformer(cfg)
 
     par.barrier()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = peak_rss_bytes()
-    t0 = time.perf_counter()
-    model = build_sharded(build, par, dtype)
-    sync()
-    build_s = time.perf_counter() - t0
-    built_bytes = memory() - base
+    memory.mark()
+    with Timer(sync) as built:
+        model = build_sharded(build, par, dtype)
     params = list(model.parameters())  # tied embedding and head: one parameter
     out: dict[str, Any] = {
-        "rank": par.rank, "world_size": par.world_size, "build_s": build_s,
-        "memory_after_build_bytes": built_bytes,
+        "rank": par.rank, "world_size": par.world_size, "build_s": built.wall_s,
+        "memory_after_build_bytes": memory.peak_bytes(),
         # What stays allocated (the peak less what the build freed again).
-        "resident_after_build_bytes": torch.cuda.memory_allocated() - base if cuda else None,
+        "resident_after_build_bytes": memory.held_bytes(),
         "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()),
-        "memory_method": ("torch.cuda.max_memory_allocated() from before the build" if cuda else
-                          "peak RSS (VmHWM) growth from before the build"),
+        "memory_method": f"{memory.method} growth from before the build",
         "params": sum(p.numel() for p in params),
         "local_numel": sum(p.to_local().numel() for p in params),
         # torch.chunk's split along dim 0: no process holds more than ceil(rows / processes) rows.
@@ -452,25 +439,26 @@ def meta_build_worker(spec: dict[str, Any]) -> None:
     tcfg = TrainConfig(device=spec["device"], dtype=dtype)
     opt = build_optimizer(model, tcfg)
     gen = torch.Generator().manual_seed(1000 + par.rank)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    losses, times, norm = [], [], None
-    for _ in range(spec["steps"]):
-        batch = torch.randint(0, cfg.vocab_size, (spec["micro_batch"], cfg.seq_len + 1), generator=gen)
-        batch = batch.to(par.device)
-        t0 = time.perf_counter()
+    batches = iter([torch.randint(0, cfg.vocab_size, (spec["micro_batch"], cfg.seq_len + 1), generator=gen)
+                    .to(par.device) for _ in range(spec["steps"])])
+    norms = []
+
+    def step() -> float:
+        batch = next(batches)
         # FSDP's mixed-precision policy computes in bf16 (the trainer adds no autocast).
         loss = model(batch[:, :-1], batch[:, 1:])
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(par.mean(float(loss.detach())))
-        sync()
-        times.append(time.perf_counter() - t0)
-    out.update({"losses": losses, "grad_norm_last": norm, "step_times_s": times,
-                "step_peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None})
+        return par.mean(float(loss.detach()))
+
+    steps_memory = DevicePeak(par.device)  # no mark: the whole peak, weights and optimizer state included
+    steps_memory.restart()
+    times, losses = timed_steps(step, spec["steps"], sync)
+    out.update({"losses": losses, "grad_norm_last": norms[-1] if norms else None, "step_times_s": times,
+                "step_peak_memory_bytes": steps_memory.peak_bytes() if cuda else None})
     with open(f"{spec['out']}.{par.rank}.json", "w", encoding="utf-8") as f:
         json.dump(out, f)
     teardown(par)
@@ -494,9 +482,9 @@ def part_meta_build(args, deadline: float, res: dict[str, Any]) -> None:
         "steps": META_STEPS, "command": " ".join(["torchrun", *cmd[3:6], "gpu_train_check.py --meta-worker ..."]),
         "expected_params": expected_params, "published_params": None if args.smoke else PUBLISHED_PARAMS[META_PRESET],
     })
-    t0 = time.perf_counter()
-    rc, log = call(cmd, _env(args.device), deadline, "torchrun ... --meta-worker")
-    res["process_s"] = round(time.perf_counter() - t0, 1)
+    with Timer() as t:
+        rc, log = call(cmd, _env(args.device), deadline, "torchrun ... --meta-worker")
+    res["process_s"] = round(t.wall_s, 1)
     ranks = [json.loads(p.read_text()) for p in sorted(out.parent.glob(out.name + ".*.json"))]
     if rc != 0 or len(ranks) != procs:
         raise PartFailed(f"the meta-build processes failed (exit {rc}, {len(ranks)} of {procs} reported): "
@@ -709,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path.unlink(missing_ok=True)  # an earlier check's result must not pass for this one's
     total_budget = SMOKE_TOTAL_BUDGET_S if args.smoke else TOTAL_BUDGET_S
     result: dict[str, Any] = {
-        "benchmark": "gpu_check", "device": args.device, "smoke": args.smoke, "complete": False,
+        "benchmark": "gpu_check", "machine": machine(), "device": args.device, "smoke": args.smoke, "complete": False,
         "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "gpus": gpus, "processes": args.procs, "torch": torch.__version__,
         "cuda": torch.version.cuda, "budget_s": total_budget, "parts": {},

@@ -14,8 +14,9 @@ steps rather than the peak since the model was built).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
+
+from harness import DevicePeak, Timer, device_sync, timed_steps
 
 
 def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +24,6 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from fmforge.config import ModelConfig, TrainConfig
-    from fmforge.hardware import peak_rss_bytes
     from fmforge.model.transformer import Transformer
     from fmforge.train.device import autocast
     from fmforge.train.loop import apply_activation_checkpointing
@@ -34,10 +34,8 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     tcfg = TrainConfig(device=spec["device"], dtype=spec["train_dtype"])
     cfg = ModelConfig(**spec["model"])
     b, t = spec["micro_batch"], cfg.seq_len
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+    sync = device_sync(device)
+    memory = DevicePeak(device)
 
     def make_step(model, run, x, y):
         opt = build_optimizer(model, tcfg)
@@ -60,13 +58,10 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     z = torch.zeros(1, 8, dtype=torch.long, device=device)
     make_step(tiny, tiny, z, z)()
     del tiny
-    sync()
     if cuda:
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = peak_rss_bytes()
+    memory.mark()
 
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
@@ -77,31 +72,22 @@ def train_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
     y = torch.randint(0, cfg.vocab_size, (b, t), device=device)
     step = make_step(model, run, x, y)
 
-    t0 = time.perf_counter()
-    for _ in range(spec["warmup"]):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
+    with Timer(sync) as warmup:
+        for _ in range(spec["warmup"]):
+            step()
     steady = cuda and spec.get("peak_after_warmup", False)
     if steady:
         # Weights and optimizer state stay allocated, so the peak measured from
         # here still counts them (less the pre-model baseline).
-        torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
-    for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
-        losses.append(step())
-        sync()
-        times.append(time.perf_counter() - t0)
+        memory.restart()
+    times, losses = timed_steps(step, spec["steps"], sync)
 
-    out: dict[str, Any] = {"step_times_s": times, "warmup_s": warmup_s, "loss_last": losses[-1],
-                           "params_instantiated": model.num_parameters()}
+    out: dict[str, Any] = {"step_times_s": times, "warmup_s": warmup.wall_s, "loss_last": losses[-1],
+                           "params_instantiated": model.num_parameters(), "peak_bytes": memory.peak_bytes()}
     if cuda:
-        out["peak_bytes"] = torch.cuda.max_memory_allocated() - base
-        out["reserved_peak_bytes"] = torch.cuda.max_memory_reserved()
+        out["reserved_peak_bytes"] = memory.reserved_peak_bytes()
         out["memory_method"] = ("torch.cuda.max_memory_allocated() over the timed steps" if steady else
                                 "torch.cuda.max_memory_allocated()") + ", less the pre-model baseline"
     else:
-        out["peak_bytes"] = peak_rss_bytes() - base
         out["memory_method"] = "peak RSS (VmHWM) growth in a fresh process after a tiny warm-up step"
     return out

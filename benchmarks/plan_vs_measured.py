@@ -25,7 +25,9 @@ in a fresh subprocess that first runs one step of a tiny model, so one-time
 allocations (thread pools, cuBLAS workspace, autograd engine) fall into the
 baseline. On CUDA the figure is torch.cuda.max_memory_allocated() minus the
 baseline after reset_peak_memory_stats(). On CPU it is the growth of the peak
-resident set size (getrusage ru_maxrss), which tracemalloc would not see.
+resident set size (``VmHWM``, read by the process itself), which tracemalloc would not
+see. The measuring is the shared harness's (``harness.py``: ``DevicePeak``,
+``timed_steps``, ``run_json``), and the result records the machine and its load.
 
     python benchmarks/plan_vs_measured.py --preset small --device cpu
     python benchmarks/plan_vs_measured.py --preset 350m --device cuda --json out.json
@@ -41,12 +43,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from measure_step import train_step_worker  # benchmarks/, beside this script
+from harness import machine, machine_line, run_json  # benchmarks/, beside this script
+from measure_step import train_step_worker
 
 # (model config, micro-batch, warm-up steps, timed steps)
 PRESETS: dict[str, tuple[dict[str, Any], int, int, int]] = {
@@ -98,12 +100,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
     src = str(Path(fmforge.__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__, "--worker-spec", json.dumps(spec)],
-                          env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"plan_vs_measured: the measuring process failed (exit {proc.returncode}); "
-                         "its error is printed above")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return run_json([sys.executable, __file__, "--worker-spec", json.dumps(spec)], env=env)
+    except RuntimeError as exc:
+        raise SystemExit(f"plan_vs_measured: the measuring process failed: {exc}") from None
 
 
 # --------------------------------------------------------------------- compare
@@ -151,6 +151,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     mem = estimate_memory(arch, hw, b, 1, "ddp", mode, ckpt)
     fpt = plan["flops_per_token"]
 
+    at_start = machine()
     spec = {"device": dev, "train_dtype": train_dtype, "model": model_kwargs, "micro_batch": b,
             "warmup": warmup, "steps": steps, "checkpointing": ckpt, "compile": args.compile}
     m = measure(spec)
@@ -185,7 +186,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     errors = {k: err_pct(pred[k], meas[k])
               for k in ("step_time_s", "tokens_per_s", "mfu", "flops_per_token", "peak_memory_gb")}
     return {
-        "benchmark": "plan_vs_measured", "preset": name, "config": args.config, "overrides": args.set,
+        "benchmark": "plan_vs_measured", "machine": at_start, "preset": name, "config": args.config, "overrides": args.set,
         "device": dev,
         "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else hw.name,
         "hardware_key": key, "peak_flops": hw.peak_flops, "torch": torch.__version__,
@@ -203,6 +204,7 @@ def print_table(r: dict[str, Any]) -> None:
           f"{' autocast' if r['plan_dtype'] == 'autocast' else ''}"
           f"{', torch.compile' if r['compile'] else ''}{', checkpointing' if r['checkpointing'] else ''}; "
           f"torch {r['torch']}; peak {r['peak_flops'] / 1e12:.2f} TFLOP/s")
+    print(machine_line(r["machine"]))
 
     def num(v: float | None, fmt: str) -> str:
         if v is None:
