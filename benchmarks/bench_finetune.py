@@ -14,7 +14,9 @@ the figure beside it is the growth of that peak over the process's peak right
 after loading (what training adds). On CPU a third figure is the peak held by
 torch's allocator over one step (the profiler's memory timeline): RSS also
 counts memory the C allocator kept after torch freed it. Step time is the median over the steps
-after the first. On CUDA the peaks are ``torch.cuda.max_memory_allocated``.
+after the first. On CUDA the peaks are ``torch.cuda.max_memory_allocated``. Measured with
+the shared harness (``harness.py``: ``DevicePeak``, ``torch_allocator_peak``, ``run_json``);
+the JSON records the machine and its load.
 
     python benchmarks/bench_finetune.py                 # about 2 min on 2 cores
     python benchmarks/bench_finetune.py --steps 10 --json out.json
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
+import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from harness import DevicePeak, Timer, machine, machine_line, run_json, torch_allocator_peak  # noqa: E402
 
 
 def make_base(path: Path, d: int, layers: int, vocab: int) -> None:
@@ -59,34 +61,16 @@ class RandomBatches:
         return 0.0
 
 
-def allocator_peak(model, batches: RandomBatches) -> int | None:
-    """Peak bytes held by torch's CPU allocator over one training step (forward,
-    backward, a fresh AdamW's first step), from the profiler's memory timeline.
-
-    Why beside the process's peak RSS: RSS also counts what the C allocator kept
-    after torch freed it, which differs between two runs of different shapes;
-    this is the memory the step itself needs. It uses a private torch API
-    (``torch.profiler._memory_profiler``): None where that is missing."""
+def one_step(model, batches: RandomBatches) -> None:
+    """Forward, backward and a fresh AdamW's first step on the first batch."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
-    try:
-        from torch.profiler._memory_profiler import MemoryProfileTimeline
-    except ImportError:
-        return None
     b = batches.batch(0, 0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        logits = model(input_ids=b["input_ids"]).logits
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].flatten()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    try:
-        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
-    except Exception:  # noqa: BLE001 - a private API: any change means "not measured"
-        return None
-    return int(max(sum(row) for row in sizes))
+    logits = model(input_ids=b["input_ids"]).logits
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].flatten()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def worker(args) -> dict:
@@ -95,7 +79,6 @@ def worker(args) -> dict:
     from fmforge.config import FinetuneConfig
     from fmforge.finetune.lora import add_adapters, count_trainable, load_base
     from fmforge.finetune.trainer import LoopSettings, run_loop
-    from fmforge.hardware import peak_rss_bytes
     from fmforge.rundir import RunDir
 
     if args.threads:
@@ -111,22 +94,17 @@ def worker(args) -> dict:
     else:
         model = add_adapters(model, fc)
     counts = count_trainable(model)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        loaded = torch.cuda.memory_allocated(device)
-    else:
-        loaded = peak_rss_bytes()  # the same measure as run_loop's peak, not ru_maxrss (survives exec)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        out = run_loop(model, RandomBatches(model.config.vocab_size, args.batch, args.seq_len), fc.train_view(args.steps),
+    loaded = DevicePeak(device)  # what the process holds after loading: run_loop's own measure (VmHWM or CUDA)
+    loaded.mark()
+    batches = RandomBatches(model.config.vocab_size, args.batch, args.seq_len)
+    with tempfile.TemporaryDirectory() as tmp, Timer() as wall:
+        out = run_loop(model, batches, fc.train_view(args.steps),
                        RunDir(tmp), LoopSettings(args.steps, 1, 0, "bench", device, "float32"))
-        wall = time.perf_counter() - t0
-    allocated = allocator_peak(model, RandomBatches(model.config.vocab_size, args.batch, args.seq_len)) \
-        if device.type == "cpu" else None
+    allocated = torch_allocator_peak(lambda: one_step(model, batches)) if device.type == "cpu" else None
     return {"allocator_peak_bytes": allocated, "method": args.method, "trainable": counts.trainable, "total": counts.total,
             "share": counts.share, "step_s": out["step_s"], "peak_bytes": out["peak_memory_bytes"],
-            "peak_kind": out["peak_memory_kind"], "loaded_bytes": loaded,
-            "training_bytes": out["peak_memory_bytes"] - loaded, "wall_s": wall,
+            "peak_kind": out["peak_memory_kind"], "loaded_bytes": loaded.base,
+            "training_bytes": out["peak_memory_bytes"] - loaded.base, "wall_s": wall.wall_s,
             "tokens_per_s": args.batch * args.seq_len / out["step_s"], "first_loss": out["first_loss"],
             "final_loss": out["final_loss"]}
 
@@ -150,10 +128,9 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    import os
-
     os.environ["FMFORGE_NO_PROGRESS"] = "1"
     results = {}
+    at_start = machine()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         make_base(base, args.d_model, args.layers, args.vocab)
@@ -161,15 +138,16 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", method, "--base", str(base)] + [
                 f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
                 ("seq_len", "batch", "rank", "steps", "threads")]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-            if proc.returncode:
-                sys.exit(f"{method} worker failed:\n{proc.stderr[-3000:]}")
-            results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            try:
+                results[method] = run_json(cmd, env=os.environ)
+            except RuntimeError as exc:
+                sys.exit(f"{method} worker failed: {exc}")
     lora, full = results["lora"], results["full"]
     mib = 1 / 2**20
     print(f"base: d_model {args.d_model}, {args.layers} layers, vocab {args.vocab}, {full['total']:,} parameters; "
           f"batch {args.batch} x {args.seq_len} tokens; LoRA r={args.rank} on every projection; "
-          f"{platform.processor() or platform.machine()}, {lora['peak_kind']}")
+          f"{lora['peak_kind']}")
+    print(machine_line(at_start))
     print(f"{'':8}{'trainable':>14}{'share':>9}{'step s':>9}{'tokens/s':>10}{'peak MiB':>10}{'training MiB':>14}"
           f"{'allocator MiB':>15}")
     for m in (full, lora):
@@ -181,7 +159,8 @@ def main() -> None:
           f"{lora['training_bytes'] / max(full['training_bytes'], 1):.2f}x, trainable "
           f"{lora['trainable'] / full['trainable']:.4f}x")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": at_start,
+                                         **results}, indent=2))
 
 
 if __name__ == "__main__":

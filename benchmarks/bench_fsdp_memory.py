@@ -9,7 +9,9 @@ read by the process itself), the baseline before the model is built (Python,
 torch, the process group), and the growth between them, which is what the
 planner's per-device estimate (fmforge.plan.memory.estimate_memory, "ddp" on one
 device, "fsdp" on 2) describes. Goals (issue 19): each FSDP rank's peak below 70%
-of one process's, and the planner within 20% of the measured figure.
+of one process's, and the planner within 20% of the measured figure. Measured with
+the shared harness (``harness.py``: ``hwm_bytes``/``rss_mb`` in each process,
+``run_tree`` around each run, whose tree peaks go in the JSON with the machine).
 
     python benchmarks/bench_fsdp_memory.py                 # ~320M, about 2 minutes on 2 cores
     python benchmarks/bench_fsdp_memory.py --layers 6      # ~110M, when memory is short
@@ -21,18 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from harness import Timer, hwm_bytes, machine, machine_line, rss_mb, run_tree
+
 GB = 1e9
-
-
-def _vm(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -55,31 +52,29 @@ def worker(args: argparse.Namespace) -> None:
     tiny = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, seq_len=8))
     tiny(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).backward()
     del tiny
-    baseline = _vm("VmRSS")
+    baseline = int(rss_mb() * 2**20)
 
     def build() -> Transformer:
         torch.manual_seed(0)
         return Transformer(cfg)
 
-    t0 = time.perf_counter()
-    model = build_sharded(build, par, "float32") if args.mode == "fsdp" else build()
-    built = time.perf_counter() - t0
-    after_build = _vm("VmHWM")
+    with Timer() as built:
+        model = build_sharded(build, par, "float32") if args.mode == "fsdp" else build()
     opt = build_optimizer(model, tcfg)
-    losses, phases = [], {"build": after_build}
-    t0 = time.perf_counter()
-    for i, batch in enumerate(batches):
-        loss = model(batch[:, :-1], batch[:, 1:])
-        loss.backward()
-        phases.setdefault("first backward", _vm("VmHWM"))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        phases.setdefault("first optimizer step", _vm("VmHWM"))
-        opt.zero_grad(set_to_none=True)
-        losses.append(par.mean(float(loss.detach())))
-    result = {"rank": par.rank, "mode": args.mode, "baseline_bytes": baseline, "peak_bytes": _vm("VmHWM"),
-              "peak_by_phase_bytes": phases, "build_s": round(built, 2),
-              "steps_s": round(time.perf_counter() - t0, 2), "losses": losses,
+    losses, phases = [], {"build": hwm_bytes()}
+    with Timer() as stepped:
+        for batch in batches:
+            loss = model(batch[:, :-1], batch[:, 1:])
+            loss.backward()
+            phases.setdefault("first backward", hwm_bytes())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            phases.setdefault("first optimizer step", hwm_bytes())
+            opt.zero_grad(set_to_none=True)
+            losses.append(par.mean(float(loss.detach())))
+    result = {"rank": par.rank, "mode": args.mode, "baseline_bytes": baseline, "peak_bytes": hwm_bytes(),
+              "peak_by_phase_bytes": phases, "build_s": round(built.wall_s, 2),
+              "steps_s": round(stepped.wall_s, 2), "losses": losses,
               "params": sum(p.numel() for p in model.parameters())}
     Path(f"{args.out}.{args.mode}.{par.rank}.json").write_text(json.dumps(result))
     teardown(par)
@@ -126,23 +121,25 @@ def main() -> None:
     here = Path(__file__).resolve()
     common = ["--model", json.dumps(model), "--seq-len", str(args.seq_len),
               "--micro-batch", str(args.micro_batch), "--steps", str(args.steps)]
+    at_start = machine()
     print(f"model: {params / 1e6:.0f}M parameters (d_model {args.d_model}, {args.layers} layers, "
           f"vocab {args.vocab}, untied); {args.steps} steps of {args.micro_batch} x {args.seq_len} "
-          f"tokens per process, float32, AdamW; allocator: {allocator}", flush=True)
+          f"tokens per process, float32, AdamW; allocator: {allocator}\n{machine_line(at_start)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "r")
         runs = {"single": [sys.executable, str(here), "--worker", "single", "--out", out, *common],
                 "fsdp": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                          "2", str(here), "--worker", "fsdp", "--out", out, *common]}
-        results = {}
+        results, trees = {}, {}
         for mode, cmd in runs.items():  # one after the other: their peaks must not add up
-            t0 = time.perf_counter()
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{mode} run failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+            try:
+                _, tree = run_tree(cmd, env=env)
+            except RuntimeError as exc:
+                raise SystemExit(f"{mode} run failed: {exc}") from None
             results[mode] = [json.loads(Path(f"{out}.{mode}.{r}.json").read_text())
                              for r in range(1 if mode == "single" else 2)]
-            print(f"{mode}: {time.perf_counter() - t0:.0f} s", flush=True)
+            trees[mode] = tree.as_dict()
+            print(f"{mode}: {tree.wall_s:.0f} s", flush=True)
 
     one = results["single"][0]
     rows = []
@@ -173,8 +170,8 @@ def main() -> None:
     print(f"\nlosses: one process {losses['single']}, fsdp {losses['fsdp']}")
     print("goals: each rank's peak < 70% of one process's; planner within 20% of the growth")
     if args.json:
-        Path(args.json).write_text(json.dumps({"params": params, "model": model, "allocator": allocator,
-                                               "rows": rows,
+        Path(args.json).write_text(json.dumps({"machine": at_start, "params": params, "model": model,
+                                               "allocator": allocator, "rows": rows, "process_trees": trees,
                                                "plan": {n: p.to_dict() for n, p in plan.items()},
                                                "losses": losses}, indent=1))
 

@@ -19,6 +19,8 @@ BPE tokenizer of 8192 trained here on Python's standard library; or ``--run``
 for a trained run's latest checkpoint and tokenizer. Rounds are interleaved
 (ours, theirs, theirs, ours, ...) in one process; each figure is the median
 over rounds of tokens/s (batch × new tokens / wall time, prefill included).
+Measured with the shared harness (``harness.py``: ``interleaved``, ``per_wall``,
+``paired_ratio``); the JSON records the machine and the load at each round's start.
 
 llama.cpp, the CPU anchor (issue 17): where ``llama-cpp-python`` is installed
 (``make llama-cpp``), the same weights are exported with ``fmforge export gguf``'s
@@ -45,17 +47,18 @@ import argparse
 import importlib.util
 import itertools
 import json
-import platform
 import statistics
 import sys
 import sysconfig
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from harness import interleaved, machine, machine_line, paired_ratio, per_wall  # noqa: E402
 
 from fmforge.config import ModelConfig
 from fmforge.inference.engine import Engine, GenerationRequest
@@ -195,14 +198,10 @@ def main() -> None:
                                                        repeat_penalty=1.0), n))]
         return decode
 
-    def timed(fn, b: int) -> tuple[float, list[list[int]]]:
-        t0 = time.perf_counter()
-        ids = fn(b)
-        return b * n / (time.perf_counter() - t0), ids
-
+    at_start = machine()
     print(f"model: {trained.model.num_parameters():,} parameters, vocab {cfg.vocab_size}, "
           f"{'run ' + args.run if args.run else f'random {args.size}-shaped weights'}; torch "
-          f"{torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}"
+          f"{torch.__version__}, {threads} threads; {machine_line(at_start)}"
           + (f"; llama-cpp-python {__import__('llama_cpp').__version__}, {threads} threads, "
              f"GGUF {', '.join(args.llama_cpp_dtypes)} (KV cache f32 with f32 weights, else f16)"
              if llms else "; llama.cpp: not run"))
@@ -211,21 +210,18 @@ def main() -> None:
         sides = {"ours": ours, "hf": theirs}
         if b == 1:
             sides.update({name: llama(llm) for name, llm in llms.items()})
-        first = {name: timed(fn, b)[1] for name, fn in sides.items()}  # warm-up, and outputs
+        first = {name: fn(b) for name, fn in sides.items()}  # warm-up, and outputs
         agree = {name: [first_difference(o, t) for o, t in zip(first["ours"], ids)]
                  for name, ids in first.items() if name != "ours"}
-        rates = {name: [] for name in sides}
-        order = list(sides.items())
-        for r in range(args.rounds):
-            for name, fn in (order if r % 2 == 0 else order[::-1]):
-                rates[name].append(timed(fn, b)[0])
+        samples = interleaved({name: partial(fn, b) for name, fn in sides.items()}, args.rounds)
+        rates = per_wall(samples, b * n)
         med = {name: statistics.median(v) for name, v in rates.items()}
         fig = {"hf_tokens_per_s": med["hf"], "ours_tokens_per_s": med["ours"],
                "ratio": med["ours"] / med["hf"],
-               "paired_ratio_median": statistics.median(
-                   [o / h for o, h in zip(rates["ours"], rates["hf"])]),
+               "paired_ratio_median": paired_ratio(rates["ours"], rates["hf"]),
                "hf_rounds": rates["hf"], "ours_rounds": rates["ours"],
-               "identical_leading_tokens": agree["hf"]}
+               "identical_leading_tokens": agree["hf"],
+               "load_at_start": {name: [s.load_at_start for s in ss] for name, ss in samples.items()}}
         line = (f"batch {b}: HF {med['hf']:,.0f} tokens/s ({min(rates['hf']):,.0f}-{max(rates['hf']):,.0f}), "
                 f"ours {med['ours']:,.0f} tokens/s ({min(rates['ours']):,.0f}-{max(rates['ours']):,.0f}), "
                 f"ours/HF {fig['ratio']:.2f}x (paired median {fig['paired_ratio_median']:.2f}x); "
@@ -262,15 +258,9 @@ def main() -> None:
 
         sides = {"ours": ours_prefill, "hf": hf_prefill}
         sides.update({name: llama_prefill(llm) for name, llm in llms.items()})
-        rates = {name: [] for name in sides}
-        order = list(sides.items())
         for fn in sides.values():
             fn()  # warm-up
-        for r in range(args.rounds):
-            for name, fn in (order if r % 2 == 0 else order[::-1]):
-                t0 = time.perf_counter()
-                fn()
-                rates[name].append(p / (time.perf_counter() - t0))
+        rates = per_wall(interleaved(sides, args.rounds), p)
         med = {name: statistics.median(v) for name, v in rates.items()}
         figures["prefill"] = {"prompt_tokens": p, **{f"{k}_tokens_per_s": v for k, v in med.items()},
                               **{f"{k}_rounds": v for k, v in rates.items()}}
@@ -282,7 +272,7 @@ def main() -> None:
     workdir.cleanup()
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "figures": figures}, indent=2))
+                                         "machine": at_start, "figures": figures}, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ rungs are `fmforge ladder`'s default (the config model's own family); without
 RUN/ladder/ (the same as `fmforge ladder`'s); the held-out model trains the same
 way into RUN/ladder/<size>/ but is left out of the fit, extra seeds into
 RUN/seeds/. Prints the fit, the backtest, the prediction with its interval, the
-measurement and the error.
+measurement and the error; the JSON records the machine and its load, and the wall
+and CPU seconds of the ladder and of the held-out run (the shared harness's ``Timer``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import argparse
 import json
 import math
 import statistics
-import time
 
 import yaml
 
+from harness import Timer, machine  # benchmarks/, beside this script
 from fmforge.config import apply_overrides, config_from_dict
 from fmforge.ladder import run as ladder_run
 from fmforge.model.counting import count_parameters
@@ -64,7 +65,7 @@ def main() -> None:
     cfg = config_from_dict(raw)
     target = cfg.resolved_model()
     rungs = ladder_run.parse_sizes(args.sizes) if args.sizes else ladder_run.default_rungs(target)
-    report: dict = {}
+    report: dict = {"machine": machine()}
     if args.seeds > 1:
         (rung,) = ladder_run.parse_sizes(args.seed_rung) if args.seed_rung else [rungs[len(rungs) // 2]]
         seeds = {}
@@ -77,17 +78,15 @@ def main() -> None:
         report["seeds"] = {"rung": rung.name, "bits_per_byte": seeds,
                            "sd": statistics.stdev(values), "relative_sd": statistics.stdev(values) / statistics.mean(values),
                            "log_sd": statistics.stdev([math.log(v) for v in values])}
-    t0 = time.perf_counter()
-    result = ladder_run.run_ladder(cfg, run, rungs, tokens_per_param=args.tokens_per_param, samples=args.samples)
-    fit_s = time.perf_counter() - t0
+    with Timer() as fit:
+        result = ladder_run.run_ladder(cfg, run, rungs, tokens_per_param=args.tokens_per_param, samples=args.samples)
 
     if args.holdout:
         (holdout,) = ladder_run.parse_sizes(args.holdout)
     else:
         holdout = ladder_run.Rung(target.d_model, target.n_layers)
-    t1 = time.perf_counter()
-    rcfg, train, evaluated = _train(cfg, run, holdout, run.root / "ladder" / holdout.name, args.tokens_per_param)
-    held_s = time.perf_counter() - t1
+    with Timer() as held:
+        rcfg, train, evaluated = _train(cfg, run, holdout, run.root / "ladder" / holdout.name, args.tokens_per_param)
     n = count_parameters(rcfg.model).non_embedding
     predicted = ladder_prediction(result, n, float(train["tokens"]))
     measured = evaluated["bits_per_byte"]
@@ -104,7 +103,8 @@ def main() -> None:
                     "interval_90": predicted.get("interval_90"),
                     "interval_bootstrap": predicted.get("interval_bootstrap"), "error": error,
                     "inside": lo is not None and lo <= measured <= hi, "warnings": predicted["warnings"]},
-        "seconds": {"ladder": round(fit_s, 1), "holdout": round(held_s, 1)},
+        "seconds": {"ladder": round(fit.wall_s, 1), "holdout": round(held.wall_s, 1)},
+        "cpu_seconds": {"ladder": round(fit.cpu_s, 1), "holdout": round(held.cpu_s, 1)},
     })
     print(json.dumps(report, indent=2))
     (run.root / "ladder" / "holdout.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -7,6 +7,8 @@ place or goes. Same model, same cache, same steps, in one process: rounds
 alternate plain, packed, packed, plain, ... and each figure is the median over
 rounds of milliseconds per decode step (the whole step: embedding, blocks,
 head), on the demo's shape with random weights (``bench_generate.py``'s model).
+Measured with the shared harness (``harness.py``: ``interleaved``, its ``before``
+hook doing each round's untimed prefill); the machine and its load are printed.
 
     python benchmarks/bench_packed_weights.py               # about 20 s
     python benchmarks/bench_packed_weights.py --size 100m --threads 2
@@ -17,35 +19,39 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fmforge.config import ModelConfig
-from fmforge.inference.decode import forward_cached
-from fmforge.inference.kv_cache import KVCache
-from fmforge.inference.packed_weights import PackedWeights
-from fmforge.model.transformer import Transformer
+from bench_generate import SIZES  # noqa: E402 - the same model shapes
+from harness import interleaved, machine_line, paired_ratio  # noqa: E402
 
-SIZES = {"demo": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, seq_len=256,
-                      vocab_size=8192, tie_embeddings=True),
-         "100m": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, seq_len=512,
-                      vocab_size=32768, tie_embeddings=True)}
+from fmforge.config import ModelConfig  # noqa: E402
+from fmforge.inference.decode import forward_cached  # noqa: E402
+from fmforge.inference.kv_cache import KVCache  # noqa: E402
+from fmforge.inference.packed_weights import PackedWeights  # noqa: E402
+from fmforge.model.transformer import Transformer  # noqa: E402
 
 
-def time_steps(model: Transformer, prompt: torch.Tensor, steps: int,
-               packed: PackedWeights | None) -> float:
-    """Milliseconds per decode step after a prefill of ``prompt``."""
-    cache = KVCache(model.cfg, rows=1, length=prompt.shape[1] + steps)
-    logits = forward_cached(model, prompt, cache, [0], [0])
-    token, n = logits.argmax(-1, keepdim=True), prompt.shape[1]
-    start = time.perf_counter()
-    for p in range(n, n + steps):
-        token = forward_cached(model, token, cache, [0], [p], packed=packed).argmax(-1, keepdim=True)
-    return (time.perf_counter() - start) / steps * 1e3
+class Decode:
+    """Decode steps of one sequence after a prefill of ``prompt``: ``prefill()`` (untimed)
+    makes a fresh cache and the first token, ``steps()`` runs the decode steps."""
+
+    def __init__(self, model: Transformer, prompt: torch.Tensor, steps: int):
+        self.model, self.prompt, self.n = model, prompt, steps
+
+    def prefill(self) -> None:
+        self.cache = KVCache(self.model.cfg, rows=1, length=self.prompt.shape[1] + self.n)
+        logits = forward_cached(self.model, self.prompt, self.cache, [0], [0])
+        self.token = logits.argmax(-1, keepdim=True)
+
+    def steps(self, packed: PackedWeights | None) -> None:
+        start = self.prompt.shape[1]
+        for p in range(start, start + self.n):
+            self.token = forward_cached(self.model, self.token, self.cache, [0], [p],
+                                        packed=packed).argmax(-1, keepdim=True)
 
 
 def main() -> None:
@@ -65,18 +71,18 @@ def main() -> None:
     prompt = torch.randint(0, model.cfg.vocab_size, (1, 32))
     weight_mb = sum(m.weight.numel() for m in model.modules()
                     if isinstance(m, torch.nn.Linear)) * 4 / 1e6
-    times: dict[str, list[float]] = {"plain": [], "packed": []}
     with torch.inference_mode():
-        time_steps(model, prompt, 10, packed)  # warm-up
-        for r in range(args.rounds):
-            order = ("plain", "packed") if r % 2 == 0 else ("packed", "plain")
-            for name in order:
-                times[name].append(time_steps(model, prompt, args.steps,
-                                              packed if name == "packed" else None))
+        warm = Decode(model, prompt, 10)
+        warm.prefill()
+        warm.steps(packed)
+        decode = Decode(model, prompt, args.steps)
+        samples = interleaved({"plain": lambda: decode.steps(None), "packed": lambda: decode.steps(packed)},
+                              args.rounds, before=lambda name: decode.prefill())
+    times = {name: [s.wall_s / args.steps * 1e3 for s in ss] for name, ss in samples.items()}
     plain, fast = statistics.median(times["plain"]), statistics.median(times["packed"])
-    paired = statistics.median(p / q for p, q in zip(times["plain"], times["packed"]))
+    paired = paired_ratio(times["plain"], times["packed"])
     print(f"{args.size}: {weight_mb:.1f} MB of linear weights (float32), {args.threads} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; {machine_line()}")
     print(f"ms per decode step at batch 1: plain {plain:.2f} ({min(times['plain']):.2f}-"
           f"{max(times['plain']):.2f}), packed {fast:.2f} ({min(times['packed']):.2f}-"
           f"{max(times['packed']):.2f}); plain/packed {plain / fast:.2f}x "

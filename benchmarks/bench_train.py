@@ -14,6 +14,8 @@ noisy neighbour or a thermal change hits both; each figure is the median over
 rounds of tokens/s. The achieved GFLOP/s uses fmforge's FLOPs/token
 (``fmforge.model.counting.flops_per_token``, the same count for both models) and
 is shown as a share of this machine's torch.mm peak, measured in the same run.
+Measured with the shared harness (``harness.py``: ``interleaved``, ``per_wall``,
+``paired_ratio``); the JSON records the machine and the load at each round's start.
 
 Precision: float32 always; bf16 autocast as well when the CPU has native bf16
 (AVX512-BF16 or AMX), where it is the trainer's default. ``--compile`` times
@@ -30,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,10 +44,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fmforge.config import ModelConfig
-from fmforge.hardware import cpu_has_native_bf16, measure_cpu_peak_flops
-from fmforge.model.counting import count_parameters, flops_per_token
-from fmforge.model.transformer import Transformer
+from harness import Timer, cpu_has, interleaved, machine, machine_line, paired_ratio, per_wall  # noqa: E402
+
+from fmforge.config import ModelConfig  # noqa: E402
+from fmforge.hardware import cpu_has_native_bf16, measure_cpu_peak_flops  # noqa: E402
+from fmforge.model.counting import count_parameters, flops_per_token  # noqa: E402
+from fmforge.model.transformer import Transformer  # noqa: E402
 
 
 def llama_config(cfg: ModelConfig):
@@ -119,11 +121,9 @@ def make_step(model: nn.Module, hf: bool, dtype: torch.dtype, compile_: bool) ->
     return step
 
 
-def time_steps(step: Callable, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    t0 = time.perf_counter()
+def run_steps(step: Callable, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for x, y in batches:
         step(x, y)
-    return time.perf_counter() - t0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,9 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batches.append((buf[:, :-1].contiguous(), buf[:, 1:].contiguous()))
 
     result: dict[str, Any] = {
-        "machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(),
-                    "avx2": _has_flag("avx2"), "native_bf16": cpu_has_native_bf16(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {**machine(), "threads": torch.get_num_threads(), "avx2": cpu_has("avx2"),
+                    "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__},
         "model": {**cfg.model_dump(), "params": count_parameters(cfg).total,
                   "flops_per_token": fpt, "batch": args.batch},
         "compile": args.compile, "rounds": args.rounds, "steps": args.steps, "runs": [],
@@ -156,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{cfg.n_layers} layers, heads {cfg.n_heads}/{cfg.kv_heads} (GQA), ffn {cfg.ffn_dim}, "
           f"vocab {cfg.vocab_size}, seq {args.seq} x batch {args.batch}, "
           f"{fpt / 1e6:.1f} MFLOP/token")
-    print(f"machine: {result['machine']['cpu']}, {torch.get_num_threads()} threads, "
+    print(f"machine: {machine_line(result['machine'])}; {torch.get_num_threads()} threads, "
           f"native bf16: {cpu_has_native_bf16()}, torch {torch.__version__}")
 
     for dtype in dtypes:
@@ -169,16 +168,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # timed once per model (the first step includes it).
         warm = {}
         for who, step in steps.items():
-            t0 = time.perf_counter()
-            step(*batches[0])
-            warm[who] = time.perf_counter() - t0
-            for x, y in batches[:args.warmup]:
-                step(x, y)
-        rates: dict[str, list[float]] = {"ours": [], "hf": []}
-        for r in range(args.rounds):
-            order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
-            for who in order:
-                rates[who].append(tokens_per_step * args.steps / time_steps(steps[who], batches))
+            with Timer() as first:
+                step(*batches[0])
+            warm[who] = first.wall_s
+            run_steps(step, batches[:args.warmup])
+        samples = interleaved({who: (lambda s=step: run_steps(s, batches)) for who, step in steps.items()},
+                              args.rounds)
+        rates = per_wall(samples, tokens_per_step * args.steps)
         # A second peak after the timed rounds: keep the better one, so a slow
         # moment during the first measurement does not flatter the shares.
         peak = max(peak, measure_cpu_peak_flops(refresh=True, dtype=name))
@@ -186,9 +182,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         best = {who: max(v) for who, v in rates.items()}
         # Each round's two runs sit side by side in time, so their ratio cancels
         # slow drifts in the machine's load; its median is the headline figure.
-        paired = statistics.median(o / h for o, h in zip(rates["ours"], rates["hf"]))
+        paired = paired_ratio(rates["ours"], rates["hf"])
         row = {"dtype": name, "peak_gflops": peak / 1e9, "first_step_s": warm,
                "tokens_per_s": rates, "median_tokens_per_s": med, "best_tokens_per_s": best,
+               "cpu_s": {who: [s.cpu_s for s in ss] for who, ss in samples.items()},
+               "load_at_start": {who: [s.load_at_start for s in ss] for who, ss in samples.items()},
                "gflops": {w: med[w] * fpt / 1e9 for w in med},
                "share_of_peak": {w: med[w] * fpt / peak for w in med},
                "ratio": paired, "ratio_of_medians": med["ours"] / med["hf"],
@@ -245,20 +243,6 @@ def profile_shapes(args: argparse.Namespace, steps: int = 3) -> None:
                 by_op[e.key] = by_op.get(e.key, 0.0) + e.self_cpu_time_total / 1e3 / steps
         for name, ms in sorted(by_op.items(), key=lambda kv: -kv[1])[:8]:
             print(f"  {name[:60]:<60} {ms:7.1f} ms")
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text(errors="ignore").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _has_flag(flag: str) -> bool:
-    try:
-        return f" {flag}" in Path("/proc/cpuinfo").read_text(errors="ignore")
-    except OSError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

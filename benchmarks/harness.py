@@ -477,3 +477,15 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float | None = No
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); its error is printed above")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_has(flag: str) -> bool | None:
+    """Whether the CPU lists ``flag`` (``avx2``, ``avx512_bf16``) in /proc/cpuinfo; None
+    where there is no /proc/cpuinfo to say."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return None
+    for line in cpuinfo.read_text(errors="ignore").splitlines():
+        if line.startswith("flags"):
+            return flag in line.split(":", 1)[1].split()
+    return False
