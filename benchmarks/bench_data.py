@@ -7,7 +7,8 @@ at least 97% per filter both implement; and the stage to stream, with a flat
 peak RSS as the corpus grows.
 
 Speed. Both sides see the same documents, in one process, timed in CPU seconds
-(``time.process_time``: MB/s per core = input MB / CPU-seconds of the process):
+(the shared harness's ``measure``: MB/s per core = input MB / CPU-seconds of the
+process; wall seconds and the load average at the start are kept beside them):
 
 - ours: ``build_steps`` of a ``web`` source (clean, length, gopher_quality,
   gopher_repetition, c4, fineweb; each document stops at its first drop), then
@@ -67,7 +68,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import random
 import re
 import shutil
@@ -75,13 +75,12 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import machine, report_root_hwm, run_tree
+from harness import Sample, hwm_mb, load, machine, machine_line, measure, report_root_hwm, run_tree
 
 from fmforge.config import DataConfig, config_from_dict
 from fmforge.data.readers.base import Document
@@ -285,14 +284,18 @@ def run_ours(texts: list[str]) -> dict:
     steps = build_steps(data, data.sources[0])
     hasher = MinHasher(data.minhash)
     docs = [Document(id=str(i), text=t, source="web") for i, t in enumerate(texts)]
-    t0 = time.process_time()
-    reasons = [run_steps(steps, d) for d in docs]
-    t1 = time.process_time()
-    for s in range(0, len(texts), MINHASH_BATCH):
-        hasher.band_keys_batch(texts[s:s + MINHASH_BATCH])
-    t2 = time.process_time()
-    return {"filter_s": t1 - t0, "minhash_s": t2 - t1, "kept": sum(r is None for r in reasons),
-            "reasons": reasons}
+    reasons: list = []
+    filters = measure(lambda: reasons.extend(run_steps(steps, d) for d in docs))
+    minhash = measure(lambda: [hasher.band_keys_batch(texts[s:s + MINHASH_BATCH])
+                               for s in range(0, len(texts), MINHASH_BATCH)])
+    return timings(filters, minhash, reasons)
+
+
+def timings(filters: Sample, minhash: Sample, reasons: list) -> dict:
+    """Both parts' CPU seconds (the rates' basis), wall seconds and load at the start."""
+    return {"filter_s": filters.cpu_s, "minhash_s": minhash.cpu_s, "filter_wall_s": filters.wall_s,
+            "minhash_wall_s": minhash.wall_s, "load_at_start": filters.load_at_start,
+            "kept": sum(r is None for r in reasons), "reasons": reasons}
 
 
 def our_filter_decisions(texts: list[str]) -> dict[str, list[str | None]]:
@@ -396,24 +399,25 @@ def run_datatrove(texts: list[str], language) -> dict:
     _warm_up(filters, sig)
     docs = [DTDocument(text=t, id=str(i)) for i, t in enumerate(texts)]
     chain = list(filters.items())
-    t0 = time.process_time()
-    reasons = []
-    for d in docs:
-        reason = None
-        for name, f in chain:
-            reason = _dt_verdict(f.filter(d))
-            if reason is not None:
-                reason = f"{name}:{reason}"
-                break
-        reasons.append(reason)
-    t1 = time.process_time()
-    for t in texts:
-        shingles = sig.get_shingles(t)
-        if shingles.size:
-            sig.get_signature(shingles)
-    t2 = time.process_time()
-    return {"filter_s": t1 - t0, "minhash_s": t2 - t1, "kept": sum(r is None for r in reasons),
-            "reasons": reasons}
+    reasons: list = []
+
+    def filter_all() -> None:
+        for d in docs:
+            reason = None
+            for name, f in chain:
+                reason = _dt_verdict(f.filter(d))
+                if reason is not None:
+                    reason = f"{name}:{reason}"
+                    break
+            reasons.append(reason)
+
+    def sign_all() -> None:
+        for t in texts:
+            shingles = sig.get_shingles(t)
+            if shingles.size:
+                sig.get_signature(shingles)
+
+    return timings(measure(filter_all), measure(sign_all), reasons)
 
 
 def _warm_up(filters, sig) -> None:
@@ -518,19 +522,15 @@ def in_chain_agreement(ours: dict[str, list], theirs: dict[str, list], our_chain
 
 # -- RSS of the whole stage -------------------------------------------------------------------
 
-RSS_CHILD = r"""
-import json, sys, time
-sys.path.insert(0, SRC)
-from fmforge.config import config_from_dict
-from fmforge.data.stage import run_data_stage
-from fmforge.hardware import peak_rss_bytes
-from fmforge.rundir import RunDir
-cfg = config_from_dict(json.loads(sys.argv[1]))
-t = time.perf_counter()
-summary = run_data_stage(cfg, RunDir(sys.argv[2]))
-wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall, "self_hwm_mb": peak_rss_bytes() / 2**20}))
-"""
+def rss_child(raw_config: str, run_dir: str) -> None:
+    """In a fresh process (``--rss-child``): the data stage; its wall seconds and its
+    own final ``VmHWM`` (the parent reads the whole tree's)."""
+    from fmforge.data.stage import run_data_stage
+    from fmforge.rundir import RunDir
+
+    cfg = config_from_dict(json.loads(raw_config))
+    stage = measure(lambda: run_data_stage(cfg, RunDir(run_dir)))
+    print(json.dumps({"wall_s": stage.wall_s, "self_hwm_mb": hwm_mb()}))
 
 
 def demo_files() -> dict[str, list[Path]]:
@@ -578,7 +578,6 @@ BOUNDED = {"task_bytes": 8_000_000, "shard_max_docs": 2000}
 
 def rss_run(corpus: Path, workers: int | None, run_dir: Path, extra: dict | None = None) -> dict:
     """The data stage in a fresh interpreter: the demo's data settings, no caps."""
-    root = Path(__file__).resolve().parents[1]
     raw = {"name": "bench-rss", "data": {
         "sources": [
             {"name": "stdlib-code", "type": "text", "paths": [str(corpus / "stdlib-code" / "**" / "*")]},
@@ -587,8 +586,7 @@ def rss_run(corpus: Path, workers: int | None, run_dir: Path, extra: dict | None
         ],
         "min_chars": 64, "val_fraction": 0.04, "dedup": "exact", "workers": workers,
         "work_dir": str(run_dir / "work"), **(extra or {})}}
-    child = RSS_CHILD.replace("SRC", repr(str(root / "src")))
-    out, peak = run_tree([sys.executable, "-c", child, json.dumps(raw), str(run_dir / "run")])
+    out, peak = run_tree([sys.executable, __file__, "--rss-child", json.dumps(raw), str(run_dir / "run")])
     res = json.loads(out.strip().splitlines()[-1])
     peak = report_root_hwm(out, peak)
     # each process's own peak (VmHWM): the stage's process, its largest child, all of them
@@ -630,7 +628,8 @@ def rates(res: dict, mb: float) -> dict:
     total = res["filter_s"] + res["minhash_s"]
     return {"filter_s": res["filter_s"], "minhash_s": res["minhash_s"],
             "filter_mb_s": mb / res["filter_s"], "minhash_mb_s": mb / res["minhash_s"],
-            "total_mb_s": mb / total, "kept": res["kept"]}
+            "total_mb_s": mb / total, "kept": res["kept"],
+            "wall_s": res["filter_wall_s"] + res["minhash_wall_s"], "load_at_start": res["load_at_start"]}
 
 
 def main() -> None:
@@ -642,17 +641,19 @@ def main() -> None:
     ap.add_argument("--rss-copies", type=int, default=10, help="copies of the demo corpus in the larger RSS runs")
     ap.add_argument("--skip-speed", action="store_true", help="only the data-stage RSS runs")
     ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
+    ap.add_argument("--rss-child", nargs=2, metavar=("CONFIG_JSON", "RUN_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return
 
     report: dict = {"machine": machine()}
-    load = report["machine"]["load_average"]
-    print(f"{report['machine']['cpu']}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          f"on {os.cpu_count()} CPUs")
+    print(machine_line(report["machine"]))
     if args.skip_speed:
         print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and "
               f"{args.rss_copies}x):", flush=True)
         report["rss"] = measure_rss(args.rss_copies)
-        report["load_avg_end"] = os.getloadavg()
+        report["load_avg_end"] = load()
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         return
@@ -732,7 +733,7 @@ def main() -> None:
         print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and "
               f"{args.rss_copies}x):", flush=True)
         report["rss"] = measure_rss(args.rss_copies)
-    report["load_avg_end"] = os.getloadavg()
+    report["load_avg_end"] = load()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         print(f"\nwrote {args.json}")

@@ -33,6 +33,7 @@ CPU-seconds, ``VmHWM`` of a fresh process tree, machine and load with each figur
 
     python benchmarks/bench_tokenize.py            # about 4-6 minutes on 2 busy cores
     python benchmarks/bench_tokenize.py --skip-rss --json /tmp/bench_tokenize.json
+    python benchmarks/bench_tokenize.py --quick    # 1.5 MB, vocab 1024: that it runs, not figures
 """
 
 from __future__ import annotations
@@ -44,15 +45,14 @@ import random
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
-from harness import best_rates, hwm_mb, interleaved, load, machine, report_root_hwm, run_tree
+from harness import best_rates, hwm_mb, interleaved, load, machine, measure, report_root_hwm, run_tree
 
 STDLIB_MB, DOCS_MB = 8.0, 3.0
 
 
-def demo_like_texts(seed: int = 0) -> list[tuple[str, str]]:
+def demo_like_texts(seed: int = 0, stdlib_mb: float = STDLIB_MB, docs_mb: float = DOCS_MB) -> list[tuple[str, str]]:
     """(source, text) pairs from the same places the demo config reads."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(sysconfig.get_paths()["purelib"])
@@ -62,7 +62,7 @@ def demo_like_texts(seed: int = 0) -> list[tuple[str, str]]:
                    *site.glob("*.dist-info/licenses/**/*"), *site.glob("*/README*")})
     docs = [p for p in docs if p.is_file() and "fmforge" not in p.name and "__editable__" not in str(p)]
     out = []
-    for source, files, cap in (("stdlib-code", code, STDLIB_MB), ("package-docs", docs, DOCS_MB)):
+    for source, files, cap in (("stdlib-code", code, stdlib_mb), ("package-docs", docs, docs_mb)):
         total = 0
         for p in files:
             try:
@@ -121,9 +121,7 @@ def write_run(root: Path, texts: list[tuple[str, str]], vocab: int, split: str =
 def train(cfg, run) -> float:
     from fmforge.tokenizer.train import run_tokenizer_stage
 
-    t = time.perf_counter()
-    run_tokenizer_stage(cfg, run)
-    return time.perf_counter() - t
+    return measure(lambda: run_tokenizer_stage(cfg, run)).wall_s
 
 
 def bench_speed(cfg, run, repeats: int = 2) -> dict:
@@ -207,6 +205,8 @@ def main() -> None:
     ap.add_argument("--skip-split", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-one-core", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="a 1.5 MB corpus and vocab 1024: checks the script end to end; the figures mean little")
     ap.add_argument("--rss-child")
     ap.add_argument("--pool", action="store_true")
     ap.add_argument("--one-core-child")
@@ -219,7 +219,9 @@ def main() -> None:
         return
     os.environ.setdefault("FMFORGE_NO_PROGRESS", "1")
     result: dict = {"machine": machine()}
-    texts = demo_like_texts()
+    if args.quick:
+        args.vocab = min(args.vocab, 1024)
+    texts = demo_like_texts(stdlib_mb=1.0, docs_mb=0.5) if args.quick else demo_like_texts()
     with tempfile.TemporaryDirectory(prefix="bench_tokenize-") as tmp:
         cfg, run = write_run(Path(tmp) / "gpt4", texts, args.vocab, "gpt4")
         result["train_seconds_gpt4"] = round(train(cfg, run), 1)
