@@ -632,31 +632,8 @@ def rates(res: dict, mb: float) -> dict:
             "wall_s": res["filter_wall_s"] + res["minhash_wall_s"], "load_at_start": res["load_at_start"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mb", type=float, default=2.0, help="MB of pages (UTF-8) to build and time")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--examples", type=int, default=3, help="disagreements to print per filter")
-    ap.add_argument("--skip-rss", action="store_true", help="leave out the data-stage RSS runs")
-    ap.add_argument("--rss-copies", type=int, default=10, help="copies of the demo corpus in the larger RSS runs")
-    ap.add_argument("--skip-speed", action="store_true", help="only the data-stage RSS runs")
-    ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
-    ap.add_argument("--rss-child", nargs=2, metavar=("CONFIG_JSON", "RUN_DIR"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.rss_child:
-        rss_child(*args.rss_child)
-        return
-
-    report: dict = {"machine": machine()}
-    print(machine_line(report["machine"]))
-    if args.skip_speed:
-        print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and "
-              f"{args.rss_copies}x):", flush=True)
-        report["rss"] = measure_rss(args.rss_copies)
-        report["load_avg_end"] = load()
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-        return
+def speed_and_agreement(args: argparse.Namespace, report: dict) -> None:
+    """The speed rounds on ``--mb`` of pages, then the keep/drop agreement, into ``report``."""
     texts, kinds = build_corpus(args.mb, args.seed)
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     report["corpus"] = {"pages": len(texts), "mb": mb,
@@ -729,6 +706,26 @@ def main() -> None:
             print(f"  >= 97% on every filter against {n}: each filter alone {'yes' if alone else 'NO'}, "
                   f"on the documents it is handed {'yes' if chained else 'NO'}")
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mb", type=float, default=2.0, help="MB of pages (UTF-8) to build and time")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--examples", type=int, default=3, help="disagreements to print per filter")
+    ap.add_argument("--skip-rss", action="store_true", help="leave out the data-stage RSS runs")
+    ap.add_argument("--rss-copies", type=int, default=10, help="copies of the demo corpus in the larger RSS runs")
+    ap.add_argument("--skip-speed", action="store_true", help="only the data-stage RSS runs")
+    ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
+    ap.add_argument("--rss-child", nargs=2, metavar=("CONFIG_JSON", "RUN_DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return
+
+    report: dict = {"machine": machine()}
+    print(machine_line(report["machine"]))
+    if not args.skip_speed:
+        speed_and_agreement(args, report)
     if not args.skip_rss:
         print("\ndata stage peak RSS (fresh subprocess each, demo corpus copied 1x and "
               f"{args.rss_copies}x):", flush=True)
