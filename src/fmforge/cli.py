@@ -326,6 +326,71 @@ def ladder(config: Path, overrides: Optional[List[str]] = OverridesArg,
     _print_ladder(result)
 
 
+@app.command()
+def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
+            try_: Optional[List[str]] = typer.Option(None, "--try", help="a variant per value of a data key, e.g. "
+                                                     "data.sources.1.weight=0.5,2 (repeatable)"),
+            ablate_sources: bool = typer.Option(False, "--ablate-sources", help="also the mixture without each "
+                                                "source in turn: what each source is worth"),
+            weights_grid: bool = typer.Option(False, "--weights-grid", help="also each source's weight x0.5 and "
+                                              "x2, one source at a time"),
+            seeds: Optional[int] = typer.Option(None, "--seeds", help="proxies per variant, at least 2 "
+                                                "(default: datamix.seeds, 2)"),
+            target: Optional[List[str]] = typer.Option(None, "--target", help="heldout (the base run's held-out "
+                                                       "split), source:NAME, or your own files (repeatable)"),
+            size: Optional[str] = typer.Option(None, "--size", help="the proxy model, d_model x n_layers, e.g. "
+                                               "64x2 (default: the ladder's smallest rung of 2+ layers)"),
+            tokens_per_param: Optional[float] = typer.Option(None, "--tokens-per-param", help="each proxy's tokens "
+                                                             "per non-embedding parameter (default 20)"),
+            minutes: Optional[float] = typer.Option(None, "--minutes", help="a total training time shared by all "
+                                                    "the proxies instead"),
+            write_best: Optional[Path] = typer.Option(None, "--write-best", help="write the config with the "
+                                                      "winning variant's changes to this YAML file"),
+            price_only: bool = typer.Option(False, "--price-only", help="print the experiment's price and stop"),
+            force: bool = ForceOpt) -> None:
+    """Which data? Train small proxy models on variants of the run's data (other weights,
+    filters, a source left out), score them on one target in bits per byte, and say which
+    differences exceed the seed-to-seed noise (RUN/datamix/datamix.json)."""
+    from fmforge.ladder.datamix import Budget, proxy_rung, render, run_datamix
+    from fmforge.ladder.target import parse_target
+    from fmforge.ladder.variants import best_comment, collect, write_best as write_config
+    from fmforge.pipeline import prepare_run_dir
+    from fmforge.progress import console
+
+    cfg = _load(config, overrides)
+    _needs_data(cfg, config)
+    dc = cfg.datamix
+    command = shlex.join(["fmforge", "datamix", *sys.argv[2:]]) if sys.argv[1:2] == ["datamix"] \
+        else f"fmforge datamix {config}"
+    with _reported(f"`{command}`"):
+        if minutes is not None:
+            budget = Budget(tokens_per_param=None, minutes=minutes)
+        elif tokens_per_param is not None:
+            budget = Budget(tokens_per_param=tokens_per_param)
+        else:
+            budget = Budget(tokens_per_param=dc.tokens_per_param, minutes=dc.minutes)
+        found = collect(cfg, try_ if try_ else dc.variants, ablate_sources or dc.ablate_sources,
+                        weights_grid or dc.weights_grid)
+        spec = target if target else dc.target
+        result = run_datamix(cfg, prepare_run_dir(cfg), found.variants, rung=proxy_rung(cfg, size or dc.size),
+                             budget=budget, seeds=seeds if seeds is not None else dc.seeds,
+                             target=parse_target(spec, cfg.config_dir), force=force, price_only=price_only,
+                             notes=found.notes)
+        if price_only:
+            return
+        for r in render(result):
+            console.print(r)
+        if write_best is not None:
+            best = next((v for v in found.variants if v.name == result["best"]), None)
+            row = next((r for r in result["variants"] if r["name"] == result["best"]), None)
+            write_config(config, overrides or [], best, write_best,
+                         best_comment(command, result["target"]["name"], row, result["variants"][0]["bits_per_byte"],
+                                      result["noise"]["threshold"], len(result["proxy"]["seeds"])))
+            console.print(f"{write_best}: " + (f"the config with {best.name}" if best else
+                                               "no variant beat the base beyond the seed noise: the base "
+                                               "config, unchanged, with a comment saying so"))
+
+
 def _print_ladder(result: dict) -> None:
     from rich.table import Table
 

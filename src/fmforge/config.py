@@ -594,6 +594,41 @@ class LadderConfig(Section):
         return self
 
 
+class DatamixConfig(Section):
+    """``fmforge datamix``: variants of the data compared by small proxy models on
+    one target (docs/datamix.md); each of the command's options overrides its key."""
+
+    # Variants as dotted data overrides, as --try: "data.sources.1.weight=0.5,2" is
+    # one variant per value.
+    variants: list[str] = Field(default_factory=list)
+    ablate_sources: bool = False  # also the mixture without each source in turn
+    weights_grid: bool = False  # also each source's weight x0.5 and x2, one at a time
+    seeds: int = Field(default=2, ge=2)  # proxies per variant, for the seed noise
+    # The proxy model as "d_model x n_layers" (None: the smallest ladder rung of 2+ layers).
+    size: str | None = None
+    # Each proxy's budget: tokens per non-embedding parameter, or a total number of
+    # minutes for all the proxies (then tokens_per_param must be null).
+    tokens_per_param: float | None = Field(default=20.0, gt=0)
+    minutes: float | None = Field(default=None, gt=0)
+    # What the proxies are scored on: ["heldout"], ["source:NAME"], or files (globs
+    # relative to the config's directory).
+    target: list[str] = Field(default_factory=lambda: ["heldout"])
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> DatamixConfig:
+        if self.minutes is not None and self.tokens_per_param is not None:
+            raise ValueError("datamix: give minutes or tokens_per_param, not both "
+                             "(set datamix.tokens_per_param=null to use minutes)")
+        if self.minutes is None and self.tokens_per_param is None:
+            raise ValueError("datamix: give datamix.tokens_per_param or datamix.minutes")
+        return self
+
+
 # ----------------------------------------------------------------------- finetune
 
 
@@ -681,6 +716,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     ladder: LadderConfig = Field(default_factory=LadderConfig)  # `fmforge ladder`
+    datamix: DatamixConfig = Field(default_factory=DatamixConfig)  # `fmforge datamix`
     finetune: FinetuneConfig | None = None  # `fmforge finetune`
     # Directory of the YAML file, for ``{config_dir}`` in source paths. Not a user key.
     config_dir: str | None = Field(default=None, exclude=True)

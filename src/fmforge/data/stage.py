@@ -85,14 +85,28 @@ def data_inputs_fingerprint(cfg: RunConfig) -> str:
 
 # Settings that change how the work is scheduled, not what it produces.
 _SCHEDULING_KEYS = ("executor", "workers", "ray_address", "work_dir")
+# Settings that decide only how the kept documents are mixed (the scatter and
+# gather phases, and the token budget applied when encoding), not which documents
+# are kept, their text or their split: the work directory is keyed without them,
+# so a change of weights alone (`fmforge datamix`'s variants) reuses the curated
+# work. The stage's own fingerprint keeps them.
+_MIXTURE_KEYS = ("weight", "share", "group_weights", "group_shares")
+MIXTURE_RECORD = "mixture.json"  # in the work directory: whose weights its scatter/gather files are
 
 
-def _inputs_fingerprint(cfg: RunConfig, listings: list[FileListing]) -> str:
+def _inputs_fingerprint(cfg: RunConfig, listings: list[FileListing], mixture: bool = True) -> str:
+    """The stage's inputs; with ``mixture=False`` less the mixture settings (the
+    key of the work directory, see ``_MIXTURE_KEYS``)."""
     data = cfg.data.model_dump(mode="json")
     for k in _SCHEDULING_KEYS:
         data.pop(k, None)
+    if not mixture:
+        data.pop("total_tokens", None)
+        for source in data["sources"]:
+            for k in _MIXTURE_KEYS:
+                source.pop(k, None)
     return fingerprint(
-        "data-inputs-v3",
+        "data-inputs-v3" if mixture else "data-curation-v1",
         cfg.seed,
         data,
         [
@@ -100,6 +114,24 @@ def _inputs_fingerprint(cfg: RunConfig, listings: list[FileListing]) -> str:
             for l in listings
         ],
     )
+
+
+def _own_mixture(work: WorkDir, inputs_fp: str) -> None:
+    """The scatter and gather files in ``work`` are this mixture's: those of other
+    weights (a kept work directory, or a run of other weights killed before it
+    ended) are removed before this one's are written."""
+    if work.isfile(MIXTURE_RECORD) and work.read_json(MIXTURE_RECORD).get("inputs") == inputs_fp:
+        return
+    _remove_mixture(work)
+    work.write_json(MIXTURE_RECORD, {"inputs": inputs_fp})
+
+
+def _remove_mixture(work: WorkDir) -> None:
+    work.remove(MIXTURE_RECORD)
+    for rel in work.glob(f"markers/{SCATTER}-*") + work.glob(f"markers/{GATHER}-*"):
+        work.remove(rel)
+    work.remove("scatter")
+    work.remove("gathered")
 
 
 def work_dir_url(cfg: RunConfig, run: RunDir, inputs_fp: str) -> str:
@@ -129,15 +161,17 @@ def _partitions(n: int, max_per_partition: int) -> int:
     return max(1, math.ceil(n / max_per_partition))
 
 
-def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
-    """Build ``run.data`` from ``cfg.data``; return a summary for the CLI table."""
+def run_data_stage(cfg: RunConfig, run: RunDir, keep_curated: bool = False) -> dict[str, Any]:
+    """Build ``run.data`` from ``cfg.data``; return a summary for the CLI table.
+    ``keep_curated``: leave the curated work (phases 1 and 2) in the work directory
+    for a later run of other weights (``fmforge datamix``); else it is removed."""
     t0 = time.perf_counter()
     data = cfg.data
     listings = list_all_sources(cfg)
     _report_missing(listings)
     tasks = plan_tasks(listings, data.task_bytes)
     inputs_fp = _inputs_fingerprint(cfg, listings)
-    work = WorkDir(work_dir_url(cfg, run, inputs_fp))
+    work = WorkDir(work_dir_url(cfg, run, _inputs_fingerprint(cfg, listings, mixture=False)))
     input_bytes = sum(t.input_bytes for t in tasks)
     # workers left to fmforge: a small corpus is done before a process pool has started
     workers = data.workers or (1 if input_bytes < INLINE_BELOW_BYTES else None)
@@ -150,6 +184,7 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     with TaskRunner(executor) as runner:
         curated = phases.curate(runner)
         decisions = phases.decide(curated)
+        _own_mixture(work, inputs_fp)
         scattered, parts = phases.scatter(runner, curated, decisions)
         phases.gather(runner, scattered, parts)
 
@@ -186,6 +221,9 @@ def run_data_stage(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 3),
         }
         (tmp / DATA_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    if keep_curated:
+        _remove_mixture(work)
+        return _summarise(card, len(tasks))
     work.remove()
     if cfg.data.work_dir is None:  # the run's own data.work/, now empty (a user's work_dir stays)
         with contextlib.suppress(OSError):

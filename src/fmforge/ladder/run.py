@@ -52,6 +52,7 @@ TARGET_REACH = 1.8
 # heads and depths in whole layers, so small rungs round).
 ASPECT_TOLERANCE = 1.3
 SHARED = ("data", "tokenizer", "tokens")
+STAGE_OF = {"data": "data", "tokenizer": "tokenizer", "tokens": "tokenize"}  # the stage that writes each
 
 
 class LadderError(UserError, ValueError):
@@ -183,10 +184,11 @@ def _rung_config(cfg: RunConfig, rung: Rung, root: Path, tokens_per_param: float
                                   "train": cfg.train.model_copy(update=train)})
 
 
-def _link_shared(run: RunDir, rung_run: RunDir) -> None:
-    """The rung reads the run's data, tokenizer and tokens through relative links."""
+def _link_shared(run: RunDir, rung_run: RunDir, names: Sequence[str] = SHARED) -> None:
+    """The rung reads the run's data, tokenizer and tokens (or those of ``names``)
+    through relative links, and carries their stages' records."""
     rung_run.root.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
+    for name in names:
         link = rung_run.root / name
         target = os.path.relpath(run.root / name, rung_run.root)
         if link.is_symlink() and os.readlink(link) == target:
@@ -195,7 +197,8 @@ def _link_shared(run: RunDir, rung_run: RunDir) -> None:
             link.unlink()
         link.symlink_to(target, target_is_directory=True)
     records = run.stage_records()
-    for stage in ("data", "tokenizer", "tokenize"):  # what the rung's trainer and eval check
+    for name in names:  # the stages whose records the rung's trainer and eval check
+        stage = STAGE_OF[name]
         r = records[stage]
         if rung_run.stage_record(stage) != r:
             rung_run.mark_complete(stage, r["fingerprint"], r.get("summary", {}), output=r.get("output"))
