@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmforge.config import DataConfig, SourceConfig
+from fmforge.data import arrow
 from fmforge.data.dedup import BucketWriter, content_digest, dedup_keys
 from fmforge.data.normalize import replace_lone_surrogates
 from fmforge.data.problems import DataError, InputProblems
@@ -98,7 +99,7 @@ class _BatchedParquet:
         if self._writer is None:
             self._ctx = self.work.open_write(self.rel)
             self._writer = pq.ParquetWriter(self._ctx.__enter__(), self.schema, compression="zstd")
-        batch = pa.record_batch([pa.array(c, t.type) for c, t in zip(self.columns, self.schema)], schema=self.schema)
+        batch = arrow.record_batch(self.columns, self.schema)
         self._writer.write_batch(batch, row_group_size=BATCH_ROWS)
         self.columns = [[] for _ in self.schema]
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fmforge.config import DataConfig
+from fmforge.data import arrow
 from fmforge.data.split import SplitGuard, split_key
 from fmforge.data.store import WorkDir
 from fmforge.data.tasks import docref, split_docref
@@ -64,7 +65,7 @@ def decide(data: DataConfig, seed: int, work: WorkDir, task_stats: list[dict[str
             per_source.setdefault(name, {"duplicates": 0, "max_bytes": 0, "documents": 0, "bytes": 0})
         if st["has_docs"]:
             table = work.read_table(f"{task_dir(t)}/docs.parquet", columns=["id", "digest", "nbytes", "source"])
-            nbytes = table.column("nbytes").to_numpy()
+            nbytes = arrow.to_numpy(table.column("nbytes"))
             alive = np.ones(len(nbytes), dtype=bool)
             alive[dup] = False
             if caps[si] is not None:

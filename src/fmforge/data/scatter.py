@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from fmforge.config import DataConfig
+from fmforge.data import arrow
 from fmforge.data.curate import REJECTED_SCHEMA, task_dir
 from fmforge.data.decide import read_drops
 from fmforge.data.groups import source_weight
@@ -129,13 +130,13 @@ def scatter_task(payload: dict[str, Any]) -> dict[str, Any]:
 
     for (split, k), part in sorted(rows.items()):
         cols = list(zip(*part))
-        table = pa.table([pa.array(c, f.type) for c, f in zip(cols, SCATTER_SCHEMA)], schema=SCATTER_SCHEMA)
+        table = arrow.table(cols, SCATTER_SCHEMA)
         work.write_table(partition_path(t, split, k), table)
         stats["partitions"][split].append(k)
     if rejected:
         cols = list(zip(*rejected))
         work.write_table(f"{scatter_dir(t)}/rejected.parquet",
-                         pa.table([pa.array(c, f.type) for c, f in zip(cols, REJECTED_SCHEMA)], schema=REJECTED_SCHEMA))
+                         arrow.table(cols, REJECTED_SCHEMA))
     stats["has_rejected"] = bool(rejected)
     work.write_json(f"{scatter_dir(t)}/stats.json", stats)
     work.mark_done(PHASE, t)

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fmforge.data import arrow
 from fmforge.data.problems import DataError
 from fmforge.rundir import ArtifactMissingError, read_json_artifact
 
@@ -46,10 +47,7 @@ def write_shards(
     def flush() -> None:
         name = shard_name(split, len(names))
         ids, texts, sources = zip(*buf)
-        table = pa.table(
-            [pa.array(ids, pa.string()), pa.array(texts, pa.string()), pa.array(sources, pa.string())],
-            schema=SCHEMA,
-        )
+        table = arrow.table([ids, texts, sources], SCHEMA)
         pq.write_table(table, Path(out_dir) / name, row_group_size=ROW_GROUP_ROWS, compression="zstd")
         names.append(name)
         buf.clear()

@@ -210,10 +210,10 @@ class WorkDir(Store):
             pq.write_table(table, f, compression="zstd", row_group_size=1024)
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> Any:
-        import pyarrow.parquet as pq
+        from fmforge.data.arrow import read_parquet  # not pq.read_table: it imports pandas (arrow.py)
 
         with self.open_read(rel) as f:
-            return pq.read_table(f, columns=columns)
+            return read_parquet(f, columns=columns)
 
     def marker(self, phase: str, index: int) -> str:
         return f"markers/{phase}-{index:05d}.done"

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmforge.config import ConfigError, RunConfig
+from fmforge.data import arrow
 from fmforge.data.executor import ExecutorSpec, TaskRunner
 from fmforge.data.shards import list_shards, reading_shard
 from fmforge.progress import log
@@ -187,7 +188,7 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
             with reading_shard(payload["shard"]):
                 table = pf.read_row_group(g, columns=["text", "source"])
             texts = table.column("text").to_pylist()
-            nbytes.append(pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64))
+            nbytes.append(arrow.to_numpy(pc.binary_length(table.column("text"))).astype(np.int64))
             srcs.append(np.array([source_index[s] for s in table.column("source").to_pylist()], dtype=np.uint16))
             del table
             lengths.append(_encode_texts(encoder, texts, eos, dtype, out))
