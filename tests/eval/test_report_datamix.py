@@ -4,24 +4,30 @@ their verdicts, a variant within the seed noise left unranked, the best one
 named; with a source ablation, each source's worth beside its bytes and tokens,
 and the chart of those worths with the noise band.
 
-An experiment written by hand after the contract (docs/datamix.md): three
-sources, one of them shuffled-word noise, with numbers chosen so that each
-verdict appears once."""
+Most tests read an experiment written by hand after the contract (docs/datamix.md):
+three sources, one of them shuffled-word noise, with numbers chosen so that
+each verdict appears once; one (slow) runs `fmforge datamix --ablate-sources`
+on a planted noise source and reads `fmforge report`'s page."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import random
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from fmforge.cli import app
 from fmforge.eval.report import datamix_section, render_report
 from fmforge.rundir import RunDir
 
 SOURCES = {"code": (600_000, 180_000), "prose": (300_000, 75_000), "noise-words": (200_000, 60_000)}
-THRESHOLD = 0.012
+SEED_SD, THRESHOLD = 0.004, 0.012  # called beyond 3 x the seed sd
 
 
 def _variant(name, kind, bpb_by_seed, base_bpb=None, removed=None, overrides=(), verdict="base"):
@@ -34,7 +40,7 @@ def _variant(name, kind, bpb_by_seed, base_bpb=None, removed=None, overrides=(),
                       "steps": 100, "seconds": 12.0} for seed, v in zip((1, 2), bpb_by_seed)],
             "bits_per_byte": mean, "per_source": {s: mean for s in SOURCES},
             "spread": max(bpb_by_seed) - min(bpb_by_seed), "delta": delta,
-            "delta_over_noise": None if delta is None else abs(delta) / THRESHOLD, "verdict": verdict}
+            "delta_over_noise": None if delta is None else abs(delta) / SEED_SD, "verdict": verdict}
 
 
 def experiment() -> dict:
@@ -52,7 +58,7 @@ def experiment() -> dict:
         src = v["removed_source"]
         effect = v["bits_per_byte"] - base
         worth.append({"source": src, "bytes": SOURCES[src][0], "tokens": SOURCES[src][1], "effect": effect,
-                      "effect_over_noise": abs(effect) / THRESHOLD,
+                      "effect_over_noise": abs(effect) / SEED_SD,
                       "verdict": {"worse": "helps", "better": "hurts"}.get(v["verdict"], "within noise"),
                       "per_source_effect": {s: effect * (3 if s == src else 0.5) for s in SOURCES}})
     return {"version": 1, "base_run": "runs/mix",
@@ -61,7 +67,8 @@ def experiment() -> dict:
                       "steps": 100, "tokens_per_param": 16.2, "minutes_each": None, "seeds": [1, 2]},
             "price": {"proxies": 10, "flops": 6.1e12, "seconds_estimated": 150.0, "device": "this CPU",
                       "dollars": None, "seconds_measured": 131.0},
-            "noise": {"seed_sd": 0.004, "threshold": THRESHOLD,
+            "noise": {"seed_sd": SEED_SD, "threshold": THRESHOLD, "dof": 4, "t": 2.776,
+                      "per_source_sd": {"code": 0.003, "prose": 0.005, "noise-words": 0.006},
                       "method": "pooled over every variant's seeds; threshold 3 sd of a difference"},
             "variants": variants, "sources_worth": worth, "best": "without-noise-words", "warnings": []}
 
@@ -150,7 +157,7 @@ def test_the_variants_table_reads_as_the_verdicts(run):
     assert variants["without-code"]["seed 1"] == "2.0880" and variants["without-code"]["seed 2"] == "2.0920"
     assert variants["without-code"]["vs base"] == "+0.0900"
     assert variants["without-noise-words"]["vs base"] == "−0.0300"
-    assert variants["without-noise-words"]["× noise"] == "2.5×"
+    assert variants["without-noise-words"]["× seed sd"] == "7.5×"
 
 
 def test_the_best_variant_is_named(run):
@@ -221,3 +228,78 @@ def test_an_unreadable_experiment_says_to_rerun(run, text):
     (run.root / "datamix" / "datamix.json").write_text(text)
     html = datamix_section(run)
     assert "fmforge datamix CONFIG" in html and "again" in html
+
+
+# --------------------------------------------------------------------------- from a real experiment
+
+WORDS = "the cat dog bird sees finds follows near house hill river garden small red old".split()
+
+
+def _real_corpus(root: Path) -> dict:
+    """A learnable source of sentences and a planted source of the same words shuffled."""
+    rng = random.Random(5)
+    for name in ("clean", "noise"):
+        (root / name).mkdir(parents=True)
+    for i in range(40):
+        sentences = [" ".join(["the", rng.choice(WORDS[1:4]), rng.choice(WORDS[4:7]), "the",
+                               rng.choice(WORDS[1:4]), "near", "the", rng.choice(WORDS[8:11])]) + "."
+                     for _ in range(8)]
+        (root / "clean" / f"c{i:02d}.txt").write_text(" ".join(sentences) + "\n")
+        words = " ".join(sentences).split()
+        rng.shuffle(words)
+        (root / "noise" / f"n{i:02d}.txt").write_text(" ".join(words) + "\n")
+    return {"name": "mix", "out_dir": str(root / "run"), "seed": 3,
+            "data": {"sources": [{"name": "clean", "paths": [str(root / "clean" / "*.txt")]},
+                                 {"name": "noise", "paths": [str(root / "noise" / "*.txt")]}],
+                     "min_chars": 16, "val_fraction": 0.2},
+            "tokenizer": {"vocab_size": 300, "min_frequency": 1},
+            "model": {"d_model": 32, "n_layers": 1, "n_heads": 1, "seq_len": 64},
+            "train": {"micro_batch_size": 8, "lr": 1e-2, "warmup_steps": 5, "num_threads": 1, "dtype": "float32",
+                      "tensorboard": False},
+            "eval": {"batch_size": 8}}
+
+
+@pytest.fixture(scope="module")
+def experiment_run(tmp_path_factory) -> Path:
+    """A base run (data, tokenizer, tokens) and `fmforge datamix --ablate-sources`
+    on it, scored on the clean source's held-out part, then `fmforge report`."""
+    root = tmp_path_factory.mktemp("datamix-report")
+    config = root / "mix.yaml"
+    config.write_text(yaml.safe_dump(_real_corpus(root)))
+    for stage in ("data", "tokenizer", "tokenize"):
+        _invoke(stage, str(config))
+    _invoke("datamix", str(config), "--ablate-sources", "--size", "32x1", "--tokens-per-param", "4",
+            "--target", "source:clean")
+    _invoke("report", str(root / "run"))
+    return root / "run"
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+@pytest.mark.slow  # the experiment: 4 tiny proxies, about 25 s on 2 cores
+def test_a_real_experiment_in_the_report(experiment_run):
+    html = (experiment_run / "report.html").read_text(encoding="utf-8")
+    page = _page(html)
+    assert "datamix" in page.sections
+    variants = _rows(page.tables[_table_after(html, "The variants")])
+    assert set(variants) == {"base", "without-clean", "without-noise"}
+    # the shuffled words cost the clean target: leaving them out is better, and named best
+    assert variants["without-noise"]["verdict"] == "better" and variants["without-noise"]["rank"] == "1"
+    assert "Best: <b>without-noise</b>" in html
+    worth = _rows(page.tables[_table_after(html, "What each source is worth")])
+    assert worth["noise"]["verdict"] == "hurts" and worth["clean"]["verdict"] == "helps"
+    # each source's bytes and tokens are its training split's, as the tokenize stage counted them
+    meta = json.loads((experiment_run / "tokens" / "meta.json").read_text())["per_source"]["train"]
+    for source in ("clean", "noise"):
+        assert worth[source]["bytes"] == f"{meta[source]['bytes']:,}"
+        assert worth[source]["tokens"] == f"{meta[source]['tokens']:,}"
+    assert "What each source is worth to the target" in dict(page.images)
+
+
+def _table_after(html: str, heading: str) -> int:
+    """The index of the first table after ``heading`` in the page."""
+    return html[:html.index(heading)].count("<table")

@@ -48,7 +48,8 @@ h3{font-size:16px;margin:20px 0 6px}
 .callout{background:#eef4fb;border-left:4px solid #0b5cad;padding:8px 12px;margin:10px 0;font-size:14.5px}
 table.mix td,table.mix th{padding:5px 9px} table.mix th.l,table.mix td.l{text-align:left}
 .better{color:#1b6e20;font-weight:600} .worse{color:#b71c1c;font-weight:600} .noise{color:#777}
-tr.best td{background:#edf7ee} td.own{background:#f3f3f3;color:#888} th.group{text-align:center;border-left:2px solid #fff}
+tr.best td{background:#edf7ee} td.own{background:#f3f3f3;color:#888}
+th.group{text-align:center;border-left:2px solid #fff}
 """
 
 
@@ -370,6 +371,10 @@ def _times(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}×"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def _style(verdict: Any) -> tuple[str, str]:
     return VERDICT_STYLE.get(verdict, ("noise", "#9e9e9e"))
 
@@ -444,12 +449,12 @@ def _variants_block(mix: dict) -> str:
     base = next((v for v in variants if v.get("kind") == "base"), variants[0] if variants else {})
     sources = list(base.get("per_source") or {})
     best = mix.get("best")
-    headers = ["rank", "variant", "what changes", "verdict", "bits/byte", "vs base", "× noise",
+    headers = ["rank", "variant", "what changes", "verdict", "bits/byte", "vs base", "× seed sd",
                *(f"seed {s}" for s in seeds), "spread"]
     titles = {"rank": "only a variant called better than the base beyond the seed noise is ranked",
               "bits/byte": "on the target, the mean over seeds; lower is better",
               "vs base": "bits/byte minus the base mixture's; negative is better",
-              "× noise": "the difference as a multiple of the noise threshold",
+              "× seed sd": "|difference| / the seed-to-seed standard deviation of one proxy",
               "spread": "largest minus smallest over the seeds"}
     rows = []
     for rank, v in _variant_order(variants):
@@ -503,10 +508,10 @@ def _sources_block(mix: dict) -> str:
     ordered = helps + noise + hurts
     others = list(dict.fromkeys(s for w in worth for s in (w.get("per_source_effect") or {})))
     total_tokens = sum(w.get("tokens") or 0 for w in worth)
-    headers = ["source", "verdict", "worth to the target", "× noise", "weight", "bytes", "tokens",
+    headers = ["source", "verdict", "worth to the target", "× seed sd", "weight", "bytes", "tokens",
                "share of tokens"]
     titles = {"worth to the target": "the target's bits/byte without the source minus with it: > 0, it helps",
-              "× noise": "the worth as a multiple of the noise threshold",
+              "× seed sd": "|worth| / the seed-to-seed standard deviation of one proxy",
               "tokens": "the tokens the source puts in the base mixture's training data"}
     rows = []
     for w in ordered:
@@ -528,6 +533,11 @@ def _sources_block(mix: dict) -> str:
             '<div class="scroll"><table class="mix">'
             + _head(headers, titles, 2, "worth to each source's held-out part", others)
             + f"<tbody>{''.join(rows)}</tbody></table></div>")
+    per_sd = (mix.get("noise") or {}).get("per_source_sd") or {}
+    if per_sd:
+        body += ("<p class='note'>The seed noise of each source's held-out part (standard deviation of one "
+                 "proxy, bits/byte): " + esc(", ".join(f"{s} {_bpb(v)}" for s, v in per_sd.items()
+                                                      if isinstance(v, (int, float)))) + ".</p>")
     base_bpb = base.get("bits_per_byte")
     dots = [[r["bits_per_byte"] - base_bpb for r in (without.get(w.get("source")) or {}).get("runs") or []
              if isinstance(base_bpb, (int, float)) and isinstance(r.get("bits_per_byte"), (int, float))]
@@ -564,23 +574,28 @@ def datamix_section(run: RunDir) -> str:
     proxy, noise, price = mix.get("proxy") or {}, mix.get("noise") or {}, mix.get("price") or {}
     seeds = proxy.get("seeds") or []
     model = proxy.get("model") or {}
-    shape = f"d_model {model['d_model']} × {model['n_layers']} layers, " if model.get("d_model") else ""
+    shape = ((f"{proxy['name']}: " if proxy.get("name") else "")
+             + (f"d_model {model['d_model']} × {model['n_layers']} layers, " if model.get("d_model") else ""))
     body = (f"<p class='sub'>Each variant of this run's data trained the same proxy model ({esc(shape)}"
-            f"{fmt(proxy.get('non_embedding_params'))} non-embedding parameters) on {fmt(proxy.get('tokens'))} "
-            f"tokens with {len(seeds)} seed{'' if len(seeds) == 1 else 's'} ({esc(', '.join(map(str, seeds)))}) "
-            f"and this run's tokenizer, and was scored on {esc(_datamix_target(mix.get('target') or {}))} in "
-            "bits per byte.</p>")
+            f"{fmt(proxy.get('non_embedding_params'))} non-embedding parameters) for {fmt(proxy.get('steps'))} "
+            f"steps, {fmt(proxy.get('tokens'))} tokens, with {len(seeds)} seed{'' if len(seeds) == 1 else 's'} "
+            f"({esc(', '.join(map(str, seeds)))}) and this run's tokenizer, and was scored on "
+            f"{esc(_datamix_target(mix.get('target') or {}))} in bits per byte.</p>")
     if isinstance(noise.get("threshold"), (int, float)):
-        method = str(noise.get("method") or "")
+        method = str(noise.get("method") or "").rstrip(".")
+        sd = noise.get("seed_sd")
+        times = f" ({noise['threshold'] / sd:.2f}× the seed sd)" if isinstance(sd, (int, float)) and sd > 0 else ""
         body += (f"<p class='sub'>Seed noise: the same data trained with another seed moves the target by "
-                 f"{fmt(noise.get('seed_sd'))} bits/byte (standard deviation); a difference is called only "
-                 f"beyond <b>{noise['threshold']:.4f}</b>. {esc(method[:1].upper() + method[1:])}</p>")
+                 f"{_bpb(sd) if isinstance(sd, (int, float)) else '–'} bits/byte (the standard deviation of one "
+                 "proxy); "
+                 f"a difference is called only beyond <b>{noise['threshold']:.4f}</b> bits/byte{times}. "
+                 f"{esc(method[:1].upper() + method[1:])}.</p>")
     variants = mix.get("variants") or []
     best = next((v for v in variants if v.get("name") == mix.get("best")), None) if mix.get("best") else None
     if best is not None:
         verdict = (f"Best: <b>{esc(best.get('name'))}</b> ({esc(_variant_change(best))}), "
                    f"{esc(_signed(best.get('delta')))} bits/byte against the base mixture, "
-                   f"{esc(_times(best.get('delta_over_noise')))} the noise. "
+                   f"{esc(_times(best.get('delta_over_noise')))} the seed noise. "
                    "<code>fmforge datamix CONFIG --write-best OUT.yaml</code> writes its config.")
     else:
         verdict = ("No variant beats the base mixture beyond the seed noise: keep it, or resolve smaller "
@@ -590,10 +605,10 @@ def datamix_section(run: RunDir) -> str:
         spent, planned, dollars = price.get("seconds_measured"), price.get("seconds_estimated"), price.get("dollars")
         body += (f"<p class='note'>The experiment: {fmt(price.get('proxies'))} proxy trainings"
                  + (f", {price['flops']:.3g} FLOPs" if isinstance(price.get("flops"), (int, float)) else "")
-                 + (f", planned at {planned / 60:.3g} min" if isinstance(planned, (int, float)) else "")
+                 + (f", planned at {_duration(planned)}" if isinstance(planned, (int, float)) else "")
                  + (f" on {esc(price['device'])}" if price.get("device") else "")
-                 + (f", took {spent / 60:.3g} min" if isinstance(spent, (int, float)) else "")
-                 + (f", ${dollars:,.2f}" if isinstance(dollars, (int, float)) else "") + ".</p>")
+                 + (f", trained in {_duration(spent)}" if isinstance(spent, (int, float)) else "")
+                 + (f", ${dollars:,.2f}" if isinstance(dollars, (int, float)) and dollars > 0 else "") + ".</p>")
     body += "".join(f"<p class='note'>⚠ {esc(w)}</p>" for w in mix.get("warnings") or [])
     return section("datamix", "Which data", body)
 
