@@ -10,6 +10,7 @@ import pytest
 
 from fmforge.config import (
     DataConfig,
+    DatamixConfig,
     EvalConfig,
     FinetuneConfig,
     LadderConfig,
@@ -72,7 +73,7 @@ def _documented(path: str, names: set[str]) -> bool:
 
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig,
-            "eval": EvalConfig, "plan": PlanConfig, "ladder": LadderConfig}
+            "eval": EvalConfig, "plan": PlanConfig, "ladder": LadderConfig, "datamix": DatamixConfig}
 
 
 @pytest.mark.parametrize("doc_section", [TOP, *SECTIONS])

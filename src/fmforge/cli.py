@@ -371,11 +371,10 @@ def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
             budget = Budget(tokens_per_param=dc.tokens_per_param, minutes=dc.minutes)
         found = collect(cfg, try_ if try_ else dc.variants, ablate_sources or dc.ablate_sources,
                         weights_grid or dc.weights_grid)
-        spec = target if target else dc.target
+        aim = parse_target(target if target else dc.target, cfg.config_dir)
         result = run_datamix(cfg, prepare_run_dir(cfg), found.variants, rung=proxy_rung(cfg, size or dc.size),
-                             budget=budget, seeds=seeds if seeds is not None else dc.seeds,
-                             target=parse_target(spec, cfg.config_dir), force=force, price_only=price_only,
-                             notes=found.notes)
+                             budget=budget, seeds=seeds if seeds is not None else dc.seeds, target=aim,
+                             force=force, price_only=price_only, notes=found.notes)
         if price_only:
             return
         for r in render(result):
@@ -384,7 +383,7 @@ def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
             best = next((v for v in found.variants if v.name == result["best"]), None)
             row = next((r for r in result["variants"] if r["name"] == result["best"]), None)
             write_config(config, overrides or [], best, write_best,
-                         best_comment(command, result["target"]["name"], row, result["variants"][0]["bits_per_byte"],
+                         best_comment(command, aim.label, row, result["variants"][0]["bits_per_byte"],
                                       result["noise"]["threshold"], len(result["proxy"]["seeds"])))
             console.print(f"{write_best}: " + (f"the config with {best.name}" if best else
                                                "no variant beat the base beyond the seed noise: the base "

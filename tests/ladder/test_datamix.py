@@ -228,7 +228,7 @@ def test_write_best_writes_a_loadable_config_with_the_winner(ablated, base):
     assert "still to train: 0 proxies" in shown  # all cached
     written = out.read_text()
     assert written.startswith("# Written by `fmforge datamix")
-    assert "Winner: without-noise" in written and "target: clean" in written
+    assert "Winner: without-noise" in written and "target: source:clean" in written
     best = load_config(out)
     assert [s.name for s in best.data.sources] == ["clean", "dup"]
     # the paths still name the corpus from the new directory
@@ -236,3 +236,53 @@ def test_write_best_writes_a_loadable_config_with_the_winner(ablated, base):
     from fmforge.data.stage import list_all_sources
 
     assert len(list_all_sources(best)[0].files) == 60
+
+
+def test_a_target_of_files_is_scored_on_exactly_their_bytes(base, tmp_path):
+    import torch
+
+    from fmforge.ladder.run import rung_model
+    from fmforge.ladder.target import Scorer, parse_target
+    from fmforge.model.transformer import Transformer
+
+    path, cfg, run = base
+    (tmp_path / "eval").mkdir()
+    files = [tmp_path / "eval" / "a.txt", tmp_path / "eval" / "b.txt"]
+    files[0].write_text("the old farmer paints the river near the bridge. " * 20)
+    files[1].write_text("a quiet child follows the green bird — near the school. " * 5)
+    target = parse_target([str(tmp_path / "eval" / "*.txt")])
+    assert target.kind == "files" and len(target.files) == 2
+    scorer = Scorer(run, target, cfg.vocab_size, batch_size=8)
+    torch.manual_seed(0)
+    scored = scorer.score(Transformer(rung_model(cfg.resolved_model(), PROXY)), torch.device("cpu"))
+    assert scored["target_bytes"] == sum(len(f.read_bytes()) for f in files)
+    assert set(scored["per_source"]) == {"clean", "noise"}  # dup's documents were all duplicates
+
+
+def test_target_files_the_base_trained_on_are_refused(base, tmp_path):
+    from fmforge.ladder.target import parse_target
+
+    path, cfg, run = base
+    trained = next(iter_split_records(run.data, "train", columns=("text",)))["text"]
+    (tmp_path / "leak.txt").write_text(trained)
+    with pytest.raises(DatamixError, match="training split"):
+        dm._Experiment(cfg, run, [BASE], PROXY, BUDGET, 2, parse_target([str(tmp_path / "leak.txt")]), False)
+
+
+def test_a_base_built_from_other_data_settings_is_refused(base):
+    path, cfg, run = base
+    other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"min_chars": 17})})
+    with pytest.raises(DatamixError, match="rebuild it first"):
+        dm._Experiment(other, run, [BASE], PROXY, BUDGET, 2, Target("heldout", "heldout"), False)
+
+
+def test_price_only_trains_nothing_and_a_minutes_budget_is_shared(base):
+    path, cfg, run = base
+    variants = [BASE, Variant("noise.weight=2", "weights", ("data.sources.2.weight=2",))]
+    out = run_datamix(cfg, run, variants, rung=PROXY, budget=Budget(tokens_per_param=None, minutes=0.5),
+                      seeds=3, price_only=True)
+    price = out["price"]
+    assert price["proxies"] == 6 and price["to_train"] == 6
+    # the steps every proxy trains fit the half minute, all 6 proxies together, as the planner prices them
+    assert 0.8 * 30 < price["seconds_estimated"] <= 30
+    assert not any((run.root / "datamix" / "base").glob("seed-*/checkpoints"))

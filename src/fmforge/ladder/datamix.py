@@ -154,6 +154,12 @@ class _Experiment:
                     f"datamix trains on variants of the run's own data with its tokenizer, and {run.root} has "
                     f"no {stage} stage yet: run `fmforge data CONFIG`, `fmforge tokenizer CONFIG` and "
                     "`fmforge tokenize CONFIG` first")
+        built_from = run.read_data_card().get("inputs_fingerprint")
+        if built_from != data_inputs_fingerprint(cfg):
+            raise DatamixError(
+                f"the base run's data ({run.data}) was built from other sources, files or data settings than "
+                "the config's: every variant is compared with the base, so rebuild it first with `fmforge run "
+                "CONFIG` (or `fmforge data CONFIG` and `fmforge tokenize CONFIG`)")
         self.cfg, self.run, self.variants, self.rung, self.budget = cfg, run, list(variants), rung, budget
         self.seeds, self.target, self.force = seeds, target, force
         self.root = run.root / DIR
