@@ -128,3 +128,40 @@ def test_ray_executor_gives_byte_identical_shards(write, make_cfg, tmp_path, doc
     assert _shard_bytes(local) == _shard_bytes(on_ray)
     card = json.loads(on_ray.data_card.read_text())
     assert card["executor"]["kind"] == "ray"
+
+
+def test_scatter_holds_a_bounded_batch_of_a_large_file(write, make_cfg, tmp_path, monkeypatch):
+    """A task never splits a file, so one large JSONL file is one task however small
+    data.task_bytes is; phase 3 must still hold about task_bytes of its text at a time,
+    not the whole file, and give the same shards."""
+    import random
+    import tracemalloc
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(5000)]
+    lines = [json.dumps({"text": f"doc {i}: " + " ".join(rng.choices(vocab, k=90))}) for i in range(16_000)]
+    write("big.jsonl", "\n".join(lines) + "\n")
+    text_bytes = (tmp_path / "big.jsonl").stat().st_size
+    sources = [{"name": "web", "type": "jsonl", "paths": ["big.jsonl"], "weight": 1.5}]
+    peaks = []
+    real_scatter = stage_mod.scatter_task
+
+    def measured_scatter(payload):
+        tracemalloc.reset_peak()
+        out = real_scatter(payload)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        return out
+
+    monkeypatch.setattr(stage_mod, "scatter_task", measured_scatter)
+    small, whole = RunDir(tmp_path / "small"), RunDir(tmp_path / "whole")
+    tracemalloc.start()
+    try:
+        run_data_stage(make_cfg(sources, workers=1, val_fraction=0.05, task_bytes=1_000_000), small)
+    finally:
+        tracemalloc.stop()
+    assert json.loads(small.data_card.read_text())["tasks"] == 1
+    # held at once: about task_bytes of copies and a row group, not the 8.7 MB file (5.3x it before)
+    assert text_bytes > 8_000_000 and peaks[0] < 0.75 * text_bytes, (peaks, text_bytes)
+    monkeypatch.setattr(stage_mod, "scatter_task", real_scatter)
+    run_data_stage(make_cfg(sources, workers=1, val_fraction=0.05, task_bytes=100_000_000), whole)
+    assert _shard_bytes(small) == _shard_bytes(whole)

@@ -76,7 +76,7 @@ class _KeyBatcher:
         self.pending.clear()
 
 
-class _BatchedParquet:
+class BatchedParquet:
     """Rows into a parquet file in the work directory, a batch at a time."""
 
     def __init__(self, work: WorkDir, rel: str, schema: pa.Schema):
@@ -181,9 +181,9 @@ def curate_task(payload: dict[str, Any]) -> dict[str, Any]:
     )
     keys = _KeyBatcher(buckets, hasher) if buckets is not None else None
 
-    docs = _BatchedParquet(work, f"{task_dir(task.index)}/docs.parquet", DOCS_SCHEMA)
+    docs = BatchedParquet(work, f"{task_dir(task.index)}/docs.parquet", DOCS_SCHEMA)
     rejected = (
-        _BatchedParquet(work, f"{task_dir(task.index)}/rejected.parquet", REJECTED_SCHEMA)
+        BatchedParquet(work, f"{task_dir(task.index)}/rejected.parquet", REJECTED_SCHEMA)
         if data.keep_rejected else None
     )
     # Per output source (the source, or each group of a grouped one): its own

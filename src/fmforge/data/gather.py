@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fmforge.data.curate import task_dir
-from fmforge.data.scatter import partition_path, scatter_dir
+from fmforge.data.scatter import scatter_dir
 from fmforge.data.shards import SCHEMA, shard_name
 from fmforge.data.store import WorkDir
 from fmforge.data.tasks import TaskSpec
@@ -34,7 +34,7 @@ def gathered_path(split: str, k: int, chunk: int) -> str:
 def gather_task(payload: dict[str, Any]) -> dict[str, Any]:
     work = WorkDir(payload["work"])
     split, k = payload["split"], payload["k"]
-    tables = [work.read_table(partition_path(t, split, k)) for t in payload["tasks"]]
+    tables = [work.read_table(rel) for rel in payload["files"]]
     table = pa.concat_tables(tables)
     order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("id", "ascending"), ("copy", "ascending")])
     table = table.take(order).select(["id", "text", "source"]).cast(SCHEMA)

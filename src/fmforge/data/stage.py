@@ -38,7 +38,7 @@ from fmforge.data.gather import PHASE as GATHER, gather_task, place_rejected, pl
 from fmforge.data.groups import output_weights
 from fmforge.data.listing import FileListing, list_source_files
 from fmforge.data.problems import EmptyCorpusError, NoFilesMatchedError
-from fmforge.data.scatter import PHASE as SCATTER, scatter_dir, scatter_task
+from fmforge.data.scatter import PHASE as SCATTER, partition_files, scatter_dir, scatter_task
 from fmforge.data.shards import DATA_CARD, SPLITS
 from fmforge.data.steps import STEP_NAMES, describe_reason
 from fmforge.data.store import WorkDir
@@ -293,9 +293,9 @@ class _Phases:
         gathers = []
         for split in SPLITS:
             for k in range(parts[split]):
-                contributing = [s["task"] for s in scattered if k in s["partitions"][split]]
-                if contributing and not self.work.is_done(f"{GATHER}-{split}", k):
-                    gathers.append({"work": self.work.url, "split": split, "k": k, "tasks": contributing,
+                files = [rel for s in scattered for rel in partition_files(s, split, k)]
+                if files and not self.work.is_done(f"{GATHER}-{split}", k):
+                    gathers.append({"work": self.work.url, "split": split, "k": k, "files": files,
                                     "shard_max_docs": self.data.shard_max_docs})
         runner.run(gather_task, gathers, "data: shuffling into shards")
 
