@@ -332,6 +332,8 @@ def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
                                                      "data.sources.1.weight=0.5,2 (repeatable)"),
             ablate_sources: bool = typer.Option(False, "--ablate-sources", help="also the mixture without each "
                                                 "source in turn: what each source is worth"),
+            without: Optional[List[str]] = typer.Option(None, "--without", help="also the mixture without this "
+                                                        "source (repeatable; --ablate-sources: every source)"),
             weights_grid: bool = typer.Option(False, "--weights-grid", help="also each source's weight x0.5 and "
                                               "x2, one source at a time"),
             seeds: Optional[int] = typer.Option(None, "--seeds", help="proxies per variant, at least 2 "
@@ -370,7 +372,7 @@ def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
         else:
             budget = Budget(tokens_per_param=dc.tokens_per_param, minutes=dc.minutes)
         found = collect(cfg, try_ if try_ else dc.variants, ablate_sources or dc.ablate_sources,
-                        weights_grid or dc.weights_grid)
+                        weights_grid or dc.weights_grid, without=without or ())
         aim = parse_target(target if target else dc.target, cfg.config_dir)
         result = run_datamix(cfg, prepare_run_dir(cfg), found.variants, rung=proxy_rung(cfg, size or dc.size),
                              budget=budget, seeds=seeds if seeds is not None else dc.seeds, target=aim,

@@ -25,7 +25,6 @@ from fmforge.ladder.run import Rung
 from fmforge.ladder.target import Target
 from fmforge.ladder.variants import BASE, DatamixError, Variant, collect
 from fmforge.pipeline import run_pipeline
-from fmforge.rundir import RunDir
 
 ADJ = "small large red quiet old bright cold green".split()
 NOUN = "cat dog bird farmer child teacher river garden".split()
@@ -206,6 +205,18 @@ def test_a_bad_try_key_names_the_key(base):
         collect(cfg, ["data.sources.0.wieght=2"], ablate=False, grid=False)
     with pytest.raises(DatamixError, match="model.n_layers"):
         collect(cfg, ["model.n_layers=1,3"], ablate=False, grid=False)
+    with pytest.raises(DatamixError, match="nosie: no such source"):
+        collect(cfg, [], ablate=False, grid=False, without=["nosie"])
+
+
+def test_variants_from_the_options(base):
+    path, cfg, run = base
+    names = [v.name for v in collect(cfg, ["data.sources.2.weight=1,3", "data.dedup=none"], ablate=False,
+                                     grid=True, without=["noise"]).variants]
+    # weight 1 is the base's own: left out; the grid halves and doubles each source's weight
+    assert names == ["base", "data.sources.2.weight=3", "data.dedup=none", "without-noise",
+                     "clean.weight=0.5", "clean.weight=2", "dup.weight=0.5", "dup.weight=2",
+                     "noise.weight=0.5", "noise.weight=2"]
 
 
 def _fmforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -286,3 +297,26 @@ def test_price_only_trains_nothing_and_a_minutes_budget_is_shared(base):
     # the steps every proxy trains fit the half minute, all 6 proxies together, as the planner prices them
     assert 0.8 * 30 < price["seconds_estimated"] <= 30
     assert not any((run.root / "datamix" / "base").glob("seed-*/checkpoints"))
+
+
+def test_the_noise_threshold_is_students_t_on_the_pooled_seed_spread():
+    stats = pytest.importorskip("scipy.stats")
+    import numpy as np
+
+    from fmforge.ladder.noise import pick_best, pooled_noise, t975
+
+    groups = [[1.50, 1.53], [1.41, 1.47], [1.60, 1.58], [1.52, 1.51]]
+    noise = pooled_noise(groups)
+    # the pooled variance: the mean of the per-variant sample variances (equal sizes), 4 dof
+    assert noise.seed_sd == pytest.approx(np.sqrt(np.mean([np.var(g, ddof=1) for g in groups])))
+    assert noise.dof == 4 and noise.t == pytest.approx(stats.t.ppf(0.975, 4), abs=1e-3)
+    # two means of 2 seeds each: a standard error of sd * sqrt(2 / 2)
+    assert noise.threshold == pytest.approx(stats.t.ppf(0.975, 4) * noise.seed_sd, rel=1e-3)
+    for dof in (1, 2, 7, 13, 30, 45, 100, 500):  # between table rows: the wider (smaller dof) value
+        exact = stats.t.ppf(0.975, dof)
+        assert exact - 1e-3 <= t975(dof) <= 1.02 * exact
+    rows = [{"name": "a", "bits_per_byte": 1.40, "verdict": "better"},
+            {"name": "b", "bits_per_byte": 1.40 + noise.threshold / 2, "verdict": "better"}]
+    best, warnings = pick_best(rows, noise)
+    assert best is None and "a, b" in warnings[0]  # two winners within noise of each other: no ranking
+    assert pick_best(rows[:1], noise) == ("a", [])

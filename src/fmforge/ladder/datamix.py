@@ -11,7 +11,7 @@ target's (``target.py``) before it is encoded.
 
 Each variant trains the same proxy model (``--size``, else the smallest rung of
 at least two layers of the ladder's, ``ladder/run.py``) for the same number of
-steps with ``S`` seeds: ``RUN/datamix/<variant>/seed-<seed>/``, seeds ``seed``,
+steps with ``S`` seeds: ``RUN/datamix/<variant>/<size>-seed-<seed>/``, seeds ``seed``,
 ``seed + 1``, ... of the variant's config (the model's initial weights and the
 order of the batches; the data's split and mixture draws keep the config's own
 seed). The k-th proxy of every variant starts from the same weights. Each proxy
@@ -39,7 +39,7 @@ from fmforge.config import RunConfig
 from fmforge.data.groups import output_weights
 from fmforge.data.stage import data_inputs_fingerprint, run_data_stage
 from fmforge.inference.loading import load_trained
-from fmforge.ladder.noise import Noise, pick_best, pooled_noise, source_worth, verdict
+from fmforge.ladder.noise import pick_best, pooled_noise, source_worth, verdict
 from fmforge.ladder.run import Rung, _link_shared, default_rungs, non_embedding_params, parse_sizes, rung_model
 from fmforge.ladder.target import Exclusion, Scorer, Target, exclusion_for, trained_on_target
 from fmforge.ladder.variants import BASE, DatamixError, Variant, variant_config
@@ -193,7 +193,7 @@ class _Experiment:
         proxies = []
         for k in range(self.seeds):
             seed = vcfg.seed + k
-            sroot = vroot / f"seed-{seed}"
+            sroot = vroot / f"{self.rung.name}-seed-{seed}"  # each proxy size cached on its own
             rcfg = proxy_config(vcfg, self.rung, sroot, self.steps, seed)
             train_fp = _train_fp(rcfg, tokens_fp)
             score_fp = fingerprint("datamix-score-v1", train_fp, self.scorer.key)
@@ -305,7 +305,8 @@ def run_datamix(cfg: RunConfig, run: RunDir, variants: Sequence[Variant], *, run
             return {"price": price, "variants": [p.variant.name for p in exp.plans], "steps": exp.steps,
                     "proxy": rung.name}
         t0 = time.perf_counter()
-        trained_seconds = 0.0
+        trained_seconds, trained = 0.0, 0
+        each = price["seconds_estimated"] / price["proxies"]
         rows = []
         for plan in exp.plans:
             if not all(exp.cached(fp, srun) for (_, srun, _, fp) in plan.proxies):
@@ -316,9 +317,19 @@ def run_datamix(cfg: RunConfig, run: RunDir, variants: Sequence[Variant], *, run
                 r = exp.proxy(plan, rcfg, srun, train_fp, score_fp)
                 if not was_cached:
                     trained_seconds += float(r.get("seconds") or 0.0)
+                    trained += 1
+                    if trained == 1 and price["to_train"] > 1:
+                        log(f"datamix: the first proxy trained in {_duration(trained_seconds)}, "
+                            f"{trained_seconds / each:.1f}x the planner's estimate; the other "
+                            f"{price['to_train'] - 1} at that speed: about "
+                            f"{_duration(trained_seconds * (price['to_train'] - 1))}")
                 runs.append(r)
             rows.append(_row(plan, runs))
         price["seconds_measured"] = round(trained_seconds, 2)
+        if trained and trained_seconds / (trained * each) > 2:
+            notes = [*notes, f"the proxies trained {trained_seconds / (trained * each):.1f}x slower than the "
+                             f"planner priced them (its MFU {price['mfu']:g} is for larger models, and a machine "
+                             "shared with other work is slower still): set plan.mfu for a closer price"]
         result = _result(exp, rows, price, n, notes)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         atomic_write_json(exp.root / RESULT, result)

@@ -26,16 +26,14 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
          18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
          26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-Z975 = 1.960
 
 
 def t975(dof: int) -> float:
     """The two-sided 95% quantile of Student's t with ``dof`` degrees of freedom
-    (between tabulated values, the next smaller ``dof``'s: the wider)."""
+    (between tabulated values, and beyond the last, the next smaller ``dof``'s: the
+    wider, never the normal's narrower 1.96)."""
     if dof < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
-    if dof > 120:
-        return Z975
     return _T975[max(k for k in _T975 if k <= dof)]
 
 

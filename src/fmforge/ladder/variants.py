@@ -101,13 +101,17 @@ def parse_try(text: str) -> list[Variant]:
     return variants
 
 
-def ablations(cfg: RunConfig) -> list[Variant]:
-    """The mixture without each source in turn."""
+def ablations(cfg: RunConfig, only: Sequence[str] = ()) -> list[Variant]:
+    """The mixture without each source in turn (or without each of ``only``)."""
     names = [s.name for s in cfg.data.sources]
     if len(names) < 2:
         raise DatamixError(f"--ablate-sources leaves out each source in turn; the config has "
                            f"{len(names)} source ({', '.join(names)}): add sources to compare")
-    return [Variant(f"without-{n}", "ablate", removed_source=n) for n in names]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise DatamixError(f"--without {', '.join(unknown)}: no such source; the config's sources are "
+                           f"{', '.join(names)}")
+    return [Variant(f"without-{n}", "ablate", removed_source=n) for n in (only or names)]
 
 
 def weights_grid(cfg: RunConfig, factors: Sequence[float] = WEIGHT_FACTORS) -> list[Variant]:
@@ -238,19 +242,21 @@ class VariantSet:
 
 
 def collect(cfg: RunConfig, tries: Sequence[str], ablate: bool, grid: bool,
-            extra: Sequence[Variant] = ()) -> VariantSet:
-    """Base, then the --try variants, the ablations and the weights grid, each
-    config validated and duplicates of the base (or of each other) left out."""
+            extra: Sequence[Variant] = (), without: Sequence[str] = ()) -> VariantSet:
+    """Base, then the --try variants, the ablations (every source, or those in
+    ``without``) and the weights grid, each config validated and duplicates of the
+    base (or of each other) left out."""
     found: list[Variant] = []
     for t in tries:
         found += parse_try(t)
     found += list(extra)
-    if ablate:
-        found += ablations(cfg)
+    if ablate or without:
+        found += ablations(cfg, () if ablate else without)
     if grid:
         found += weights_grid(cfg)
     if not found:
-        raise DatamixError("nothing to compare: give --try KEY=V1,V2, --ablate-sources or --weights-grid "
+        raise DatamixError("nothing to compare: give --try KEY=V1,V2, --ablate-sources (or --without NAME) or "
+                           "--weights-grid "
                            "(or a datamix: section with variants)")
     kept, notes = unique(cfg, found)
     if not kept:
