@@ -62,12 +62,12 @@ def make_corpus(root: Path, n_docs: int = 60, noise_docs: int = 120) -> dict[str
 
 
 def base_config(root: Path, **data) -> dict:
-    dirs = make_corpus(root / "corpus")
-    return {
+    make_corpus(root / "corpus")
+    return {  # source paths relative to the config's directory, ``root``
         "name": "mix", "out_dir": str(root / "run"), "seed": 11,
-        "data": {"sources": [{"name": "clean", "paths": [str(dirs["clean"] / "*.txt")]},
-                             {"name": "dup", "paths": [str(dirs["dup"] / "*.txt")]},
-                             {"name": "noise", "paths": [str(dirs["noise"] / "*.txt")]}],
+        "data": {"sources": [{"name": "clean", "paths": ["corpus/clean/*.txt"]},
+                             {"name": "dup", "paths": ["corpus/dup/*.txt"]},
+                             {"name": "noise", "paths": ["corpus/noise/*.txt"]}],
                  "min_chars": 16, "val_fraction": 0.2, **data},
         "tokenizer": {"vocab_size": 320, "min_frequency": 1},
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
@@ -243,7 +243,7 @@ def test_write_best_writes_a_loadable_config_with_the_winner(ablated, base):
     best = load_config(out)
     assert [s.name for s in best.data.sources] == ["clean", "dup"]
     # the paths still name the corpus from the new directory
-    assert best.data.sources[0].paths[0].startswith("..") or os.path.isabs(best.data.sources[0].paths[0])
+    assert best.data.sources[0].paths == ["../corpus/clean/*.txt"]
     from fmforge.data.stage import list_all_sources
 
     assert len(list_all_sources(best)[0].files) == 60
@@ -320,3 +320,25 @@ def test_the_noise_threshold_is_students_t_on_the_pooled_seed_spread():
     best, warnings = pick_best(rows, noise)
     assert best is None and "a, b" in warnings[0]  # two winners within noise of each other: no ranking
     assert pick_best(rows[:1], noise) == ("a", [])
+
+
+def test_write_best_without_a_winner_writes_the_base_config_and_says_so(base, tmp_path):
+    from fmforge.ladder.variants import best_comment, write_best
+
+    path, cfg, run = base
+    out = tmp_path / "elsewhere" / "best.yaml"
+    write_best(path, ["train.lr=0.002"], None, out,
+               best_comment("fmforge datamix mix.yaml --weights-grid", "heldout", None, 1.2345, 0.01, 2))
+    text = out.read_text()
+    assert text.startswith("# Written by `fmforge datamix mix.yaml --weights-grid`")
+    assert "No variant beat the base config beyond the seed noise" in text and "1.2345" in text
+    written = load_config(out)
+    # the config as run (the user's override included), its data unchanged
+    assert written.train.lr == 0.002
+    from fmforge.data.stage import list_all_sources
+
+    def files(c):
+        return [(l.source, os.path.realpath(l.root), [f.rel for f in l.files]) for l in list_all_sources(c)]
+
+    assert files(written) == files(cfg)  # the same files, read from the new directory
+    assert written.data.model_dump(exclude={"sources"}) == cfg.data.model_dump(exclude={"sources"})
