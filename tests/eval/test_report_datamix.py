@@ -30,10 +30,12 @@ SOURCES = {"code": (600_000, 180_000), "prose": (300_000, 75_000), "noise-words"
 SEED_SD, THRESHOLD = 0.004, 0.012  # called beyond 3 x the seed sd
 
 
-def _variant(name, kind, bpb_by_seed, base_bpb=None, removed=None, overrides=(), verdict="base"):
+def _variant(name, kind, bpb_by_seed, base_bpb=None, removed=None, overrides=(), verdict="base",
+             weights=None):
     mean = sum(bpb_by_seed) / len(bpb_by_seed)
     delta = None if base_bpb is None else mean - base_bpb
-    kept = {s: {"bytes": b, "tokens": t, "weight": 1.0} for s, (b, t) in SOURCES.items() if s != removed}
+    kept = {s: {"bytes": b, "tokens": t, "weight": (weights or {}).get(s, 1.0)}
+            for s, (b, t) in SOURCES.items() if s != removed}
     return {"name": name, "kind": kind, "overrides": list(overrides), "removed_source": removed,
             "sources": kept,
             "runs": [{"seed": seed, "bits_per_byte": v, "per_source": {s: v for s in SOURCES}, "tokens": 400_000,
@@ -51,7 +53,7 @@ def experiment() -> dict:
         _variant("without-prose", "ablate", [2.001, 2.005], base, removed="prose", verdict="within noise"),
         _variant("without-noise-words", "ablate", [1.969, 1.971], base, removed="noise-words", verdict="better"),
         _variant("prose.weight=2", "weights", [1.978, 1.982], base, overrides=["data.sources.1.weight=2"],
-                 verdict="better"),
+                 weights={"prose": 2.0}, verdict="better"),
     ]
     worth = []
     for v in variants[1:4]:
@@ -153,6 +155,9 @@ def test_the_variants_table_reads_as_the_verdicts(run):
     assert [variants[v]["rank"] for v in variants] == ["–", "1", "2", "–", "–"]
     assert variants["without-prose"]["verdict"] == "within noise"
     assert variants["without-code"]["verdict"] == "worse"
+    # what each variant changes, in words: the weight by the source's name, not its index
+    assert variants["prose.weight=2"]["what changes"] == "prose weight 1 → 2"
+    assert variants["without-prose"]["what changes"] == "without source prose"
     # the per-seed figures and the difference as a reader checks it by hand
     assert variants["without-code"]["seed 1"] == "2.0880" and variants["without-code"]["seed 2"] == "2.0920"
     assert variants["without-code"]["vs base"] == "+0.0900"
@@ -206,7 +211,7 @@ def test_the_charts_colour_each_verdict_over_the_noise_band(run):
     charts = dict(_page(html).images)
     assert set(charts) == {"Each variant against the base mixture", "What each source is worth to the target"}
     seen = _colours(charts["What each source is worth to the target"])
-    green, red, grey = (0x2E, 0x7D, 0x32), (0xC6, 0x28, 0x28), (0x9E, 0x9E, 0x9E)
+    green, red, grey = (0x2E, 0x7D, 0x32), (0xC6, 0x28, 0x28), (0x85, 0x85, 0x85)
     band = (0xDE, 0xDE, 0xDE)  # the noise band: #bdbdbd at half opacity on white
     assert {green, red, grey, band} <= seen  # helps, hurts, within noise, and the band behind them
     assert "beyond <b>0.0120</b>" in html  # the band's half-width, stated in the text

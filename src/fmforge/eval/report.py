@@ -338,7 +338,7 @@ def ladder_section(run: RunDir) -> str:
 # green, worse (hurts) in red, within the seed noise in grey.
 VERDICT_STYLE = {"better": ("better", "#2e7d32"), "helps": ("better", "#2e7d32"),
                  "worse": ("worse", "#c62828"), "hurts": ("worse", "#c62828"),
-                 "within noise": ("noise", "#9e9e9e"), "base": ("", "#1f77b4")}
+                 "within noise": ("noise", "#858585"), "base": ("", "#1f77b4")}
 
 
 def _cell(text: Any, cls: str = "", title: str = "") -> str:
@@ -376,7 +376,7 @@ def _duration(seconds: float) -> str:
 
 
 def _style(verdict: Any) -> tuple[str, str]:
-    return VERDICT_STYLE.get(verdict, ("noise", "#9e9e9e"))
+    return VERDICT_STYLE.get(verdict, ("noise", "#858585"))
 
 
 def _datamix_target(t: dict) -> str:
@@ -400,11 +400,19 @@ def _variant_order(variants: list[dict]) -> list[tuple[str, dict]]:
             + [("", v) for v in noise + worse])
 
 
-def _variant_change(v: dict) -> str:
+def _variant_change(v: dict, base: dict | None = None) -> str:
+    """What the variant changes, in words: a source left out, or the sources whose
+    weight differs from the base's (by name, not by index), else its overrides."""
     if v.get("kind") == "base":
         return "the run's own mixture"
     if v.get("removed_source"):
         return f"without source {v['removed_source']}"
+    mine, theirs = v.get("sources") or {}, (base or {}).get("sources") or {}
+    weights = [f"{s} weight {fmt(theirs[s].get('weight'))} → {fmt(d.get('weight'))}" for s, d in mine.items()
+               if s in theirs and d.get("weight") != theirs[s].get("weight")
+               and isinstance(d.get("weight"), (int, float))]
+    if weights and all(".weight=" in o for o in v.get("overrides") or []):
+        return ", ".join(weights)
     return ", ".join(v.get("overrides") or []) or "–"
 
 
@@ -463,7 +471,7 @@ def _variants_block(mix: dict) -> str:
         per = v.get("per_source") or {}
         is_best = best is not None and v.get("name") == best
         cells = [_cell(rank or "–", "l"), _cell(v.get("name", "?") + ("  ★ best" if is_best else ""), "l"),
-                 _cell(_variant_change(v), "l"), _cell(v.get("verdict"), f"l {cls}"),
+                 _cell(_variant_change(v, base), "l"), _cell(v.get("verdict"), f"l {cls}"),
                  _cell(_bpb(v.get("bits_per_byte"))), _cell(_signed(v.get("delta")), cls),
                  _cell(_times(v.get("delta_over_noise"))),
                  *(_cell(_bpb(by_seed.get(s))) for s in seeds), _cell(_bpb(v.get("spread"))),
@@ -593,7 +601,8 @@ def datamix_section(run: RunDir) -> str:
     variants = mix.get("variants") or []
     best = next((v for v in variants if v.get("name") == mix.get("best")), None) if mix.get("best") else None
     if best is not None:
-        verdict = (f"Best: <b>{esc(best.get('name'))}</b> ({esc(_variant_change(best))}), "
+        base = next((v for v in variants if v.get("kind") == "base"), None)
+        verdict = (f"Best: <b>{esc(best.get('name'))}</b> ({esc(_variant_change(best, base))}), "
                    f"{esc(_signed(best.get('delta')))} bits/byte against the base mixture, "
                    f"{esc(_times(best.get('delta_over_noise')))} the seed noise. "
                    "<code>fmforge datamix CONFIG --write-best OUT.yaml</code> writes its config.")
@@ -608,7 +617,7 @@ def datamix_section(run: RunDir) -> str:
                  + (f", planned at {_duration(planned)}" if isinstance(planned, (int, float)) else "")
                  + (f" on {esc(price['device'])}" if price.get("device") else "")
                  + (f", trained in {_duration(spent)}" if isinstance(spent, (int, float)) else "")
-                 + (f", ${dollars:,.2f}" if isinstance(dollars, (int, float)) and dollars > 0 else "") + ".</p>")
+                 + (f", ${dollars:,.2f}" if isinstance(dollars, (int, float)) and dollars >= 0.005 else "") + ".</p>")
     body += "".join(f"<p class='note'>⚠ {esc(w)}</p>" for w in mix.get("warnings") or [])
     return section("datamix", "Which data", body)
 
