@@ -165,3 +165,41 @@ def test_scatter_holds_a_bounded_batch_of_a_large_file(write, make_cfg, tmp_path
     monkeypatch.setattr(stage_mod, "scatter_task", real_scatter)
     run_data_stage(make_cfg(sources, workers=1, val_fraction=0.05, task_bytes=100_000_000), whole)
     assert _shard_bytes(small) == _shard_bytes(whole)
+
+
+def test_curate_writes_a_batch_of_large_documents_before_it_grows_past_its_text_bound(
+        write, make_cfg, tmp_path, monkeypatch):
+    """Phase 1 writes its kept documents 1,024 at a time, or sooner once the batch holds
+    curate.BATCH_CHARS of text: 1,024 source files or books would be hundreds of MB."""
+    import random
+    import tracemalloc
+
+    from fmforge.data import curate
+
+    rng = random.Random(1)
+    vocab = [f"w{i}" for i in range(5000)]
+    for i in range(150):
+        write(f"books/{i:03d}.txt", f"book {i}\n" + " ".join(rng.choices(vocab, k=7000)))
+    text_bytes = sum(p.stat().st_size for p in (tmp_path / "books").iterdir())
+    monkeypatch.setattr(curate, "BATCH_CHARS", 500_000, raising=False)
+    peaks = []
+    real_curate = stage_mod.curate_task
+
+    def measured_curate(payload):
+        tracemalloc.reset_peak()
+        out = real_curate(payload)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        return out
+
+    monkeypatch.setattr(stage_mod, "curate_task", measured_curate)
+    run = RunDir(tmp_path / "run")
+    tracemalloc.start()
+    try:
+        run_data_stage(make_cfg([{"name": "books", "paths": ["books/*.txt"]}], workers=1, dedup="none"), run)
+    finally:
+        tracemalloc.stop()
+    assert len(peaks) == 1 and text_bytes > 5_000_000
+    # a batch of about 0.5 MB of text (and its encoded copy) at a time, not all 150 books (3x them before)
+    assert peaks[0] < 0.6 * text_bytes, (peaks, text_bytes)
+    docs = [r for split in ("train", "val") for r in iter_split_records(run.data, split)]
+    assert len(docs) == 150

@@ -39,6 +39,10 @@ from fmforge.data.tasks import MAX_DOCS_PER_TASK, TaskSpec
 
 PHASE = "curate"
 BATCH_ROWS = 1024
+# ... or this much text, whichever comes first: a batch of 1,024 source files or
+# books would otherwise be hundreds of MB, and writing it as parquet costs several
+# times its size again.
+BATCH_CHARS = 4_000_000
 DOCS_SCHEMA = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
     ("digest", pa.binary(16)), ("nbytes", pa.int64()),
@@ -83,6 +87,8 @@ class BatchedParquet:
         self.work, self.rel, self.schema = work, rel, schema
         self.columns: list[list[Any]] = [[] for _ in schema]
         self.rows = 0
+        self._text = schema.get_field_index("text")
+        self._chars = 0
         self._ctx = None
         self._writer: pq.ParquetWriter | None = None
 
@@ -90,7 +96,8 @@ class BatchedParquet:
         for col, v in zip(self.columns, row):
             col.append(v)
         self.rows += 1
-        if len(self.columns[0]) >= BATCH_ROWS:
+        self._chars += len(row[self._text])
+        if len(self.columns[0]) >= BATCH_ROWS or self._chars >= BATCH_CHARS:
             self._flush()
 
     def _flush(self) -> None:
@@ -102,6 +109,7 @@ class BatchedParquet:
         batch = arrow.record_batch(self.columns, self.schema)
         self._writer.write_batch(batch, row_group_size=BATCH_ROWS)
         self.columns = [[] for _ in self.schema]
+        self._chars = 0
 
     def close(self) -> None:
         """Write what is left; a file exists only if there was at least one row."""
