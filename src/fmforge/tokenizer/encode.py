@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from fmforge.config import ConfigError, RunConfig
 from fmforge.data import arrow
-from fmforge.data.executor import ExecutorSpec, TaskRunner
+from fmforge.data.executor import ExecutorSpec, TaskRunner, in_driver_slot
 from fmforge.data.shards import list_shards, reading_shard
 from fmforge.progress import log
 from fmforge.rundir import ArtifactError, RunDir, atomic_directory, atomic_write_json, fingerprint
@@ -175,8 +175,10 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
     work = Path(payload["work"])
     run = RunDir(payload["run"])
-    # in the driver (a small corpus) tiktoken uses every core, as tokenizers' own pool does
-    encoder = _unit_encoder(run, payload.get("encoder", TIKTOKEN), available_cores() if inline else 1)
+    # in the driver (a small corpus) tiktoken uses every core, as tokenizers' own pool does;
+    # in the driver's slot beside the pool's processes, one thread like them
+    threads = available_cores() if inline and not in_driver_slot() else 1
+    encoder = _unit_encoder(run, payload.get("encoder", TIKTOKEN), threads)
     eos, dtype = payload["eos_id"], np.dtype(payload["dtype"])
     source_index = {s: i for i, s in enumerate(payload["sources"])}
     with reading_shard(payload["shard"]):
