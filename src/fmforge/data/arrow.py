@@ -78,9 +78,10 @@ def record_batch(rows_by_column: Sequence[Sequence[Any]], schema: pa.Schema) -> 
                                        for a in arrays], schema=schema)
 
 
-def read_parquet(source: str | BinaryIO, columns: list[str] | None = None) -> pa.Table:
-    """A whole parquet file, as ``pq.read_table`` reads it."""
-    return pq.ParquetFile(source).read(columns=columns)
+def read_parquet(source: str | BinaryIO, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
+    """A whole parquet file, as ``pq.read_table`` reads it. ``use_threads=False``: one
+    thread, and less memory kept by the allocator's per-thread caches."""
+    return pq.ParquetFile(source).read(columns=columns, use_threads=use_threads)
 
 
 def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:

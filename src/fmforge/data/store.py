@@ -213,7 +213,7 @@ class WorkDir(Store):
         from fmforge.data.arrow import read_parquet  # not pq.read_table: it imports pandas (arrow.py)
 
         with self.open_read(rel) as f:
-            return read_parquet(f, columns=columns)
+            return read_parquet(f, columns=columns, use_threads=False)
 
     def marker(self, phase: str, index: int) -> str:
         return f"markers/{phase}-{index:05d}.done"
