@@ -2,9 +2,10 @@
 
 On each corpus, `fmforge datamix` ranks the variants (the mixture without each
 source, and one weight changed) with proxy models at two sizes, two seeds each;
-then the winner, the runner-up and the clearest loser of the larger proxies are
-trained again at ``--times`` (4) x that proxy's compute, a larger model on more
-tokens, two seeds each, scored on the same target. Reported per corpus and proxy
+then the winner, the runner-up and the clearest loser of the larger proxies (on
+the demo, whose four variants are few, every one) are trained again at
+``--times`` (4) x that proxy's compute, a larger model on more tokens, two seeds
+each, scored on the same target. Reported per corpus and proxy
 size: does the proxies' order hold at 4x, the pairwise agreement (the share of
 the pairs of variants trained at 4x that the proxies ordered as the 4x models
 did), how many of those pairs the proxies called (a difference beyond their seed
@@ -68,6 +69,7 @@ CORPORA = {
         "overrides": ["train.micro_batch_size=4", "eval.batch_size=16"],
         "tries": ["data.sources.1.weight=1"],
         "sizes": ["32x1", "32x2"], "big": "64x2", "tokens_per_param": 2.0,
+        "big_all": True,  # four variants: every one at 4x too (6 pairs, not 3)
     },
     "sysdocs": {
         "overrides": ["train.micro_batch_size=4", "eval.batch_size=16"],
@@ -206,7 +208,8 @@ def run_corpus(name: str, spec: dict, args: argparse.Namespace) -> dict:
     report["flops"] = {size: train_flops(cfg, size, p["proxy"]["tokens"]) for size, p in proxies.items()}
     big_tokens = report["flops"][large] * args.times / train_flops(cfg, spec["big"], 1.0)
     picked = [v for v in proxies[large]["variants"] if v["name"] in chosen.values() and v["kind"] != "base"]
-    big = experiment(spec["big"], big_tokens / non_embedding(cfg, spec["big"]), variant_flags(picked))
+    big = experiment(spec["big"], big_tokens / non_embedding(cfg, spec["big"]),
+                     every if spec.get("big_all") else variant_flags(picked))
     report["flops"][spec["big"]] = train_flops(cfg, spec["big"], big["proxy"]["tokens"])
     # the run report shows the larger proxies' whole experiment: its command again (every proxy cached)
     fmforge(*report["commands"][large].split()[1:])
