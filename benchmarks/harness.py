@@ -190,11 +190,12 @@ sys.exit(rc)
 
 
 def run_tree(cmd: list[str], env: dict | None = None, timeout: float | None = None,
-             reap_orphans: bool = False) -> tuple[str, TreePeak]:
+             reap_orphans: bool = False, trace: list | None = None) -> tuple[str, TreePeak]:
     """Run ``cmd`` in a fresh process; its stdout and the tree's peaks. Raises
     ``RuntimeError`` with the end of stderr when it fails. ``reap_orphans``: run it
     under ``SUBREAPER`` so a forkserver's CPU time is counted too (the wrapper is
-    then the tree's root)."""
+    then the tree's root). ``trace``: a list that gets one ``(seconds, {pid: VmRSS
+    MB})`` per poll, to see which process holds the memory when."""
     if reap_orphans:
         cmd = [sys.executable, "-c", SUBREAPER, *cmd]
     peak = TreePeak()
@@ -212,16 +213,20 @@ def run_tree(cmd: list[str], env: dict | None = None, timeout: float | None = No
         while proc.poll() is None:
             pids = [proc.pid, *_descendants(proc.pid)]
             total = 0.0
+            seen: dict[int, float] = {}
             for p in pids:
                 hwm, rss = hwm_mb(p), _status_mb(p, "VmRSS:")
                 if hwm is None:
                     continue
                 total += rss or 0.0
+                seen[p] = round(rss or 0.0, 1)
                 if p == proc.pid:
                     peak.root_mb = max(peak.root_mb, hwm)
                 else:
                     peak.children[p] = max(peak.children.get(p, 0.0), hwm)
             peak.rss_sum_peak_mb = max(peak.rss_sum_peak_mb, total)
+            if trace is not None:
+                trace.append((round(time.perf_counter() - t, 3), seen))
             if timeout is not None and time.perf_counter() - t > timeout:
                 proc.kill()
             time.sleep(POLL_S)
