@@ -268,7 +268,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     mb = [r["input_mb"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5.2))
     colors = {"data": "C0", "tokenize": "C1", "together": "C2"}
     for key, label, style in (("data", "data stage", "o-"), ("tokenize", "tokenize stage", "s-"),
                               ("together", "together", "D-")):
@@ -281,7 +281,6 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     a.set_xlabel("input MB")
     a.set_ylabel("wall seconds")
     a.set_title("Wall time")
-    a.legend(fontsize=8)
     for key, label, style in (("data", "data stage", "o-"), ("tokenize", "tokenize stage", "s-")):
         b.plot(mb, [r["stages"][key]["rss_at_once_mb"] for r in rows], style, color=colors[key],
                label=f"{label}, RSS at once")
@@ -293,10 +292,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     b.set_xlabel("input MB")
     b.set_ylabel("MB of the process tree")
     b.set_title("Peak memory")
-    b.legend(fontsize=8, loc="upper left")
+    for ax in (a, b):
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_title(preset: str, rows: list[dict], m: dict) -> str:
+    return (f"fmforge data (filters: {preset}, MinHash dedup) + tokenize, demo corpus {rows[0]['copies']}x-"
+            f"{rows[-1]['copies']}x; {m['cpu']}, {m['cpus']} CPUs, {m['date']}, load average at the start "
+            f"{m['load_average'][0]}")
 
 
 def main() -> None:
@@ -315,7 +321,12 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true", help="record each poll's RSS of the tree in the JSON")
     ap.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     ap.add_argument("--plot", metavar="PATH", help="write the two curves to PATH (PNG)")
+    ap.add_argument("--replot", metavar="JSON", help="only draw --plot from an earlier run's --json")
     args = ap.parse_args()
+    if args.replot:
+        old = json.loads(Path(args.replot).read_text())
+        plot(old["sizes"], Path(args.plot), plot_title(old["args"]["preset"], old["sizes"], old["machine"]))
+        return
 
     from bench_data import demo_files
 
@@ -373,8 +384,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(report, indent=1, default=str))
             print(f"wrote {args.json}")
         if args.plot:
-            plot(rows, Path(args.plot), f"fmforge data ({args.preset} filters, MinHash) + tokenize, demo corpus 1x-"
-                 f"{big['copies']}x; {m['cpu']}, {m['cpus']} CPUs, {m['date']}")
+            plot(rows, Path(args.plot), plot_title(args.preset, rows, m))
             print(f"wrote {args.plot}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
