@@ -2,8 +2,8 @@
 
 On each corpus, `fmforge datamix` ranks the variants (the mixture without each
 source, and one weight changed) with proxy models at two sizes, two seeds each;
-then the winner, the runner-up and the clearest loser of the larger proxies (on
-the demo, whose four variants are few, every one) are trained again at
+then the winner, the runner-up and the clearest loser of the larger proxies (here,
+with ``big_all``, every variant: more pairs to compare) are trained again at
 ``--times`` (4) x that proxy's compute, a larger model on more tokens, two seeds
 each, scored on the same target. Reported per corpus and proxy
 size: does the proxies' order hold at 4x, the pairwise agreement (the share of
@@ -69,12 +69,14 @@ CORPORA = {
         "overrides": ["train.micro_batch_size=4", "eval.batch_size=16"],
         "tries": ["data.sources.1.weight=1"],
         "sizes": ["32x1", "32x2"], "big": "64x2", "tokens_per_param": 2.0,
-        "big_all": True,  # four variants: every one at 4x too (6 pairs, not 3)
+        "big_all": True,  # every variant at 4x too (6 pairs, not 3)
     },
     "sysdocs": {
         "overrides": ["train.micro_batch_size=4", "eval.batch_size=16"],
         "tries": ["data.sources.2.weight=0.5"],
-        "sizes": ["32x1", "32x2"], "big": "64x2", "tokens_per_param": 4.0,
+        # both sizes on the same 66,560 tokens (a machine shared 4 ways could not afford 2x for 32x2)
+        "sizes": ["32x1", "32x2"], "big": "64x2", "tokens_per_param": {"32x1": 4.0, "32x2": 2.0},
+        "big_all": True,  # every variant at 4x too (15 pairs, not 3)
     },
 }
 
@@ -163,7 +165,7 @@ def train_flops(cfg, size: str, tokens: float) -> float:
 def run_corpus(name: str, spec: dict, args: argparse.Namespace) -> dict:
     from fmforge.config import load_config
 
-    run_root = ROOT / "runs" / f"bench-dmx-{name}"
+    run_root = ROOT / "runs" / f"bench-dmx-{name}{args.suffix}"
     if name == "demo":
         config = Path("configs") / "demo.yaml"
         overrides = [f"name={run_root.name}", *spec["overrides"]]
@@ -197,8 +199,9 @@ def run_corpus(name: str, spec: dict, args: argparse.Namespace) -> dict:
         return json.loads((out / f"{size}.json").read_text())
 
     every = ["--ablate-sources", *(a for t_ in spec["tries"] for a in ("--try", t_))]
-    tpp = spec["tokens_per_param"] * args.scale
-    proxies = {size: experiment(size, tpp, every) for size in spec["sizes"]}
+    tpp = spec["tokens_per_param"]
+    tpp = {size: (tpp[size] if isinstance(tpp, dict) else tpp) * args.scale for size in spec["sizes"]}
+    proxies = {size: experiment(size, tpp[size], every) for size in spec["sizes"]}
     large = spec["sizes"][-1]
     ranked = sorted(proxies[large]["variants"], key=lambda v: v["bits_per_byte"])
     chosen = {"winner": ranked[0]["name"], "runner-up": ranked[1]["name"], "loser": ranked[-1]["name"]}
@@ -299,6 +302,7 @@ def main() -> None:
     ap.add_argument("--corpora", default="demo,sysdocs")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--scale", type=float, default=1.0, help="x each corpus's tokens per parameter (a smoke run: 0.1)")
+    ap.add_argument("--suffix", default="", help="after the base runs' names (runs/bench-dmx-CORPUS...), to keep another budget's")
     ap.add_argument("--times", type=float, default=4.0, help="the big models' compute, x the larger proxy's")
     ap.add_argument("--eval-tokens", type=int, default=16384, help="eval.max_tokens: each source's target tokens")
     ap.add_argument("--source-mb", type=float, default=1.0, help="sysdocs: each source's max_bytes, MB")
