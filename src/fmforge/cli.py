@@ -356,15 +356,23 @@ def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
     from fmforge.ladder.datamix import Budget, proxy_rung, render, run_datamix
     from fmforge.ladder.target import parse_target
     from fmforge.ladder.variants import best_comment, collect, write_best as write_config
-    from fmforge.pipeline import prepare_run_dir
+    from fmforge.pipeline import prepare_run_dir, run_stage
     from fmforge.progress import console
 
     cfg = _load(config, overrides)
     _needs_data(cfg, config)
     dc = cfg.datamix
+    run = prepare_run_dir(cfg)
     command = shlex.join(["fmforge", "datamix", *sys.argv[2:]]) if sys.argv[1:2] == ["datamix"] \
         else f"fmforge datamix {config}"
     with _reported(f"`{command}`"):
+        # The variants are compared with the base run's data, split and tokenizer:
+        # a fresh config gets those stages (not the base's model). A base that has
+        # them is used as it is (one built from other files is refused below, not
+        # rebuilt under a model trained on it).
+        missing = [s for s in ("data", "tokenizer", "tokenize") if run.stage_record(s) is None]
+        if missing:
+            _print_outcomes(run, [run_stage(cfg, run, stage)[0] for stage in missing])
         if minutes is not None:
             budget = Budget(tokens_per_param=None, minutes=minutes)
         elif tokens_per_param is not None:
@@ -374,7 +382,7 @@ def datamix(config: Path, overrides: Optional[List[str]] = OverridesArg,
         found = collect(cfg, try_ if try_ else dc.variants, ablate_sources or dc.ablate_sources,
                         weights_grid or dc.weights_grid, without=without or ())
         aim = parse_target(target if target else dc.target, cfg.config_dir)
-        result = run_datamix(cfg, prepare_run_dir(cfg), found.variants, rung=proxy_rung(cfg, size or dc.size),
+        result = run_datamix(cfg, run, found.variants, rung=proxy_rung(cfg, size or dc.size),
                              budget=budget, seeds=seeds if seeds is not None else dc.seeds, target=aim,
                              force=force, price_only=price_only, notes=found.notes)
         if price_only:

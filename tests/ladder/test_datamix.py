@@ -342,3 +342,20 @@ def test_write_best_without_a_winner_writes_the_base_config_and_says_so(base, tm
 
     assert files(written) == files(cfg)  # the same files, read from the new directory
     assert written.data.model_dump(exclude={"sources"}) == cfg.data.model_dump(exclude={"sources"})
+
+
+def test_a_fresh_config_prepares_its_base_run_first(tmp_path):
+    """A newcomer runs the README's `fmforge datamix CONFIG` before any other stage:
+    the base run's data, tokenizer and tokens are built (the stages the comparison
+    needs, not a training), then the experiment is priced."""
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(base_config(tmp_path)))
+    out = subprocess.run([sys.executable, "-m", "fmforge", "datamix", str(tmp_path / "mix.yaml"),
+                          "--ablate-sources", "--price-only"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    run = tmp_path / "run"
+    assert (run / "tokens" / "meta.json").is_file() and (run / "data" / "data_card.json").is_file()
+    assert not (run / "checkpoints").exists()  # the base model is not trained for a comparison of data
+    # the base and one variant without each of the three sources, two seeds each
+    said = out.stdout + out.stderr
+    assert "4 variants x 2 seeds = 8 proxies" in said, said
