@@ -169,7 +169,7 @@ def one_core_child(run_root: str) -> None:
     from fmforge.rundir import RunDir
 
     run = RunDir(run_root)
-    print(json.dumps(bench_speed(load_config(run.config), run)))
+    print(json.dumps(bench_speed(load_config(run.config), run, int(os.environ.get("BENCH_REPEATS", "2")))))
 
 
 def rss_child(run_root: str, pool: bool) -> None:
@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--skip-split", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-one-core", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of each case (best is kept)")
     ap.add_argument("--quick", action="store_true",
                     help="a 1.5 MB corpus and vocab 1024: checks the script end to end; the figures mean little")
     ap.add_argument("--rss-child")
@@ -225,11 +226,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_tokenize-") as tmp:
         cfg, run = write_run(Path(tmp) / "gpt4", texts, args.vocab, "gpt4")
         result["train_seconds_gpt4"] = round(train(cfg, run), 1)
-        result["speed"] = bench_speed(cfg, run)
+        result["speed"] = bench_speed(cfg, run, args.repeats)
         print("speed:", json.dumps(result["speed"]), flush=True)
         if not args.skip_one_core and hasattr(os, "sched_setaffinity"):
             out, _ = run_tree([sys.executable, __file__, "--one-core-child", str(run.root)],
-                              env={**os.environ, "FMFORGE_NO_PROGRESS": "1"})
+                              env={**os.environ, "FMFORGE_NO_PROGRESS": "1", "BENCH_REPEATS": str(args.repeats)})
             result["speed_one_core"] = json.loads(out.strip().splitlines()[-1])
             print("speed on one core:", json.dumps(result["speed_one_core"]), flush=True)
         if not args.skip_split:

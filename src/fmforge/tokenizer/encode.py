@@ -155,11 +155,13 @@ def _unit_encoder(run: RunDir, prefer: str, threads: int) -> TextEncoder:
 
     path = run.tokenizer / "tokenizer.json"
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, prefer, threads)
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, prefer)
     if key not in _ENCODERS:
         _ENCODERS.clear()
-        _ENCODERS[key] = TextEncoder(load_tokenizer(run, raw_text=True), prefer, threads=threads)
-    return _ENCODERS[key]
+        _ENCODERS[key] = TextEncoder(load_tokenizer(run, raw_text=True), prefer)
+    encoder = _ENCODERS[key]
+    encoder.threads = max(1, threads)  # one unit at a time per process: the caller's setting holds
+    return encoder
 
 
 def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +210,9 @@ def encode_unit(payload: dict[str, Any]) -> dict[str, Any]:
 def run_tokenize_stage(cfg: RunConfig, run: RunDir, encoder: str = TIKTOKEN) -> dict:
     """``encoder``: ``"tiktoken"`` (used when the tokenizer converts exactly, else
     ``tokenizers``) or ``"tokenizers"`` (always; the benchmark's baseline)."""
-    tok = load_tokenizer(run, raw_text=True)
-    chosen = TextEncoder(tok, encoder)
+    # the encoder the units in this process use (a small corpus: all of them), built once
+    chosen = _unit_encoder(run, encoder, 1)
+    tok = chosen.tok
     eos_token = special_token_names(run.tokenizer)["eos"] or cfg.tokenizer.eos_token
     eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
