@@ -130,6 +130,24 @@ def test_ray_executor_gives_byte_identical_shards(write, make_cfg, tmp_path, doc
     assert card["executor"]["kind"] == "ray"
 
 
+def _record_task_peaks(monkeypatch, task: str) -> list[int]:
+    """Wrap the stage's ``task`` function: the peak of Python memory (tracemalloc,
+    started by the caller) during each call, appended to the list returned."""
+    import tracemalloc
+
+    peaks: list[int] = []
+    real = getattr(stage_mod, task)
+
+    def measured(payload):
+        tracemalloc.reset_peak()
+        out = real(payload)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        return out
+
+    monkeypatch.setattr(stage_mod, task, measured)
+    return peaks
+
+
 def test_scatter_holds_a_bounded_batch_of_a_large_file(write, make_cfg, tmp_path, monkeypatch):
     """A task never splits a file, so one large JSONL file is one task however small
     data.task_bytes is; phase 3 must still hold about task_bytes of its text at a time,
@@ -143,16 +161,8 @@ def test_scatter_holds_a_bounded_batch_of_a_large_file(write, make_cfg, tmp_path
     write("big.jsonl", "\n".join(lines) + "\n")
     text_bytes = (tmp_path / "big.jsonl").stat().st_size
     sources = [{"name": "web", "type": "jsonl", "paths": ["big.jsonl"], "weight": 1.5}]
-    peaks = []
     real_scatter = stage_mod.scatter_task
-
-    def measured_scatter(payload):
-        tracemalloc.reset_peak()
-        out = real_scatter(payload)
-        peaks.append(tracemalloc.get_traced_memory()[1])
-        return out
-
-    monkeypatch.setattr(stage_mod, "scatter_task", measured_scatter)
+    peaks = _record_task_peaks(monkeypatch, "scatter_task")
     small, whole = RunDir(tmp_path / "small"), RunDir(tmp_path / "whole")
     tracemalloc.start()
     try:
@@ -182,16 +192,7 @@ def test_curate_writes_a_batch_of_large_documents_before_it_grows_past_its_text_
         write(f"books/{i:03d}.txt", f"book {i}\n" + " ".join(rng.choices(vocab, k=7000)))
     text_bytes = sum(p.stat().st_size for p in (tmp_path / "books").iterdir())
     monkeypatch.setattr(curate, "BATCH_CHARS", 500_000, raising=False)
-    peaks = []
-    real_curate = stage_mod.curate_task
-
-    def measured_curate(payload):
-        tracemalloc.reset_peak()
-        out = real_curate(payload)
-        peaks.append(tracemalloc.get_traced_memory()[1])
-        return out
-
-    monkeypatch.setattr(stage_mod, "curate_task", measured_curate)
+    peaks = _record_task_peaks(monkeypatch, "curate_task")
     run = RunDir(tmp_path / "run")
     tracemalloc.start()
     try:
