@@ -80,3 +80,19 @@ def test_bad_config_exits_with_the_key(tiny_config_file: Path):
 def test_help_is_fast():
     code = "import sys, fmforge.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_stage_whose_output_was_deleted_runs_again(tiny_config_file: Path):
+    """A user who deletes tokens/ (or data/, tokenizer/) by hand and reruns the stage
+    gets it rebuilt, not "up to date, skipped" over a directory that is not there."""
+    import shutil
+
+    run = Path(yaml.safe_load(tiny_config_file.read_text())["out_dir"])
+    for stage in ("data", "tokenizer", "tokenize"):
+        invoke(stage if stage != "tokenizer" else "tokenizer", str(tiny_config_file))
+    for stage, out, artifact in (("tokenize", "tokens", "meta.json"), ("tokenizer", "tokenizer", "tokenizer.json"),
+                                 ("data", "data", "data_card.json")):
+        shutil.rmtree(run / out)
+        result = invoke(stage, str(tiny_config_file))
+        assert "skipped" not in result.output, result.output
+        assert (run / out / artifact).is_file(), stage

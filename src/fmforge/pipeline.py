@@ -159,6 +159,18 @@ def prepare_run_dir(cfg: RunConfig) -> RunDir:
     return run
 
 
+# The file each data-side stage leaves last; a record without it is not up to date.
+_ARTIFACTS = {"data": lambda run: run.data_card, "tokenizer": lambda run: run.tokenizer / "tokenizer.json",
+              "tokenize": lambda run: run.tokens / "meta.json"}
+
+
+def _missing_artifact(run: RunDir, stage: str) -> Path | None:
+    artifact = _ARTIFACTS.get(stage)
+    if artifact is None or artifact(run).is_file():
+        return None
+    return artifact(run)
+
+
 def run_stage(cfg: RunConfig, run: RunDir, stage: str, force: bool = False,
               upstream: str | None = None) -> tuple[StageOutcome, str]:
     """Run one stage unless it is up to date. Returns the outcome and the stage's
@@ -173,9 +185,12 @@ def run_stage(cfg: RunConfig, run: RunDir, stage: str, force: bool = False,
     with locked(run, f"fmforge {COMMAND[stage]}", launch.is_main):
         fp = stage_fingerprint(cfg, run, stage, upstream)
         record = run.stage_record(stage)
-        if not force and record is not None and record["fingerprint"] == fp:
+        missing = _missing_artifact(run, stage)
+        if not force and record is not None and record["fingerprint"] == fp and missing is None:
             log(f"[dim]{stage}: up to date, skipped (use --force to redo)[/dim]")
             return StageOutcome(stage, "skipped", 0.0, record.get("summary", {})), record.get("output", fp)
+        if record is not None and missing is not None:
+            log(f"[yellow]{stage}: {missing} is gone (removed by hand?): building it again[/yellow]")
         log(f"[bold cyan]▶ {stage}[/bold cyan]")
         if launch.is_main:  # the other processes of a torchrun launch only train
             # The config of the stages that ran last is the run's config (a skipped
