@@ -220,10 +220,14 @@ def run_tree(cmd: list[str], env: dict | None = None, timeout: float | None = No
                     continue
                 total += rss or 0.0
                 seen[p] = round(rss or 0.0, 1)
+                # The last reading, not the largest: VmHWM only rises within one
+                # program, and exec starts it afresh, so the last is the peak of the
+                # program the process became. A poll between a child's fork and its
+                # exec reads the parent's shared pages (the largest would keep them).
                 if p == proc.pid:
-                    peak.root_mb = max(peak.root_mb, hwm)
+                    peak.root_mb = hwm
                 else:
-                    peak.children[p] = max(peak.children.get(p, 0.0), hwm)
+                    peak.children[p] = hwm
             peak.rss_sum_peak_mb = max(peak.rss_sum_peak_mb, total)
             if trace is not None:
                 trace.append((round(time.perf_counter() - t, 3), seen))

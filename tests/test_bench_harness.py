@@ -36,9 +36,7 @@ BUSY = "import time, sys\nwhile time.process_time() < float(sys.argv[1]): pass\n
 
 def test_run_tree_reads_the_peak_of_every_process_in_the_tree():
     """The root touches 120 MB and starts a child that touches 60 MB: each shows at
-    least what it touched, and the tree at once at least both. (Rarely, about 1 run in
-    25 here, a poll lands between the child's fork and its exec and records the root's
-    peak for the child: run_tree keeps the largest reading per process.)"""
+    least what it touched, and the tree at once at least both."""
     child = HOLD.format(hold=0.4)
     root = (f"import subprocess, sys; b = bytearray(120 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
             f"subprocess.run([sys.executable, '-c', {child!r}, '60'], check=True); print('ok')")
@@ -130,3 +128,25 @@ def test_concurrently_keeps_the_given_number_of_jobs_in_flight():
     assert sorted(results) == list(range(8))
     assert most[0] == 4
     assert 0.2 <= sample.wall_s < 0.35  # two waves of 0.1 s, not eight
+
+
+# The root holds 300 MB and forks; the child waits 0.5 s before it execs a small
+# program. Between fork and exec the child maps the root's pages (shared, copy on
+# write), so its VmRSS and VmHWM read 300 MB; exec starts its bookkeeping afresh.
+FORK_THEN_EXEC = """
+import os, sys, time
+b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])
+pid = os.fork()
+if pid == 0:
+    time.sleep(0.5)
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(0.5)"])
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_child_polled_between_fork_and_exec_is_charged_its_own_peak_not_its_parents():
+    out, peak = harness.run_tree([sys.executable, "-c", FORK_THEN_EXEC])
+    assert peak.root_mb >= 300
+    assert len(peak.children) == 1
+    # the program the child became holds a bare interpreter, far below the root's 300 MB
+    assert peak.largest_child_mb < 100, peak.children
