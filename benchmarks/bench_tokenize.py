@@ -172,6 +172,36 @@ def one_core_child(run_root: str) -> None:
     print(json.dumps(bench_speed(load_config(run.config), run, int(os.environ.get("BENCH_REPEATS", "2")))))
 
 
+def stage_child(run_root: str, encoder: str) -> None:
+    """In a fresh process: the tokenize stage with ``encoder``, as `fmforge tokenize` runs it."""
+    from fmforge.config import load_config
+    from fmforge.rundir import RunDir
+    from fmforge.tokenizer.encode import run_tokenize_stage
+
+    run = RunDir(run_root)
+    run_tokenize_stage(load_config(run.config), run, encoder=encoder)
+
+
+def bench_stage_at_scale(run, repeats: int) -> dict:
+    """The stage on the 10x corpus (above the inline size: the process pool, one
+    thread per worker), tiktoken against tokenizers, each run a fresh process tree
+    whose workers' CPU time is counted (the harness's subreaper)."""
+    import shutil
+
+    card = run.read_data_card()["splits"]
+    mb = (card["train"]["bytes"] + card["val"]["bytes"]) / 1e6
+    env = {**os.environ, "FMFORGE_NO_PROGRESS": "1"}
+    cases = {enc: (lambda enc=enc: run_tree([sys.executable, __file__, "--stage-child", str(run.root), enc],
+                                            env=env, reap_orphans=True))
+             for enc in ("tiktoken", "tokenizers")}
+    samples = interleaved(cases, repeats, before=lambda name: shutil.rmtree(run.tokens, ignore_errors=True))
+    rates = best_rates(samples, mb)
+    out = {"mb": round(mb, 1), "rates": rates}
+    for key, label in (("best_per_cpu_s", "per_cpu_s"), ("best_per_s", "wall")):
+        out[f"stage_vs_stage_tokenizers_{label}"] = round(rates["tiktoken"][key] / rates["tokenizers"][key], 2)
+    return out
+
+
 def rss_child(run_root: str, pool: bool) -> None:
     """In a fresh process: the tokenize stage (the parent reads the tree's peaks)."""
     from fmforge.config import load_config
@@ -211,9 +241,15 @@ def main() -> None:
     ap.add_argument("--rss-child")
     ap.add_argument("--pool", action="store_true")
     ap.add_argument("--one-core-child")
+    ap.add_argument("--stage-child", nargs=2, metavar=("RUN", "ENCODER"))
+    ap.add_argument("--scale-speed", action="store_true",
+                    help="also time the stage on the 10x corpus (process pool), tiktoken against tokenizers")
     args = ap.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.pool)
+        return
+    if args.stage_child:
+        stage_child(*args.stage_child)
         return
     if args.one_core_child:
         one_core_child(args.one_core_child)
@@ -247,11 +283,16 @@ def main() -> None:
             result["compression"]["gpt4_over_gpt2"] = round(
                 ev["tokenizers"][0]["bytes_per_token"] / ev["tokenizers"][1]["bytes_per_token"], 4)
             print("compression:", json.dumps(result["compression"]), flush=True)
-        if not args.skip_rss:
+        big = None
+        if args.scale_speed or not args.skip_rss:
             import shutil
 
             big_cfg, big = write_run(Path(tmp) / "x10", perturbed(texts, 10), args.vocab, "gpt4")
             shutil.copytree(run.tokenizer, big.tokenizer)
+        if args.scale_speed:
+            result["speed_10x"] = bench_stage_at_scale(big, args.repeats)
+            print("speed 10x:", json.dumps(result["speed_10x"]), flush=True)
+        if not args.skip_rss:
             result["rss"] = {}
             for name, r, pool in (("1x", run, False), ("1x", run, True), ("10x", big, True)):
                 key = f"{name} {'pool' if pool else 'inline'}"
