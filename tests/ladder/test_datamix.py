@@ -303,7 +303,7 @@ def test_the_noise_threshold_is_students_t_on_the_pooled_seed_spread():
     stats = pytest.importorskip("scipy.stats")
     import numpy as np
 
-    from fmforge.ladder.noise import pick_best, pooled_noise, t975
+    from fmforge.ladder.noise import pick_best, pooled_noise, t975, t_quantile
 
     groups = [[1.50, 1.53], [1.41, 1.47], [1.60, 1.58], [1.52, 1.51]]
     noise = pooled_noise(groups)
@@ -312,9 +312,11 @@ def test_the_noise_threshold_is_students_t_on_the_pooled_seed_spread():
     assert noise.dof == 4 and noise.t == pytest.approx(stats.t.ppf(0.975, 4), abs=1e-3)
     # two means of 2 seeds each: a standard error of sd * sqrt(2 / 2)
     assert noise.threshold == pytest.approx(stats.t.ppf(0.975, 4) * noise.seed_sd, rel=1e-3)
-    for dof in (1, 2, 7, 13, 30, 45, 100, 500):  # between table rows: the wider (smaller dof) value
+    for dof in (1, 2, 7, 13, 30, 45, 100, 500):  # the table to 10, the Cornish-Fisher series beyond
         exact = stats.t.ppf(0.975, dof)
         assert exact - 1e-3 <= t975(dof) <= 1.02 * exact
+        # the same home gives the ladder's one-sided 0.95 quantile
+        assert t_quantile(0.95, dof) == pytest.approx(stats.t.ppf(0.95, dof), abs=1e-3)
     rows = [{"name": "a", "bits_per_byte": 1.40, "verdict": "better"},
             {"name": "b", "bits_per_byte": 1.40 + noise.threshold / 2, "verdict": "better"}]
     best, warnings = pick_best(rows, noise)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from fmforge.ladder.noise import t_quantile
 from fmforge.plan.scaling import ScalingLaw
 
 HUBER_DELTA = 1e-3
@@ -196,17 +197,12 @@ def _descend(theta: torch.Tensor, log_n, log_d, log_l, steps: int,
     return theta, value
 
 
-# Student's t at 0.95 for 1..10 degrees of freedom; beyond, the Cornish-Fisher series.
-_T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
 _Z95 = 1.6449
 
 
 def t95(dof: int) -> float:
     """The 0.95 quantile of Student's t with ``dof`` degrees of freedom."""
-    if dof <= len(_T95):
-        return _T95[dof - 1]
-    z = _Z95
-    return z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
+    return t_quantile(0.95, dof)
 
 
 def residual_noise(points: Sequence[Point], law: ScalingLaw) -> tuple[float, int]:
