@@ -7,6 +7,7 @@ wire format says, read as raw HTTP and through the official client."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 
@@ -23,7 +24,8 @@ OK = {"model": "tiny", "prompt": "x", "max_tokens": 2}
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
 NESTED = b'{"model": "tiny", "prompt": "x", "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
-# (id, method, path, body: dict (JSON) or bytes (raw), headers (None: the key), status, param, code)
+# (id, method, path, body: dict (JSON), bytes (raw) or a function returning a fresh one per run,
+#  headers (None: the key), status, param, code)
 # A param or code of ... is not checked; None must be null.
 CASES = [
     # bodies that are not a JSON object
@@ -36,7 +38,8 @@ CASES = [
     ("not-utf8", "POST", "/v1/completions", b'{"model": "\xff\xfe", "prompt": "x"}', None, 400, None, None),
     ("nested-100k-deep", "POST", "/v1/completions", NESTED, None, 400, None, None),
     ("too-large", "POST", "/v1/completions", b"x" * (2 << 20), None, 413, None, "request_too_large"),
-    ("too-large-chunked", "POST", "/v1/completions", iter([b"x" * 65536] * 32), None, 413, None,
+    # a factory: an iterator is spent by its first run (a second run in the process sends nothing)
+    ("too-large-chunked", "POST", "/v1/completions", lambda: iter([b"x" * 65536] * 32), None, 413, None,
      "request_too_large"),
     # numbers JSON does not have, which Python's parser accepts
     ("nan-temperature", "POST", "/v1/completions", b'{"model": "tiny", "prompt": "x", "temperature": NaN}',
@@ -140,13 +143,31 @@ CASES = [
 ]
 
 
+def _body(payload) -> dict:
+    """httpx's keyword for a case's body, made afresh for each run."""
+    if callable(payload):
+        payload = payload()
+    if isinstance(payload, dict):
+        return {"json": copy.deepcopy(payload)}
+    return {} if payload is None else {"content": payload}
+
+
+def test_every_case_sends_the_same_body_each_time_it_runs():
+    # mutmut runs the tests twice in one process (its stats run, then its clean run), as
+    # does anyone calling pytest.main twice: a case whose body was a shared iterator sent
+    # an empty body the second time (a 400, not the 413 asked for), which stopped mutmut.
+    for name, method, path, payload, *_ in CASES:
+        sent = [httpx.Request(method, "http://127.0.0.1" + path, **_body(payload)).read() for _ in range(2)]
+        assert sent[0] == sent[1], name
+        assert payload is None or sent[0] or name == "empty-body", name
+
+
 @pytest.mark.parametrize("name,method,path,payload,headers,status,param,code", CASES,
                          ids=[c[0] for c in CASES])
 def test_hostile_requests_get_a_4xx_in_openais_shape(server, name, method, path, payload, headers,
                                                      status, param, code):
-    kwargs = {"json": payload} if isinstance(payload, dict) else {"content": payload} if payload is not None else {}
     r = httpx.request(method, server[0] + path, headers=AUTH if headers is None else headers,
-                      timeout=10, **kwargs)
+                      timeout=10, **_body(payload))
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     error = r.json()["error"]
