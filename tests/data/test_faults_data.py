@@ -130,3 +130,53 @@ def test_a_damaged_output_shard_stops_its_readers_naming_it(write, make_cfg, tmp
         message = str(e.value)
         assert str(shard) in message
         assert "fmforge data" in message and "--force" in message
+
+
+def _killed_in_scatter(write, make_cfg, tmp_path, monkeypatch):
+    """A data stage killed at its third scatter task: every curate task and two scatter
+    tasks have their marker in the work directory."""
+    for i in range(24):
+        write(f"k/{i:02d}.txt", GOOD.format(i) + " and more words " * (i % 4))
+    cfg = make_cfg([{"name": "k", "paths": ["k/*.txt"]}], val_fraction=0.1, workers=1, task_bytes=400)
+    real = stage_module.scatter_task
+    calls = []
+
+    def dies_at_the_third(payload):
+        calls.append(payload["task"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a kill looks like from inside
+        return real(payload)
+
+    monkeypatch.setattr(stage_module, "scatter_task", dies_at_the_third)
+    run = RunDir(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_data_stage(cfg, run)
+    monkeypatch.setattr(stage_module, "scatter_task", real)
+    return cfg, run
+
+
+@pytest.mark.parametrize("victim, phase", [("tasks/00001/docs.parquet", "curate task 1"),
+                                           ("scatter/00000/*.parquet", "scatter task 0")])
+@pytest.mark.parametrize("how", ["empty", "cut"])
+def test_a_power_cut_leaving_a_marker_beside_a_short_file_redoes_that_task(write, make_cfg, tmp_path,
+                                                                          monkeypatch, capsys, victim, phase, how):
+    """Kill point: a marker beside a truncated parquet file (what a power cut left
+    before the data was fsynced ahead of the marker). The rerun redoes that task,
+    says so, and gives the shards of an uninterrupted run (failed before: pyarrow's
+    error on the short file, until the work directory was removed by hand)."""
+    cfg, run = _killed_in_scatter(write, make_cfg, tmp_path, monkeypatch)
+    [work] = (run.root / "data.work").iterdir()
+    marker = work / "markers" / f"{phase.split()[0]}-{int(phase.split()[-1]):05d}.done"
+    assert marker.is_file()
+    [short, *_] = sorted(work.glob(victim))
+    blob = short.read_bytes()
+    short.write_bytes(b"" if how == "empty" else blob[: len(blob) // 2])
+    capsys.readouterr()
+    run_data_stage(cfg, run)
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps at 80 columns
+    assert f"warning: data: {phase}: {short.relative_to(work).as_posix()} " in err
+    assert "data: 1 task redone: a completion marker stood beside a damaged file" in err
+    fresh = RunDir(tmp_path / "fresh")
+    run_data_stage(cfg, fresh)
+    assert ({p.name: p.read_bytes() for p in run.data.glob("*.parquet")}
+            == {p.name: p.read_bytes() for p in fresh.data.glob("*.parquet")} != {})

@@ -188,5 +188,109 @@ def test_the_work_dir_marks_a_task_done_only_by_its_marker(tmp_path):
     assert not work.is_done("curate", 3)
     work.mark_done("curate", 3, {"documents": 7})
     assert work.is_done("curate", 3) and not work.is_done("curate", 4)
-    assert work.read_json(work.marker("curate", 3)) == {"documents": 7}
+    assert work.read_json(work.marker("curate", 3))["documents"] == 7
     assert (tmp_path / "w/markers/curate-00003.done").is_file()
+
+
+# A completion marker vouches for the task's files (issue 32): after a power cut a
+# marker could stand beside an empty or short parquet file, and the rerun trusted it
+# and failed in pyarrow until the user cleared the work directory by hand.
+
+def _one_task(work: WorkDir) -> None:
+    """What a curate task leaves: a parquet table, a stats file, then its marker."""
+    import pyarrow as pa
+
+    work.write_table("tasks/00003/docs.parquet",
+                     pa.table({"id": [f"d{i}" for i in range(3000)], "text": [f"text {i}" * 7 for i in range(3000)]}))
+    work.write_json("tasks/00003/stats.json", {"documents": 3000})
+    work.mark_done("curate", 3, {"documents": 3000})
+
+
+def _damage(path, how: str) -> None:
+    blob = path.read_bytes()
+    if how == "gone":
+        path.unlink()
+    elif how == "empty":  # ext4's delayed allocation after a power cut
+        path.write_bytes(b"")
+    elif how == "cut":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif how == "zeroed":  # the size kept, the blocks never written (XFS after a crash)
+        path.write_bytes(b"\x00" * len(blob))
+    elif how == "one byte more":
+        path.write_bytes(blob + b"\x00")
+
+
+@pytest.mark.parametrize("victim, how", [
+    (victim, how) for victim in ("tasks/00003/docs.parquet", "tasks/00003/stats.json", "markers/curate-00003.done")
+    for how in ("gone", "empty", "cut", "zeroed", "one byte more") if (victim, how) != ("markers/curate-00003.done", "gone")])
+def test_a_marker_beside_a_damaged_file_is_not_trusted_and_is_reported(tmp_path, victim, how):
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "w"
+    _one_task(WorkDir(str(root)))
+    assert pq.read_table(root / "tasks/00003/docs.parquet").num_rows == 3000  # pyarrow reads it back
+    _damage(root / victim, how)
+    rerun = WorkDir(str(root))
+    assert not rerun.is_done("curate", 3)
+    [report] = rerun.redone
+    assert report.startswith("curate task 3: ")
+    assert (victim if not victim.startswith("markers/") else "marker") in report
+    assert not (root / "markers/curate-00003.done").exists()  # the task is redone
+    assert not rerun.is_done("curate", 3) and len(rerun.redone) == 1  # counted once
+    _one_task(rerun)  # redone: trusted again
+    assert WorkDir(str(root)).is_done("curate", 3)
+
+
+def test_an_intact_task_is_trusted_on_a_rerun_on_any_filesystem(store):
+    work = WorkDir(store.url)
+    _one_task(work)
+    rerun = WorkDir(work.url)
+    assert rerun.is_done("curate", 3) and rerun.redone == []
+    assert rerun.read_json(rerun.marker("curate", 3))["documents"] == 3000  # the task's own info kept
+    # the dedup buckets a task writes through a store of their own are vouched for too
+    Store(work.url + "/dedup").write_bytes("buckets-00003.npy", b"\x93NUMPY" + b"\x00" * 100)
+    work.mark_done("curate", 4)
+    if store.is_url:
+        fsspec.filesystem("memory").pipe_file(f"{work.root}/dedup/buckets-00003.npy", b"\x93NUMPY")
+    else:
+        with open(os.path.join(work.url, "dedup/buckets-00003.npy"), "wb") as f:
+            f.write(b"\x93NUMPY")
+    rerun = WorkDir(work.url)
+    assert rerun.is_done("curate", 3) and not rerun.is_done("curate", 4)
+    assert "dedup/buckets-00003.npy" in rerun.redone[0]
+
+
+def test_a_marker_of_an_older_fmforge_that_lists_no_files_is_redone(tmp_path):
+    root = tmp_path / "w"
+    (root / "markers").mkdir(parents=True)
+    (root / "markers/gather-train-00000.done").write_text('{"chunks": 1}')
+    work = WorkDir(str(root))
+    assert not work.is_done("gather-train", 0)
+    assert len(work.redone) == 1 and "gather-train task 0" in work.redone[0]
+
+
+def test_the_data_is_on_disk_before_its_marker_is_written(tmp_path, monkeypatch):
+    """fsync the file, and the directory that names it, before the marker exists: a
+    power cut can then leave a marker only beside complete files."""
+    root = tmp_path / "w"
+    synced = []  # (inode, whether the marker existed at that moment)
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append((os.fstat(fd).st_ino, (root / "markers/curate-00003.done").exists()))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    _one_task(WorkDir(str(root)))
+    before_marker = {ino for ino, marker in synced if not marker}
+    for rel in ("tasks/00003/docs.parquet", "tasks/00003/stats.json", "tasks/00003", "tasks"):
+        assert os.stat(root / rel).st_ino in before_marker, rel
+
+
+def test_an_object_store_has_nothing_to_fsync(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    work = WorkDir(_memory_url())
+    _one_task(work)
+    assert calls == [] and WorkDir(work.url).is_done("curate", 3)
+    work.remove()

@@ -187,6 +187,9 @@ def run_data_stage(cfg: RunConfig, run: RunDir, keep_curated: bool = False) -> d
         _own_mixture(work, inputs_fp)
         scattered, parts = phases.scatter(runner, curated, decisions)
         phases.gather(runner, scattered, parts)
+    if work.redone:  # each named in a warning as it was found
+        log(f"data: {len(work.redone)} task{'s' if len(work.redone) > 1 else ''} redone: "
+            "a completion marker stood beside a damaged file")
 
     sources, grouped = source_stats(data, listings, curated, decisions, scattered, STEP_NAMES)
     tot = totals(sources, grouped)

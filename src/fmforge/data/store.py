@@ -18,9 +18,20 @@ NFS; a copy on an object store, where the final object appears whole or not at
 all. An error while writing removes the temporary file, so no half-written file
 ever stands under a final name.
 
-The run directory itself (``runs/NAME/``, always local) is written by
-``fmforge.rundir``'s atomic helpers, which also fsync and set permissions; a work
-directory is scratch that a rerun remakes, so its writes are not fsynced.
+On a local disk (or an NFS mount) each file is also fsynced before it is moved
+into place, and a task's completion marker is written only after the directories
+that name its files are fsynced too: a power cut can leave a marker only beside
+complete files. An object store has nothing to fsync: an object is durable once
+its upload returns. The run directory itself (``runs/NAME/``, always local) is
+written by ``fmforge.rundir``'s atomic helpers.
+
+A marker lists the files its task wrote (every file written through a ``Store``
+under the work directory by the same thread since its previous marker there: a
+task writes its files and then its marker on one thread) with their sizes. A
+rerun trusts a marker only when those files are there at those sizes, a parquet
+file with its footer and a JSON file parsing; otherwise (a marker of an older
+fmforge, written before markers were fsynced after their data, or a disk that
+lied) the marker is removed, the task is redone and ``WorkDir.redone`` says why.
 
 Local paths (not URLs) keep Python's own semantics where fsspec's differ: glob
 (``*`` does not match a hidden file, as in a shell), the nanosecond mtime (the
@@ -37,6 +48,7 @@ import json
 import os
 import posixpath
 import re
+import threading
 import uuid
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Iterator
@@ -44,9 +56,31 @@ from typing import Any, BinaryIO, Iterator
 import fsspec
 from fsspec.core import url_to_fs
 
+from fmforge.progress import log
+
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 READ_BUFFER = 1 << 20
 TMP_PREFIX = ".tmp-"
+MARKER_FILES = "files"  # the key of a marker that lists the files it vouches for
+
+# Per thread: the files written through a Store since that thread's last marker,
+# as {(filesystem class, path): size} (see the module docstring).
+_pending = threading.local()
+
+
+def _written() -> dict[tuple[type, str], int]:
+    if not hasattr(_pending, "files"):
+        _pending.files = {}
+    return _pending.files
+
+
+def _fsync_path(path: str) -> None:
+    """fsync a local file or directory by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_url(path: str) -> bool:
@@ -76,6 +110,8 @@ class Store:
         self.url = head + (rest.rstrip("/") or rest[:1])
         self.is_url = bool(head)
         self.fs, root = locate(self.url)
+        # a local path or file:// URL: a disk, where a write is durable only once fsynced
+        self.is_local = "file" in ((self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol)
         self.root = root.rstrip("/") or ("/" if root.startswith("/") else "")
         self._prefix = self.root if self.root in ("", "/") else self.root + "/"
 
@@ -177,11 +213,16 @@ class Store:
         try:
             with self.fs.open(tmp, "wb") as f:
                 yield f
+                size = f.tell()
+                if self.is_local:  # on disk before it has its final name (module docstring)
+                    f.flush()
+                    os.fsync(f.fileno())
         except BaseException:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
         self.fs.mv(tmp, final)
+        _written()[type(self.fs), final] = size
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self.open_write(rel) as f:
@@ -192,8 +233,12 @@ class Store:
 
     def remove(self, rel: str = "") -> None:
         """Remove ``rel`` (the whole directory by default) and all under it."""
-        if self.fs.exists(self.path(rel)):
-            self.fs.rm(self.path(rel), recursive=True)
+        path = self.path(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+        written = _written()
+        for key in [k for k in written if k[0] is type(self.fs) and (k[1] == path or k[1].startswith(path + "/"))]:
+            del written[key]
 
 
 class WorkDir(Store):
@@ -218,11 +263,84 @@ class WorkDir(Store):
     def marker(self, phase: str, index: int) -> str:
         return f"markers/{phase}-{index:05d}.done"
 
+    @property
+    def redone(self) -> list[str]:
+        """Why each task whose marker this work directory did not trust is redone."""
+        if not hasattr(self, "_redone"):
+            self._redone: list[str] = []
+        return self._redone
+
     def is_done(self, phase: str, index: int) -> bool:
-        return self.exists(self.marker(phase, index))
+        """True when the task's marker is there and its files are as it listed them
+        (module docstring); a marker that is not is removed, and counted in ``redone``."""
+        rel = self.marker(phase, index)
+        try:
+            raw = self.read_bytes(rel)
+        except FileNotFoundError:
+            return False
+        problem = self._damage(raw)
+        if problem is None:
+            return True
+        self.redone.append(f"{phase} task {index}: {problem}")
+        log(f"[yellow]warning:[/] data: {self.redone[-1]}; the task is done again")
+        self.remove(rel)
+        return False
+
+    def _damage(self, raw: bytes) -> str | None:
+        """What is wrong with a task whose marker holds ``raw`` (None: nothing)."""
+        try:
+            files = json.loads(raw.decode("utf-8"))[MARKER_FILES]
+            assert isinstance(files, dict)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            return "its marker is damaged or lists no files (written by an older fmforge)"
+        for rel, size in sorted(files.items()):
+            try:
+                found = self.stat(rel)[0]
+            except FileNotFoundError:
+                return f"{rel} is missing"
+            if found != size:
+                return f"{rel} has {found} bytes, {size} when the task ended"
+            bad = self._unreadable(rel)
+            if bad:
+                return f"{rel} cannot be read ({bad})"
+        return None
+
+    def _unreadable(self, rel: str) -> str | None:
+        """A parquet file without its footer or a JSON file that does not parse:
+        what a disk that kept the size but not the blocks leaves."""
+        try:
+            if rel.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                with self.open_read(rel) as f:
+                    pq.ParquetFile(f).metadata  # noqa: B018  (reads and checks the footer)
+            elif rel.endswith(".json"):
+                json.loads(self.read_bytes(rel).decode("utf-8"))
+        except Exception as e:  # pyarrow's errors, UnicodeDecodeError, JSONDecodeError
+            return f"{type(e).__name__}: {e}"
+        return None
 
     def mark_done(self, phase: str, index: int, info: dict[str, Any] | None = None) -> None:
-        self.write_json(self.marker(phase, index), info or {})
+        """The task is complete: its files (written by this thread since its last
+        marker here) are made durable, then listed in its marker."""
+        written = _written()
+        mine = {key: size for key, size in written.items()
+                if key[0] is type(self.fs) and key[1].startswith(self._prefix)}
+        for key in mine:
+            del written[key]
+        if self.is_local:
+            # the directories that name the files, and those above them up to the root
+            # (a new directory is an entry of its parent), the deepest first
+            dirs = set()
+            for _, path in mine:
+                while path != self.root and path.startswith(self._prefix):
+                    path = posixpath.dirname(path)
+                    dirs.add(path)
+            for path in sorted(dirs, key=lambda d: (-d.count("/"), d)):
+                _fsync_path(path)
+        files = {self.rel(path): size for (_, path), size in sorted(mine.items())}
+        self.write_json(self.marker(phase, index), {**(info or {}), MARKER_FILES: files})
+        written.pop((type(self.fs), self.path(self.marker(phase, index))), None)
 
 
 def _mtime_ns(info: dict) -> int:
