@@ -12,6 +12,7 @@ from fmforge.config import (
     DataConfig,
     DatamixConfig,
     EvalConfig,
+    ExportConfig,
     FinetuneConfig,
     LadderConfig,
     ModelConfig,
@@ -73,7 +74,8 @@ def _documented(path: str, names: set[str]) -> bool:
 
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig,
-            "eval": EvalConfig, "plan": PlanConfig, "ladder": LadderConfig, "datamix": DatamixConfig}
+            "eval": EvalConfig, "plan": PlanConfig, "ladder": LadderConfig, "datamix": DatamixConfig,
+            "export": ExportConfig}
 
 
 @pytest.mark.parametrize("doc_section", [TOP, *SECTIONS])

@@ -701,6 +701,29 @@ class FinetuneConfig(StepConfig):
                               "warmup_steps": min(self.warmup_steps, max_steps)}, parallel="none")
 
 
+# ------------------------------------------------------------------------- export
+
+
+class ExportConfig(Section):
+    """What an export says about the model (``fmforge export gguf``'s ``general.*``
+    metadata, the model card): who made it, under which license, where it lives.
+    Read from the run's ``config.yaml`` when exporting, so it can be set after
+    training without invalidating any stage."""
+
+    name: str | None = None  # None: the run's name
+    description: str | None = None  # None: a one-line summary written by the export
+    license: str | None = None  # an SPDX id as the Hub's `license:` takes it, e.g. apache-2.0
+    source_url: str | None = None  # where the model is published or described
+    author: str | None = None  # a person or organisation
+
+    @field_validator("name", "description", "license", "source_url", "author")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be blank: leave the key out (or null) for none")
+        return v
+
+
 # ---------------------------------------------------------------------------- run
 
 
@@ -718,6 +741,7 @@ class RunConfig(Section):
     ladder: LadderConfig = Field(default_factory=LadderConfig)  # `fmforge ladder`
     datamix: DatamixConfig = Field(default_factory=DatamixConfig)  # `fmforge datamix`
     finetune: FinetuneConfig | None = None  # `fmforge finetune`
+    export: ExportConfig = Field(default_factory=ExportConfig)  # what exports say about the model
     # Directory of the YAML file, for ``{config_dir}`` in source paths. Not a user key.
     config_dir: str | None = Field(default=None, exclude=True)
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from typer.testing import CliRunner
 
 from fmforge.cli import app
 from fmforge.export.gguf import gguf_tensors
 from fmforge.inference.engine import Engine, GenerationRequest
 from fmforge.inference.loading import load_trained
+from fmforge.rundir import RunDir
 
 gguf = pytest.importorskip("gguf")
 
@@ -104,6 +107,90 @@ def test_gguf_reads_back_with_llama_names_shapes_and_values(tiny_run, tmp_path, 
         else:  # q8_0: within one quantisation step of its block (amax/127)
             assert types_by_name[name] == gguf.GGMLQuantizationType.Q8_0, name
             assert err <= np.abs(ref).max() / 127, (name, err)
+
+
+# The GGUF specification's codes for general.file_type (ggml/docs/gguf.md; llama.h's
+# LLAMA_FTYPE_*): 0 ALL_F32, 1 MOSTLY_F16, 7 MOSTLY_Q8_0.
+SPEC_FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}
+LABELS = {"name": "Tiny Code Model", "license": "apache-2.0", "author": "Example Lab",
+          "source_url": "https://example.org/models/tiny-code"}
+
+
+def labelled(run, tmp_path: Path, **export) -> RunDir:
+    """A copy of ``run`` labelled after training, as a user does it: an ``export:``
+    section added to the run's config.yaml (no stage depends on it)."""
+    root = tmp_path / "labelled"
+    shutil.copytree(run.root, root)
+    raw = yaml.safe_load((root / "config.yaml").read_text())
+    raw["export"] = export
+    (root / "config.yaml").write_text(yaml.safe_dump(raw))
+    return RunDir(root)
+
+
+def string_field(reader, key: str) -> str:
+    """A metadata value the GGUF spec types as a string (value type 8)."""
+    f = reader.get_field(key)
+    assert f is not None, f"{key} is missing"
+    assert f.types == [gguf.GGUFValueType.STRING], (key, f.types)
+    return f.contents()
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+def test_gguf_general_metadata_from_the_export_section(tiny_runs, tmp_path, dtype):
+    """general.* as the GGUF spec names and types them, from the config's export:
+    section; the file type as the spec numbers it; the tokenizer's chat template."""
+    run = labelled(tiny_runs["gqa-tied"], tmp_path, **LABELS)
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", dtype)))
+    assert string_field(reader, "general.name") == "Tiny Code Model"
+    assert string_field(reader, "general.license") == "apache-2.0"
+    assert string_field(reader, "general.source.url") == "https://example.org/models/tiny-code"
+    assert string_field(reader, "general.author") == "Example Lab"
+    assert string_field(reader, "general.quantized_by") == "Example Lab"
+    file_type = reader.get_field("general.file_type")
+    assert file_type.types == [gguf.GGUFValueType.UINT32]  # the spec's type for it
+    assert file_type.contents() == SPEC_FILE_TYPE[dtype]
+    template = json.loads((run.tokenizer / "tokenizer_config.json").read_text())["chat_template"]
+    assert "<|assistant|>" in template
+    assert string_field(reader, "tokenizer.chat_template") == template
+
+
+def test_gguf_description_summarises_the_model_and_its_data(tiny_runs, tmp_path):
+    """Without an export: section: the run's name, no license, URL or author (nothing
+    invented), fmforge as the quantizer, and a description that gives the
+    architecture, torch's count of the parameters, the context, the vocabulary and
+    the training (steps, tokens, sources), and names no path of this machine."""
+    run = tiny_runs["gqa-tied"]
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f16")))
+    raw = yaml.safe_load(run.config.read_text())
+    assert string_field(reader, "general.name") == raw["name"]
+    for key in ("general.license", "general.source.url", "general.author"):
+        assert reader.get_field(key) is None, key
+    assert string_field(reader, "general.quantized_by") == "fmforge"
+
+    text = string_field(reader, "general.description")
+    trained = load_trained(run, device="cpu")
+    cfg = trained.model.cfg
+    n_params = sum(p.numel() for p in trained.model.parameters())  # the tied head counted once
+    state = json.loads(next(run.checkpoints.glob("step-*/trainer_state.json")).read_text())
+    for part in ("Llama", f"{n_params:,} parameters", f"{cfg.n_layers} layers",
+                 f"{cfg.seq_len:,}-token context", f"{cfg.vocab_size:,}-token byte-level BPE",
+                 f"{trained.step:,} steps", f"{state['tokens']:,} tokens",
+                 *(s["name"] for s in raw["data"]["sources"])):
+        assert part in text, (part, text)
+    assert "/" not in text and len(text) < 400, text
+
+
+def test_gguf_description_from_the_config_replaces_the_summary(tiny_runs, tmp_path):
+    run = labelled(tiny_runs["gqa-tied"], tmp_path, description="A tiny model of Python code.")
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32")))
+    assert string_field(reader, "general.description") == "A tiny model of Python code."
+
+
+def test_a_blank_export_label_is_refused_naming_the_key(tiny_runs, tmp_path):
+    run = labelled(tiny_runs["gqa-tied"], tmp_path, license="  ")
+    result = runner.invoke(app, ["export", "gguf", str(run.root), str(tmp_path / "m.gguf")])
+    assert result.exit_code != 0 and "license" in result.output, result.output
+    assert not (tmp_path / "m.gguf").exists()
 
 
 # llama.cpp's names for the two splits (src/llama-vocab.cpp, llama_vocab::impl::load): a
@@ -321,3 +408,38 @@ def test_llama_cpp_f32_logits_match_ours(decisive_run, llama_cpp_models):
         assert theirs.shape == ours.shape
         diff = float(np.abs(theirs - ours).max())
         assert diff < 1e-3, (diff, ids)
+
+
+@needs_llama_cpp
+def test_llama_cpp_reads_the_general_metadata_and_chat_template(tiny_runs, tmp_path):
+    """llama.cpp's model metadata (llama_model_meta_*) gives back every general.*
+    value and the chat template, and llama-cpp-python's chat completion, which
+    formats with that template, renders a conversation as transformers does with
+    the run's tokenizer."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    run = labelled(tiny_runs["gqa-tied"], tmp_path, **LABELS)
+    llm = llama_cpp.Llama(model_path=str(export(run, tmp_path / "model.gguf", "q8_0")),
+                          n_ctx=64, n_threads=1, verbose=False)
+    try:
+        meta = llm.metadata
+        assert meta["general.name"] == LABELS["name"]
+        assert meta["general.license"] == LABELS["license"]
+        assert meta["general.source.url"] == LABELS["source_url"]
+        assert meta["general.author"] == meta["general.quantized_by"] == LABELS["author"]
+        assert meta["general.file_type"] == str(SPEC_FILE_TYPE["q8_0"])
+        assert "Llama" in meta["general.description"]
+        template = llama_cpp.llama_model_chat_template(llm.model, None).decode()
+        assert template == meta["tokenizer.chat_template"]
+        assert llm.chat_format == "chat_template.default"  # the file's own template, not a guess
+        eos = llm._model.token_get_text(llm.token_eos())
+        messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+        theirs = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token="")(messages=messages)
+        ours = AutoTokenizer.from_pretrained(str(run.tokenizer)).apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)
+        assert theirs.prompt == ours
+    finally:
+        llm.close()

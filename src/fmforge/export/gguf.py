@@ -15,6 +15,11 @@ GPT-2's.
 ``dtype``: f32; f16 (matrices in f16, norms in f32, like llama.cpp's converter);
 q8_0 (matrices quantised in blocks of 32, norms in f32; a matrix whose rows are
 not a multiple of 32 falls back to f16, as llama.cpp's converter does).
+
+Metadata about the model (``general.*``, the GGUF spec's names): its name,
+a one-line description, license, source URL and author from the config's
+``export:`` section (``ExportConfig``; a key left out is not written), who
+quantized it, the file type, and the tokenizer's chat template.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
-from fmforge.config import ModelConfig
+from fmforge.config import ModelConfig, RunConfig, config_from_dict
+from fmforge.model.counting import count_parameters
+from fmforge.train.checkpoint import list_checkpoints, load_trainer_state
 from fmforge.errors import MissingDependencyError, UserError
 from fmforge.tokenizer.load import special_token_ids
 from fmforge.inference.loading import TrainedModel, load_trained
@@ -140,6 +148,59 @@ def tokenizer_metadata(tokenizer_json: dict[str, Any], n_vocab: int) -> dict[str
     return {"tokens": tokens, "types": types, "merges": merges}
 
 
+def model_description(cfg: RunConfig, model_cfg: ModelConfig, state: dict[str, Any]) -> str:
+    """One paragraph on what the model is and what it was trained on, for
+    ``general.description``: the architecture and its size, the context and the
+    vocabulary, and the training (steps, tokens, the data's sources by name),
+    naming no path of this machine."""
+    heads = f"{model_cfg.n_heads} attention heads"
+    if model_cfg.kv_heads != model_cfg.n_heads:
+        heads += f" sharing {model_cfg.kv_heads} key-value heads"
+    text = (f"A Llama-architecture language model: {count_parameters(model_cfg).total:,} parameters, "
+            f"{model_cfg.n_layers} layers of width {model_cfg.d_model}, {heads}, "
+            f"{model_cfg.seq_len:,}-token context, {int(model_cfg.vocab_size):,}-token byte-level BPE "
+            "vocabulary.")
+    if "imported_from" in state:
+        return text + " Imported into fmforge from a Hugging Face Llama checkpoint."
+    text += f" Trained from scratch with fmforge for {int(state['step']):,} steps"
+    if "tokens" in state:
+        text += f" ({int(state['tokens']):,} tokens)"
+    names = [s.name for s in cfg.data.sources] if cfg.data is not None else []
+    if names:
+        shown = names[:6] + ([f"{len(names) - 6} more"] if len(names) > 6 else [])
+        text += " on " + ", ".join(shown)
+    return text + "."
+
+
+def chat_template(tokenizer_dir: Path) -> str | list[dict[str, str]] | None:
+    """The tokenizer's chat template (``tokenizer_config.json``'s ``chat_template``,
+    a string or transformers' list of named ones), else ``chat_template.jinja``
+    beside it (where transformers 5 saves it); None without one."""
+    path = tokenizer_dir / "tokenizer_config.json"
+    if path.is_file():
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+        if template:
+            return template
+    jinja = tokenizer_dir / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+
+
+def _add_general_metadata(writer, cfg: RunConfig, model_cfg: ModelConfig, state: dict[str, Any],
+                          file_type: int) -> None:
+    labels = cfg.export
+    writer.add_name(labels.name or cfg.name)
+    writer.add_description(labels.description or model_description(cfg, model_cfg, state))
+    if labels.author is not None:
+        writer.add_author(labels.author)
+    if labels.license is not None:
+        writer.add_license(labels.license)
+    if labels.source_url is not None:
+        writer.add_source_url(labels.source_url)
+    # Who made this file's quantization: the author when named, else the program.
+    writer.add_quantized_by(labels.author or "fmforge")
+    writer.add_file_type(file_type)
+
+
 def _add_tensor(writer, gguf, name: str, data: np.ndarray, dtype: str) -> None:
     q = gguf.GGMLQuantizationType
     if data.ndim == 1 or dtype == "f32":  # norms stay f32 (llama.cpp's converter does too)
@@ -158,6 +219,8 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
     gguf = _gguf()
     out_path = Path(out_path)
     trained = trained or load_trained(run, device="cpu")
+    run_cfg = config_from_dict(yaml.safe_load(run.config.read_text(encoding="utf-8")))
+    state = load_trainer_state(dict(list_checkpoints(run.checkpoints))[trained.step])
     cfg = trained.model.cfg
     tensors = gguf_tensors(trained.model.state_dict(), cfg)
     tok_json = json.loads((run.tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
@@ -177,8 +240,7 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
     os.close(fd)
     try:
         writer = gguf.GGUFWriter(tmp, "llama")
-        writer.add_name(run.root.resolve().name)
-        writer.add_file_type(int(file_type))
+        _add_general_metadata(writer, run_cfg, cfg, state, int(file_type))
         # As llama.cpp's converter and quantizer write it.
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_context_length(cfg.seq_len)
@@ -207,6 +269,9 @@ def export_gguf(run: RunDir, out_path: str | Path, dtype: str = "f16",
             writer.add_pad_token_id(ids["pad"])
         writer.add_add_bos_token(ids["bos"] is not None and _adds_bos(run))
         writer.add_add_eos_token(False)
+        template = chat_template(run.tokenizer)
+        if template:
+            writer.add_chat_template(template)
         for name, data in tensors.items():
             _add_tensor(writer, gguf, name, data, dtype)
         writer.write_header_to_file()
