@@ -172,10 +172,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     On failure the temporary directory is removed and ``final`` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Leftovers of a process killed outright (kill -9, power loss): nothing trusts
-    # them, but they can be large.
-    for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+    clear_interrupted_replacement(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
@@ -189,11 +186,46 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     # On disk before the rename: after a power loss the directory is either the
     # old one or the complete new one, never a renamed but empty shell.
     fsync_tree(tmp)
+    replace_directory(tmp, final)
+
+
+def replaced_copies(final: Path) -> list[Path]:
+    """The complete former copies of ``final`` that a replacement moved aside
+    (``.NAME.old-*``), newest first. One stands alone, with ``final`` missing, when
+    the process was killed between moving the old copy aside and renaming the new
+    one into place: it is then the only complete copy on disk."""
+    final = Path(final)
+    olds = [p for p in final.parent.glob(f".{final.name}.old-*") if p.is_dir()]
+    return sorted(olds, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def clear_interrupted_replacement(final: Path) -> None:
+    """Tidy what a replacement of ``final`` killed outright (kill -9, power loss)
+    left beside it. A former copy whose successor never arrived is renamed back
+    into place, never deleted: it may be the only complete copy there is. The
+    rest (partial new copies, old copies of a ``final`` that is in place) is
+    removed: nothing trusts it, and it can be large."""
+    final = Path(final)
+    olds = replaced_copies(final)
+    if olds and not final.exists():
+        os.replace(olds.pop(0), final)
+        fsync_dir(final.parent)
+    for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *olds]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Put the complete directory ``new`` in place of ``final`` without a moment
+    where no complete copy is on disk: the old ``final`` is renamed aside (not
+    removed), ``new`` renamed into place, and only then the old copy removed. A
+    kill between the two renames leaves the old copy under ``.NAME.old-*``, which
+    ``replaced_copies`` finds and ``clear_interrupted_replacement`` restores."""
+    final = Path(final)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
-    os.replace(tmp, final)
+    os.replace(new, final)
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

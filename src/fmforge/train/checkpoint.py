@@ -32,8 +32,11 @@ from fmforge.rundir import (
     ArtifactMissingError,
     atomic_directory,
     atomic_write_json,
+    clear_interrupted_replacement,
     fsync_dir,
     fsync_tree,
+    replace_directory,
+    replaced_copies,
     standard_permissions,
     standard_permissions_of_file,
 )
@@ -58,16 +61,31 @@ def _has_weights(d: Path) -> bool:
     return (d / "model.safetensors").is_file() or (d / DCP_DIR / ".metadata").is_file()
 
 
+def _complete(d: Path) -> bool:
+    return (d / "trainer_state.json").is_file() and _has_weights(d)
+
+
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints, oldest first. A step whose directory is missing
+    because a save of that step again was killed between moving the old copy
+    aside and renaming the new one into place is listed at its old copy
+    (``.step-N.old-*``), the only complete one on disk; the next save of that
+    step renames it back."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = []
+    found = {}
     for d in root.iterdir():
         m = STEP_DIR.match(d.name)
-        if m and (d / "trainer_state.json").is_file() and _has_weights(d):
-            found.append((int(m.group(1)), d))
-    return sorted(found)
+        if m and _complete(d):
+            found[int(m.group(1))] = d
+    for d in root.glob(".step-*.old-*"):
+        m = STEP_DIR.match(d.name[1:].split(".old-")[0])
+        if m and int(m.group(1)) not in found and not (root / m.group(0)).exists():
+            old = next((c for c in replaced_copies(root / m.group(0)) if _complete(c)), None)
+            if old is not None:
+                found[int(m.group(1))] = old
+    return sorted(found.items())
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -110,7 +128,9 @@ def save_sharded_checkpoint(root: Path, step: int, model: torch.nn.Module,
     final = checkpoint_dir(root, step)
     tmp = Path(root) / f".{final.name}.tmp-sharded"
     if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A copy of this step left aside by a killed save goes back into place
+        # (it may be the only complete one); partial copies go.
+        clear_interrupted_replacement(final)
         tmp.mkdir(parents=True)
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -120,10 +140,7 @@ def save_sharded_checkpoint(root: Path, step: int, model: torch.nn.Module,
         atomic_write_json(tmp / "trainer_state.json", {"step": step, **state})
         standard_permissions(tmp)
         fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        replace_directory(tmp, final)
         prune_checkpoints(root, keep, protect)
     barrier()
     return final
