@@ -40,10 +40,12 @@ class StepBudget:
 
             try:
                 record = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: decide again
                 record = {}
+            if not isinstance(record, dict) or not isinstance(record.get("max_steps"), int):
+                record = {}  # JSON of another shape: as damaged
             if record.get("lineage") == lineage:
-                self.max_steps = int(record["max_steps"])
+                self.max_steps = record["max_steps"]
                 log(f"budget: {cfg.max_minutes:g} min → {self.max_steps} steps, as decided "
                     f"when this run started ({self.path.name})")
 
