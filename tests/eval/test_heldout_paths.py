@@ -182,3 +182,69 @@ def test_overall_is_the_sum_over_the_per_source_streams(monkeypatch, tmp_path):
         assert math.isclose(o["loss"], (x["nats"] + y["nats"]) / 5, rel_tol=1e-9)
         gz = (gzip_bits_per_byte(b"ab") * 2 + gzip_bits_per_byte(b"c")) / 3
         assert math.isclose(o["gzip_bits_per_byte"], gz, rel_tol=1e-9)
+
+
+def test_overall_by_hand_with_a_source_of_no_bytes_and_a_missing_baseline():
+    """Overall: every source's nats and tokens, over every source's bytes; the
+    compressors' bits over the bytes of the sources that have any (a source whose
+    targets stand for no bytes has no baseline and weighs nothing)."""
+    per_source = {
+        "a": {"nats": 10.0, "tokens": 5, "bytes": 20, "gzip_bits_per_byte": 2.0, "xz_bits_per_byte": 1.5},
+        "b": {"nats": 3.0, "tokens": 2, "bytes": 0, "gzip_bits_per_byte": None, "xz_bits_per_byte": None},
+        "c": {"nats": 6.0, "tokens": 4, "bytes": 10, "gzip_bits_per_byte": 3.0, "xz_bits_per_byte": 2.5},
+    }
+    o = heldout.overall_of(per_source)
+    assert (o["nats"], o["tokens"], o["bytes"]) == (19.0, 11, 30)
+    assert o["loss"] == pytest.approx(19 / 11) and o["perplexity"] == pytest.approx(math.exp(19 / 11))
+    assert o["bits_per_byte"] == pytest.approx(19 / math.log(2) / 30)
+    assert o["gzip_bits_per_byte"] == pytest.approx((2.0 * 20 + 3.0 * 10) / 30)
+    assert o["xz_bits_per_byte"] == pytest.approx((1.5 * 20 + 2.5 * 10) / 30)
+    # a source with bytes but no baseline: no overall baseline rather than a wrong one
+    per_source["c"]["xz_bits_per_byte"] = None
+    o = heldout.overall_of(per_source)
+    assert o["xz_bits_per_byte"] is None and o["gzip_bits_per_byte"] == pytest.approx(70 / 30)
+    # no bytes at all: no bits per byte, no baselines, the loss still there
+    nothing = heldout.overall_of({"b": per_source["b"]})
+    assert nothing["bits_per_byte"] is None and nothing["gzip_bits_per_byte"] is None
+    assert nothing["xz_bits_per_byte"] is None and nothing["loss"] == 1.5 and nothing["bytes"] == 0
+    # one source: overall is that source
+    one = heldout.overall_of({"a": per_source["a"]})
+    assert one["bits_per_byte"] == pytest.approx(10 / math.log(2) / 20)
+    assert (one["gzip_bits_per_byte"], one["xz_bits_per_byte"]) == (2.0, 1.5)
+    # an untrained model's loss can be huge: a number, not an OverflowError
+    huge = heldout.overall_of({"a": {**per_source["a"], "nats": 5 * 800.0}})
+    assert huge["loss"] == 800.0 and math.isfinite(huge["perplexity"]) and huge["perplexity"] > 1e300
+
+
+def test_a_source_whose_documents_are_empty_counts_its_tokens_but_no_bytes(monkeypatch, tmp_path):
+    """A source of empty documents is [eos] [eos]: one target, the end-of-text token,
+    which stands for no bytes. It adds its nats and its token to the overall, nothing
+    to its bytes or to the compressors' figures."""
+    model = _model(vocab=20, seq_len=4)
+    monkeypatch.setattr(heldout, "source_streams",
+                        lambda run, tok, eos: {"x": np.array([0, 2, 3, 0]), "y": np.array([0, 0])})
+    out = evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {"val_tokens": 4}), HeldoutSettings(seq_len=4), CPU)
+    x, y, o = out["per_source"]["x"], out["per_source"]["y"], out["overall"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([[0]]))[0, 0], -1)
+    assert y["tokens"] == 1 and y["bytes"] == 0 and y["nats"] == pytest.approx(-float(logp[0]), rel=1e-5)
+    assert y["bits_per_byte"] is None and y["gzip_bits_per_byte"] is None and y["xz_bits_per_byte"] is None
+    assert (o["tokens"], o["bytes"]) == (4, 2)
+    assert o["bits_per_byte"] == pytest.approx((x["nats"] + y["nats"]) / math.log(2) / 2, rel=1e-9)
+    assert o["gzip_bits_per_byte"] == pytest.approx(gzip_bits_per_byte(b"ab"))
+    assert o["xz_bits_per_byte"] == pytest.approx(xz_bits_per_byte(b"ab"))
+
+
+def test_max_tokens_caps_each_source_and_the_overall_sums_them(monkeypatch, tmp_path):
+    """``eval.max_tokens`` (docs/config.md): at most that many held-out tokens of each
+    source; the bytes and baselines are those of exactly the scored targets."""
+    model = _model(vocab=20, seq_len=4)
+    monkeypatch.setattr(heldout, "source_streams", lambda run, tok, eos: {
+        "x": np.array([0, 2, 3, 4, 5, 0, 2, 0]), "y": np.array([0, 4, 4, 0])})
+    out = evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {"val_tokens": 9}),
+                           HeldoutSettings(seq_len=4, max_tokens=3), CPU)
+    x, y, o = out["per_source"]["x"], out["per_source"]["y"], out["overall"]
+    assert (x["tokens"], x["bytes"], y["tokens"], y["bytes"]) == (3, 3, 3, 2)  # x: "a b c", y: "c c" + eos
+    assert (o["tokens"], o["bytes"]) == (6, 5)
+    assert x["gzip_bits_per_byte"] == gzip_bits_per_byte(b"abc") and y["gzip_bits_per_byte"] == gzip_bits_per_byte(b"cc")
+    assert o["gzip_bits_per_byte"] == pytest.approx((gzip_bits_per_byte(b"abc") * 3 + gzip_bits_per_byte(b"cc") * 2) / 5)
