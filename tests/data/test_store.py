@@ -260,6 +260,31 @@ def test_an_intact_task_is_trusted_on_a_rerun_on_any_filesystem(store):
     assert "dedup/buckets-00003.npy" in rerun.redone[0]
 
 
+def test_a_marker_lists_the_files_its_thread_wrote_since_its_last_marker(tmp_path):
+    import threading
+
+    work = WorkDir(str(tmp_path / "w"))
+    work.write_bytes("tasks/00001/a.bin", b"12345")
+    work.write_bytes("tasks/00001/gone.bin", b"removed by the task itself")
+    work.remove("tasks/00001/gone.bin")
+    work.write_bytes("tasks/00001/scratch/x.bin", b"a directory the task removed")
+    work.remove("tasks/00001/scratch")
+    Store(str(tmp_path / "elsewhere")).write_bytes("b.bin", b"not in the work directory")
+    other = threading.Thread(target=lambda: work.write_bytes("tasks/00009/c.bin", b"another task's"))
+    other.start()
+    other.join()
+    work.mark_done("curate", 1, {"documents": 2})
+    marker = work.read_json(work.marker("curate", 1))
+    assert marker == {"documents": 2, "files": {"tasks/00001/a.bin": 5}}
+    work.write_bytes("tasks/00002/d.bin", b"")
+    work.mark_done("curate", 2)
+    assert work.read_json(work.marker("curate", 2)) == {"files": {"tasks/00002/d.bin": 0}}  # not marker 1
+    work.mark_done("curate", 3)
+    assert work.read_json(work.marker("curate", 3)) == {"files": {}}
+    rerun = WorkDir(work.url)
+    assert all(rerun.is_done("curate", i) for i in (1, 2, 3)) and rerun.redone == []
+
+
 def test_a_marker_of_an_older_fmforge_that_lists_no_files_is_redone(tmp_path):
     root = tmp_path / "w"
     (root / "markers").mkdir(parents=True)
@@ -277,13 +302,17 @@ def test_the_data_is_on_disk_before_its_marker_is_written(tmp_path, monkeypatch)
     real_fsync = os.fsync
 
     def spy(fd):
-        synced.append((os.fstat(fd).st_ino, (root / "markers/curate-00003.done").exists()))
+        st = os.fstat(fd)
+        synced.append((st.st_ino, st.st_size, (root / "markers/curate-00003.done").exists()))
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
     _one_task(WorkDir(str(root)))
-    before_marker = {ino for ino, marker in synced if not marker}
-    for rel in ("tasks/00003/docs.parquet", "tasks/00003/stats.json", "tasks/00003", "tasks"):
+    before_marker = {ino: size for ino, size, marker in synced if not marker}
+    for rel in ("tasks/00003/docs.parquet", "tasks/00003/stats.json"):  # every byte of them
+        st = os.stat(root / rel)
+        assert before_marker.get(st.st_ino) == st.st_size > 0, rel
+    for rel in ("tasks/00003", "tasks", "."):  # the names: a new directory is an entry of its parent
         assert os.stat(root / rel).st_ino in before_marker, rel
 
 

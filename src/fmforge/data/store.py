@@ -247,6 +247,10 @@ class WorkDir(Store):
     the stage's inputs (files and config), so a changed input never reuses a
     stale task's output."""
 
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.redone: list[str] = []  # why each task whose marker was not trusted is done again
+
     def write_table(self, rel: str, table: Any) -> None:
         """A pyarrow table as a parquet file, atomically."""
         import pyarrow.parquet as pq
@@ -262,13 +266,6 @@ class WorkDir(Store):
 
     def marker(self, phase: str, index: int) -> str:
         return f"markers/{phase}-{index:05d}.done"
-
-    @property
-    def redone(self) -> list[str]:
-        """Why each task whose marker this work directory did not trust is redone."""
-        if not hasattr(self, "_redone"):
-            self._redone: list[str] = []
-        return self._redone
 
     def is_done(self, phase: str, index: int) -> bool:
         """True when the task's marker is there and its files are as it listed them
@@ -289,11 +286,13 @@ class WorkDir(Store):
     def _damage(self, raw: bytes) -> str | None:
         """What is wrong with a task whose marker holds ``raw`` (None: nothing)."""
         try:
-            files = json.loads(raw.decode("utf-8"))[MARKER_FILES]
-            assert isinstance(files, dict)
-        except (ValueError, KeyError, TypeError, AssertionError):
+            marker = json.loads(raw.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            marker = None
+        files = marker.get(MARKER_FILES) if isinstance(marker, dict) else None
+        if not isinstance(files, dict):
             return "its marker is damaged or lists no files (written by an older fmforge)"
-        for rel, size in sorted(files.items()):
+        for rel, size in files.items():
             try:
                 found = self.stat(rel)[0]
             except FileNotFoundError:
@@ -330,15 +329,15 @@ class WorkDir(Store):
             del written[key]
         if self.is_local:
             # the directories that name the files, and those above them up to the root
-            # (a new directory is an entry of its parent), the deepest first
+            # (a new directory is an entry of its parent)
             dirs = set()
             for _, path in mine:
                 while path != self.root and path.startswith(self._prefix):
                     path = posixpath.dirname(path)
                     dirs.add(path)
-            for path in sorted(dirs, key=lambda d: (-d.count("/"), d)):
+            for path in dirs:
                 _fsync_path(path)
-        files = {self.rel(path): size for (_, path), size in sorted(mine.items())}
+        files = {self.rel(path): size for (_, path), size in mine.items()}
         self.write_json(self.marker(phase, index), {**(info or {}), MARKER_FILES: files})
         written.pop((type(self.fs), self.path(self.marker(phase, index))), None)
 
