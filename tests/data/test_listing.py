@@ -136,3 +136,24 @@ def test_hf_disk_lists_saved_dataset_directories_not_their_files(write, tmp_path
     assert [(f.rel, f.size) for f in listing.files] == [("one", 9), ("two", 6)]  # train/ is part of two
     with pytest.raises(NoFilesMatchedError, match="save_to_disk"):
         list_source_files(_spec(type="hf_disk", paths=["ds/notes"]), str(tmp_path))
+
+
+def test_a_file_reached_through_a_symlinked_folder_is_listed_once(write, tmp_path):
+    """Debian's /usr/share/doc links a dozen package folders to one (libasan8 ->
+    gcc-12-base ...): glob's ** follows the links, and a source read each file once
+    per name, so the same text counted many times in the card and the mixture."""
+    write("docs/real/guide.txt", "a guide\n")
+    write("docs/real/sub/notes.txt", "some notes\n")
+    write("docs/other.txt", "another file\n")
+    (tmp_path / "docs/alias").symlink_to("real")  # a folder linked inside the corpus
+    (tmp_path / "docs/alias2").symlink_to(tmp_path / "docs/real")
+    outside = write("elsewhere/far.txt", "a file outside, linked in\n")
+    (tmp_path / "docs/linked").symlink_to(outside.parent)  # a folder linked from outside: read
+    listing = list_source_files(_spec(paths=["docs/**/*.txt"]), str(tmp_path))
+    assert sorted(f.rel for f in listing.files) == [
+        "alias/guide.txt", "alias/sub/notes.txt", "linked/far.txt", "other.txt"]
+    assert listing.matched == 4 and listing.excluded == 0
+    # excluding one name of a file keeps it under its other name
+    listing = list_source_files(_spec(paths=["docs/**/*.txt"], exclude=["alias/**"]), str(tmp_path))
+    assert sorted(f.rel for f in listing.files) == [
+        "alias2/guide.txt", "alias2/sub/notes.txt", "linked/far.txt", "other.txt"]

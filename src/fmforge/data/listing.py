@@ -19,6 +19,9 @@ Every source type starts from the same listing, so the rules live in one place:
   is matched against the file's full path; a relative one against the path
   relative to the source root, so directories *above* the corpus (say a home
   directory called ``test``) never exclude it by accident.
+* A file reached under several names (``**`` follows symlinked folders) is read
+  once, under its first name in sorted order that no exclude removes; ``matched``
+  and ``excluded`` count files, not names.
 * The source root is the deepest directory common to the non-glob prefixes of
   all the source's patterns; ids and the order of files use the path relative
   to it, so they are the same on every machine.
@@ -222,12 +225,19 @@ def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool =
         paths = {h: store.path(h) for h in found}
         found = {h: None for h in found if not any(paths[h].startswith(paths[o] + "/") for o in found)}
 
+    # A file reached under several names (** follows symlinked folders: Debian
+    # links many package docs to one folder) is one file: read once, under its
+    # first name in sorted order that no exclude pattern removes.
+    real = ({rel: os.path.realpath(store.path(rel)) for rel in found}
+            if not store.is_url and not datasets else {rel: rel for rel in found})
     is_excluded = ExcludeMatcher(excludes)
     files: list[SourceFile] = []
-    for rel in found:
+    seen: set[str] = set()
+    for rel in sorted(found):
         url = store.url_of(rel)
-        if is_excluded(url, rel):
+        if is_excluded(url, rel) or real[rel] in seen:
             continue
+        seen.add(real[rel])
         size, mtime_ns = store.tree_stat(rel) if datasets else store.stat(rel)
         files.append(SourceFile(path=url, rel=rel, size=size, mtime_ns=mtime_ns))
     if not files and found:
@@ -245,8 +255,8 @@ def list_source_files(spec: SourceConfig, config_dir: str | None, strict: bool =
         patterns=patterns,
         excludes=excludes,
         files=files,
-        matched=len(found),
-        excluded=len(found) - len(files),
+        matched=len(set(real.values())),
+        excluded=len(set(real.values())) - len(files),
         per_pattern=per_pattern,
         missing=missing,
     )
