@@ -103,3 +103,14 @@ def test_minutes_alone_decide_the_steps_and_a_given_max_steps_still_caps_them(tm
     assert load_config(write(tmp_path, BASE)).train.max_steps == 1000  # no budget: the default
     overridden = load_config(write(tmp_path, BASE), ["train.max_minutes=3"])
     assert overridden.train.max_steps is None
+
+
+@pytest.mark.parametrize("value, said", [
+    ("**/*.gz", r"data\.sources\.0\.exclude: a list of glob patterns.*exclude: \[\"\*\*/\*\.gz\"\]"),
+    ([""], r"data\.sources\.0\.exclude: pattern 1 is empty"),
+    (["**/*.gz", "  "], r"data\.sources\.0\.exclude: pattern 2 is empty"),
+])
+def test_a_bad_exclude_is_named_with_what_to_write(tmp_path, value, said):
+    raw = {**BASE, "data": {"sources": [{"name": "a", "paths": ["*.txt"], "exclude": value}]}}
+    with pytest.raises(ConfigError, match=said):
+        load_config(write(tmp_path, raw))

@@ -7,6 +7,7 @@ error that names the key, never a silently ignored setting.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +106,20 @@ class SourceConfig(Section):
     @classmethod
     def _name_is_simple(cls, v: str) -> str:
         return _simple_name("source", v)
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude_is_a_list_of_patterns(cls, v: Any) -> Any:
+        # One pattern written without brackets is the usual slip; say how to write it.
+        if isinstance(v, str):
+            raise ValueError(f"a list of glob patterns, got the string {v!r}; "
+                             f"write exclude: [{json.dumps(v)}]")
+        if isinstance(v, list):
+            for i, p in enumerate(v, 1):
+                if isinstance(p, str) and not p.strip():
+                    raise ValueError(f"pattern {i} is empty, and an empty pattern leaves nothing out; "
+                                     "remove it or write a glob such as \"**/*.gz\"")
+        return v
 
     @field_validator("group_weights", "group_shares")
     @classmethod
