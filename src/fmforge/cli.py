@@ -801,15 +801,20 @@ RunArg = typer.Argument(..., help="run directory, or a run name under runs/")
 
 @export_app.command("hf")
 def export_hf_command(run: str = RunArg,
-                      out_dir: Path = typer.Argument(..., help="directory to write (replaced whole)")) -> None:
+                      out_dir: Path = typer.Argument(..., help="directory to write (replaced whole)"),
+                      card_paths: bool = typer.Option(False, "--card-paths", help="let the model card (README.md) "
+                                                      "name this machine's paths: the run, the data roots")) -> None:
     """A Hugging Face LlamaForCausalLM directory (config, safetensors, tokenizer) for
-    transformers and vLLM."""
+    transformers and vLLM, with its model card (README.md)."""
     from fmforge.export.hf import export_hf
+    from fmforge.pipeline import plan_figures
     from fmforge.rundir import resolve_run
 
     with _reported("the same command"):
         try:
-            out = export_hf(resolve_run(run), out_dir)
+            run_dir = resolve_run(run)
+            plan_actual, decision = plan_figures(run_dir)
+            out = export_hf(run_dir, out_dir, card_paths=card_paths, plan_actual=plan_actual, decision=decision)
         except FileExistsError as exc:
             _fail(str(exc))
     sys.stdout.write(f"{out}\n")
@@ -936,6 +941,7 @@ def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
     if cfg.finetune is None:
         _fail(f"{config} has no finetune section: see docs/finetune.md")
     _require_finetune()
+    from fmforge.export.card import write_finetune_card
     from fmforge.export.hf import export_hf
     from fmforge.finetune.stage import run_finetune
     from fmforge.progress import console
@@ -947,7 +953,7 @@ def finetune_train(config: Path, overrides: Optional[List[str]] = OverridesArg,
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with _reported(f"`fmforge finetune {config}`"):
         with run_lock(cfg.run_dir, "finetune"):
-            summary = run_finetune(cfg, fresh=force, export_run=export_run)
+            summary = run_finetune(cfg, fresh=force, export_run=export_run, write_card=write_finetune_card)
     shown = {k: summary.get(k) for k in ("method", "trainable_params", "trainable_share", "steps",
                                          "first_loss", "final_loss", "val_loss", "tokens_per_s",
                                          "wall_s", "output")}
@@ -961,11 +967,13 @@ def finetune_merge(adapter: str = typer.Argument(..., help="a PEFT adapter direc
                    base: Optional[Path] = BaseOpt) -> None:
     """Base + adapter as one standalone Hugging Face model."""
     _require_finetune()
+    from fmforge.export.card import write_merged_card
     from fmforge.finetune.merge import merge_adapter
 
     with _reported("the same command"):
         try:
-            out = merge_adapter(adapter, out_dir, base)
+            out = merge_adapter(adapter, out_dir, base, write_card=lambda tmp: write_merged_card(
+                tmp, adapter, base, out_name=Path(out_dir).name))
         except FileExistsError as exc:
             _fail(str(exc))
     sys.stdout.write(f"{out}\n")

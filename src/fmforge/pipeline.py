@@ -287,6 +287,19 @@ def write_run_report(run: RunDir, out: Path | None = None, device: str = "auto")
     return write_report(run, plan_actual, missing, out=out, device=device, decision=_decision(run))
 
 
+def plan_figures(run: RunDir) -> tuple[dict | None, dict | None]:
+    """(plan against actual, the planner's quality-beside-cost comparison) of a run,
+    None where there is none: what the model card of `fmforge export hf` shows
+    beside the run's own artifacts (the planner and the exports are siblings)."""
+    from fmforge.plan.actual import compare_plan_to_actual
+
+    try:
+        plan_actual = compare_plan_to_actual(run.root) if run.plan_json.is_file() else None
+    except ValueError:  # PlanError included: nothing measured yet, a damaged plan
+        plan_actual = None
+    return plan_actual, _decision(run)
+
+
 def _decision(run: RunDir) -> dict | None:
     """The planner's quality-beside-cost table for the report, when there is more
     to compare than the run itself (other models scored on its bytes, a ladder)."""

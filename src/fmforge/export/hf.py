@@ -58,9 +58,14 @@ def _prepare_out_dir(out_dir: Path, marker: str) -> None:
             "directory; an export replaces the whole directory")
 
 
-def export_hf(run: RunDir, out_dir: str | Path, trained: TrainedModel | None = None) -> Path:
-    """Write the run's latest checkpoint as a Hugging Face Llama directory.
+def export_hf(run: RunDir, out_dir: str | Path, trained: TrainedModel | None = None,
+              card_paths: bool = False, plan_actual: dict | None = None, decision: dict | None = None) -> Path:
+    """Write the run's latest checkpoint as a Hugging Face Llama directory, with its
+    model card (README.md; ``card_paths``: naming this machine's paths too;
+    ``plan_actual``, ``decision``: the planner's figures the card shows, when given).
     The directory appears complete or not at all (written aside, then renamed)."""
+    from fmforge.export.card import run_card, write_card
+
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, "config.json")
     trained = trained or load_trained(run, device="cpu")
@@ -80,6 +85,8 @@ def export_hf(run: RunDir, out_dir: str | Path, trained: TrainedModel | None = N
         for name in TOKENIZER_FILES:
             if (run.tokenizer / name).is_file():
                 shutil.copyfile(run.tokenizer / name, tmp / name)
+        write_card(run_card(run, cfg, trained.step, out_dir.name, paths=card_paths,
+                            plan_actual=plan_actual, decision=decision), tmp)
     return out_dir
 
 

@@ -6,6 +6,7 @@ peft's ``merge_and_unload``), which anything that reads the base's family reads.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -16,9 +17,11 @@ __all__ = ["AdapterError", "adapter_base", "is_adapter_dir", "load_model", "load
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path | None = None,
-                  dtype: torch.dtype = torch.float32) -> Path:
+                  dtype: torch.dtype = torch.float32, write_card: Callable[[Path], Any] | None = None) -> Path:
     """Write base + adapter as one standalone model (weights, config, tokenizer with
-    the chat template the adapter was trained with). Appears complete or not at all."""
+    the chat template the adapter was trained with). Appears complete or not at all;
+    ``write_card(dir)`` adds its model card before (the CLI passes
+    ``fmforge.export.card.write_merged_card``)."""
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
         raise AdapterError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter directory")
@@ -31,4 +34,6 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path
     with atomic_directory(out_dir) as tmp:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        if write_card is not None:
+            write_card(tmp)
     return out_dir

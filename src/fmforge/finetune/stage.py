@@ -155,10 +155,13 @@ def _token_data(cfg: RunConfig, base_tokenizer, model):
 
 
 def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = False,
-                 export_run: Callable[[Path, Path], Path] | None = None) -> dict[str, Any]:
+                 export_run: Callable[[Path, Path], Path] | None = None,
+                 write_card: Callable[[Path, dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``cfg.finetune.base`` (or ``base_dir``) and write the adapter or model.
     ``export_run(run_dir, out_dir)`` turns an fmforge run given as the base into a
-    Hugging Face directory (the CLI passes ``fmforge.export.hf.export_hf``)."""
+    Hugging Face directory (the CLI passes ``fmforge.export.hf.export_hf``);
+    ``write_card(dir, summary)`` writes the output's model card into it before it
+    is renamed into place (the CLI passes ``fmforge.export.card.write_finetune_card``)."""
     fc = cfg.finetune
     if fc is None:
         raise ConfigError("the config has no finetune section: add one (see docs/finetune.md)")
@@ -285,11 +288,6 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
     measured = run_loop(model, batches, tcfg, ft, settings, validate=validate, fresh=fresh)
 
     out = output_dir(cfg)
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))  # with the chat template it was trained with
-    log(f"{'model' if fc.method == 'full' else 'adapter'} written to {out}")
-
     summary = {
         "method": fc.method, "train_on": fc.train_on, "base": str(base_dir), "model_type": model_type,
         "base_config": str(base_dir / "config.json"), "output": str(out.resolve()),
@@ -299,5 +297,11 @@ def run_finetune(cfg: RunConfig, base_dir: Path | None = None, fresh: bool = Fal
         "micro_batch_size": fc.micro_batch_size, "grad_accum_steps": fc.grad_accum_steps,
         "device": str(device), "dtype": dtype, **counts, **measured,
     }
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(str(tmp))  # an adapter gets PEFT's README.md, which names the base's path
+        tokenizer.save_pretrained(str(tmp))  # with the chat template it was trained with
+        if write_card is not None:
+            write_card(tmp, summary)  # replaces it
+    log(f"{'model' if fc.method == 'full' else 'adapter'} written to {out}")
     atomic_write_json(ft.root / "summary.json", summary)
     return summary
