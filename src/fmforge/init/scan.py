@@ -5,7 +5,9 @@ The extension decides when it is one the data stage knows (``.txt``, ``.py``,
 ``.jsonl``, ``.parquet``, ``.csv``, ``.html``, ``.warc.gz`` ...); otherwise the
 first bytes do (NUL bytes: binary; ``WARC/``: an archive; lines of JSON objects:
 JSONL; ``<html``: a page; a ``#!`` line: code; UTF-8: text). Hidden files and
-folders are skipped, as the data stage's globs skip them.
+folders are skipped, as the data stage's globs skip them; symlinked folders are
+followed, as ``**`` follows them, and a file reached under several names is read
+and counted once (under the first name walked), as the data stage lists it once.
 """
 
 from __future__ import annotations
@@ -81,13 +83,18 @@ class Scan:
     files_seen: int = 0
     # every file considered: (path, the group it went to or None)
     placed: dict[Path, str | None] = field(default_factory=dict)
+    # a second name of a file (through a symlinked folder or a symlink): its first name
+    alias_of: dict[Path, Path] = field(default_factory=dict)
+    loops: list[Path] = field(default_factory=list)  # symlinked folders that lead back up
+    # readable files left out with a folder of files no source reads (set by init.sources)
+    left_out: list[Path] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
         return sum(g.bytes for g in self.groups.values())
 
 
-def _typed_suffix(name: str) -> tuple[str, str] | None:
+def typed_suffix(name: str) -> tuple[str, str] | None:
     lower = name.lower()
     for suffix, kind in TYPED_EXT:
         if lower.endswith(suffix):
@@ -196,14 +203,35 @@ def _looks_like_code(text: str) -> bool:
 
 
 def _walk(root: Path, scan: Scan):
-    def on_error(err: OSError) -> None:
-        scan.unreadable.append(Problem(Path(err.filename or root), f"cannot list it ({err.strerror})"))
+    """Every file under ``root`` in sorted order, files before folders, as glob's ``**``
+    sees them: hidden names skipped, symlinked folders followed (not one that leads
+    back to a folder above it). Broken symlinks are yielded (they cannot be read)."""
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+    def visit(folder: Path, above: frozenset[str]):
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as err:
+            scan.unreadable.append(Problem(folder, f"cannot list it ({err.strerror or err})"))
+            return
+        folders = []
+        for e in entries:
+            try:
+                is_dir, is_file = e.is_dir(), e.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                folders.append(e.name)
+            elif is_file or e.is_symlink():  # not fifos, sockets or devices
+                yield folder / e.name
+        for name in folders:
+            real = os.path.realpath(folder / name)
+            if real in above:
+                scan.loops.append(folder / name)
+                continue
+            yield from visit(folder / name, above | {real})
+
+    yield from visit(root, frozenset({os.path.realpath(root)}))
 
 
 def scan_folders(dirs: list[str | Path]) -> Scan:
@@ -220,10 +248,18 @@ def scan_folders(dirs: list[str | Path]) -> Scan:
                             f"fix its permissions (chmod u+rx) or run as a user who can read it")
         roots.append(p.resolve())
     scan = Scan(dirs=roots)
+    first_name: dict[str, Path] = {}  # real path -> the name it was read under
     for root in roots:
         before = scan.files_seen
         for path in _walk(root, scan):
             scan.files_seen += 1
+            real = os.path.realpath(path)
+            if real in first_name:
+                if first_name[real] != path:  # (one folder given twice, or inside another)
+                    scan.alias_of[path] = first_name[real]
+                scan.placed[path] = scan.placed[first_name[real]]
+                continue
+            first_name[real] = path
             _place(path, scan)
         if scan.files_seen == before and not any(u.path == root for u in scan.unreadable):
             raise ScanError(f"{root}: the folder is empty (hidden files are not read); "
@@ -260,7 +296,7 @@ def _place(path: Path, scan: Scan) -> None:
         scan.empty.append(path)
         return
     whole = size <= len(sample)
-    typed = _typed_suffix(path.name)
+    typed = typed_suffix(path.name)
     if typed is not None:
         _place_typed(path, size, typed[1], sample, whole, scan)
         return
@@ -329,41 +365,6 @@ def _place_typed(path: Path, size: int, type_: str, sample: bytes, whole: bool, 
         _add(scan, path, size, "html", "html", "web")
     else:  # warc, wet
         _add(scan, path, size, type_, type_, "web")
-
-
-def group_patterns(scan: Scan, group_key: str) -> tuple[list[str], list[str]]:
-    """Glob patterns that list the group's files, and exclude patterns for the other
-    files they would also catch (unreadable, binary, empty, another group's)."""
-    import glob
-
-    group = scan.groups[group_key]
-    keys: dict[tuple[Path, str], None] = {}
-    for path in group.files:
-        root = next(r for r in scan.dirs if path.is_relative_to(r))
-        keys[(root, _pattern_key(path))] = None
-    patterns = [f"{glob.escape(str(root))}/**/{key}" for root, key in keys]
-    exclude = []
-    for path, placed in scan.placed.items():
-        if placed == group_key:
-            continue
-        roots = [r for r in scan.dirs if path.is_relative_to(r)]
-        if any((r, _pattern_key(path)) in keys for r in roots):
-            exclude.append(glob.escape(str(path)))
-    return patterns, exclude
-
-
-def _pattern_key(path: Path) -> str:
-    """``*.txt`` for a file with a known extension, else its own name (escaped)."""
-    import glob
-
-    typed = _typed_suffix(path.name)
-    if typed is not None:
-        return "*" + typed[0] if path.name.lower().endswith(typed[0]) and path.name.endswith(typed[0]) \
-            else glob.escape(path.name)
-    ext = path.suffix
-    if ext and ext.lower() in PROSE_EXT | CODE_EXT and ext == ext.lower():
-        return "*" + ext
-    return glob.escape(path.name)
 
 
 def summary_by_extension(files: list[Path]) -> str:

@@ -17,13 +17,8 @@ from typing import Any
 from fmforge.config import ConfigError, RunConfig, load_config
 from fmforge.errors import UserError
 from fmforge.hardware import Hardware, cpu_has_native_bf16, detect_gpu, get_hardware
-from fmforge.init.scan import (
-    Scan,
-    group_patterns,
-    problems_by_reason,
-    scan_folders,
-    summary_by_extension,
-)
+from fmforge.init.scan import Scan, problems_by_reason, scan_folders, summary_by_extension
+from fmforge.init.sources import SourcePlan, plan_sources
 from fmforge.plan.autosize import ModelSize, size_model, size_model_measured
 from fmforge.plan.scaling import read_ladder
 from fmforge.plan.sizing import BYTES_PER_TOKEN
@@ -90,12 +85,12 @@ def _q(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)  # JSON strings are YAML flow scalars
 
 
-def _flow(items: list[str]) -> str:
-    return "[" + ", ".join(_q(i) for i in items) + "]"
+def _files(n: int) -> str:
+    return f"{n:,} file{'' if n == 1 else 's'}"
 
 
-def render_config(name: str, scan: Scan, size: ModelSize, budget: Budget, max_steps: int | None,
-                  data_tokens: float) -> str:
+def render_config(name: str, scan: Scan, plans: dict[str, SourcePlan], size: ModelSize, budget: Budget,
+                  max_steps: int | None, data_tokens: float) -> str:
     mb = scan.total_bytes / 1e6
     out = [
         f"# Written by `fmforge init` on {datetime.date.today().isoformat()} for",
@@ -107,14 +102,22 @@ def render_config(name: str, scan: Scan, size: ModelSize, budget: Budget, max_st
         "  sources:",
     ]
     for key, group in sorted(scan.groups.items(), key=lambda kv: -kv[1].bytes):
-        paths, exclude = group_patterns(scan, key)
-        out.append(f"    # {len(group.files):,} file{'s' if len(group.files) > 1 else ''}, {group.bytes / 1e6:,.1f} MB: {summary_by_extension(group.files)}")
+        plan = plans[key]
+        out.append(f"    # {_files(len(group.files))}, {group.bytes / 1e6:,.1f} MB: {summary_by_extension(group.files)}")
         out.append(f"    - name: {group.name}")
         out.append(f"      type: {group.type}")
-        out.append(f"      paths: {_flow(paths)}")
-        if exclude:
-            out.append("      # files these patterns would also list that init found unusable")
-            out.append(f"      exclude: {_flow(exclude)}")
+        if plan.rest:
+            out.append("      # the whole folder, less the files of the other sources and those init cannot read")
+        for other, names in plan.joined.items():
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            out.append(f"      # with {_files(len(names))} of {other} beyond its dozen patterns ({shown})")
+        for key, n in plan.reassigned.items():
+            out.append(f"      # with {_files(n)} that looked like another kind, named like this source's ({key})")
+        out.append("      paths:")
+        out += [f"        - {_q(p.pattern)}  # {_files(p.files)}" for p in plan.paths]
+        if plan.exclude:
+            out.append("      exclude:")
+            out += [f"        - {_q(x.pattern)}  # {_files(x.files)}: {x.note}" for x in plan.exclude]
         if group.text_field is not None:
             out.append(f"      text_field: {_q(group.text_field)}  # guessed from {group.guessed_from}: check it")
         if group.text_column is not None:
@@ -190,6 +193,7 @@ def init_config(dirs: list[str | Path], out: str | Path | None = None, budget: B
         raise InitError(f"{path} exists: choose another name with -o, or pass --force to replace it")
     hw, mode, seconds, devices = _hardware(budget)  # argument errors before the scan
     scan = scan_folders(dirs)
+    plans = plan_sources(scan)  # may move a file to another source: before the counts are used
     data_tokens = scan.total_bytes / BYTES_PER_TOKEN
     ladder = None
     if ladder_run is not None:
@@ -206,7 +210,7 @@ def init_config(dirs: list[str | Path], out: str | Path | None = None, budget: B
     max_steps = None
     if budget.usd is not None:
         max_steps = max(1, int(size.tokens // (MICRO_BATCH * SEQ_LEN * devices)))
-    text = render_config(name, scan, size, budget, max_steps, data_tokens)
+    text = render_config(name, scan, plans, size, budget, max_steps, data_tokens)
     cfg = write_atomically(path, text)
     return InitResult(path, cfg, scan, size, max_steps, warnings_of(scan), next_commands(path, cfg))
 
@@ -225,8 +229,16 @@ def warnings_of(scan: Scan) -> list[str]:
                    + "; ".join(f"{p.path}: {p.why}" for p in scan.not_utf8[:5])
                    + ". The data stage keeps them with U+FFFD for the bad bytes; convert them first for "
                    "clean text (iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8)")
-    if scan.empty:
-        out.append(f"{len(scan.empty):,} empty files, left out: {listed(scan.empty)}")
+    read = {p for g in scan.groups.values() for p in g.files}
+    empty = [p for p in scan.empty if p not in read]  # the others are read, as nothing
+    if empty:
+        out.append(f"{len(empty):,} empty files, left out: {listed(empty)}")
+    if scan.left_out:
+        out.append(f"{len(scan.left_out):,} readable files left out with the folder of unreadable ones around "
+                   f"them (one exclude instead of one per file): {listed(scan.left_out)}; add them to a "
+                   "source's paths by name to include them")
+    for loop in scan.loops:
+        out.append(f"{loop} links back to a folder above it: not followed, and left out of every source")
     for why, paths in problems_by_reason(scan.unknown).items():
         out.append(f"{len(paths):,} files no source reads, left out: {listed(paths)}: {why}")
     return out
