@@ -1,0 +1,558 @@
+"""The training loop in-process on a tiny model (a few steps, well under a second
+each): resuming, stopping, extending a finished WSD run, the minutes budget, what
+is logged and saved, skipped steps, damaged checkpoints and a full disk.
+
+The reference is always another run: an uninterrupted run of the same config, or
+a fresh run given the new step count from the start (what the published WSD
+recipe promises an extension equals); figures are worked out by hand."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo  # noqa: F401 - AdamW imports it on first use (3 s); here once, at collection
+import yaml
+
+import fmforge.train.loop as loop
+from fmforge.config import RunConfig, load_config
+from fmforge.pipeline import run_pipeline
+from fmforge.rundir import ArtifactError, RunDir, RunDirWriteError, read_metrics
+from fmforge.train.checkpoint import CheckpointFormatError, list_checkpoints
+
+TOKENS_PER_STEP = 8 * 32  # micro_batch_size × seq_len of tests/conftest.py's tiny config
+
+
+@pytest.fixture(scope="session")
+def _prepared(tmp_path_factory, make_tiny_config) -> Path:
+    """The tiny config's data, tokenizer and tokens, built once. Under mutmut, with
+    a mutant of the training modules (which cannot change these stages), once for
+    all the mutants' test processes: the stages are cached, so a later process
+    only finds them done."""
+    if os.environ.get("MUTANT_UNDER_TEST", "").startswith("fmforge.train."):
+        import fcntl
+        import tempfile
+
+        root = Path(tempfile.gettempdir()) / "fmforge-mutmut-train-tokens"
+        root.mkdir(exist_ok=True)
+        lock = open(root / ".lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds, the others wait
+    else:
+        root, lock = tmp_path_factory.mktemp("loop-prepared"), None
+    path = root / "c.yaml"
+    if not path.is_file():
+        path.write_text(yaml.safe_dump(make_tiny_config(root)))
+    cfg = load_config(path)
+    run_pipeline(cfg, stages=("data", "tokenizer", "tokenize"))
+    if lock is not None:
+        lock.close()
+    return Path(cfg.run_dir)
+
+
+@pytest.fixture
+def new_run(_prepared, tmp_path, make_tiny_config):
+    """``new_run(name, **train)``: (config, run directory) of a run whose tokens are
+    ready; training settings over the tiny config's (float32 everywhere, so the
+    comparisons hold on any CPU)."""
+
+    def make(name: str = "run", **train) -> tuple[RunConfig, RunDir]:
+        root = tmp_path / name
+        shutil.copytree(_prepared, root, ignore=shutil.ignore_patterns("checkpoints*", "metrics.jsonl", "tb"))
+        raw = make_tiny_config(tmp_path / f"{name}-src",
+                               train={"dtype": "float32", "tensorboard": False, "eval_every": 1000,
+                                      "checkpoint_every": 1000, **train})
+        raw["out_dir"] = str(root)
+        return RunConfig.model_validate(raw), RunDir(root)
+
+    return make
+
+
+def train(cfg: RunConfig, run: RunDir, lineage: str = "L", fresh: bool = False) -> dict:
+    return loop.run_train_stage(cfg, run, fingerprint=f"fp-{cfg.train.max_steps}", fresh=fresh,
+                                lineage=lineage)
+
+
+def losses(run: RunDir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run.metrics) if not r.get("skipped")}
+
+
+def steps_of(path: Path) -> list[int]:
+    return [s for s, _ in list_checkpoints(path)]
+
+
+def state(run: RunDir, step: int) -> dict:
+    return json.loads((run.checkpoints / f"step-{step:06d}" / "trainer_state.json").read_text())
+
+
+def _stop_at(monkeypatch, step: int, signum=signal.SIGINT, twice: bool = False):
+    """Send this process ``signum`` while step ``step`` (1-based) runs."""
+    lr_at = loop.lr_at
+
+    def lr_at_and_signal(s, max_steps, cfg):
+        if s + 1 == step:
+            os.kill(os.getpid(), signum)
+            if twice:
+                os.kill(os.getpid(), signum)
+        return lr_at(s, max_steps, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", lr_at_and_signal)
+
+
+# --------------------------------------------------------------------------- stop and resume
+
+
+def test_a_stopped_run_resumes_and_reproduces_the_uninterrupted_one(new_run, monkeypatch):
+    settings = dict(max_steps=10, checkpoint_every=4, keep_checkpoints=5, log_every=1)
+    cfg, ref = new_run("ref", **settings)
+    summary = train(cfg, ref)
+    reference = losses(ref)
+    assert sorted(reference) == list(range(1, 11))
+    assert steps_of(ref.checkpoints) == [4, 8, 10]
+    assert summary["last_checkpoint"] == 10 and summary["steps"] == 10
+
+    cfg, run = new_run("run", **settings)
+    _stop_at(monkeypatch, 6)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped by SIGINT at step 6"):
+        train(cfg, run)
+    assert signal.getsignal(signal.SIGINT) is previous  # the handlers are given back
+    assert steps_of(run.checkpoints) == [4, 6]  # saved where it stopped
+    assert state(run, 6)["step"] == 6 and state(run, 6)["tokens"] == 6 * TOKENS_PER_STEP
+    assert sorted(losses(run)) == list(range(1, 7))
+    monkeypatch.undo()
+
+    summary = train(cfg, run)
+    assert losses(run) == reference
+    assert summary["steps"] == 10 and summary["last_checkpoint"] == 10
+    assert summary["tokens"] == 10 * TOKENS_PER_STEP
+    assert summary["final_loss"] == reference[10]
+    assert steps_of(run.checkpoints) == [4, 6, 8, 10]
+
+
+def test_records_a_resume_finds_after_its_checkpoint_are_dropped_and_logging_restarts(new_run):
+    # A run that logged past its last checkpoint (killed at step 7, saved at 4):
+    # the resume redoes 5..7 and logs them once, and logs its first step.
+    cfg, run = new_run(max_steps=7, checkpoint_every=4, log_every=3)
+    train(cfg, run)
+    shutil.rmtree(run.checkpoints / "step-000007")
+    logged = [r["step"] for r in read_metrics(run.metrics)]
+    assert logged == [1, 3, 6, 7]
+    train(cfg, run)
+    assert [r["step"] for r in read_metrics(run.metrics)] == [1, 3, 5, 6, 7]
+
+
+def test_a_second_signal_stops_at_once_without_saving(new_run, monkeypatch):
+    cfg, run = new_run(max_steps=8, checkpoint_every=4)
+    _stop_at(monkeypatch, 6, signum=signal.SIGTERM, twice=True)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(cfg, run)
+    assert "stopped by" not in str(caught.value)
+    assert steps_of(run.checkpoints) == [4]
+
+
+def test_a_stop_requested_on_the_last_step_finishes_normally(new_run, monkeypatch):
+    cfg, run = new_run(max_steps=5)
+    _stop_at(monkeypatch, 5, signum=signal.SIGTERM)
+    summary = train(cfg, run)
+    assert summary["steps"] == 5 and steps_of(run.checkpoints) == [5]
+
+
+def test_a_finished_run_run_again_trains_nothing(new_run):
+    cfg, run = new_run(max_steps=4, log_every=1)
+    train(cfg, run)
+    before = losses(run)
+    summary = train(cfg, run)
+    assert losses(run) == before
+    assert summary["steps"] == 4 and summary["tokens_per_s"] is None
+    assert summary["final_loss"] == before[4] and summary["last_checkpoint"] == 4
+
+
+# --------------------------------------------------------------------------- WSD: extend a finished run
+
+
+WSD = dict(schedule="wsd", decay_fraction=0.25, warmup_steps=2, log_every=1)
+
+
+def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run):
+    # 20 steps decaying over the last 5: the decay begins at step 15, whose
+    # checkpoint is kept whatever keep_checkpoints says.
+    cfg20, run = new_run(max_steps=20, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
+    train(cfg20, run, lineage="wsd")
+    assert steps_of(run.checkpoints) == [15, 20]
+    assert state(run, 15)["max_steps"] == 20
+    # evaluations of both checkpoints, as the eval stage leaves them
+    ev = {"steps": {str(s): {"overall": {"loss": 1.0 / s}, "per_source": {}} for s in (15, 20)}}
+    run.eval_json.write_text(json.dumps(ev))
+
+    cfg40, _ = new_run("cfg40", max_steps=40, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
+    summary = train(cfg40, run, lineage="wsd")
+    cfg40, fresh = new_run("fresh", max_steps=40, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
+    train(cfg40, fresh, lineage="wsd")
+    # Continued from step 15 (not 20, which had decayed): the same losses and
+    # rates as a run of 40 steps from the start, at every step.
+    assert losses(run) == losses(fresh)
+    assert [r["lr"] for r in read_metrics(run.metrics)] == [r["lr"] for r in read_metrics(fresh.metrics)]
+    assert summary["steps"] == 40 and summary["tokens"] == 40 * TOKENS_PER_STEP
+    # 40 steps decay from step 30 on; that checkpoint is kept
+    assert steps_of(run.checkpoints) == steps_of(fresh.checkpoints) == [30, 40]
+    # step 20 is set aside (kept, not deleted) with its evaluation; step 15's stays
+    asides = list((run.root / "checkpoints.previous").iterdir())
+    assert len(asides) == 1 and steps_of(asides[0]) == [20]
+    reason = (asides[0] / "reason.txt").read_text()
+    assert "train.max_steps changed from 20 to 40" in reason and "from step 15 or before" in reason
+    assert list(json.loads((asides[0] / "eval.json").read_text())["steps"]) == ["20"]
+    assert list(json.loads(run.eval_json.read_text())["steps"]) == ["15"]
+
+
+def test_a_wsd_run_shortened_continues_from_before_the_earlier_decay(new_run):
+    # 40 steps → 30: 30 steps decay from step 22 (a quarter of 30 is 7.5, rounded
+    # to 8), so the run continues from the last checkpoint at or before 22.
+    base = dict(checkpoint_every=4, keep_checkpoints=20, **WSD)
+    cfg, run = new_run(max_steps=40, **base)
+    train(cfg, run, lineage="wsd")
+    assert steps_of(run.checkpoints) == [4, 8, 12, 16, 20, 24, 28, 30, 32, 36, 40]
+    cfg30, _ = new_run("c30", max_steps=30, **base)
+    train(cfg30, run, lineage="wsd")
+    _, fresh = new_run("fresh", max_steps=30, **base)
+    train(cfg30, fresh, lineage="wsd")
+    assert losses(run) == losses(fresh)
+    aside = next((run.root / "checkpoints.previous").iterdir())
+    assert steps_of(aside) == [24, 28, 30, 32, 36, 40]
+    assert "from step 22 or before" in (aside / "reason.txt").read_text()
+
+
+def test_a_wsd_run_stopped_before_its_decay_continues_with_the_new_count(new_run, monkeypatch):
+    # Stopped at step 6 of 20 (decay from 15); rerun with 30 steps: nothing had
+    # decayed, so it continues from step 6 with the new count, as a 30-step run.
+    base = dict(checkpoint_every=4, keep_checkpoints=5, **WSD)
+    cfg, run = new_run(max_steps=20, **base)
+    _stop_at(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, lineage="wsd")
+    monkeypatch.undo()
+    cfg30, _ = new_run("c30", max_steps=30, **base)
+    train(cfg30, run, lineage="wsd")
+    _, fresh = new_run("fresh", max_steps=30, **base)
+    train(cfg30, fresh, lineage="wsd")
+    assert losses(run) == losses(fresh)
+    assert not (run.root / "checkpoints.previous").exists()  # nothing set aside
+
+
+def test_a_checkpoint_without_a_step_count_resumes_as_it_is(new_run):
+    # (checkpoints written before the step count was recorded)
+    cfg, run = new_run(max_steps=8, checkpoint_every=2, keep_checkpoints=5, **WSD)
+    train(cfg, run, lineage="wsd")
+    shutil.rmtree(run.checkpoints / "step-000008")
+    path = run.checkpoints / "step-000006" / "trainer_state.json"
+    record = json.loads(path.read_text())
+    record.pop("max_steps")
+    path.write_text(json.dumps(record))
+    cfg12, _ = new_run("c12", max_steps=12, checkpoint_every=2, keep_checkpoints=5, **WSD)
+    train(cfg12, run, lineage="wsd")
+    assert sorted(losses(run)) == list(range(1, 13))
+    assert not (run.root / "checkpoints.previous").exists()
+
+
+# --------------------------------------------------------------------------- another lineage, --force
+
+
+def test_a_changed_lineage_or_force_sets_every_checkpoint_aside(new_run):
+    cfg, run = new_run(max_steps=4, checkpoint_every=2)
+    train(cfg, run, lineage="A")
+    ev = {"steps": {"4": {"overall": {"loss": 1.0}, "per_source": {}}}}
+    run.eval_json.write_text(json.dumps(ev))
+    train(cfg, run, lineage="B")
+    asides = sorted((run.root / "checkpoints.previous").iterdir())
+    assert len(asides) == 1 and steps_of(asides[0]) == [2, 4]
+    assert "changed since the last checkpoint" in (asides[0] / "reason.txt").read_text()
+    assert "4" in json.loads((asides[0] / "eval.json").read_text())["steps"]
+    assert not json.loads(run.eval_json.read_text()).get("steps")
+    assert steps_of(run.checkpoints) == [2, 4]
+    train(cfg, run, lineage="B", fresh=True)
+    asides = sorted((run.root / "checkpoints.previous").iterdir())
+    assert len(asides) == 2 and "--force" in (asides[1] / "reason.txt").read_text()
+    assert steps_of(asides[1]) == [2, 4] and steps_of(run.checkpoints) == [2, 4]
+
+
+# --------------------------------------------------------------------------- what is logged and saved
+
+
+def test_the_logged_records_checkpoints_and_summary(new_run):
+    cfg, run = new_run(max_steps=12, log_every=3, eval_every=5, checkpoint_every=4, keep_checkpoints=2,
+                       warmup_steps=4, lr=0.01, schedule="constant")
+    summary = train(cfg, run)
+    records = read_metrics(run.metrics)
+    # the first step, every 3rd, every validation (5, 10) and the last (a validation too)
+    assert [r["step"] for r in records] == [1, 3, 5, 6, 9, 10, 12]
+    with_val = [r["step"] for r in records if "val_loss" in r]
+    assert with_val == [5, 10, 12]
+    # warmup over 4 steps: 0.0025, 0.005, 0.0075, then 0.01 (the rate of step n is lr_at(n - 1))
+    assert [r["lr"] for r in records] == pytest.approx([0.0025, 0.0075, 0.01, 0.01, 0.01, 0.01, 0.01])
+    for r in records:
+        assert r["tokens"] == r["step"] * TOKENS_PER_STEP
+        assert r["loss"] > 0 and math.isfinite(r["grad_norm"]) and r["tokens_per_s"] > 0
+        assert r["flops_per_token"] > 0 and "skipped_steps" not in r
+    # 12 steps of 8 windows over the loader's windows per epoch
+    windows = loop.EpochWindowLoader(loop.open_tokens(run, "train"), 32, 8, 1, cfg.seed).n_windows
+    assert records[-1]["epoch"] == round(12 * 8 / windows, 4)
+    assert summary["epochs"] == round(12 * 8 / windows, 3)
+    elapsed = [r["elapsed_s"] for r in records]
+    assert elapsed == sorted(elapsed)
+    assert steps_of(run.checkpoints) == [8, 12]  # keep_checkpoints=2
+    st = state(run, 12)
+    assert (st["step"], st["max_steps"], st["tokens"], st["skipped_steps"], st["seed"]) == \
+        (12, 12, 12 * TOKENS_PER_STEP, 0, cfg.seed)
+    assert st["lineage"] == "L" and st["fingerprint"] == "fp-12"
+    assert st["model"]["d_model"] == 32 and st["params"] == summary["params"]
+    assert summary["final_loss"] == records[-1]["loss"] and summary["val_loss"] == records[-1]["val_loss"]
+    assert summary["steps"] == 12 and summary["tokens"] == 12 * TOKENS_PER_STEP
+    assert summary["processes"] == 1 and summary["skipped_steps"] == 0 and summary["device"] == "cpu"
+    assert summary["tokens_per_s"] > 0 and summary["wall_s"] >= records[-1]["elapsed_s"] - 0.05
+    assert summary["flops_per_token"] == records[-1]["flops_per_token"]
+
+
+def test_the_rates_trained_with_follow_the_schedule_by_hand(new_run, monkeypatch):
+    # cosine over 6 steps, warmup 2, lr 1e-2 → 1e-3: steps 1..6 run at
+    # 0.005, 0.01, then 1e-3 + 9e-3·(1 + cos(π·k/4))/2 for k = 1, 2, 3, 4 (the
+    # rate the optimizer actually used, read from its groups at each step).
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        seen.append([g["lr"] for g in self.param_groups])
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    cfg, run = new_run(max_steps=6, warmup_steps=2, lr=1e-2, min_lr_ratio=0.1)
+    train(cfg, run)
+    cos = [1e-3 + 9e-3 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    assert [g[0] for g in seen] == pytest.approx([0.005, 0.01] + cos, rel=1e-12)
+    assert all(g[0] == g[1] for g in seen)  # both groups (decay and no decay)
+
+
+def test_gradient_accumulation_logs_the_mean_loss_of_its_micro_batches(new_run):
+    # micro-batches of 4, two per step: the same 8 windows a step as micro-batches
+    # of 8, so the same mean loss and the same update (to float32 rounding).
+    cfg, one = new_run("one", max_steps=3, log_every=1)
+    train(cfg, one)
+    cfg, two = new_run("two", max_steps=3, log_every=1, micro_batch_size=4, grad_accum_steps=2)
+    summary = train(cfg, two)
+    assert list(losses(two).values()) == pytest.approx(list(losses(one).values()), rel=1e-4)
+    assert summary["tokens"] == 3 * TOKENS_PER_STEP
+
+
+def test_clipping_off_trains_like_an_unreachable_clip_and_a_tight_clip_differs(new_run):
+    cfg, a = new_run("a", max_steps=4, log_every=1, grad_clip=0.0)
+    train(cfg, a)
+    cfg, b = new_run("b", max_steps=4, log_every=1, grad_clip=1e9)
+    train(cfg, b)
+    cfg, c = new_run("c", max_steps=4, log_every=1, grad_clip=1e-3)
+    train(cfg, c)
+    assert losses(a) == losses(b)
+    assert losses(a)[4] != losses(c)[4]
+
+
+def test_activation_checkpointing_changes_memory_not_the_losses(new_run):
+    cfg, a = new_run("a", max_steps=3, log_every=1)
+    train(cfg, a)
+    cfg, b = new_run("b", max_steps=3, log_every=1, activation_checkpointing=True)
+    train(cfg, b)
+    assert list(losses(b).values()) == pytest.approx(list(losses(a).values()), rel=1e-6)
+
+
+def test_tokens_encoded_for_another_vocabulary_are_refused(new_run):
+    cfg, run = new_run(max_steps=2)
+    cfg.model.vocab_size = 301
+    with pytest.raises(ArtifactError, match="vocab_size=300 but the model has vocab_size=301"):
+        train(cfg, run)
+
+
+# --------------------------------------------------------------------------- the minutes budget
+
+
+def test_a_minutes_budget_decides_once_and_a_resume_keeps_it(new_run, monkeypatch):
+    cfg, run = new_run(max_steps=None, max_minutes=0.01, warmup_steps=8, log_every=1, checkpoint_every=10)
+    summary = train(cfg, run)
+    decided = json.loads((run.root / "train_budget.json").read_text())["max_steps"]
+    assert summary["steps"] == decided >= 9  # past warmup, whatever the speed
+    assert sorted(losses(run)) == list(range(1, decided + 1))
+    assert state(run, decided)["max_steps"] == decided
+    # a run given that count from the start trains the same steps
+    fixed, ref = new_run("ref", max_steps=decided, warmup_steps=8, log_every=1, checkpoint_every=10)
+    train(fixed, ref)
+    assert losses(run) == losses(ref)
+
+    # Rerun with the decision record gone: the checkpoint's count is adopted.
+    (run.root / "train_budget.json").unlink()
+    shutil.rmtree(run.checkpoints / f"step-{decided:06d}")
+    if decided > 10:
+        summary = train(cfg, run)
+        assert summary["steps"] == decided and losses(run) == losses(ref)
+
+
+def test_a_budget_run_stopped_after_its_decision_resumes_to_the_same_count(new_run, monkeypatch):
+    cfg, run = new_run(max_steps=None, max_minutes=0.02, warmup_steps=8, log_every=1, checkpoint_every=1000)
+    _stop_at(monkeypatch, 9)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run)
+    monkeypatch.undo()
+    decided = json.loads((run.root / "train_budget.json").read_text())["max_steps"]
+    assert state(run, 9)["max_steps"] == decided
+    (run.root / "train_budget.json").unlink()  # the checkpoint alone must keep the count
+    summary = train(cfg, run)
+    assert summary["steps"] == decided
+    assert sorted(losses(run)) == list(range(1, decided + 1))
+
+
+# --------------------------------------------------------------------------- skipped steps
+
+
+def _infinite_gradient_at(monkeypatch, steps: set[int]):
+    build = loop.build_model
+    calls = {"n": 0}
+
+    def build_with_hook(cfg, device):
+        model = build(cfg, device)
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * math.inf if calls["n"] in steps else grad
+
+        next(model.parameters()).register_hook(hook)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_with_hook)
+
+
+def test_skipped_steps_are_logged_counted_and_do_not_reach_the_weights(new_run, monkeypatch):
+    _infinite_gradient_at(monkeypatch, {3, 4, 6, 7})  # never 3 in a row
+    cfg, run = new_run(max_steps=8, log_every=1, max_skipped_steps=3, checkpoint_every=4)
+    summary = train(cfg, run)
+    records = read_metrics(run.metrics)
+    skipped = [r for r in records if r.get("skipped")]
+    assert [r["step"] for r in skipped] == [3, 4, 6, 7]
+    assert skipped[0]["reason"] == "non-finite gradient norm" and skipped[0]["grad_norm"] is None
+    assert math.isfinite(skipped[0]["loss"]) and [r["skipped_steps"] for r in skipped] == [1, 2, 3, 4]
+    assert "loss_scale" not in skipped[0]
+    kept = [r for r in records if not r.get("skipped")]
+    assert [r["step"] for r in kept] == [1, 2, 5, 8]
+    assert [r.get("skipped_steps") for r in kept] == [None, None, 2, 4]
+    assert summary["skipped_steps"] == 4 and state(run, 8)["skipped_steps"] == 4
+    optim = torch.load(run.checkpoints / "step-000008" / "optimizer.pt", weights_only=True)
+    assert {int(s["step"]) for s in optim["state"].values()} == {4}  # 8 steps, 4 skipped
+
+
+def test_consecutive_skips_stop_the_run_naming_the_last_good_checkpoint(new_run, monkeypatch):
+    _infinite_gradient_at(monkeypatch, set(range(5, 100)))
+    cfg, run = new_run(max_steps=12, checkpoint_every=2, keep_checkpoints=5, max_skipped_steps=3)
+    with pytest.raises(loop.TrainingDiverged, match=r"3 consecutive steps .*up to step 7\).*\(step 6\) is intact"):
+        train(cfg, run)
+    assert steps_of(run.checkpoints) == [2, 4, 6]
+
+
+def test_a_non_finite_loss_is_skipped_and_named(new_run, monkeypatch):
+    forward = loop.Transformer.forward
+    calls = {"n": 0}
+
+    def nan_on_second(self, *a, **kw):
+        out = forward(self, *a, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return out * math.nan
+        return out
+
+    monkeypatch.setattr(loop.Transformer, "forward", nan_on_second)
+    cfg, run = new_run(max_steps=3, log_every=1)
+    train(cfg, run)
+    bad = [r for r in read_metrics(run.metrics) if r.get("skipped")]
+    assert len(bad) == 1 and bad[0]["step"] == 2 and bad[0]["reason"] == "non-finite loss"
+    assert bad[0]["loss"] is None
+
+
+# --------------------------------------------------------------------------- damaged checkpoints, errors
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run):
+    cfg, run = new_run(max_steps=8, checkpoint_every=2, keep_checkpoints=4, log_every=1)
+    train(cfg, run)
+    reference = losses(run)
+    (run.checkpoints / "step-000008" / "trainer_state.json").write_text("{trunc")
+    (run.checkpoints / "step-000006" / "model.safetensors").write_bytes(b"\0" * 10)
+    (run.checkpoints / "step-000006.unreadable").mkdir()  # from an earlier time
+    summary = train(cfg, run)
+    assert (run.checkpoints / "step-000008.unreadable" / "trainer_state.json").read_text() == "{trunc"
+    assert (run.checkpoints / "step-000006.unreadable" / "model.safetensors").stat().st_size == 10
+    assert losses(run) == reference  # resumed from step 4, trained 5..8 again
+    assert summary["last_checkpoint"] == 8 and steps_of(run.checkpoints) == [2, 4, 6, 8]
+
+
+def test_a_load_error_that_is_not_damage_stops_and_sets_nothing_aside(new_run, monkeypatch):
+    cfg, run = new_run(max_steps=4, checkpoint_every=2)
+    train(cfg, run)
+
+    def oom(*a, **kw):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(loop, "load_checkpoint", oom)
+    with pytest.raises(MemoryError):
+        train(cfg, run)
+    assert steps_of(run.checkpoints) == [2, 4] and not list(run.checkpoints.glob("*.unreadable"))
+
+    def unsupported(*a, **kw):
+        raise CheckpointFormatError("sharded: consolidate it first")
+
+    monkeypatch.setattr(loop, "load_checkpoint", unsupported)
+    with pytest.raises(CheckpointFormatError):
+        train(cfg, run)
+    assert steps_of(run.checkpoints) == [2, 4]
+
+
+@pytest.mark.parametrize("stop_at", [3, 6])
+def test_a_full_disk_at_a_save_says_where_training_resumes(new_run, monkeypatch, stop_at):
+    save = loop.save_checkpoint
+
+    def full(root, step, *a, **kw):
+        if step == stop_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(root, step, *a, **kw)
+
+    monkeypatch.setattr(loop, "save_checkpoint", full)
+    cfg, run = new_run(max_steps=8, checkpoint_every=3)
+    with pytest.raises(RunDirWriteError) as caught:
+        train(cfg, run)
+    message = " ".join(str(caught.value).split())
+    assert f"The checkpoint of step {stop_at} was not written" in message
+    if stop_at == 3:
+        assert "training resumes from step 0 (the start)" in message
+    else:
+        assert "training resumes from step 3" in message and "(the start)" not in message
+
+    def broken(*a, **kw):  # not a storage error: as it is
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(loop, "save_checkpoint", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        train(*new_run("b", max_steps=2))
+
+
+def test_set_aside_of_some_checkpoints_moves_their_evaluations_and_later_ones(tmp_path):
+    run = RunDir(tmp_path)
+    for s in (2, 4, 6):
+        (run.checkpoints / f"step-{s:06d}").mkdir(parents=True)
+    ev = {"steps": {str(s): {"overall": {"loss": 1.0}, "per_source": {}} for s in (2, 4, 6)}}
+    run.eval_json.write_text(json.dumps(ev))
+    loop.set_aside(run, "why", [run.checkpoints / "step-000004", run.checkpoints / "step-000006"])
+    aside = next((tmp_path / "checkpoints.previous").iterdir())
+    assert sorted(p.name for p in aside.iterdir() if p.is_dir()) == ["step-000004", "step-000006"]
+    assert [p.name for p in run.checkpoints.iterdir()] == ["step-000002"]
+    assert sorted(json.loads((aside / "eval.json").read_text())["steps"]) == ["4", "6"]
+    assert list(json.loads(run.eval_json.read_text())["steps"]) == ["2"]
+    assert (aside / "reason.txt").read_text() == "why\n"
