@@ -171,3 +171,34 @@ def test_the_yaml_says_what_each_pattern_lists_and_loads(doc_folder, tmp_path):
             alone = SourceConfig(name=s.name, type=s.type, paths=[pattern], exclude=s.exclude)
             n = len(list_source_files(alone, cfg.config_dir, strict=False).files)
             assert int(said.group(1).replace(",", "")) == n, line
+
+
+def test_odd_folders_read_as_counted_with_few_excludes(tmp_path):
+    """A folder of programs with one name each (as /etc/alternatives) is left out
+    whole, the one readable file among them named in a warning; empty files are read
+    (as nothing) by the source that lists them; a link back up is not followed."""
+    rng = random.Random(3)
+    root = tmp_path / "odd"
+    (root / "bin").mkdir(parents=True)
+    (root / "pkg").mkdir()
+    for name in DOC_NAMES:  # more names than a dozen patterns: the text source lists the folder
+        (root / name).write_text(prose(rng, 50))
+    for i in range(10):
+        (root / "bin" / f"prog{chr(97 + i)}").write_bytes(b"\x7fELF\x02\x01\x01\0" + bytes(200))
+    (root / "bin" / "README").write_text(prose(rng, 50))
+    for i in range(3):
+        (root / "pkg" / f"m{i}.py").write_text(f"def f():\n    return {i}\n" * 5)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "again").symlink_to("..")  # ** would go round and round
+    out = tmp_path / "odd.yaml"
+    r = init_config([root], out, Budget(minutes=1), measure=False)
+    warnings = "\n".join(r.warnings)
+    assert "1 readable file left out" in warnings and "bin/README" in warnings
+    assert "again links back to a folder above it" in warnings
+    cfg = load_config(out)
+    text = _sources(cfg)["text"]
+    assert text.paths == [str(root) + "/**"]
+    assert str(root / "bin") + "/**" in text.exclude and len(text.exclude) <= 4, text.exclude
+    listed = _listed(cfg)
+    assert {Path(p).name for p in listed["code"]} == {"m0.py", "m1.py", "m2.py", "__init__.py"}
+    assert {n: len(p) for n, p in listed.items()} == _counted(out.read_text()) == {"text": 16, "code": 4}

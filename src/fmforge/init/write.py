@@ -234,7 +234,8 @@ def warnings_of(scan: Scan) -> list[str]:
     if empty:
         out.append(f"{len(empty):,} empty files, left out: {listed(empty)}")
     if scan.left_out:
-        out.append(f"{len(scan.left_out):,} readable files left out with the folder of unreadable ones around "
+        n = len(scan.left_out)
+        out.append(f"{n:,} readable file{'' if n == 1 else 's'} left out with the folder of unreadable ones around "
                    f"them (one exclude instead of one per file): {listed(scan.left_out)}; add them to a "
                    "source's paths by name to include them")
     for loop in scan.loops:
