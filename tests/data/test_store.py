@@ -4,6 +4,7 @@ local directory read back with ``os`` and ``pathlib``, and fsspec's own
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import uuid
@@ -223,18 +224,29 @@ def _damage(path, how: str) -> None:
 @pytest.mark.parametrize("victim, how", [
     (victim, how) for victim in ("tasks/00003/docs.parquet", "tasks/00003/stats.json", "markers/curate-00003.done")
     for how in ("gone", "empty", "cut", "zeroed", "one byte more") if (victim, how) != ("markers/curate-00003.done", "gone")])
-def test_a_marker_beside_a_damaged_file_is_not_trusted_and_is_reported(tmp_path, victim, how):
+def test_a_marker_beside_a_damaged_file_is_not_trusted_and_is_reported(tmp_path, capsys, victim, how):
     import pyarrow.parquet as pq
 
     root = tmp_path / "w"
     _one_task(WorkDir(str(root)))
+    size = (root / victim).stat().st_size
     assert pq.read_table(root / "tasks/00003/docs.parquet").num_rows == 3000  # pyarrow reads it back
     _damage(root / victim, how)
     rerun = WorkDir(str(root))
+    capsys.readouterr()
     assert not rerun.is_done("curate", 3)
     [report] = rerun.redone
-    assert report.startswith("curate task 3: ")
-    assert (victim if not victim.startswith("markers/") else "marker") in report
+    why = {"gone": f"{victim} is missing", "empty": f"{victim} has 0 bytes, {size} when the task ended",
+           "cut": f"{victim} has {size // 2} bytes, {size} when the task ended",
+           "one byte more": f"{victim} has {size + 1} bytes, {size} when the task ended",
+           "zeroed": f"{victim} cannot be read ("
+                     + ("ArrowInvalid: " if victim.endswith(".parquet") else "JSONDecodeError: ")}[how]
+    if victim.startswith("markers/"):
+        why = "its marker is damaged or lists no files (written by an older fmforge)"
+    assert report.startswith(f"curate task 3: {why}")
+    warning = " ".join(capsys.readouterr().err.split())  # the console wraps at 80 columns
+    assert warning.startswith(f"warning: data: curate task 3: {' '.join(why.split())}")
+    assert warning.endswith("; the task is done again")
     assert not (root / "markers/curate-00003.done").exists()  # the task is redone
     assert not rerun.is_done("curate", 3) and len(rerun.redone) == 1  # counted once
     _one_task(rerun)  # redone: trusted again
@@ -291,7 +303,7 @@ def test_a_marker_of_an_older_fmforge_that_lists_no_files_is_redone(tmp_path):
     (root / "markers/gather-train-00000.done").write_text('{"chunks": 1}')
     work = WorkDir(str(root))
     assert not work.is_done("gather-train", 0)
-    assert len(work.redone) == 1 and "gather-train task 0" in work.redone[0]
+    assert work.redone == ["gather-train task 0: its marker is damaged or lists no files (written by an older fmforge)"]
 
 
 def test_the_data_is_on_disk_before_its_marker_is_written(tmp_path, monkeypatch):
@@ -323,3 +335,81 @@ def test_an_object_store_has_nothing_to_fsync(monkeypatch):
     _one_task(work)
     assert calls == [] and WorkDir(work.url).is_done("curate", 3)
     work.remove()
+
+
+# Modification times: the data stage's input fingerprint rests on them (a touched
+# source file reruns the stage), so each filesystem's way of saying it must be read.
+
+@pytest.mark.parametrize("info, ns", [
+    ({"mtime": 1_700_000_000}, 1_700_000_000 * 10**9),  # an int of seconds, exactly
+    ({"mtime": 1.5}, 1_500_000_000),  # the local filesystem: float seconds
+    ({"LastModified": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)},
+     1_704_164_645 * 10**9),  # s3fs: a datetime; 2024-01-02T03:04:05Z is 1704164645 s after the epoch
+    ({"last_modified": "2024-01-02T03:04:05+00:00"}, 1_704_164_645 * 10**9),  # adlfs
+    ({"updated": "2024-01-02T03:04:05Z"}, 1_704_164_645 * 10**9),  # gcsfs: ISO 8601 with a Z
+    ({"created": 86_400.0}, 86_400 * 10**9),  # fsspec's memory filesystem, as a number here
+    ({"updated": "not a date", "created": 2.0}, 2_000_000_000),  # an unreadable one is skipped
+    ({"mtime": None, "created": 3}, 3_000_000_000),
+    ({"mtime": 4, "created": 5}, 4_000_000_000),  # the first one found wins
+    ({"size": 3}, 0),  # none: 0, the fingerprint then rests on the size
+    ({"mtime": [1]}, 0),  # a shape not understood
+])
+def test_each_filesystems_modification_time_in_nanoseconds(info, ns):
+    from fmforge.data.store import _mtime_ns
+
+    assert _mtime_ns(info) == ns
+
+
+def test_an_object_stores_sizes_and_times_are_what_fsspec_says(monkeypatch):
+    """stat and tree_stat on a URL: fsspec's own info read back (the memory
+    filesystem says ``created``, a datetime)."""
+    s = Store(_memory_url())
+    mem = fsspec.filesystem("memory")
+    try:
+        s.write_bytes("d/a.bin", b"12345")
+        s.write_bytes("d/e/b.bin", b"123")
+        infos = {rel: mem.info(f"{s.root}/{rel}") for rel in ("d/a.bin", "d/e/b.bin")}
+        ns = {rel: int(i["created"].timestamp() * 10**9) for rel, i in infos.items()}
+        assert all(v > 1_600_000_000 * 10**9 for v in ns.values())
+        assert s.stat("d/a.bin") == (5, ns["d/a.bin"])
+        assert s.tree_stat("d") == (8, max(ns.values()))
+        s.write_bytes("d/empty.bin", b"")  # counts 0 bytes
+        assert s.tree_stat("d")[0] == 8
+        assert s.tree_stat("nowhere") == (0, 0)
+    finally:
+        s.remove()
+
+
+def test_a_local_stores_times_are_the_nanosecond_mtimes(tmp_path):
+    s = Store(str(tmp_path))
+    s.write_bytes("d/a.bin", b"12345")
+    s.write_bytes("d/e/b.bin", b"123")
+    os.utime(tmp_path / "d/a.bin", ns=(1, 1_700_000_000_123_456_789))
+    os.utime(tmp_path / "d/e/b.bin", ns=(1, 1_600_000_000_000_000_001))
+    assert s.stat("d/a.bin") == (5, 1_700_000_000_123_456_789)
+    assert s.tree_stat("d") == (8, 1_700_000_000_123_456_789)
+
+
+def test_a_work_dir_table_reads_back_in_pyarrow_as_written(store):
+    """A table written by the work directory is a parquet file pyarrow reads back
+    whole; zstd, in row groups of 1,024 rows (the readers hold one at a time)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work = WorkDir(store.url)
+    table = pa.table({"id": [f"d{i}" for i in range(2500)], "n": list(range(2500))})
+    work.write_table("t/x.parquet", table)
+    meta = pq.ParquetFile(work.open_read("t/x.parquet")).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1024, 1024, 452]
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert pq.read_table(work.open_read("t/x.parquet")).equals(table)
+    assert work.read_table("t/x.parquet").equals(table)
+    assert work.read_table("t/x.parquet", columns=["n"]).equals(table.select(["n"]))
+
+
+def test_makedirs_is_idempotent_and_an_empty_tree_has_no_size_or_time(store):
+    store.makedirs("a/b")
+    store.makedirs("a/b")  # again: no error
+    store.makedirs()
+    assert store.isdir("a/b") and store.list("a") == ["b"]
+    assert store.tree_stat("a") == (0, 0)
