@@ -91,6 +91,21 @@ def state(run: RunDir, step: int) -> dict:
     return json.loads((run.checkpoints / f"step-{step:06d}" / "trainer_state.json").read_text())
 
 
+def count_steps(monkeypatch) -> dict:
+    """Count the optimizer steps taken from now on (a resume must train only the
+    steps after its checkpoint, though training again from the start would log the
+    same losses)."""
+    taken = {"n": 0}
+    step = torch.optim.AdamW.step
+
+    def counting(self, *a, **kw):
+        taken["n"] += 1
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting)
+    return taken
+
+
 def _stop_at(monkeypatch, step: int, signum=signal.SIGINT, twice: bool = False):
     """Send this process ``signum`` while step ``step`` (1-based) runs."""
     lr_at = loop.lr_at
@@ -128,7 +143,9 @@ def test_a_stopped_run_resumes_and_reproduces_the_uninterrupted_one(new_run, mon
     assert sorted(losses(run)) == list(range(1, 7))
     monkeypatch.undo()
 
+    taken = count_steps(monkeypatch)
     summary = train(cfg, run)
+    assert taken["n"] == 4  # steps 7..10
     assert losses(run) == reference
     assert summary["steps"] == 10 and summary["last_checkpoint"] == 10
     assert summary["tokens"] == 10 * TOKENS_PER_STEP
@@ -136,7 +153,7 @@ def test_a_stopped_run_resumes_and_reproduces_the_uninterrupted_one(new_run, mon
     assert steps_of(run.checkpoints) == [4, 6, 8, 10]
 
 
-def test_records_a_resume_finds_after_its_checkpoint_are_dropped_and_logging_restarts(new_run):
+def test_records_a_resume_finds_after_its_checkpoint_are_dropped_and_logging_restarts(new_run, monkeypatch):
     # A run that logged past its last checkpoint (killed at step 7, saved at 4):
     # the resume redoes 5..7 and logs them once, and logs its first step.
     cfg, run = new_run(max_steps=7, checkpoint_every=4, log_every=3)
@@ -144,7 +161,9 @@ def test_records_a_resume_finds_after_its_checkpoint_are_dropped_and_logging_res
     shutil.rmtree(run.checkpoints / "step-000007")
     logged = [r["step"] for r in read_metrics(run.metrics)]
     assert logged == [1, 3, 6, 7]
+    taken = count_steps(monkeypatch)
     train(cfg, run)
+    assert taken["n"] == 3
     assert [r["step"] for r in read_metrics(run.metrics)] == [1, 3, 5, 6, 7]
 
 
@@ -164,11 +183,13 @@ def test_a_stop_requested_on_the_last_step_finishes_normally(new_run, monkeypatc
     assert summary["steps"] == 5 and steps_of(run.checkpoints) == [5]
 
 
-def test_a_finished_run_run_again_trains_nothing(new_run):
+def test_a_finished_run_run_again_trains_nothing(new_run, monkeypatch):
     cfg, run = new_run(max_steps=4, log_every=1)
     train(cfg, run)
     before = losses(run)
+    taken = count_steps(monkeypatch)
     summary = train(cfg, run)
+    assert taken["n"] == 0
     assert losses(run) == before
     assert summary["steps"] == 4 and summary["tokens_per_s"] is None
     assert summary["final_loss"] == before[4] and summary["last_checkpoint"] == 4
@@ -180,7 +201,7 @@ def test_a_finished_run_run_again_trains_nothing(new_run):
 WSD = dict(schedule="wsd", decay_fraction=0.25, warmup_steps=2, log_every=1)
 
 
-def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run):
+def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run, monkeypatch):
     # 20 steps decaying over the last 5: the decay begins at step 15, whose
     # checkpoint is kept whatever keep_checkpoints says.
     cfg20, run = new_run(max_steps=20, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
@@ -192,7 +213,9 @@ def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run
     run.eval_json.write_text(json.dumps(ev))
 
     cfg40, _ = new_run("cfg40", max_steps=40, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
+    taken = count_steps(monkeypatch)
     summary = train(cfg40, run, lineage="wsd")
+    assert taken["n"] == 25  # from step 15
     cfg40, fresh = new_run("fresh", max_steps=40, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
     train(cfg40, fresh, lineage="wsd")
     # Continued from step 15 (not 20, which had decayed): the same losses and
@@ -211,7 +234,7 @@ def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run
     assert list(json.loads(run.eval_json.read_text())["steps"]) == ["15"]
 
 
-def test_a_wsd_run_shortened_continues_from_before_the_earlier_decay(new_run):
+def test_a_wsd_run_shortened_continues_from_before_the_earlier_decay(new_run, monkeypatch):
     # 40 steps → 30: 30 steps decay from step 22 (a quarter of 30 is 7.5, rounded
     # to 8), so the run continues from the last checkpoint at or before 22.
     base = dict(checkpoint_every=4, keep_checkpoints=20, **WSD)
@@ -219,7 +242,9 @@ def test_a_wsd_run_shortened_continues_from_before_the_earlier_decay(new_run):
     train(cfg, run, lineage="wsd")
     assert steps_of(run.checkpoints) == [4, 8, 12, 16, 20, 24, 28, 30, 32, 36, 40]
     cfg30, _ = new_run("c30", max_steps=30, **base)
+    taken = count_steps(monkeypatch)
     train(cfg30, run, lineage="wsd")
+    assert taken["n"] == 10  # from step 20
     _, fresh = new_run("fresh", max_steps=30, **base)
     train(cfg30, fresh, lineage="wsd")
     assert losses(run) == losses(fresh)
@@ -238,14 +263,16 @@ def test_a_wsd_run_stopped_before_its_decay_continues_with_the_new_count(new_run
         train(cfg, run, lineage="wsd")
     monkeypatch.undo()
     cfg30, _ = new_run("c30", max_steps=30, **base)
+    taken = count_steps(monkeypatch)
     train(cfg30, run, lineage="wsd")
+    assert taken["n"] == 24  # from step 6
     _, fresh = new_run("fresh", max_steps=30, **base)
     train(cfg30, fresh, lineage="wsd")
     assert losses(run) == losses(fresh)
     assert not (run.root / "checkpoints.previous").exists()  # nothing set aside
 
 
-def test_a_checkpoint_without_a_step_count_resumes_as_it_is(new_run):
+def test_a_checkpoint_without_a_step_count_resumes_as_it_is(new_run, monkeypatch):
     # (checkpoints written before the step count was recorded)
     cfg, run = new_run(max_steps=8, checkpoint_every=2, keep_checkpoints=5, **WSD)
     train(cfg, run, lineage="wsd")
@@ -255,7 +282,9 @@ def test_a_checkpoint_without_a_step_count_resumes_as_it_is(new_run):
     record.pop("max_steps")
     path.write_text(json.dumps(record))
     cfg12, _ = new_run("c12", max_steps=12, checkpoint_every=2, keep_checkpoints=5, **WSD)
+    taken = count_steps(monkeypatch)
     train(cfg12, run, lineage="wsd")
+    assert taken["n"] == 6  # from step 6
     assert sorted(losses(run)) == list(range(1, 13))
     assert not (run.root / "checkpoints.previous").exists()
 
@@ -377,38 +406,58 @@ def test_tokens_encoded_for_another_vocabulary_are_refused(new_run):
 # --------------------------------------------------------------------------- the minutes budget
 
 
-def test_a_minutes_budget_decides_once_and_a_resume_keeps_it(new_run, monkeypatch):
-    cfg, run = new_run(max_steps=None, max_minutes=0.01, warmup_steps=8, log_every=1, checkpoint_every=10)
+def _scripted_clock(monkeypatch):
+    """The budget's measures as if every timed step took 10 ms and nothing else
+    took time (the budget's own arithmetic is tested in test_step_budget.py)."""
+    from fmforge.train.budget import StepBudget
+
+    decide = StepBudget.decide
+
+    def scripted(self, done, elapsed_s, accum):
+        self._durations = [0.01] * len(self._durations)
+        return decide(self, done, 0.0, accum)
+
+    monkeypatch.setattr(StepBudget, "decide", scripted)
+
+
+# 0.002 min less 3% is 0.1164 s; 10 ms a step (validation: 2 batches / 3 / 1000
+# steps, 7e-6 s a step) → 11 more steps after the 8 timed ones: 19.
+BUDGET = dict(max_steps=None, max_minutes=0.002, warmup_steps=8, log_every=1)
+
+
+def test_a_minutes_budget_decides_after_warmup_and_trains_that_schedule(new_run, monkeypatch):
+    _scripted_clock(monkeypatch)
+    cfg, run = new_run(checkpoint_every=5, keep_checkpoints=5, **BUDGET)
     summary = train(cfg, run)
-    decided = json.loads((run.root / "train_budget.json").read_text())["max_steps"]
-    assert summary["steps"] == decided >= 9  # past warmup, whatever the speed
-    assert sorted(losses(run)) == list(range(1, decided + 1))
-    assert state(run, decided)["max_steps"] == decided
-    # a run given that count from the start trains the same steps
-    fixed, ref = new_run("ref", max_steps=decided, warmup_steps=8, log_every=1, checkpoint_every=10)
+    assert json.loads((run.root / "train_budget.json").read_text())["decided_after_steps"] == 8
+    assert summary["steps"] == 19 and summary["tokens"] == 19 * TOKENS_PER_STEP
+    assert sorted(losses(run)) == list(range(1, 20))
+    assert steps_of(run.checkpoints)[-1] == 19 and state(run, 19)["max_steps"] == 19
+    assert state(run, 15)["max_steps"] == 19 and state(run, 5)["max_steps"] is None  # before the decision
+    # a run given 19 steps from the start trains the same steps at the same rates
+    fixed, ref = new_run("ref", max_steps=19, warmup_steps=8, log_every=1)
     train(fixed, ref)
     assert losses(run) == losses(ref)
-
-    # Rerun with the decision record gone: the checkpoint's count is adopted.
-    (run.root / "train_budget.json").unlink()
-    shutil.rmtree(run.checkpoints / f"step-{decided:06d}")
-    if decided > 10:
-        summary = train(cfg, run)
-        assert summary["steps"] == decided and losses(run) == losses(ref)
+    assert [r["lr"] for r in read_metrics(run.metrics)] == [r["lr"] for r in read_metrics(ref.metrics)]
 
 
 def test_a_budget_run_stopped_after_its_decision_resumes_to_the_same_count(new_run, monkeypatch):
-    cfg, run = new_run(max_steps=None, max_minutes=0.02, warmup_steps=8, log_every=1, checkpoint_every=1000)
-    _stop_at(monkeypatch, 9)
+    _scripted_clock(monkeypatch)
+    cfg, run = new_run(checkpoint_every=1000, **BUDGET)
+    _stop_at(monkeypatch, 12)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run)
     monkeypatch.undo()
-    decided = json.loads((run.root / "train_budget.json").read_text())["max_steps"]
-    assert state(run, 9)["max_steps"] == decided
-    (run.root / "train_budget.json").unlink()  # the checkpoint alone must keep the count
+    assert state(run, 12)["max_steps"] == 19
+    # the checkpoint alone must keep the count (the record is gone; the machine is
+    # now so slow that a new decision would give fewer steps)
+    (run.root / "train_budget.json").unlink()
+    monkeypatch.setattr("fmforge.train.budget.StepBudget.decide",
+                        lambda *a: pytest.fail("decided again"))
+    taken = count_steps(monkeypatch)
     summary = train(cfg, run)
-    assert summary["steps"] == decided
-    assert sorted(losses(run)) == list(range(1, decided + 1))
+    assert taken["n"] == 7 and summary["steps"] == 19
+    assert sorted(losses(run)) == list(range(1, 20))
 
 
 # --------------------------------------------------------------------------- skipped steps
@@ -480,14 +529,16 @@ def test_a_non_finite_loss_is_skipped_and_named(new_run, monkeypatch):
 # --------------------------------------------------------------------------- damaged checkpoints, errors
 
 
-def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run):
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run, monkeypatch):
     cfg, run = new_run(max_steps=8, checkpoint_every=2, keep_checkpoints=4, log_every=1)
     train(cfg, run)
     reference = losses(run)
     (run.checkpoints / "step-000008" / "trainer_state.json").write_text("{trunc")
     (run.checkpoints / "step-000006" / "model.safetensors").write_bytes(b"\0" * 10)
     (run.checkpoints / "step-000006.unreadable").mkdir()  # from an earlier time
+    taken = count_steps(monkeypatch)
     summary = train(cfg, run)
+    assert taken["n"] == 4  # from step 4
     assert (run.checkpoints / "step-000008.unreadable" / "trainer_state.json").read_text() == "{trunc"
     assert (run.checkpoints / "step-000006.unreadable" / "model.safetensors").stat().st_size == 10
     assert losses(run) == reference  # resumed from step 4, trained 5..8 again

@@ -261,3 +261,15 @@ def test_parameters_on_a_device_without_a_fused_kernel_get_the_default_implement
     opt = build_optimizer(frozen, TrainConfig())
     assert [len(g["params"]) for g in opt.param_groups] == [0, 1]  # only the bias
     assert opt.defaults["fused"] is True
+
+
+@pytest.mark.gpu
+def test_parameters_on_cuda_take_the_fused_kernel_too():
+    import torch
+
+    from fmforge.train.optim import build_optimizer
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = torch.nn.Linear(3, 3, device="cuda")
+    assert build_optimizer(model, TrainConfig()).defaults["fused"] is True
