@@ -529,17 +529,19 @@ def test_a_non_finite_loss_is_skipped_and_named(new_run, monkeypatch):
 # --------------------------------------------------------------------------- damaged checkpoints, errors
 
 
-def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run, monkeypatch):
+@pytest.mark.parametrize("damage", [b"{trunc", b"\xff\xfe{"])  # not JSON; not even UTF-8
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run, monkeypatch, damage):
     cfg, run = new_run(max_steps=8, checkpoint_every=2, keep_checkpoints=4, log_every=1)
     train(cfg, run)
     reference = losses(run)
-    (run.checkpoints / "step-000008" / "trainer_state.json").write_text("{trunc")
+    (run.checkpoints / "step-000008" / "trainer_state.json").write_bytes(damage)
     (run.checkpoints / "step-000006" / "model.safetensors").write_bytes(b"\0" * 10)
     (run.checkpoints / "step-000006.unreadable").mkdir()  # from an earlier time
+    (run.checkpoints / "step-000006.unreadable" / "old").write_text("x")
     taken = count_steps(monkeypatch)
     summary = train(cfg, run)
     assert taken["n"] == 4  # from step 4
-    assert (run.checkpoints / "step-000008.unreadable" / "trainer_state.json").read_text() == "{trunc"
+    assert (run.checkpoints / "step-000008.unreadable" / "trainer_state.json").read_bytes() == damage
     assert (run.checkpoints / "step-000006.unreadable" / "model.safetensors").stat().st_size == 10
     assert losses(run) == reference  # resumed from step 4, trained 5..8 again
     assert summary["last_checkpoint"] == 8 and steps_of(run.checkpoints) == [2, 4, 6, 8]
@@ -607,3 +609,144 @@ def test_set_aside_of_some_checkpoints_moves_their_evaluations_and_later_ones(tm
     assert sorted(json.loads((aside / "eval.json").read_text())["steps"]) == ["4", "6"]
     assert list(json.loads(run.eval_json.read_text())["steps"]) == ["2"]
     assert (aside / "reason.txt").read_text() == "why\n"
+
+
+# --------------------------------------------------------------------------- more of what a user sees
+
+
+def _edit_state(run: RunDir, step: int, **changes) -> None:
+    path = run.checkpoints / f"step-{step:06d}" / "trainer_state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_resume_carries_the_time_and_the_skipped_steps_of_the_run_before(new_run, monkeypatch):
+    cfg, run = new_run(max_steps=8, checkpoint_every=4, keep_checkpoints=3, log_every=1)
+    train(cfg, run)
+    shutil.rmtree(run.checkpoints / "step-000008")
+    _edit_state(run, 4, elapsed_s=1000.0, skipped_steps=5)  # as if 1000 s and 5 skips before
+    summary = train(cfg, run)
+    after = [r for r in read_metrics(run.metrics) if r["step"] > 4]
+    assert [r["step"] for r in after] == [5, 6, 7, 8]
+    assert all(1000.0 <= r["elapsed_s"] < 1000.0 + 600 for r in after)
+    assert all(r["skipped_steps"] == 5 for r in after)
+    assert summary["wall_s"] >= 1000.0 and summary["skipped_steps"] == 5
+    assert state(run, 8)["skipped_steps"] == 5 and state(run, 8)["elapsed_s"] >= 1000.0
+
+
+def test_what_the_trainer_says(new_run, monkeypatch, capsys):
+    cfg, run = new_run(max_steps=6, eval_every=3, checkpoint_every=3, keep_checkpoints=3)
+    train(cfg, run)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model: 40,480 parameters; 256 tokens per step (1 × 1 × 8 × 32); device cpu, float32" in err
+    assert "193 windows per epoch" in err
+    assert "step 3/6: loss " in err and "step 6/6: loss " in err and ", val loss " in err
+    assert " tokens/s" in err and "MFU" in err
+    shutil.rmtree(run.checkpoints / "step-000006")
+    train(cfg, run)
+    err = " ".join(capsys.readouterr().err.split())
+    flat = "".join(err.split())  # (the console wraps a long path anywhere)
+    assert "resuming training from " in err and "step-000003(step3)" in flat
+    assert "step 6/6" in err and "step 3/6" not in err
+
+
+def test_mfu_is_the_achieved_flops_over_the_measured_peak_and_absent_without_a_peak(new_run, monkeypatch):
+    from fmforge.hardware import HardwareError, device_peak_flops
+
+    cfg, run = new_run(max_steps=3, log_every=1)
+    train(cfg, run)
+    peak = device_peak_flops("cpu", "float32")
+    for r in read_metrics(run.metrics):
+        # model FLOPs utilisation (PaLM): tokens/s × FLOPs per token / peak FLOP/s
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / peak, abs=1e-4)
+
+    def unknown(*a):
+        raise HardwareError("no peak known for this device")
+
+    monkeypatch.setattr(loop, "device_peak_flops", unknown)
+    cfg, run = new_run("b", max_steps=2, log_every=1)
+    train(cfg, run)
+    assert all("mfu" not in r for r in read_metrics(run.metrics))
+
+
+def test_validation_records_bits_per_byte_and_tensorboard_only_when_asked(new_run):
+    cfg, run = new_run(max_steps=2, eval_every=2, log_every=1)
+    train(cfg, run)
+    last = read_metrics(run.metrics)[-1]
+    assert last["val_bits_per_byte"] > 0 and last["val_loss"] > 0
+    assert not (run.root / "tb").exists()  # tensorboard: false
+    cfg, run = new_run("tb", max_steps=2, tensorboard=True)
+    train(cfg, run)
+    assert list((run.root / "tb").glob("events.out.tfevents.*"))
+
+
+def test_training_started_from_another_thread_runs_without_signal_handlers(new_run):
+    import threading
+
+    cfg, run = new_run(max_steps=2)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(summary=train(cfg, run)))
+    worker.start()
+    worker.join(timeout=300)
+    assert result["summary"]["steps"] == 2
+
+
+def test_activation_checkpointing_recomputes_each_block_and_only_when_asked(new_run, monkeypatch):
+    import torch.utils.checkpoint as ckpt
+
+    calls = {"n": 0}
+    checkpoint = ckpt.checkpoint
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        assert kw.get("use_reentrant") is False
+        return checkpoint(*a, **kw)
+
+    monkeypatch.setattr(ckpt, "checkpoint", counting)
+    cfg, run = new_run(max_steps=2, eval_every=1000)
+    train(cfg, run)
+    assert calls["n"] == 0
+    cfg, run = new_run("ac", max_steps=2, eval_every=1000, activation_checkpointing=True)
+    train(cfg, run)
+    # 2 blocks, 2 steps of one micro-batch, plus the final validation's 2 batches
+    assert calls["n"] == 2 * 2 + 2 * 2
+
+
+def test_float16_with_its_scaler_skips_overflows_and_counts_only_incurable_ones(new_run, monkeypatch):
+    # Float16 training needs CUDA; the trainer is told it has float16 here and the
+    # gradient scaler runs on the CPU. Every gradient is infinite from step 3 on:
+    # the scaler halves its scale of 2^16 at each overflow (16 of them bring it to
+    # 1), and only then do the skips count towards the limit of 3.
+    _infinite_gradient_at(monkeypatch, set(range(3, 1000)))
+    monkeypatch.setattr(loop, "resolve_dtype", lambda device, cfg: "float16")
+    cfg, run = new_run(max_steps=40, max_skipped_steps=3, warmup_steps=2, checkpoint_every=1000)
+    with pytest.raises(loop.TrainingDiverged, match="3 consecutive steps"):
+        train(cfg, run)
+    skipped = [r for r in read_metrics(run.metrics) if r.get("skipped")]
+    assert [r["step"] for r in skipped] == list(range(3, 3 + 16 + 3))
+    assert [r["loss_scale"] for r in skipped] == [2.0 ** (16 - i) for i in range(16)] + [1.0, 0.5, 0.25]
+
+
+def test_float16_trains_through_the_scaler_like_float32(new_run, monkeypatch):
+    cfg, a = new_run("a", max_steps=3, log_every=1)
+    train(cfg, a)
+    monkeypatch.setattr(loop, "resolve_dtype", lambda device, cfg: "float16")
+    monkeypatch.setattr(loop, "autocast", lambda device, cfg: torch.autocast("cpu", enabled=False))
+    cfg, b = new_run("b", max_steps=3, log_every=1)
+    train(cfg, b)
+    # the scaler multiplies the loss by 2^16 and divides the gradients back: the
+    # same steps (to float32 rounding of the scaling)
+    assert list(losses(b).values()) == pytest.approx(list(losses(a).values()), rel=1e-5)
+
+
+def test_a_checkpoint_that_fails_halfway_through_loading_leaves_no_trace_in_the_model(new_run, monkeypatch):
+    # Its weights load, then its optimizer state does not: with no checkpoint
+    # before it, training starts afresh, from the seed's weights, not the half-load.
+    cfg, run = new_run(max_steps=4, checkpoint_every=4, log_every=1)
+    train(cfg, run)
+    reference = losses(run)
+    optim = run.checkpoints / "step-000004" / "optimizer.pt"
+    optim.write_bytes(optim.read_bytes()[:100])
+    taken = count_steps(monkeypatch)
+    train(cfg, run)
+    assert taken["n"] == 4 and (run.checkpoints / "step-000004.unreadable").is_dir()
+    assert losses(run) == reference
