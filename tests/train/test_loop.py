@@ -83,6 +83,11 @@ def losses(run: RunDir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run.metrics) if not r.get("skipped")}
 
 
+def said(capsys) -> str:
+    """What the trainer printed since the last call, its line wrapping undone."""
+    return " ".join(capsys.readouterr().err.split())
+
+
 def steps_of(path: Path) -> list[int]:
     return [s for s, _ in list_checkpoints(path)]
 
@@ -123,7 +128,7 @@ def _stop_at(monkeypatch, step: int, signum=signal.SIGINT, twice: bool = False):
 # --------------------------------------------------------------------------- stop and resume
 
 
-def test_a_stopped_run_resumes_and_reproduces_the_uninterrupted_one(new_run, monkeypatch):
+def test_a_stopped_run_resumes_and_reproduces_the_uninterrupted_one(new_run, monkeypatch, capsys):
     settings = dict(max_steps=10, checkpoint_every=4, keep_checkpoints=5, log_every=1)
     cfg, ref = new_run("ref", **settings)
     summary = train(cfg, ref)
@@ -138,6 +143,7 @@ def test_a_stopped_run_resumes_and_reproduces_the_uninterrupted_one(new_run, mon
     with pytest.raises(KeyboardInterrupt, match="stopped by SIGINT at step 6"):
         train(cfg, run)
     assert signal.getsignal(signal.SIGINT) is previous  # the handlers are given back
+    assert "SIGINT: saving a checkpoint at the end of this step (send again to stop at once)" in said(capsys)
     assert steps_of(run.checkpoints) == [4, 6]  # saved where it stopped
     assert state(run, 6)["step"] == 6 and state(run, 6)["tokens"] == 6 * TOKENS_PER_STEP
     assert sorted(losses(run)) == list(range(1, 7))
@@ -201,7 +207,7 @@ def test_a_finished_run_run_again_trains_nothing(new_run, monkeypatch):
 WSD = dict(schedule="wsd", decay_fraction=0.25, warmup_steps=2, log_every=1)
 
 
-def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run, monkeypatch):
+def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run, monkeypatch, capsys):
     # 20 steps decaying over the last 5: the decay begins at step 15, whose
     # checkpoint is kept whatever keep_checkpoints says.
     cfg20, run = new_run(max_steps=20, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
@@ -214,8 +220,12 @@ def test_a_finished_wsd_run_extended_equals_a_run_given_the_longer_count(new_run
 
     cfg40, _ = new_run("cfg40", max_steps=40, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
     taken = count_steps(monkeypatch)
+    capsys.readouterr()
     summary = train(cfg40, run, lineage="wsd")
     assert taken["n"] == 25  # from step 15
+    assert ("train.max_steps changed from 20 to 40: continuing from step 15 or before, where the "
+            "learning-rate decay had not begun; the later checkpoints (and their evaluations) are "
+            "kept in") in said(capsys)
     cfg40, fresh = new_run("fresh", max_steps=40, checkpoint_every=4, keep_checkpoints=1, eval_every=10, **WSD)
     train(cfg40, fresh, lineage="wsd")
     # Continued from step 15 (not 20, which had decayed): the same losses and
@@ -292,12 +302,15 @@ def test_a_checkpoint_without_a_step_count_resumes_as_it_is(new_run, monkeypatch
 # --------------------------------------------------------------------------- another lineage, --force
 
 
-def test_a_changed_lineage_or_force_sets_every_checkpoint_aside(new_run):
+def test_a_changed_lineage_or_force_sets_every_checkpoint_aside(new_run, capsys):
     cfg, run = new_run(max_steps=4, checkpoint_every=2)
     train(cfg, run, lineage="A")
     ev = {"steps": {"4": {"overall": {"loss": 1.0}, "per_source": {}}}}
     run.eval_json.write_text(json.dumps(ev))
+    capsys.readouterr()
     train(cfg, run, lineage="B")
+    assert ("the model, training settings or data changed since the last checkpoint: starting afresh; "
+            "the earlier checkpoints (and their evaluations) are kept in") in said(capsys)
     asides = sorted((run.root / "checkpoints.previous").iterdir())
     assert len(asides) == 1 and steps_of(asides[0]) == [2, 4]
     assert "changed since the last checkpoint" in (asides[0] / "reason.txt").read_text()
@@ -305,6 +318,7 @@ def test_a_changed_lineage_or_force_sets_every_checkpoint_aside(new_run):
     assert not json.loads(run.eval_json.read_text()).get("steps")
     assert steps_of(run.checkpoints) == [2, 4]
     train(cfg, run, lineage="B", fresh=True)
+    assert "--force: starting afresh; the earlier checkpoints (and their evaluations) are kept in" in said(capsys)
     asides = sorted((run.root / "checkpoints.previous").iterdir())
     assert len(asides) == 2 and "--force" in (asides[1] / "reason.txt").read_text()
     assert steps_of(asides[1]) == [2, 4] and steps_of(run.checkpoints) == [2, 4]
@@ -480,7 +494,7 @@ def _infinite_gradient_at(monkeypatch, steps: set[int]):
     monkeypatch.setattr(loop, "build_model", build_with_hook)
 
 
-def test_skipped_steps_are_logged_counted_and_do_not_reach_the_weights(new_run, monkeypatch):
+def test_skipped_steps_are_logged_counted_and_do_not_reach_the_weights(new_run, monkeypatch, capsys):
     _infinite_gradient_at(monkeypatch, {3, 4, 6, 7})  # never 3 in a row
     cfg, run = new_run(max_steps=8, log_every=1, max_skipped_steps=3, checkpoint_every=4)
     summary = train(cfg, run)
@@ -494,6 +508,9 @@ def test_skipped_steps_are_logged_counted_and_do_not_reach_the_weights(new_run, 
     assert [r["step"] for r in kept] == [1, 2, 5, 8]
     assert [r.get("skipped_steps") for r in kept] == [None, None, 2, 4]
     assert summary["skipped_steps"] == 4 and state(run, 8)["skipped_steps"] == 4
+    err = said(capsys)
+    assert ("step 4: non-finite gradient norm, step skipped (weights and optimizer unchanged; "
+            "2 in a row)") in err and "loss scale" not in err
     optim = torch.load(run.checkpoints / "step-000008" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in optim["state"].values()} == {4}  # 8 steps, 4 skipped
 
@@ -506,7 +523,7 @@ def test_consecutive_skips_stop_the_run_naming_the_last_good_checkpoint(new_run,
     assert steps_of(run.checkpoints) == [2, 4, 6]
 
 
-def test_a_non_finite_loss_is_skipped_and_named(new_run, monkeypatch):
+def test_a_non_finite_loss_is_skipped_and_named(new_run, monkeypatch, capsys):
     forward = loop.Transformer.forward
     calls = {"n": 0}
 
@@ -524,13 +541,15 @@ def test_a_non_finite_loss_is_skipped_and_named(new_run, monkeypatch):
     bad = [r for r in read_metrics(run.metrics) if r.get("skipped")]
     assert len(bad) == 1 and bad[0]["step"] == 2 and bad[0]["reason"] == "non-finite loss"
     assert bad[0]["loss"] is None
+    assert "step 2: non-finite loss, step skipped" in said(capsys)
 
 
 # --------------------------------------------------------------------------- damaged checkpoints, errors
 
 
 @pytest.mark.parametrize("damage", [b"{trunc", b"\xff\xfe{"])  # not JSON; not even UTF-8
-def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run, monkeypatch, damage):
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_run, monkeypatch, damage,
+                                                                        capsys):
     cfg, run = new_run(max_steps=8, checkpoint_every=2, keep_checkpoints=4, log_every=1)
     train(cfg, run)
     reference = losses(run)
@@ -539,8 +558,13 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(new_ru
     (run.checkpoints / "step-000006.unreadable").mkdir()  # from an earlier time
     (run.checkpoints / "step-000006.unreadable" / "old").write_text("x")
     taken = count_steps(monkeypatch)
+    capsys.readouterr()
     summary = train(cfg, run)
     assert taken["n"] == 4  # from step 4
+    err = said(capsys)
+    assert ("cannot be loaded (its trainer_state.json is not valid JSON); set aside as "
+            "step-000008.unreadable, trying the one before it") in err
+    assert "the latest checkpoint " in err and "set aside as step-000006.unreadable" in err
     assert (run.checkpoints / "step-000008.unreadable" / "trainer_state.json").read_bytes() == damage
     assert (run.checkpoints / "step-000006.unreadable" / "model.safetensors").stat().st_size == 10
     assert losses(run) == reference  # resumed from step 4, trained 5..8 again
@@ -649,7 +673,8 @@ def test_what_the_trainer_says(new_run, monkeypatch, capsys):
     assert "step 6/6" in err and "step 3/6" not in err
 
 
-def test_mfu_is_the_achieved_flops_over_the_measured_peak_and_absent_without_a_peak(new_run, monkeypatch):
+def test_mfu_is_the_achieved_flops_over_the_measured_peak_and_absent_without_a_peak(new_run, monkeypatch,
+                                                                                  capsys):
     from fmforge.hardware import HardwareError, device_peak_flops
 
     cfg, run = new_run(max_steps=3, log_every=1)
@@ -664,8 +689,11 @@ def test_mfu_is_the_achieved_flops_over_the_measured_peak_and_absent_without_a_p
 
     monkeypatch.setattr(loop, "device_peak_flops", unknown)
     cfg, run = new_run("b", max_steps=2, log_every=1)
+    capsys.readouterr()
     train(cfg, run)
     assert all("mfu" not in r for r in read_metrics(run.metrics))
+    err = said(capsys)
+    assert "MFU not logged: no peak known for this device" in err and "MFU 0" not in err
 
 
 def test_validation_records_bits_per_byte_and_tensorboard_only_when_asked(new_run):
@@ -711,7 +739,7 @@ def test_activation_checkpointing_recomputes_each_block_and_only_when_asked(new_
     assert calls["n"] == 2 * 2 + 2 * 2
 
 
-def test_float16_with_its_scaler_skips_overflows_and_counts_only_incurable_ones(new_run, monkeypatch):
+def test_float16_with_its_scaler_skips_overflows_and_counts_only_incurable_ones(new_run, monkeypatch, capsys):
     # Float16 training needs CUDA; the trainer is told it has float16 here and the
     # gradient scaler runs on the CPU. Every gradient is infinite from step 3 on:
     # the scaler halves its scale of 2^16 at each overflow (16 of them bring it to
@@ -724,6 +752,10 @@ def test_float16_with_its_scaler_skips_overflows_and_counts_only_incurable_ones(
     skipped = [r for r in read_metrics(run.metrics) if r.get("skipped")]
     assert [r["step"] for r in skipped] == list(range(3, 3 + 16 + 3))
     assert [r["loss_scale"] for r in skipped] == [2.0 ** (16 - i) for i in range(16)] + [1.0, 0.5, 0.25]
+    err = said(capsys)
+    assert "step 3: non-finite gradient norm, step skipped (weights and optimizer unchanged; 0 in a row; " \
+        "float16 loss scale 65536, halved)" in err
+    assert "(weights and optimizer unchanged; 3 in a row; float16 loss scale 0.25, halved)" in err
 
 
 def test_float16_trains_through_the_scaler_like_float32(new_run, monkeypatch):
