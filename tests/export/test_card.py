@@ -160,3 +160,84 @@ def test_export_hf_on_the_command_line_writes_the_card(evaluated, tmp_path):
     res = CliRunner().invoke(app, ["export", "hf", str(evaluated.root), str(tmp_path / "b"), "--card-paths"])
     assert res.exit_code == 0, res.output
     assert str(evaluated.root.resolve()) in (tmp_path / "b" / "README.md").read_text()
+
+
+def _labelled_copy(evaluated: RunDir, tmp_path: Path, export: dict) -> RunDir:
+    """The evaluated run with an ``export:`` section added to its config.yaml, as
+    docs/export.md tells a user to label a trained run."""
+    import yaml
+
+    copy = RunDir(shutil.copytree(evaluated.root, tmp_path / "labelled"))
+    raw = yaml.safe_load(copy.config.read_text())
+    raw["export"] = export
+    copy.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return copy
+
+
+def test_the_export_labels_are_printed_as_written(evaluated, tmp_path):
+    """The author, the license and the URL the user wrote appear verbatim (a URL
+    lower-cased no longer points where it did), and the commands of the usage
+    section run in a shell as printed although the model's name has spaces."""
+    import shlex
+
+    label = {"name": "Acme: Code 1M", "license": "apache-2.0", "author": "Acme ML team",
+             "source_url": "https://example.org/Models/Acme-Code-1M"}
+    out = export_hf(_labelled_copy(evaluated, tmp_path, label), tmp_path / "hf")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.model_name == "Acme: Code 1M"
+    assert "Acme ML team" in card.text
+    assert "https://example.org/Models/Acme-Code-1M" in card.text
+    bash = card.text.split("```bash\n", 1)[1].split("```", 1)[0]
+    for line in bash.strip().splitlines():
+        words = shlex.split(line)
+        if words[:3] == ["fmforge", "export", "gguf"]:
+            assert words[3] == "labelled" and words[4].endswith(".gguf") and words[5:] == ["--dtype", "f16"], words
+            gguf_file = words[4]
+        else:
+            assert words[0] == "llama-cli" and words[words.index("-m") + 1] == gguf_file, words
+
+
+def test_each_lm_eval_result_carries_its_own_few_shot_count(evaluated, tmp_path):
+    """Two `fmforge eval harness` runs of the same step with different --num-fewshot:
+    each task's model-index entry says the count it was run with, as the Open LLM
+    Leaderboard's cards do (dataset.args.num_few_shot)."""
+    from fmforge.eval.results import record_harness
+
+    copy = RunDir(shutil.copytree(evaluated.root, tmp_path / "run"))
+    step = json.loads(copy.eval_json.read_text())["step"]
+    record_harness(copy, step, {"tasks": {"five_shot": {"alias": "five_shot", "acc,none": 0.5}},
+                                "config": {"tasks": ["five_shot"], "num_fewshot": 5, "limit": 200,
+                                           "n_samples": {"five_shot": {"original": 2376, "effective": 200}}}})
+    record_harness(copy, step, {"tasks": {"mmlu_abstract_algebra": {"alias": "  - abstract_algebra",
+                                                                     "acc,none": 0.25}},
+                                "config": {"tasks": ["mmlu_abstract_algebra"], "num_fewshot": None}})
+    out = export_hf(copy, tmp_path / "hf")
+    shots = {r.dataset_type: (r.dataset_args or {}).get("num_few_shot")
+             for r in ModelCard.load(out / "README.md").data.eval_results if r.dataset_type != "fmforge-heldout"}
+    # tiny_mc was run with 0 shots (the fixture), five_shot with 5; the last run left
+    # the count to the task's own default, which the record does not know: not stated
+    assert shots == {"tiny_mc": 0, "five_shot": 5, "mmlu_abstract_algebra": None}
+    names = {r.dataset_type: r.dataset_name for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert names["mmlu_abstract_algebra"] == "abstract_algebra"  # lm-eval's indented alias, without its dash
+    # the body says a --limit run scored part of the task, and with how many shots
+    row = next(ln for ln in ModelCard.load(out / "README.md").text.splitlines() if ln.startswith("| five_shot "))
+    assert "| 5 | 200 of 2,376 |" in row, row
+
+
+def test_the_model_index_is_the_hubs_schema(evaluated, tmp_path):
+    """What the Hub reads (hub-docs model-cards, "Evaluation results"): the README
+    opens with the YAML block; each result has task.type, dataset.type and .name,
+    metrics with type and a numeric value; huggingface_hub's own converters give the
+    same model-index back."""
+    from huggingface_hub import metadata_load
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    out = export_hf(evaluated, tmp_path / "hf")
+    assert (out / "README.md").read_text().startswith("---\n")
+    index = metadata_load(out / "README.md")["model-index"]
+    for result in index[0]["results"]:
+        assert result["task"]["type"] == "text-generation"
+        assert result["dataset"]["type"] and result["dataset"]["name"]
+        assert all(m["type"] and isinstance(m["value"], float) for m in result["metrics"])
+    name, results = model_index_to_eval_results(index)
+    assert eval_results_to_model_index(name, results) == index

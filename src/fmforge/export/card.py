@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,21 +204,31 @@ def _heldout_results(r: _Run, evaluation: dict[str, Any]) -> list:
     return out
 
 
+def _harness_run(h: dict[str, Any], task: str) -> dict[str, Any]:
+    """The ``fmforge eval harness`` run a task's result came from (the results of a
+    step merge across runs): the latest that named it, or had it among its samples
+    (a group's subtask); else the only run there is; else nothing known."""
+    runs = h.get("runs") or []
+    named = [run for run in runs if task in (run.get("tasks") or []) or task in (run.get("n_samples") or {})]
+    return named[-1] if named else (runs[0] if len(runs) == 1 else {})
+
+
 def _harness_results(r: _Run) -> list:
     from huggingface_hub import EvalResult
 
     h = r.harness()
-    fewshot = next((run.get("num_fewshot") for run in reversed(h.get("runs") or []) if "num_fewshot" in run), None)
     out = []
     for task, metrics in sorted((h.get("tasks") or {}).items()):
+        fewshot = _harness_run(h, task).get("num_fewshot")  # None: the task's own default, not recorded
+        # lm-eval indents a group's subtasks in their alias ("  - abstract_algebra")
+        alias = str(metrics.get("alias", task)).strip().lstrip("-").strip() or task
         for key, value in sorted(metrics.items()):
             metric, _, filt = key.partition(",")
             if "stderr" in metric or metric == "alias" or not isinstance(value, (int, float)) \
                     or isinstance(value, bool):
                 continue
             out.append(EvalResult(
-                task_type="text-generation", task_name=str(metrics.get("alias", task)).strip(),
-                dataset_type=task, dataset_name=str(metrics.get("alias", task)).strip(),
+                task_type="text-generation", task_name=alias, dataset_type=task, dataset_name=alias,
                 dataset_args={"num_few_shot": fewshot} if fewshot is not None else None,
                 metric_type=metric, metric_name=metric if filt in ("", "none") else f"{metric} ({filt})",
                 metric_value=value))
@@ -400,9 +411,17 @@ def _evaluation_section(r: _Run, evaluation: dict[str, Any] | None, params) -> s
                       "quality beside cost:", "", *decision]
     h = r.harness()
     if h.get("tasks"):
-        rows = [[res.dataset_name, res.metric_name, f"{res.metric_value:.4f}"] for res in _harness_results(r)]
-        lines += ["", f"Downstream tasks (lm-evaluation-harness, step {r.step}):", "",
-                  _table(["task", "metric", "value"], rows)]
+        rows = []
+        for res in _harness_results(r):
+            n = (_harness_run(h, res.dataset_type).get("n_samples") or {}).get(res.dataset_type) or {}
+            examples = (f"{_n(n.get('effective'))} of {_n(n.get('original'))}"
+                        if n.get("effective") != n.get("original") else _n(n.get("original")))
+            shots = (res.dataset_args or {}).get("num_few_shot")
+            rows.append([res.dataset_name, res.metric_name, "task default" if shots is None else shots, examples,
+                         f"{res.metric_value:.4f}"])
+        lines += ["", f"Downstream tasks (lm-evaluation-harness, step {r.step}; \"x of y\" examples: a `--limit` "
+                      "run, scored on part of the task):", "",
+                  _table(["task", "metric", "shots", "examples", "value"], rows, left=2)]
     return "\n".join(lines)
 
 
@@ -416,7 +435,8 @@ def _decision(q: dict[str, Any]) -> list[str]:
 
 
 def _usage_section(r: _Run, out_name: str) -> str:
-    run = r.run.root.name
+    run = shlex.quote(r.run.root.name)
+    gguf = shlex.quote((re.sub(r"[^A-Za-z0-9_.-]+", "-", r.name).strip("-.") or r.run.root.name) + ".gguf")
     prompt = (r.cfg.eval.sample_prompt if r.cfg and r.cfg.eval.sample_prompt else "Once upon a time")
     return "\n".join([
         "## How to use",
@@ -435,8 +455,8 @@ def _usage_section(r: _Run, out_name: str) -> str:
         "With llama.cpp, through a GGUF file made from the run (f32, f16 or q8_0):",
         "",
         "```bash",
-        f"fmforge export gguf {run} {r.name}.gguf --dtype f16",
-        f"llama-cli -m {r.name}.gguf -p {json.dumps(prompt.splitlines()[0] if prompt else '')} -n 40 --temp 0 -no-cnv",
+        f"fmforge export gguf {run} {gguf} --dtype f16",
+        f"llama-cli -m {gguf} -p {json.dumps(prompt.splitlines()[0] if prompt else '')} -n 40 --temp 0 -no-cnv",
         "```",
         "",
         f"vLLM and `fmforge serve` read this directory as it is (`vllm serve {out_name} "
@@ -492,7 +512,8 @@ def run_card(run: RunDir, model: ModelConfig, step: int, out_name: str, paths: b
              f"license `{export.license}`" if export.license else None,
              f"<{export.source_url}>" if export.source_url else None]
     if any(facts):
-        head += ["", "; ".join(f for f in facts if f).capitalize() + "."]
+        said = "; ".join(f for f in facts if f)
+        head += ["", said[0].upper() + said[1:] + "."]  # the user's words as written (not str.capitalize)
     tokens = r.summary("train").get("tokens")
     body = "\n\n".join(["\n".join(head), _model_section(r, model, params), _data_section(r), _training_section(r),
                         _evaluation_section(r, evaluation, params), _usage_section(r, out_name),
