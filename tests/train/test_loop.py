@@ -782,3 +782,61 @@ def test_a_checkpoint_that_fails_halfway_through_loading_leaves_no_trace_in_the_
     train(cfg, run)
     assert taken["n"] == 4 and (run.checkpoints / "step-000004.unreadable").is_dir()
     assert losses(run) == reference
+
+
+class _Bar:
+    """A progress bar that remembers what it was shown."""
+
+    def __init__(self, description, total):
+        self.description, self.totals, self.completed, self.infos = description, [total], 0, []
+
+    def advance(self, n: float = 1) -> None:
+        self.completed += n
+
+    def update(self, completed=None, info=None) -> None:
+        if completed is not None:
+            self.completed = completed
+        if info is not None:
+            self.infos.append(info)
+
+    def set_total(self, total) -> None:
+        self.totals.append(total)
+
+
+def _recording_bars(monkeypatch) -> list:
+    import contextlib
+
+    bars = []
+
+    @contextlib.contextmanager
+    def progress_bar(description, total, unit=""):
+        bars.append(_Bar(description, total))
+        yield bars[-1]
+
+    monkeypatch.setattr(loop, "progress_bar", progress_bar)
+    return bars
+
+
+def test_the_progress_bar_counts_the_steps_of_a_resumed_run_and_shows_the_losses(new_run, monkeypatch):
+    bars = _recording_bars(monkeypatch)
+    cfg, run = new_run(max_steps=6, checkpoint_every=3, keep_checkpoints=3, eval_every=3, log_every=1)
+    train(cfg, run)
+    shutil.rmtree(run.checkpoints / "step-000006")
+    train(cfg, run)
+    first, resumed = bars
+    assert first.description == "training" and first.totals == [6] and first.completed == 6
+    assert resumed.totals == [6] and resumed.completed == 6  # from 3, then 3 steps
+    assert len(resumed.infos) == 3
+    assert all(i.startswith("loss ") and " tok/s" in i for i in resumed.infos)
+    assert " · val " in resumed.infos[-1] and " · val " not in resumed.infos[0]
+    last = read_metrics(run.metrics)[-1]
+    assert resumed.infos[-1].startswith(f"loss {last['loss']:.3f} · ")
+    assert resumed.infos[-1].endswith(f" · val {last['val_loss']:.3f}")
+
+
+def test_the_progress_bar_of_a_budget_learns_its_total_at_the_decision(new_run, monkeypatch):
+    _scripted_clock(monkeypatch)
+    bars = _recording_bars(monkeypatch)
+    cfg, run = new_run(checkpoint_every=1000, **BUDGET)
+    train(cfg, run)
+    assert bars[0].totals == [None, 19] and bars[0].completed == 19
