@@ -202,3 +202,21 @@ def test_init_says_when_the_chosen_model_would_repeat_its_data(tmp_path):
     said = " ".join(r.size.notes)
     assert f"repeat its data {r.size.tokens / data_tokens:,.1f} times" in said
     assert "# note: " in (tmp_path / "c.yaml").read_text() and "Muennighoff" in (tmp_path / "c.yaml").read_text()
+
+
+def test_hidden_files_are_named_not_dropped_in_silence(tmp_path):
+    """glob's ``**`` skips names that start with a dot, and so does the data stage:
+    init says which it left out (a folder once, not each file in it)."""
+    rng = random.Random(2)
+    d = tmp_path / "d"
+    (d / ".notes").mkdir(parents=True)
+    (d / "sub").mkdir()
+    (d / "good.txt").write_text(prose(rng))
+    (d / "sub" / ".draft.txt").write_text(prose(rng))
+    for i in range(3):
+        (d / ".notes" / f"n{i}.txt").write_text(prose(rng))
+    r = init_config([d], tmp_path / "c.yaml", measure=False)
+    said = [w for w in r.warnings if "hidden" in w]
+    assert len(said) == 1, r.warnings
+    assert f"{d / '.notes'} (3 files)" in said[0] and str(d / "sub" / ".draft.txt") in said[0]
+    assert said[0].startswith("2 hidden names")

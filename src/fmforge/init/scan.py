@@ -86,6 +86,8 @@ class Scan:
     # a second name of a file (through a symlinked folder or a symlink): its first name
     alias_of: dict[Path, Path] = field(default_factory=dict)
     loops: list[Path] = field(default_factory=list)  # symlinked folders that lead back up
+    # names starting with a dot, skipped as glob's ** skips them: (path, files under it)
+    hidden: list[tuple[Path, int]] = field(default_factory=list)
     # readable files left out with a folder of files no source reads (set by init.sources)
     left_out: list[Path] = field(default_factory=list)
 
@@ -202,6 +204,16 @@ def _looks_like_code(text: str) -> bool:
     return text.startswith("#!") or "-*- coding" in text[:200]
 
 
+def _count_files(path: Path) -> int:
+    """Files under ``path`` (1 for a file), without following links; 0 if unlistable."""
+    if not path.is_dir() or path.is_symlink():
+        return 1
+    n = 0
+    for _, _, files in os.walk(path):
+        n += len(files)
+    return n
+
+
 def _walk(root: Path, scan: Scan):
     """Every file under ``root`` in sorted order, files before folders, as glob's ``**``
     sees them: hidden names skipped, symlinked folders followed (not one that leads
@@ -210,7 +222,9 @@ def _walk(root: Path, scan: Scan):
     def visit(folder: Path, above: frozenset[str]):
         try:
             with os.scandir(folder) as it:
-                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+                every = sorted(it, key=lambda e: e.name)
+            entries = [e for e in every if not e.name.startswith(".")]
+            scan.hidden += [(folder / e.name, _count_files(folder / e.name)) for e in every if e.name.startswith(".")]
         except OSError as err:
             scan.unreadable.append(Problem(folder, f"cannot list it ({err.strerror or err})"))
             return

@@ -238,6 +238,15 @@ def warnings_of(scan: Scan) -> list[str]:
         out.append(f"{n:,} readable file{'' if n == 1 else 's'} left out with the folder of unreadable ones around "
                    f"them (one exclude instead of one per file): {listed(scan.left_out)}; add them to a "
                    "source's paths by name to include them")
+    hidden, seen = [], set()
+    for path, files in scan.hidden:  # a folder reached under several names: once
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            hidden.append(f"{path} ({_files(files)})" if path.is_dir() and not path.is_symlink() else str(path))
+    if hidden:
+        shown = ", ".join(hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
+        out.append(f"{len(hidden):,} hidden name{'' if len(hidden) == 1 else 's'} (starting with '.') not read, "
+                   f"as the data stage's ** skips them: {shown}; add one to a source's paths by name to read it")
     for loop in scan.loops:
         out.append(f"{loop} links back to a folder above it: not followed, and left out of every source")
     for why, paths in problems_by_reason(scan.unknown).items():
