@@ -113,6 +113,12 @@ def test_an_explicit_rule_fits_the_one_variable_law_at_that_rule():
     law, theta, _ = fit_law(points, tokens_per_param=10.0)
     assert law.one_variable and law.tokens_per_param == 10.0 and len(theta) == 3
     assert (law.E, law.A, law.alpha) == pytest.approx((0.8, 50.0, 0.4), rel=1e-4)
+    # the rungs' noise and the interval read the law by size alone: a rung 10% off the
+    # rule is the rule's (ScalingLaw.predict refuses tokens more than 5% off it)
+    residual, dof = residual_noise(points, law)
+    assert dof == 2 and residual < 1e-6
+    laws, _ = bootstrap(points, law, samples=5, noise_floor=0.01)
+    assert len(laws) == 5 and all(b.tokens_per_param == 10.0 for b in laws)
 
 
 def test_given_starts_are_the_starts_and_a_fit_that_never_converges_is_refused():

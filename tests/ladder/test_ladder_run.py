@@ -218,6 +218,8 @@ def test_rungs_of_uneven_rules_or_many_epochs_are_warned_about(prepared, stages,
     stages["tokens_of"]["d16-l2"] = 2.14 * n["d16-l2"]
     uneven = _ladder(cfg, force=True)
     assert result_rule(uneven) == pytest.approx(2.0 * 1.07 ** 0.2, rel=1e-9)
+    # the backtest refits at the ladder's own rule, not at the rule its four smaller rungs share
+    assert uneven["backtest"]["law"]["tokens_per_param"] == result_rule(uneven)
     (w,) = [w for w in uneven["warnings"] if "whole steps" in w]
     assert "2 to 2.14 tokens per parameter" in w and "the asked 2 up" in w and "mean, 2.03" in w
     # epochs: a rung over exactly 4 passes over the run's tokens is named, one at 4 is not
@@ -470,3 +472,63 @@ def test_default_rungs_span_sixteen_times_evenly_below_the_target():
     assert all(on_family(small, r) for r in got) and 3 <= len(got) <= 5
     n_small = ladder_run.non_embedding_params(small)
     assert all(ladder_run.non_embedding_params(rung_model(small, r)) <= n_small / 1.8 for r in got)
+
+
+def test_a_second_command_on_the_run_is_told_the_ladder_holds_it(prepared, stages, tmp_path, monkeypatch):
+    from fmforge.rundir import RunLockedError, run_lock
+
+    cfg = _fresh(prepared, tmp_path)
+    seen = []
+    train = ladder_run.run_train_stage
+
+    def meanwhile(rcfg, rung_run, fp, fresh, lineage):  # another command while the ladder works
+        with pytest.raises(RunLockedError) as err:
+            with run_lock(cfg.run_dir, "fmforge train"):
+                pass
+        seen.append(str(err.value))
+        return train(rcfg, rung_run, fp, fresh, lineage)
+
+    monkeypatch.setattr(ladder_run, "run_train_stage", meanwhile)
+    _ladder(cfg)
+    assert len(seen) == 5 and all("(`fmforge ladder`, since" in s for s in seen)
+    with run_lock(cfg.run_dir, "fmforge train"):  # released after
+        pass
+
+
+def test_settings_that_do_not_change_a_rung_do_not_retrain_it(prepared, stages, tmp_path):
+    cfg = _fresh(prepared, tmp_path)
+    _ladder(cfg)
+    stages["train"].clear(), stages["eval"].clear()
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_threads": 3, "device": "cpu",
+                                                                         "tensorboard": True})})
+    _ladder(other)
+    assert stages["train"] == [] and stages["eval"] == []
+    lr = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": cfg.train.lr * 2})})
+    _ladder(lr)  # another learning rate is another rung
+    assert len(stages["train"]) == 5
+
+
+def test_rungs_of_one_step_checkpoint_and_warm_up_within_it(prepared, stages, tmp_path):
+    cfg = _fresh(prepared, tmp_path)
+    _ladder(cfg, "8x1,16x1,24x1", tokens_per_param=0.01)
+    for c in stages["train"]:
+        t = c["cfg"].train
+        assert (t.max_steps, t.warmup_steps, t.eval_every, t.checkpoint_every) == (1, 1, 1, 1)
+
+
+def test_rungs_that_mix_head_sizes_are_warned_about(prepared, stages, tmp_path):
+    cfg = _fresh(prepared, tmp_path)
+    # heads of 48: rungs 48 and 96 wide keep them, 64 takes heads of 64, 32 heads of 32
+    wide = cfg.model_copy(update={"model": cfg.model.model_copy(update={"d_model": 48, "n_heads": 1,
+                                                                        "n_kv_heads": 1, "n_layers": 2})})
+    result = _ladder(wide, "32x1,48x1,64x1,96x2")
+    assert [r["d_model"] // r["n_heads"] for r in result["rungs"]] == [32, 48, 64, 48]
+    (w,) = [w for w in result["warnings"] if "mix heads" in w]
+    assert w.startswith("the rungs mix heads of 32 and 48 and 64 dimensions: they are not one family")
+    (off,) = [w for w in result["warnings"] if "off the family" in w]
+    assert off.startswith("the config's model (d_model 48 x 2 layers: 24 wide per layer, heads of 48) is off the "
+                          "family of rung(s) d32-l1, d48-l1, d64-l1, d96-l2 (another head dimension, or a width per layer "
+                          "more than 1.3x off)")
+    assert "Leave ladder.sizes/--sizes out for rungs of its own shape" in off
+    same = _ladder(cfg, "8x1,16x1,16x2")  # heads of 8 throughout
+    assert not any("mix heads" in w for w in same["warnings"])
