@@ -241,3 +241,19 @@ def test_the_model_index_is_the_hubs_schema(evaluated, tmp_path):
         assert all(m["type"] and isinstance(m["value"], float) for m in result["metrics"])
     name, results = model_index_to_eval_results(index)
     assert eval_results_to_model_index(name, results) == index
+
+
+def test_the_tables_render_as_github_flavoured_markdown(evaluated, tmp_path):
+    """The Hub renders a card's body as GitHub-flavoured Markdown, where a '|' splits
+    a table's cell even inside a code span: the end-of-document token `<|endoftext|>`
+    cut the vocabulary's cell short. Rendered with markdown-it's GFM tables, every
+    cell holds what the Markdown source meant."""
+    MarkdownIt = pytest.importorskip("markdown_it").MarkdownIt  # rich's, and so typer's, dependency
+
+    out = export_hf(evaluated, tmp_path / "hf")
+    card = ModelCard.load(out / "README.md")
+    eos = evaluated.tokens_meta()["eos_token"]
+    assert "|" in eos  # the case at hand: fmforge's <|endoftext|>
+    html = MarkdownIt("gfm-like").render(card.text)
+    row = html.split("<td>vocabulary</td>", 1)[1].split("</tr>", 1)[0]
+    assert f"<code>{eos.replace('<', '&lt;').replace('>', '&gt;')}</code>" in row, row

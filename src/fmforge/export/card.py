@@ -83,10 +83,16 @@ def _bpb(x: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    """A Markdown table: the first ``left`` columns left-aligned, figures right."""
+    """A Markdown table: the first ``left`` columns left-aligned, figures right. A '|'
+    in a cell is escaped: GitHub-flavoured Markdown (the Hub's) splits cells on it
+    even inside a code span such as `<|endoftext|>`."""
     align = ["---"] * left + ["--:"] * (len(headers) - left)
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+    def cell(c: Any) -> str:
+        return str(c).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
