@@ -74,7 +74,7 @@ def new_run(_prepared, tmp_path, make_tiny_config):
     return make
 
 
-def train(cfg: RunConfig, run: RunDir, lineage: str = "L", fresh: bool = False) -> dict:
+def train(cfg: RunConfig, run: RunDir, lineage: str | None = "L", fresh: bool = False) -> dict:
     return loop.run_train_stage(cfg, run, fingerprint=f"fp-{cfg.train.max_steps}", fresh=fresh,
                                 lineage=lineage)
 
@@ -330,7 +330,13 @@ def test_a_changed_lineage_or_force_sets_every_checkpoint_aside(new_run, capsys)
 def test_the_logged_records_checkpoints_and_summary(new_run):
     cfg, run = new_run(max_steps=12, log_every=3, eval_every=5, checkpoint_every=4, keep_checkpoints=2,
                        warmup_steps=4, lr=0.01, schedule="constant")
-    summary = train(cfg, run)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        summary = train(cfg, run, lineage=None)  # no lineage of its own: the fingerprint
+        assert torch.get_num_threads() == 1  # train.num_threads of the tiny config
+    finally:
+        torch.set_num_threads(threads)
     records = read_metrics(run.metrics)
     # the first step, every 3rd, every validation (5, 10) and the last (a validation too)
     assert [r["step"] for r in records] == [1, 3, 5, 6, 9, 10, 12]
@@ -352,7 +358,9 @@ def test_the_logged_records_checkpoints_and_summary(new_run):
     st = state(run, 12)
     assert (st["step"], st["max_steps"], st["tokens"], st["skipped_steps"], st["seed"]) == \
         (12, 12, 12 * TOKENS_PER_STEP, 0, cfg.seed)
-    assert st["lineage"] == "L" and st["fingerprint"] == "fp-12"
+    assert st["lineage"] == "fp-12" and st["fingerprint"] == "fp-12"
+    tokenize = run.stage_record("tokenize")
+    assert st["tokens_fingerprint"] == tokenize.get("output", tokenize["fingerprint"]) is not None
     assert st["model"]["d_model"] == 32 and st["params"] == summary["params"]
     assert summary["final_loss"] == records[-1]["loss"] and summary["val_loss"] == records[-1]["val_loss"]
     assert summary["steps"] == 12 and summary["tokens"] == 12 * TOKENS_PER_STEP
@@ -840,3 +848,38 @@ def test_the_progress_bar_of_a_budget_learns_its_total_at_the_decision(new_run, 
     cfg, run = new_run(checkpoint_every=1000, **BUDGET)
     train(cfg, run)
     assert bars[0].totals == [None, 19] and bars[0].completed == 19
+
+
+def test_a_save_that_fails_without_an_errno_on_a_full_disk_is_a_full_disk(new_run, monkeypatch):
+    # torch.save reports a full disk only as "unexpected pos": the free space says it.
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    asked = []
+
+    def disk_usage(path):
+        asked.append(Path(path))
+        return usage(10 << 30, (10 << 30) - 4096, 4096)  # 4 KiB left
+
+    def torch_save_on_a_full_disk(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1152 vs 1044")
+
+    monkeypatch.setattr(loop.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(loop, "save_checkpoint", torch_save_on_a_full_disk)
+    cfg, run = new_run(max_steps=2)
+    with pytest.raises(RunDirWriteError) as caught:
+        train(cfg, run)
+    assert caught.value.errno == errno.ENOSPC
+    assert "no space left on device" in str(caught.value).lower()
+    assert asked == [run.checkpoints.parent]  # checkpoints/ not made yet: the disk under the run
+    # with room left (or no way to tell), the error is the error
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: usage(10 << 30, 0, 2 << 20))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        train(*new_run("b", max_steps=2))
+
+    def unknown(p):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(loop.shutil, "disk_usage", unknown)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        train(*new_run("c", max_steps=2))
