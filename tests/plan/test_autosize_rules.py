@@ -274,7 +274,8 @@ def test_model_auto_is_decided_again_when_an_input_of_the_decision_changes(tmp_p
     first = resolve_auto_model(load_config(path))[1]
     assert resolve_auto_model(load_config(path))[2]  # the same inputs: reused
     for override in (["train.micro_batch_size=4"], ["model.seq_len=128"], ["plan.mfu=0.2"],
-                     ["train.max_minutes=2"], ["train.dtype=bfloat16"]):
+                     ["train.max_minutes=2"], ["train.dtype=bfloat16"], ["train.max_steps=500"]):
+        resolve_auto_model(load_config(path))  # the record holds the base config's decision
         _, size, reused = resolve_auto_model(load_config(path, override))
         assert not reused, override
     # a vocabulary set by hand is kept, and is an input
@@ -287,3 +288,71 @@ def test_model_auto_is_decided_again_when_an_input_of_the_decision_changes(tmp_p
     _, again, reused = resolve_auto_model(load_config(path))
     assert not reused and again.model_keys() == first.model_keys()
     assert json.loads((tmp_path / "runs/auto/model_size.json").read_text())["size"]["d_model"] == first.d_model
+
+
+def test_model_auto_sizes_the_step_as_the_trainer_takes_it(tmp_path, monkeypatch):
+    """Gradient accumulation: a step of 4 micro-batches of 4 × 256 tokens is 4,096 tokens, so 1,100
+    steps train 4,505,600 tokens, enough for d=96 (20 × 221,664 = 4,433,280); counted as one
+    micro-batch a step (1,126,400 tokens) even the smallest shape would be short of its 20 per parameter."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda **kw: 5e10)
+    path = _auto_config(tmp_path)
+    _, size, _ = resolve_auto_model(load_config(path, ["train.max_minutes=600", "train.max_steps=1100",
+                                                       "train.micro_batch_size=4", "train.grad_accum_steps=4"]))
+    assert size.tokens == 1100 * 4 * 4 * 256 and size.d_model == 96
+
+
+def test_a_brought_tokenizer_fixes_the_vocabulary(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda **kw: 5e10)
+    path = _auto_config(tmp_path)
+    cfg = load_config(path, [f"tokenizer.path={tmp_path / 'tok'}"])
+    _, size, _ = resolve_auto_model(cfg)
+    assert size.vocab_size == cfg.tokenizer.vocab_size
+    record = json.loads((tmp_path / "runs/auto/model_size.json").read_text())
+    assert record["inputs"]["fixed_vocab"] == cfg.tokenizer.vocab_size
+
+
+def test_data_that_arrives_after_a_checkpoint_keeps_the_model(tmp_path, monkeypatch):
+    """Once anything was built for the model (here a checkpoint, no tokenizer of the run's own), new
+    data does not change it: the note says how to size again."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda **kw: 5e10)
+    path = _auto_config(tmp_path)
+    _, blind, _ = resolve_auto_model(load_config(path, ["train.max_minutes=60", "train.max_steps=null"]))
+    run = tmp_path / "runs" / "auto"
+    (run / "checkpoints" / "step-000010").mkdir(parents=True)
+    (run / "tokens").mkdir()
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 100_000}))
+    _, kept, reused = resolve_auto_model(load_config(path, ["train.max_minutes=60", "train.max_steps=null"]))
+    assert reused and kept.model_keys() == blind.model_keys()
+    note = next(n for n in kept.notes if n.startswith("sized before the run's data (100,000 tokens"))
+    assert "now picks d_model 64, 2 layers (106,816 non-embedding parameters)" in note
+    assert "delete runs/auto/model_size.json and rerun from the tokenizer stage" in note
+
+
+def test_model_auto_sizes_on_the_peak_of_the_runs_precision_and_measures_without_an_mfu(tmp_path, monkeypatch):
+    """A bf16 run on a CPU is sized on its bf16 matmul peak, a float32 one on its fp32 peak; the
+    budget is train.max_minutes; without plan.mfu the speed is measured on the run's device."""
+    monkeypatch.chdir(tmp_path)
+    peaks = {"bfloat16": 2e11, "float32": 5e10}
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda refresh=False, dtype="float32": peaks[dtype])
+    path = _auto_config(tmp_path)
+    _, fp32, _ = resolve_auto_model(load_config(path, ["train.max_minutes=3"]))
+    assert (fp32.peak_flops, fp32.dtype, fp32.seconds, fp32.mfu) == (5e10, "float32", 180, 0.3)
+    _, bf16, _ = resolve_auto_model(load_config(path, ["train.max_minutes=3", "train.dtype=bfloat16"]))
+    assert (bf16.peak_flops, bf16.dtype) == (2e11, "autocast")
+
+    seen = {}
+
+    def measured(hw, seconds, device="cpu", **kw):
+        seen.update(device=device, seconds=seconds, **kw)
+        return size_model(hw, seconds, mfu=0.01, **{k: v for k, v in kw.items() if k != "mfu"})
+
+    monkeypatch.setattr(autosize, "size_model_measured", measured)
+    cfg = load_config(tmp_path / "c.yaml", ["train.max_minutes=5"])
+    cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update={"mfu": None})})
+    _, size, reused = resolve_auto_model(cfg)
+    assert not reused and size.mfu == 0.01
+    assert seen["device"] == "cpu" and seen["seconds"] == 300 and seen["dtype"] == "float32"
+    assert seen["micro_batch"] == cfg.train.micro_batch_size and seen["seq_len"] == cfg.model.seq_len
