@@ -41,7 +41,10 @@ def test_chinchillas_compute_buys_chinchilla_on_enough_gpus_for_its_state():
     # 16 bytes/param × 69.3B = 1,109 GB over (80 − 1) × 0.92 = 72.68 GB usable: 15.3 → 16 GPUs, not the 8 given
     assert train.train_gpus == 16
     assert train.time_to_first_model_days == pytest.approx(404_449 / 16 / 24, rel=1e-4)  # 1,053 days
-    assert any("at least 16 h100-sxm GPUs" in n and "not 8" in n for n in d.reasoning)
+    assert d.reasoning[0] == ("Train: $1,209,302 buys 404,449 h100-sxm GPU-hours = 5.76e+23 FLOPs at MFU 0.40: "
+                              "compute-optimal is 6.93e+10 parameters on 1.39e+12 tokens (1.0 epochs of your data).")
+    assert d.reasoning[1] == ("Train: 1,109 GB of weights, gradients and AdamW state need at least 16 h100-sxm GPUs "
+                              "under FSDP (not 8); priced on 16.")
     # one pass: 1.386T of 1.4T tokens
     assert "0.99 epoch(s) of yours" in train.needs
     assert train.flops_per_token == pytest.approx(6 * 69.28e9, rel=1e-3)
@@ -94,13 +97,16 @@ def test_owning_pays_back_only_when_it_costs_less_a_month_than_buying():
     o = _by_option(compare_options(L4, monthly_tokens=5e8, **args))
     # buy: 5e8 / 1e6 × $3 = $1,500 a month; customize: one L4 always on, 730 × $0.80 = $584
     # one-time: 2 epochs × 2e8 × 4 × 8e9 / (0.40 × 121e12) / 3600 = 73.46 GPU-hours × $0.80 = $58.77
-    assert o["buy"].monthly_usd == pytest.approx(1500)
+    assert o["buy"].monthly_usd == 1500.0  # exactly: 500 millions × $3
     assert o["customize"].monthly_usd == pytest.approx(584)
     assert o["customize"].one_time_usd == pytest.approx(58.77, rel=1e-3)
     assert o["customize"].payback_months == pytest.approx(58.77 / (1500 - 584), rel=1e-3)  # 0.064 months
     # 1e8 tokens: buying costs $300 a month, less than the $584 of serving: owning never pays back
     cheap = _by_option(compare_options(L4, monthly_tokens=1e8, **args))
     assert cheap["customize"].payback_months is None and cheap["train"].payback_months is None
+    # 50 cents a month saved (buying 194.83M tokens costs $584.50): the one-time $58.77 pays back in 117.5 months
+    slow = _by_option(compare_options(L4, monthly_tokens=584.5 / 3 * 1e6, **args))
+    assert slow["customize"].payback_months == pytest.approx(58.77 / 0.5, rel=1e-3)
     # exactly the same monthly cost (584 / 3 × 1e6 tokens): no saving, no payback either
     even = _by_option(compare_options(L4, monthly_tokens=584 / 3 * 1e6, **args))
     assert even["buy"].monthly_usd == pytest.approx(584)
@@ -221,3 +227,28 @@ def test_a_free_api_and_no_traffic_are_allowed():
     o = _by_option(d)
     assert o["buy"].total_usd == 0 and "the cheapest is buy" in d.reasoning[-1]
     assert o["customize"].serve_gpus == 1  # always on, whatever the traffic
+
+
+def test_on_a_cpu_every_option_takes_the_cpus_mfu():
+    """A CPU's MFU is 0.40 of its bf16 peak whatever the model's size (docs/planner.md), not the GPU
+    size table's 0.20 for a model under 100M parameters. (tests/plan/conftest.py pins the CPU's peak.)"""
+    cpu = get_hardware("cpu")
+    d = compare_options(cpu, data_tokens=2e6, base_params=5e7, api_price_per_m=3, monthly_tokens=1e6, num_gpus=1,
+                        budget_usd=1.0)
+    o = _by_option(d)
+    assert o["train"].mfu == 0.40 and o["customize"].mfu == 0.40
+    assert "at MFU 0.40" in d.reasoning[0]
+
+
+def test_a_model_that_fits_one_gpu_trains_on_the_gpus_given():
+    d = compare_options(L4, data_tokens=2e8, base_params=8e9, api_price_per_m=3, monthly_tokens=5e8, num_gpus=1)
+    train = _by_option(d)["train"]
+    # 16 bytes × 1e7 parameters = 0.16 GB: one L4 is enough, and no note says otherwise
+    assert train.train_gpus == 1 and train.time_to_first_model_days == pytest.approx(train.gpu_hours / 24)
+    assert not any("need at least" in n for n in d.reasoning)
+    # 2e10 tokens / 20 = 1e9 parameters: 16 GB fits one L4's 21.16 GB; 3e10 → 24 GB needs 2
+    assert _by_option(compare_options(L4, data_tokens=2e10, base_params=8e9, api_price_per_m=3,
+                                      monthly_tokens=5e8, num_gpus=1))["train"].train_gpus == 1
+    big = compare_options(L4, data_tokens=3e10, base_params=8e9, api_price_per_m=3, monthly_tokens=5e8, num_gpus=1)
+    assert _by_option(big)["train"].train_gpus == 2
+    assert any(n.startswith("Train: 24 GB of weights") and "at least 2 l4 GPUs" in n for n in big.reasoning)
