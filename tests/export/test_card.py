@@ -257,3 +257,17 @@ def test_the_tables_render_as_github_flavoured_markdown(evaluated, tmp_path):
     html = MarkdownIt("gfm-like").render(card.text)
     row = html.split("<td>vocabulary</td>", 1)[1].split("</tr>", 1)[0]
     assert f"<code>{eos.replace('<', '&lt;').replace('>', '&gt;')}</code>" in row, row
+
+
+def test_an_imported_model_is_not_described_as_trained_here(tiny_runs, tmp_path):
+    """`fmforge import hf` then `export hf`: fmforge neither trained the weights nor
+    the tokenizer, and does not know how the original was tuned; the card says so
+    instead of claiming a tokenizer trained on the run's text and a model never aligned."""
+    from fmforge.export.hf import import_hf
+
+    imported = import_hf(export_hf(tiny_runs["gqa-tied"], tmp_path / "elsewhere"), tmp_path / "imported")
+    text = ModelCard.load(export_hf(imported, tmp_path / "hf") / "README.md").text
+    assert "Imported into fmforge" in text
+    assert "trained on the run's training text" not in text
+    assert "A pretrained model only" not in text and "held-out figures above" not in text
+    assert "the original model's card" in text

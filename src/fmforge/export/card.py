@@ -172,6 +172,7 @@ class _Run:
         self.plan = _read_json(run.plan_json)
         self.eval = _read_json(run.eval_json)
         self.step = step
+        self.imported = False  # the checkpoint is `fmforge import hf`'s (set by run_card)
 
     def summary(self, stage: str) -> dict[str, Any]:
         return (self.stages.get(stage) or {}).get("summary") or {}
@@ -247,7 +248,9 @@ def _model_section(r: _Run, cfg_model, params) -> str:
     kv = cfg_model.kv_heads
     attention = (f"{cfg_model.n_heads} heads of {cfg_model.head_dim}"
                  + (f", {kv} key/value heads (grouped-query)" if kv != cfg_model.n_heads else ""))
-    if tok is not None and tok.path:
+    if r.imported:
+        tokenizer = "the imported checkpoint's own (not trained by fmforge)"
+    elif tok is not None and tok.path:
         tokenizer = "the tokenizer of the model it continues (brought, not trained)"
     elif tok is not None:
         tokenizer = (f"byte-level BPE trained on the run's training text ({PROJECT}, HF `tokenizers`), "
@@ -471,6 +474,15 @@ def _usage_section(r: _Run, out_name: str) -> str:
 
 
 def _limits_section(r: _Run, params, tokens: Any) -> str:
+    if r.imported:
+        return "\n".join([
+            "## Limitations",
+            "",
+            "- **Origin.** Imported into fmforge from a Hugging Face Llama checkpoint: fmforge did not train "
+            "it, and what the original model's card says about its training data, tuning, alignment and "
+            "limits carries over.",
+            f"- **Context.** It cannot read beyond {r.cfg.model.seq_len if r.cfg else '-'} tokens.",
+        ])
     sources = ", ".join(f"`{s}`" for s in (r.data_card.get("sources") or {})) or "its training data"
     return "\n".join([
         "## Limitations",
@@ -513,6 +525,7 @@ def run_card(run: RunDir, model: ModelConfig, step: int, out_name: str, paths: b
                          tags=[PROJECT, "llama", "text-generation"], license=export.license,
                          eval_results=results or None)
     state = load_trainer_state(dict(list_checkpoints(run.checkpoints))[step])
+    r.imported = "imported_from" in state
     head = [f"# {r.name}", "", export.description or model_description(r.cfg, model, state)]
     facts = [f"by {export.author}" if export.author else None,
              f"license `{export.license}`" if export.license else None,
