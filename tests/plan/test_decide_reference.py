@@ -252,3 +252,20 @@ def test_a_model_that_fits_one_gpu_trains_on_the_gpus_given():
     big = compare_options(L4, data_tokens=3e10, base_params=8e9, api_price_per_m=3, monthly_tokens=5e8, num_gpus=1)
     assert _by_option(big)["train"].train_gpus == 2
     assert any(n.startswith("Train: 24 GB of weights") and "at least 2 l4 GPUs" in n for n in big.reasoning)
+
+
+def test_the_notes_say_how_each_option_was_priced():
+    d = compare_options(L4, data_tokens=2e8, base_params=8e9, api_price_per_m=3, monthly_tokens=5e8, num_gpus=1)
+    o = _by_option(d)
+    assert o["train"].needs == ("2e+08 tokens of text (1 epoch(s) of yours), an ML team, serving infrastructure")
+    assert o["customize"].needs == ("an open-weight base model whose licence fits, task examples, serving "
+                                    "infrastructure")
+    assert o["buy"].needs == "an API contract; data leaves your premises; no control of model updates"
+    assert ("Customize: 4·N FLOPs/token through the frozen base (forward 2N, activation gradients 2N); attention "
+            "and adapter FLOPs not counted: pass --base-hf-config for them.") in d.reasoning
+    # the 8B base in bf16 with room (20.8 GB) fits the one L4 given: no note about more GPUs
+    assert not any(n.startswith("Customize: the frozen bf16 base") for n in d.reasoning)
+    big = compare_options(L4, data_tokens=2e8, base_params=4.05e11, api_price_per_m=3, monthly_tokens=5e8,
+                          num_gpus=1)
+    assert ("Customize: the frozen bf16 base with room for activations (1,053 GB) needs at least 50 l4 GPUs "
+            "(not 1); priced on 50, or quantise it to 4 bits (QLoRA) to use fewer.") in big.reasoning
