@@ -5,12 +5,28 @@ one with GPT-2's split instead of GPT-4's."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 from fmforge.config import config_from_dict
 from fmforge.pipeline import run_pipeline
 from fmforge.rundir import RunDir
+
+# Imported at collection instead of by the first test that needs them: under
+# mutmut's fork server each mutant's test process starts from the collected state,
+# and these imports (seconds of CPU) would otherwise be paid by every one of them.
+for _module in ("transformers.models.llama.modeling_llama", "transformers.models.auto.modeling_auto",
+                "safetensors.torch", "peft", "gguf", "llama_cpp", "llama_cpp.llama_chat_format"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_module)
 
 SHAPES = {
     "gqa-tied": {"d_model": 32, "n_heads": 4, "n_kv_heads": 2, "tie_embeddings": True},
@@ -24,11 +40,45 @@ def train_run(tmp_path_factory, make_tiny_config, name: str, steps: int, batch: 
     """A run of SHAPES[name] trained for ``steps`` with a window of 64 tokens, room
     for a prompt and 30 greedy tokens."""
     model = {**SHAPES[name], "n_layers": 2, "seq_len": 64, **sections.pop("model", {})}
-    raw = make_tiny_config(tmp_path_factory.mktemp(name), model=model,
-                           train={"max_steps": steps, "checkpoint_every": steps,
-                                  "eval_every": steps, "micro_batch_size": batch}, **sections)
-    run, _ = run_pipeline(config_from_dict(raw), stages=("data", "tokenizer", "tokenize", "train"))
+    key = f"{name}-{steps}-{batch}-" + json.dumps(sections, sort_keys=True)
+    shared = _shared_dir(key)
+    with _locked(shared):
+        if shared is not None and (shared / "run.txt").is_file():
+            return RunDir(Path((shared / "run.txt").read_text()))
+        where = shared if shared is not None else tmp_path_factory.mktemp(name)
+        raw = make_tiny_config(where, model=model,
+                               train={"max_steps": steps, "checkpoint_every": steps,
+                                      "eval_every": steps, "micro_batch_size": batch}, **sections)
+        run, _ = run_pipeline(config_from_dict(raw), stages=("data", "tokenizer", "tokenize", "train"))
+        if shared is not None:
+            (shared / "run.txt").write_text(str(run.root))
     return run
+
+
+def _shared_dir(key: str) -> Path | None:
+    """Under mutmut, with a mutant of the export package under test, every mutant's
+    test process would train the same runs again (most of its time): they are then
+    trained once into a directory the mutants share. An export mutant cannot change
+    the data, tokenizer or training stages, so the runs are what each process would
+    train. Otherwise (``make test``, or a mutant of another package) None: trained
+    afresh in the session's temporary directory."""
+    if not os.environ.get("MUTANT_UNDER_TEST", "").startswith("fmforge.export."):
+        return None
+    root = Path(tempfile.gettempdir()) / "fmforge-mutmut-export-runs"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+    (root / safe).mkdir(parents=True, exist_ok=True)
+    return root / safe
+
+
+@contextlib.contextmanager
+def _locked(shared: Path | None):
+    """One process trains a shared run, the others wait and then load it."""
+    if shared is None:
+        yield
+        return
+    with open(shared / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -154,12 +154,13 @@ def test_gguf_general_metadata_from_the_export_section(tiny_runs, tmp_path, dtyp
     assert string_field(reader, "tokenizer.chat_template") == template
 
 
-def test_gguf_description_summarises_the_model_and_its_data(tiny_runs, tmp_path):
+def test_gguf_description_summarises_the_model_and_its_data(tiny_run, tmp_path):
     """Without an export: section: the run's name, no license, URL or author (nothing
     invented), fmforge as the quantizer, and a description that gives the
-    architecture, torch's count of the parameters, the context, the vocabulary and
-    the training (steps, tokens, sources), and names no path of this machine."""
-    run = tiny_runs["gqa-tied"]
+    architecture, torch's count of the parameters, the heads, the context, the
+    vocabulary and the training (steps, tokens, sources), and names no path of
+    this machine."""
+    run = tiny_run
     reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f16")))
     raw = yaml.safe_load(run.config.read_text())
     assert string_field(reader, "general.name") == raw["name"]
@@ -175,9 +176,27 @@ def test_gguf_description_summarises_the_model_and_its_data(tiny_runs, tmp_path)
     for part in ("Llama", f"{n_params:,} parameters", f"{cfg.n_layers} layers",
                  f"{cfg.seq_len:,}-token context", f"{cfg.vocab_size:,}-token byte-level BPE",
                  f"{trained.step:,} steps", f"{state['tokens']:,} tokens",
-                 *(s["name"] for s in raw["data"]["sources"])):
+                 f"{cfg.n_heads} attention heads", *(s["name"] for s in raw["data"]["sources"])):
         assert part in text, (part, text)
     assert "/" not in text and len(text) < 400, text
+    # grouped-query attention says how many key/value heads the query heads share
+    assert ("key-value" in text) == (cfg.kv_heads != cfg.n_heads), text
+    assert cfg.kv_heads == cfg.n_heads or f"{cfg.kv_heads} key-value heads" in text
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_gguf_description_names_up_to_six_sources(tiny_runs, tmp_path, n):
+    """docs/export.md: the summary names up to six sources, then how many more."""
+    run = labelled(tiny_runs["gqa-tied"], tmp_path)
+    raw = yaml.safe_load(run.config.read_text())
+    first = raw["data"]["sources"][0]
+    raw["data"]["sources"] = [{**first, "name": f"src{i}", "paths": [f"{tmp_path}/part{i}/*.py"]}
+                              for i in range(n)]
+    run.config.write_text(yaml.safe_dump(raw))
+    text = field(gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32"))),
+                 "general.description")
+    six = "on src0, src1, src2, src3, src4, src5"
+    assert text.endswith(f"{six}." if n == 6 else f"{six} and 1 more."), text
 
 
 def test_gguf_description_from_the_config_replaces_the_summary(tiny_runs, tmp_path):
@@ -443,3 +462,240 @@ def test_llama_cpp_reads_the_general_metadata_and_chat_template(tiny_runs, tmp_p
         assert theirs.prompt == ours
     finally:
         llm.close()
+
+
+# --- the tokenizer's metadata and the file itself, against the GGUF spec and llama.cpp ---
+
+# The GGUF spec's token types (llama.cpp's llama_token_type): 1 NORMAL, 3 CONTROL,
+# 4 USER_DEFINED, 5 UNUSED.
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+
+
+def tokenizer_json(run) -> dict:
+    return json.loads((run.tokenizer / "tokenizer.json").read_text())
+
+
+def test_special_token_ids_are_transformers_and_no_bos_is_added(tiny_runs, tmp_path):
+    """BOS, EOS and PAD ids as transformers' tokenizer of the run gives them, and
+    llama.cpp (vocab only) does not prepend a BOS fmforge never trained with."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    run = tiny_runs["gqa-tied"]
+    path = export(run, tmp_path / "model.gguf", "f32")
+    reader = gguf.GGUFReader(str(path))
+    hf = AutoTokenizer.from_pretrained(str(run.tokenizer))
+    assert hf.bos_token_id is not None and hf.pad_token_id is not None
+    assert field(reader, "tokenizer.ggml.bos_token_id") == hf.bos_token_id
+    assert field(reader, "tokenizer.ggml.eos_token_id") == hf.eos_token_id
+    assert field(reader, "tokenizer.ggml.padding_token_id") == hf.pad_token_id
+    assert field(reader, "tokenizer.ggml.add_eos_token") is False
+    if importlib.util.find_spec("llama_cpp") is not None:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        ours = hf("def alpha", add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(b"def alpha", add_bos=True, special=False) == ours
+        assert llm.token_bos() == hf.bos_token_id
+        llm.close()
+
+
+def edited_tokenizer(run, tmp_path: Path, config=None, tokenizer=None, remove=()) -> RunDir:
+    """A copy of ``run`` whose tokenizer files are edited: ``config(dict)`` and
+    ``tokenizer(dict)`` change tokenizer_config.json and tokenizer.json in place."""
+    copy = labelled(run, tmp_path)
+    for name, edit in (("tokenizer_config.json", config), ("tokenizer.json", tokenizer)):
+        if edit is not None:
+            path = copy.tokenizer / name
+            data = json.loads(path.read_text())
+            edit(data)
+            path.write_text(json.dumps(data))
+    for name in remove:
+        (copy.tokenizer / name).unlink()
+    return copy
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_from_llama_cpp(tiny_runs, tmp_path):
+    """An imported Llama tokenizer that prepends BOS (``add_bos_token: true``):
+    llama.cpp must prepend it too, or prompts would differ from training."""
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path, config=lambda c: c.update(add_bos_token=True))
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32")))
+    assert field(reader, "tokenizer.ggml.add_bos_token") is True
+
+
+def test_without_a_bos_token_the_eos_stands_for_it(tiny_runs, tmp_path):
+    """GPT-2's convention, as llama.cpp's converter writes a tokenizer without BOS."""
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path, config=lambda c: c.update(bos_token=None))
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32")))
+    eos = load_trained(run, device="cpu").eos_id
+    assert field(reader, "tokenizer.ggml.bos_token_id") == eos
+    assert field(reader, "tokenizer.ggml.eos_token_id") == eos
+    assert field(reader, "tokenizer.ggml.add_bos_token") is False
+
+
+def test_without_tokenizer_config_the_file_has_no_template_and_adds_no_bos(tiny_runs, tmp_path):
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path, remove=("tokenizer_config.json",))
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32")))
+    assert reader.get_field("tokenizer.chat_template") is None
+    assert field(reader, "tokenizer.ggml.add_bos_token") is False
+
+
+def test_chat_templates_as_transformers_saves_them(tiny_runs, tmp_path):
+    """transformers saves a template in tokenizer_config.json (a string, or a list of
+    named ones) or, since 4.43 / 5, in chat_template.jinja beside it; llama.cpp
+    reads the default as tokenizer.chat_template and the others as
+    tokenizer.chat_template.NAME (as its converter writes them)."""
+    named = [{"name": "default", "template": "{{ messages[0]['content'] }}"},
+             {"name": "tool_use", "template": "{{ tools }}"}]
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path / "a", config=lambda c: c.update(chat_template=named))
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "a.gguf", "f32")))
+    assert field(reader, "tokenizer.chat_template") == "{{ messages[0]['content'] }}"
+    assert field(reader, "tokenizer.chat_template.tool_use") == "{{ tools }}"
+
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path / "b", config=lambda c: c.pop("chat_template"))
+    (run.tokenizer / "chat_template.jinja").write_text("{{ bos_token }}{{ messages }}")
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "b.gguf", "f32")))
+    assert field(reader, "tokenizer.chat_template") == "{{ bos_token }}{{ messages }}"
+
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path / "c", config=lambda c: c.pop("chat_template"))
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "c.gguf", "f32")))
+    assert reader.get_field("tokenizer.chat_template") is None
+
+
+def test_token_types_and_padding_rows_follow_the_spec(tiny_runs):
+    """Special tokens CONTROL, other added tokens USER_DEFINED, the BPE vocabulary
+    NORMAL, and rows beyond the tokenizer (a model padded to a rounder vocabulary)
+    UNUSED with a distinct placeholder each (llama.cpp needs one token per row)."""
+    from fmforge.export.gguf import tokenizer_metadata
+
+    tok = tokenizer_json(tiny_runs["gqa-tied"])
+    n = max(tok["model"]["vocab"].values()) + 1
+    tok["added_tokens"].append({"id": n, "content": "<tool>", "special": False})
+    meta = tokenizer_metadata(tok, n + 4)
+    assert len(meta["tokens"]) == len(meta["types"]) == n + 4
+    assert len(set(meta["tokens"])) == n + 4
+    assert meta["tokens"][n] == "<tool>" and meta["types"][n] == USER_DEFINED
+    assert meta["types"][n + 1:] == [UNUSED] * 3
+    specials = {t["id"] for t in tok["added_tokens"] if t.get("special")}
+    for token, i in tok["model"]["vocab"].items():
+        assert meta["tokens"][i] == token
+        assert meta["types"][i] == (CONTROL if i in specials else NORMAL), (i, token)
+    # merges as "a b" strings, whether tokenizers wrote them as pairs or strings
+    pairs = [" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]]
+    assert meta["merges"] == pairs
+    as_strings = {**tok, "model": {**tok["model"], "merges": pairs}}
+    assert tokenizer_metadata(as_strings, n + 1)["merges"] == pairs
+
+
+def test_a_tokenizer_wider_than_the_model_is_refused(tiny_runs):
+    from fmforge.export.gguf import tokenizer_metadata
+
+    tok = tokenizer_json(tiny_runs["gqa-tied"])
+    top = max(t["id"] for t in tok["added_tokens"]) if tok["added_tokens"] else 0
+    top = max(top, max(tok["model"]["vocab"].values()))
+    tokenizer_metadata(tok, top + 1)  # exactly one row per id: fine
+    with pytest.raises(ValueError, match=f"ids up to {top}"):
+        tokenizer_metadata(tok, top)
+
+
+def test_tokenizers_llama_cpp_would_split_otherwise_are_refused(tiny_runs, gpt2_split_run, tmp_path):
+    """tokenizers' ByteLevel applies GPT-2's regex unless told otherwise
+    (use_regex defaults to true): a ByteLevel that omits the key is GPT-2's split,
+    and GPT-4's split followed by a ByteLevel that omits it is split twice, which
+    llama.cpp's llama-bpe would not reproduce: refused, as is any other
+    pre-tokenizer and any model but BPE."""
+    from tokenizers import pre_tokenizers
+
+    from fmforge.export.gguf import llama_cpp_pre_tokenizer
+
+    assert pre_tokenizers.ByteLevel(add_prefix_space=False).use_regex is True
+    gpt2 = tokenizer_json(gpt2_split_run)
+    del gpt2["pre_tokenizer"]["use_regex"]
+    assert llama_cpp_pre_tokenizer(gpt2) == "gpt-2"
+    gpt4 = tokenizer_json(tiny_runs["gqa-tied"])
+    assert llama_cpp_pre_tokenizer(gpt4) == "llama-bpe"
+    del gpt4["pre_tokenizer"]["pretokenizers"][1]["use_regex"]
+    assert llama_cpp_pre_tokenizer(gpt4) is None
+    assert llama_cpp_pre_tokenizer({"pre_tokenizer": None}) is None
+
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path / "w",
+                           tokenizer=lambda t: t.update(pre_tokenizer={"type": "Whitespace"}))
+    result = runner.invoke(app, ["export", "gguf", str(run.root), str(tmp_path / "w.gguf")])
+    assert result.exit_code == 2 and "Whitespace" in result.output and "tokenizer.json" in result.output
+    assert not (tmp_path / "w.gguf").exists()
+
+    from fmforge.export.gguf import GGUFExportError, tokenizer_metadata
+
+    with pytest.raises(GGUFExportError, match="Unigram"):
+        tokenizer_metadata({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}, 10)
+
+
+def test_the_file_is_readable_by_others_and_nothing_is_left_after_a_failure(tiny_runs, tmp_path,
+                                                                          monkeypatch):
+    """Written aside and renamed: into a directory created for it, with the mode
+    any file written under the usual umask has (the temporary file starts 0600);
+    a write that fails leaves neither the file nor its temporary copy."""
+    import os
+
+    run = tiny_runs["gqa-tied"]
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain").write_text("x")
+        path = export(run, tmp_path / "new" / "dir" / "model.gguf", "f32")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["model.gguf"]
+
+    def broken(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
+    result = runner.invoke(app, ["export", "gguf", str(run.root), str(tmp_path / "out" / "m.gguf")])
+    assert result.exit_code != 0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_imported_model_with_odd_widths_exports_and_says_where_it_came_from(tiny_runs, tmp_path):
+    """A Llama imported from transformers with width 48 (not a multiple of q8_0's
+    blocks of 32): those matrices fall back to f16, as llama.cpp's converter does,
+    the others are Q8_0; the file gives transformers' logits under llama.cpp's
+    RoPE, and the description says it was imported, not trained here."""
+    from fmforge.export.hf import import_hf
+
+    transformers = pytest.importorskip("transformers")
+    source = tiny_runs["gqa-tied"]
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=320, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+        eos_token_id=load_trained(source, device="cpu").eos_id, bos_token_id=None)
+    hf_dir = tmp_path / "hf-llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(str(hf_dir), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source.tokenizer / name, hf_dir / name)
+    run = import_hf(hf_dir, tmp_path / "imported")
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "q8_0")))
+    q = gguf.GGMLQuantizationType
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    for t in reader.tensors:
+        rows = tuple(reversed(t.shape.tolist()))
+        want = q.F32 if len(rows) == 1 else q.Q8_0 if rows[-1] % 32 == 0 else q.F16
+        assert types[t.name] == want, (t.name, rows, types[t.name])
+    assert types["blk.0.ffn_down.weight"] == q.Q8_0 and types["blk.0.attn_q.weight"] == q.F16
+    assert "Imported into fmforge from a Hugging Face Llama checkpoint" in field(reader, "general.description")
+    assert "Trained" not in field(reader, "general.description")
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    hp = {"n_head": field(reader, "llama.attention.head_count"),
+          "n_kv": field(reader, "llama.attention.head_count_kv"),
+          "n_layer": field(reader, "llama.block_count"),
+          "eps": field(reader, "llama.attention.layer_norm_rms_epsilon"),
+          "theta": field(reader, "llama.rope.freq_base")}
+    tokens = list(range(3, 40))
+    with torch.no_grad():
+        ref = hf(torch.tensor([tokens])).logits[0]
+    got = llama_cpp_logits(read_tensors(reader), hp, tokens)
+    # f16 and q8_0 weights: close, not equal (logits of a random model span about ±1)
+    assert (got - ref).abs().max().item() < 0.05

@@ -166,9 +166,10 @@ def model_description(cfg: RunConfig, model_cfg: ModelConfig, state: dict[str, A
     if "tokens" in state:
         text += f" ({int(state['tokens']):,} tokens)"
     names = [s.name for s in cfg.data.sources] if cfg.data is not None else []
-    if names:
-        shown = names[:6] + ([f"{len(names) - 6} more"] if len(names) > 6 else [])
-        text += " on " + ", ".join(shown)
+    if names:  # up to six by name
+        text += " on " + ", ".join(names[:6])
+        if len(names) > 6:
+            text += f" and {len(names) - 6} more"
     return text + "."
 
 
