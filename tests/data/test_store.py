@@ -413,3 +413,37 @@ def test_makedirs_is_idempotent_and_an_empty_tree_has_no_size_or_time(store):
     store.makedirs()
     assert store.isdir("a/b") and store.list("a") == ["b"]
     assert store.tree_stat("a") == (0, 0)
+
+
+@pytest.mark.parametrize("name", ["dataX", "data ", "X"])
+def test_a_name_ending_in_any_character_but_a_slash_is_kept(tmp_path, name):
+    """Only slashes are trimmed from a URL or a listed name ("dataX" stays, as does a
+    folder whose name ends in a space)."""
+    local = Store(str(tmp_path / name) + "/")
+    assert local.url == str(tmp_path / name) and local.root == str(tmp_path / name)
+    local.write_bytes(f"{name}/{name}", b"1")
+    assert (tmp_path / name / name / name).read_bytes() == b"1"
+    assert local.list("") == [name] and local.list(name) == [name]
+    mem = Store(f"memory://fmforge-{uuid.uuid4().hex}/{name}/")
+    try:
+        assert mem.url.endswith(f"/{name}") and mem.root.endswith(f"/{name}")
+        mem.write_bytes(f"{name}/{name}", b"1")
+        assert mem.list(name) == [name]
+        assert fsspec.filesystem("memory").cat_file(f"{mem.root}/{name}/{name}") == b"1"
+    finally:
+        mem.remove()
+
+
+def test_the_root_itself_is_empty_or_dot_relative_to_it(store):
+    assert store.path("") == store.path(".") == store.root
+    root_url = fsspec.filesystem("memory").unstrip_protocol(store.root) if store.is_url else store.url
+    assert store.url_of("") == store.url_of(".") == root_url  # not root + "/"
+    assert store.rel(store.root) == "."
+    assert store.rel(store.path("a/b")) == "a/b"
+    store.write_bytes("zero.bin", b"")
+    assert store.stat("zero.bin")[0] == 0  # an empty object is 0 bytes, not "unknown"
+
+
+def test_a_doubled_root_slash_is_the_root():
+    s = Store("//")
+    assert s.url == "/" and s.path("x") == "/x"

@@ -55,6 +55,7 @@ from typing import Any, BinaryIO, Iterator
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from fmforge.progress import log
 
@@ -111,7 +112,7 @@ class Store:
         self.is_url = bool(head)
         self.fs, root = locate(self.url)
         # a local path or file:// URL: a disk, where a write is durable only once fsynced
-        self.is_local = "file" in ((self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/") or ("/" if root.startswith("/") else "")
         self._prefix = self.root if self.root in ("", "/") else self.root + "/"
 
@@ -332,14 +333,14 @@ class WorkDir(Store):
             # (a new directory is an entry of its parent)
             dirs = set()
             for _, path in mine:
-                while path != self.root and path.startswith(self._prefix):
+                while path != self.root:  # every path in ``mine`` is under the root
                     path = posixpath.dirname(path)
                     dirs.add(path)
             for path in dirs:
                 _fsync_path(path)
         files = {self.rel(path): size for (_, path), size in mine.items()}
         self.write_json(self.marker(phase, index), {**(info or {}), MARKER_FILES: files})
-        written.pop((type(self.fs), self.path(self.marker(phase, index))), None)
+        del written[type(self.fs), self.path(self.marker(phase, index))]  # not the next marker's
 
 
 def _mtime_ns(info: dict) -> int:
