@@ -57,7 +57,8 @@ def test_the_step_count_worked_out_by_hand(tmp_path, capsys, monkeypatch):
         "lineage": "L1", "max_steps": 108, "max_minutes": 1.0, "measured_step_s": 0.5,
         "estimated_validation_s_per_step": 0.05, "decided_after_steps": 8,
         "elapsed_s_at_decision": 3.1, "capped_by_max_steps": False}
-    assert "0.500 s per step measured over 6 steps; 1 min → 108 steps" in _err(capsys)
+    err = _err(capsys)
+    assert err.endswith("budget: 0.500 s per step measured over 6 steps; 1 min → 108 steps")  # not capped
 
 
 def test_only_steps_after_the_first_two_are_timed_and_probing_lasts_through_warmup(tmp_path):
@@ -179,7 +180,10 @@ def test_a_busy_cpu_during_the_timed_steps_is_reported_counting_every_local_proc
     _clock(b, [0.5 * i for i in range(8)])
     b.decide(8, 1.0, 1)
     err = _err(capsys)
-    assert f"the load average was {load:.1f} while the budget timed its steps, with {threads} threads" in err
+    assert (f"warning: the load average was {load:.1f} while the budget timed its steps, with {threads} "
+            "threads of training: other programs were using the CPU, so the run trains fewer steps than "
+            "an idle machine would in the same minutes. For the demo's figures, run it on an idle "
+            "machine.") in err
     # only the main process says it, and only on a CPU
     b = StepBudget(RunDir(tmp_path), _cfg(), "L", _par(is_main=False), fresh=True)
     _clock(b, [0.5 * i for i in range(8)])
@@ -188,3 +192,14 @@ def test_a_busy_cpu_during_the_timed_steps_is_reported_counting_every_local_proc
     _clock(b, [0.5 * i for i in range(8)])
     b.decide(8, 1.0, 1)
     assert "load average" not in _err(capsys)
+
+
+def test_the_record_keeps_four_decimals_of_the_measures(tmp_path):
+    b = StepBudget(RunDir(tmp_path), _cfg(), "L", _par(device="meta"))
+    _clock(b, [0.123456 * i for i in range(8)])
+    b.decide(8, 3.14159, 1)
+    record = json.loads((tmp_path / "train_budget.json").read_text())
+    # 0.123456 s a step; validation 6 · 0.123456 / 3 / 10 = 0.0246912 s a step
+    assert record["measured_step_s"] == 0.1235
+    assert record["estimated_validation_s_per_step"] == 0.0247
+    assert record["elapsed_s_at_decision"] == 3.14
