@@ -269,3 +269,34 @@ def test_the_notes_say_how_each_option_was_priced():
                           num_gpus=1)
     assert ("Customize: the frozen bf16 base with room for activations (1,053 GB) needs at least 50 l4 GPUs "
             "(not 1); priced on 50, or quantise it to 4 bits (QLoRA) to use fewer.") in big.reasoning
+
+
+def test_the_reasoning_word_for_word():
+    """The notes a user reads under the table; the figures are the hand-worked ones above: serving on one
+    L4 is 12 × $584 = $7,008 over the year, plus $0.11 to train the 1e7 model or $58.77 of LoRA."""
+    d = compare_options(L4, data_tokens=2e8, base_params=8e9, api_price_per_m=3, monthly_tokens=5e8, num_gpus=1)
+    assert d.reasoning == [
+        "Train: no budget given: the model sized to your data, 2e+08 tokens / 20 tokens per parameter = 1e+07 "
+        "parameters (Chinchilla), one pass.",
+        "Customize: 4·N FLOPs/token through the frozen base (forward 2N, activation gradients 2N); attention and "
+        "adapter FLOPs not counted: pass --base-hf-config for them.",
+        "Train: the model you could train (1e+07 params on 2e+08 tokens) is smaller than the base you would "
+        "customize (8e+09 params, pretrained on far more tokens); it will know your domain but little else.",
+        "Owning a model means serving it: always-on GPUs (730 h/month), replicas as the 5e+08 tokens/month need at "
+        "2·N FLOPs/token and MFU 0.1, whatever the traffic; buying: 5e+08 tokens × $3 per million, nothing up "
+        "front, your prompts go to the provider.",
+        "Over 12 months train is cheapest ($7,008), but its 1e+07-parameter model is 800x smaller than the base: "
+        "not a like-for-like alternative. Of the options with a model of that class the cheapest is customize "
+        "($7,067); quality is not priced here: evaluate a customized base and the API on your own task before "
+        "choosing."]
+    buy = _by_option(d)["buy"]
+    assert (buy.model_params, buy.one_time_usd, buy.time_to_first_model_days, buy.gpu_hours, buy.serve_gpus,
+            buy.tokens, buy.flops_per_token, buy.mfu, buy.train_gpus, buy.replica_gpus, buy.payback_months) == \
+        (None, 0.0, 0.0, 0.0, 0, 5e8, None, None, 0, 0, None)
+
+
+def test_a_trained_model_as_big_as_the_base_is_not_called_smaller():
+    # 2e11 tokens / 20 = 1e10 parameters, exactly the base's
+    d = compare_options(H100, data_tokens=2e11, base_params=1e10, api_price_per_m=3, monthly_tokens=1e6, num_gpus=8)
+    assert _by_option(d)["train"].model_params == 1e10
+    assert not any("smaller than the base" in n for n in d.reasoning)
