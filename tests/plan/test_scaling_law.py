@@ -267,3 +267,15 @@ def test_a_backtest_miss_widens_the_interval_and_past_three_percent_is_a_warning
     assert "interval_90" not in bare
     assert bare["warnings"] == ["on your data, this ladder missed its own largest rung by -4.0% (the law fitted "
                                 "without it): do not trust it at 2x"]
+
+
+def test_the_two_variable_optimum_trains_each_shape_on_what_its_real_flops_buy():
+    """A shape whose FLOPs per token are 4x its 6·N (a wide head, long context) gets a quarter of the
+    tokens 6·N would promise; the law must see those."""
+    law = ScalingLaw(E=1.0, A=100.0, alpha=0.5, B=1000.0, beta=0.5)
+    small = Shape(1e6, 2e6, 6e6, {"d_model": 64, "n_layers": 2})
+    costly = Shape(4e6, 8e6, 4 * 6 * 4e6, {"d_model": 128, "n_layers": 2})
+    # 6e15 FLOPs: small trains 1e9 tokens, 0.1 + 1000/31,623 = 0.132; costly 6.25e7 tokens,
+    # 0.05 + 1000/7,906 = 0.176 (at 6·N it would have looked like 2.5e8 tokens and 0.113)
+    opt = law.optimum_over(6e15, [small, costly])
+    assert opt["shape"]["d_model"] == 64 and opt["tokens"] == pytest.approx(1e9)
