@@ -220,12 +220,24 @@ def test_with_nothing_measured_the_lowest_prediction_is_named(tmp_path):
     _write(root / "ladder" / "ladder.json", _ladder(ONE))
     table = quality_table(root, _cfg(), {"tokens": 20 * NE, "cost_usd": 1.0}, CPU)
     assert table["notes"] == ["nothing measured yet; lowest prediction: config's model, predicted (1.0306)"]
+    # with a budget that buys a bigger model too, the lower of the two predictions is named
+    from fmforge.model.counting import from_model_config, train_flops_per_token
+
+    fpt = train_flops_per_token(from_model_config(_cfg().resolved_model()))
+    plan = {"tokens": 20 * NE, "cost_usd": 1.0, "sizing": {"compute_flops": 100 * 20 * NE * fpt, "budget_usd": 9}}
+    both = quality_table(root, _cfg(), plan, CPU)
+    figures = {r["model"]: r["bits_per_byte"] for r in both["rows"]}
+    assert figures["budget optimum, predicted"] < figures["config's model, predicted"]
+    assert both["notes"] == [f"nothing measured yet; lowest prediction: budget optimum, predicted "
+                             f"({figures['budget optimum, predicted']:.4f})"]
 
 
 def test_a_prediction_past_four_passes_is_a_row_without_a_figure(tmp_path):
     # 20 × 106,816 = 2,136,320 tokens over 400,000 tokens of data: 5.3 passes
     lad = _ladder(ONE, data_tokens=400_000)
-    table = _lowest_notes(tmp_path, {"a": 1.2}, ladder=lad, cfg=_cfg(), plan={"tokens": 20 * NE, "cost_usd": 1.0})
+    _lowest_notes(tmp_path, {"a": 1.2}, ladder=lad, cfg=_cfg(), plan={"tokens": 20 * NE, "cost_usd": 1.0})
+    table = quality_table(tmp_path / "runs" / "own", _cfg(), {"tokens": 20 * NE, "cost_usd": 1.0}, CPU,
+                          data_tokens=400_000)
     row = _rows(table)["config's model, predicted"]
     assert row["bits_per_byte"] is None
     assert "no prediction: not predicted: repeats its data 5.3x" in row["basis"]
