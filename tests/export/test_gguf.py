@@ -535,9 +535,26 @@ def test_without_a_bos_token_the_eos_stands_for_it(tiny_runs, tmp_path):
 
 
 def test_without_tokenizer_config_the_file_has_no_template_and_adds_no_bos(tiny_runs, tmp_path):
+    """The EOS then comes from the config's tokenizer.eos_token, as for training."""
     run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path, remove=("tokenizer_config.json",))
     reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32")))
     assert reader.get_field("tokenizer.chat_template") is None
+    assert field(reader, "tokenizer.ggml.add_bos_token") is False
+    tok = tokenizer_json(run)
+    eos = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|endoftext|>")
+    assert field(reader, "tokenizer.ggml.eos_token_id") == eos
+    assert field(reader, "tokenizer.ggml.bos_token_id") == eos
+
+
+def test_a_tokenizer_config_silent_on_bos_adds_none(tiny_runs, tmp_path):
+    """No add_bos_token key: transformers' tokenizer then prepends nothing, and
+    neither must llama.cpp."""
+    from transformers import AutoTokenizer
+
+    run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path, config=lambda c: c.pop("add_bos_token"))
+    hf = AutoTokenizer.from_pretrained(str(run.tokenizer))
+    assert hf("def")["input_ids"][0] != hf.bos_token_id
+    reader = gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32")))
     assert field(reader, "tokenizer.ggml.add_bos_token") is False
 
 
@@ -588,6 +605,19 @@ def test_token_types_and_padding_rows_follow_the_spec(tiny_runs):
     assert tokenizer_metadata(as_strings, n + 1)["merges"] == pairs
 
 
+def test_sparse_tokenizer_json_is_read_with_tokenizers_defaults():
+    """tokenizer.json keys tokenizers may leave out: no added_tokens, no merges (a
+    BPE of single characters), even an empty vocabulary; no model at all is refused."""
+    from fmforge.export.gguf import GGUFExportError, tokenizer_metadata
+
+    meta = tokenizer_metadata({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}, 3)
+    assert meta["tokens"][:2] == ["a", "b"] and meta["types"] == [NORMAL, NORMAL, UNUSED]
+    assert meta["merges"] == []
+    assert tokenizer_metadata({"model": {"type": "BPE", "vocab": {}}}, 2)["types"] == [UNUSED] * 2
+    with pytest.raises(GGUFExportError, match="None"):
+        tokenizer_metadata({}, 2)
+
+
 def test_a_tokenizer_wider_than_the_model_is_refused(tiny_runs):
     from fmforge.export.gguf import tokenizer_metadata
 
@@ -618,6 +648,14 @@ def test_tokenizers_llama_cpp_would_split_otherwise_are_refused(tiny_runs, gpt2_
     del gpt4["pre_tokenizer"]["pretokenizers"][1]["use_regex"]
     assert llama_cpp_pre_tokenizer(gpt4) is None
     assert llama_cpp_pre_tokenizer({"pre_tokenizer": None}) is None
+    assert llama_cpp_pre_tokenizer({}) is None
+    assert llama_cpp_pre_tokenizer({"pre_tokenizer": {"type": "Sequence"}}) is None
+    no_pattern = tokenizer_json(tiny_runs["gqa-tied"])
+    del no_pattern["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    assert llama_cpp_pre_tokenizer(no_pattern) is None
+    three = tokenizer_json(tiny_runs["gqa-tied"])
+    three["pre_tokenizer"]["pretokenizers"].append({"type": "Digits", "individual_digits": True})
+    assert llama_cpp_pre_tokenizer(three) is None
 
     run = edited_tokenizer(tiny_runs["gqa-tied"], tmp_path / "w",
                            tokenizer=lambda t: t.update(pre_tokenizer={"type": "Whitespace"}))
@@ -648,6 +686,19 @@ def test_the_file_is_readable_by_others_and_nothing_is_left_after_a_failure(tiny
     assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["model.gguf"]
 
+    seen = []
+    original = gguf.GGUFWriter.write_tensors_to_file
+
+    def watched(self, *a, **k):  # what the directory holds while the tensors are written
+        seen.extend(p.name for p in (tmp_path / "watched").iterdir())
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", watched)
+    export(run, tmp_path / "watched" / "model.gguf", "f32")
+    # beside the target (the rename stays on one filesystem), hidden and not *.gguf, so a
+    # folder of models (llama-server --models-dir, LM Studio) never lists a partial file
+    assert len(seen) == 1 and seen[0].startswith(".model.gguf.") and seen[0].endswith(".tmp"), seen
+
     def broken(self, *a, **k):
         raise OSError(28, "No space left on device")
 
@@ -655,6 +706,20 @@ def test_the_file_is_readable_by_others_and_nothing_is_left_after_a_failure(tiny
     result = runner.invoke(app, ["export", "gguf", str(run.root), str(tmp_path / "out" / "m.gguf")])
     assert result.exit_code != 0
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failure_after_the_rename_reports_its_own_error(tiny_runs, tmp_path, monkeypatch):
+    """If syncing the directory fails once the file is in place, the user sees that
+    error (an I/O error), not a confusing one about the temporary file being gone."""
+    import fmforge.export.gguf as gguf_export
+
+    def failing_sync(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(gguf_export, "fsync_dir", failing_sync)
+    with pytest.raises(OSError) as err:
+        gguf_export.export_gguf(tiny_runs["gqa-tied"], tmp_path / "m.gguf", "f32")
+    assert err.value.errno == 5
 
 
 def test_an_imported_model_with_odd_widths_exports_and_says_where_it_came_from(tiny_runs, tmp_path):
@@ -699,3 +764,19 @@ def test_an_imported_model_with_odd_widths_exports_and_says_where_it_came_from(t
     got = llama_cpp_logits(read_tensors(reader), hp, tokens)
     # f16 and q8_0 weights: close, not equal (logits of a random model span about ±1)
     assert (got - ref).abs().max().item() < 0.05
+
+
+def test_gguf_description_of_a_run_without_data_or_token_counts(tiny_runs, tmp_path):
+    """A config with no data section (a fine-tuning config on JSONL examples) names
+    no sources; a checkpoint from before fmforge counted tokens gives no count."""
+    run = labelled(tiny_runs["gqa-tied"], tmp_path)
+    raw = yaml.safe_load(run.config.read_text())
+    del raw["data"]
+    raw["finetune"] = {"base": "somewhere", "data": ["chats.jsonl"]}
+    run.config.write_text(yaml.safe_dump(raw))
+    state_path = next(run.checkpoints.glob("step-*/trainer_state.json"))
+    state = json.loads(state_path.read_text())
+    del state["tokens"]
+    state_path.write_text(json.dumps(state))
+    text = field(gguf.GGUFReader(str(export(run, tmp_path / "model.gguf", "f32"))), "general.description")
+    assert text.endswith(f"Trained from scratch with fmforge for {state['step']:,} steps."), text

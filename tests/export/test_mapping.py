@@ -170,3 +170,60 @@ def test_to_transformers_runs_the_attention_asked_for(tiny_runs, attn):
     with torch.no_grad():
         diff = (hf(batch).logits - trained.model(batch)).abs().max().item()
     assert diff < 1e-4, diff
+
+
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 320,
+         "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+         "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 64}
+ONLY_LLAMA = "; fmforge imports only plain Llama checkpoints (model_type 'llama')"
+NO_SCALING = "rope scaling (llama3, linear, dynamic, yarn ...) is not implemented"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "mistral"}, "model_type = 'mistral': not a Llama model"),
+    ({"architectures": ["LlamaForSequenceClassification"]},
+     "architectures = ['LlamaForSequenceClassification']: not LlamaForCausalLM"),
+    ({"hidden_act": "gelu"}, "hidden_act = 'gelu': fmforge's MLP is SwiGLU (silu)"),
+    ({"attention_bias": True}, "attention_bias = True: fmforge's layers have no biases"),
+    ({"mlp_bias": True}, "mlp_bias = True: fmforge's layers have no biases"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     f"rope_scaling = {{'rope_type': 'llama3', 'factor': 8.0}}: {NO_SCALING}"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}},  # transformers 4's older spelling
+     f"rope_scaling = {{'type': 'linear', 'factor': 2.0}}: {NO_SCALING}"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+     f"rope_parameters = {{'rope_type': 'yarn', 'rope_theta': 10000.0, 'factor': 4.0}}: {NO_SCALING}"),
+    ({"head_dim": 16}, "head_dim = 16: differs from hidden_size / num_attention_heads = 8"),
+    ({"num_attention_heads": 5}, "num_attention_heads = 5: does not divide hidden_size=48"),
+], ids=lambda v: None)
+def test_refusals_name_the_file_the_key_its_value_and_why(change, message):
+    """Error messages are interface (docs/testing.md): the whole text, as a user reads it."""
+    with pytest.raises(UnsupportedModelError) as err:
+        model_config_from_hf({**LLAMA, **change})
+    assert str(err.value) == f"config.json: {message}{ONLY_LLAMA}"
+    with pytest.raises(UnsupportedModelError) as err:
+        model_config_from_hf({**LLAMA, **change}, source="/models/x/config.json")
+    assert str(err.value).startswith(f"/models/x/config.json: {message}")
+
+
+@pytest.mark.parametrize("change", [
+    {"rope_scaling": {"rope_type": "default"}}, {"rope_scaling": {"type": "default"}},
+    {"rope_scaling": {}}, {"rope_parameters": {"rope_theta": 5e5}}, {"architectures": None},
+    {"head_dim": 8}, {"num_key_value_heads": None},
+], ids=lambda v: None)
+def test_what_transformers_calls_a_plain_llama_is_accepted(change):
+    """Spellings transformers writes for a plain Llama: rope scaling of type
+    default (either key) or empty, rope_parameters without a type (the default),
+    no architectures list, head_dim equal to hidden_size / heads, no KV head count
+    (multi-head attention), each as transformers' LlamaConfig reads it."""
+    ours = model_config_from_hf({**LLAMA, **change})
+    theirs = transformers.LlamaConfig.from_dict({**LLAMA, **change})
+    assert (ours.n_heads, ours.kv_heads, ours.head_dim) == (
+        theirs.num_attention_heads, theirs.num_key_value_heads, theirs.head_dim)
+    assert ours.rope_theta == theirs.rope_parameters["rope_theta"]
+
+
+def test_an_impossible_size_is_refused_naming_the_file():
+    with pytest.raises(UnsupportedModelError) as err:
+        model_config_from_hf({**LLAMA, "num_hidden_layers": 0}, source="ckpt/config.json")
+    assert str(err.value).startswith("ckpt/config.json: not an architecture fmforge supports: ")
+    assert "n_layers" in str(err.value)
