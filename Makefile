@@ -102,22 +102,21 @@ $(LLAMA_CPP_STAMP): $(STAMP)
 	touch $@
 
 # Mutation testing (docs/testing.md): mutmut 3 puts one-line bugs into the modules
-# where a bug loses data or breaks a client and counts those the tests catch.
-# Not part of `make test` or CI: tens of minutes on 2 cores. One module at a time;
-# MUTATE_MODULES=fmforge.data.pii narrows it, MUTATE_JOBS sets the workers.
+# where a bug loses data, breaks a client or misleads a decision, and counts those
+# the tests catch. Not part of `make test` or CI: hours for all modules on 2 cores.
+# One module at a time, each in its own copy under mutation/ against the tests
+# pyproject.toml's [tool.fmforge.mutate.tests] names for it (tools/mutate.py);
+# MUTATE_MODULES=fmforge.data.pii narrows it, MUTATE_JOBS sets the workers,
+# MUTATE_KEEP=1 goes on from a stopped run.
 MUTMUT_VERSION := 3.8.1
-MUTATE_MODULES ?= fmforge.train.checkpoint fmforge.train.loader fmforge.data.pii \
-	fmforge.data.dedup fmforge.data.minhash fmforge.data.gopher fmforge.eval.heldout \
-	fmforge.model.scoring
+MUTATE_MODULES ?=
 MUTATE_JOBS ?= 2
+MUTATE_KEEP ?=
 
 mutate: setup
 	$(BIN)/python -m pip show mutmut 2>/dev/null | grep -qx 'Version: $(MUTMUT_VERSION)' \
 		|| $(BIN)/python -m pip install --quiet mutmut==$(MUTMUT_VERSION)
-	rm -rf mutants
-	for m in $(MUTATE_MODULES); do \
-		$(BIN)/mutmut run --max-children $(MUTATE_JOBS) "$$m.*" || exit 1; done
-	$(BIN)/python tools/mutation_summary.py --survivors
+	$(BIN)/python tools/mutate.py --jobs $(MUTATE_JOBS) $(if $(MUTATE_KEEP),--keep) $(MUTATE_MODULES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

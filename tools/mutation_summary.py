@@ -1,7 +1,7 @@
 """Killed/total per module from a `mutmut run` (mutmut 3), read from the
 ``mutants/**/*.py.meta`` files mutmut writes beside each mutated module.
 
-Usage: python tools/mutation_summary.py [--survivors] [--json FILE]
+Usage: python tools/mutation_summary.py [--mutants DIR ...] [--survivors] [--json FILE]
 
 A mutant counts as caught when its tests failed ("killed") or ran past their
 time limit ("timeout": the mutant made the code loop). Everything else counts
@@ -41,15 +41,22 @@ def collect(root: Path) -> dict[str, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mutants", default="mutants", help="mutmut's working directory")
+    ap.add_argument("--mutants", nargs="+", default=["mutants"],
+                    help="mutmut's working directories (tools/mutate.py: mutation/*/mutants)")
     ap.add_argument("--survivors", action="store_true", help="list every mutant not caught")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
-    root = Path(args.mutants)
-    if not (root / "src").is_dir():
-        print(f"{root}/src not found: run `make mutate` first", file=sys.stderr)
-        return 2
-    data = collect(root)
+    data: dict[str, dict[str, str]] = {}
+    runtimes: dict[str, str] = {}
+    for root in map(Path, args.mutants):
+        if not (root / "src").is_dir():
+            print(f"{root}/src not found: run `make mutate` first", file=sys.stderr)
+            return 2
+        found = collect(root)
+        data.update(found)
+        runtime = root.parent / "runtime.txt"  # written by tools/mutate.py
+        if runtime.is_file():
+            runtimes.update({m: runtime.read_text(encoding="utf-8").strip() for m in found})
     modules = list(data)
     rows, total_caught, total_all = [], 0, 0
     print(f"{'module':<34} {'killed/total':>13} {'score':>7}   survived  no-tests  timeout  segfault  other")
@@ -62,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         total_all += total
         score = caught / total if total else 0.0
         rows.append({"module": m, "caught": caught, "total": total, "score": round(score, 4),
+                     "runtime": runtimes.get(m),
                      **{k: c[k] for k in ("killed", "timeout", "survived", "no tests", "segfault")}})
         print(f"{m:<34} {f'{caught}/{total}':>13} {score:>6.0%}   {c['survived']:>8}  {c['no tests']:>8}"
-              f"  {c['timeout']:>7}  {c['segfault']:>8}  {other:>5}")
+              f"  {c['timeout']:>7}  {c['segfault']:>8}  {other:>5}"
+              + (f"   ({runtimes[m]})" if m in runtimes else ""))
     if total_all:
         print(f"{'all':<34} {f'{total_caught}/{total_all}':>13} {total_caught / total_all:>6.0%}")
     if args.survivors:
