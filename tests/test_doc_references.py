@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-DOTTED = re.compile(r"\bfmforge(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+# (not a pyproject table such as [tool.fmforge.mutate.tests])
+DOTTED = re.compile(r"(?<!tool\.)\bfmforge(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 # A backticked path to one of our files: `plan/memory.py`, `benchmarks/gpu_check.sh`.
 PATH = re.compile(r"`([A-Za-z0-9_./-]+/[A-Za-z0-9_.-]+\.(?:py|sh|yaml|toml|html))`")
 
