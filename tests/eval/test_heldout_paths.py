@@ -221,9 +221,19 @@ def test_a_source_whose_documents_are_empty_counts_its_tokens_but_no_bytes(monke
     which stands for no bytes. It adds its nats and its token to the overall, nothing
     to its bytes or to the compressors' figures."""
     model = _model(vocab=20, seq_len=4)
-    monkeypatch.setattr(heldout, "source_streams",
-                        lambda run, tok, eos: {"x": np.array([0, 2, 3, 0]), "y": np.array([0, 0])})
-    out = evaluate_heldout(model, _tokenizer(), 0, _Run(tmp_path, {"val_tokens": 4}), HeldoutSettings(seq_len=4), CPU)
+    run, tok, asked = _Run(tmp_path, {"val_tokens": 4}), _tokenizer(), []
+
+    def streams(run_, tok_, eos):
+        asked.append((run_, tok_, eos))
+        return {"x": np.array([0, 2, 3, 0]), "y": np.array([0, 0])}
+
+    monkeypatch.setattr(heldout, "source_streams", streams)
+    out = evaluate_heldout(model, tok, 0, run, HeldoutSettings(seq_len=4), CPU)
+    assert asked == [(run, tok, 0)]  # this run's documents, with this tokenizer and end-of-text id
+    # what eval.json records of the stream's shape: the tokenizer's own name of the token
+    assert out["convention"] == {"bos": False, "bos_token": None, "separator": "<eos>",
+                                 "stream": "<eos> doc <eos> doc <eos> ...", "window_start": None,
+                                 "scored": "every document token and its closing <eos>"}
     x, y, o = out["per_source"]["x"], out["per_source"]["y"], out["overall"]
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([[0]]))[0, 0], -1)
