@@ -31,7 +31,7 @@ def _hf_warp(logits: torch.Tensor, temperature: float, top_k, top_p) -> torch.Te
         scores = TemperatureLogitsWarper(temperature)(ids, scores)
     if top_k is not None:
         scores = TopKLogitsWarper(top_k)(ids, scores)
-    if top_p is not None and top_p < 1.0:
+    if top_p is not None:
         scores = TopPLogitsWarper(top_p)(ids, scores)
     return scores[0]
 
@@ -51,6 +51,15 @@ def test_filter_keeps_the_tokens_transformers_keeps(top_k, top_p):
         kept = torch.isfinite(ours)
         assert torch.equal(ours[kept], logits[kept])  # the kept logits are unchanged
         assert kept.any()
+
+
+def test_top_p_of_one_keeps_every_token_even_a_negligible_one():
+    # In float32 the head's cumulative probability is already 1.0: a nucleus of 1.0 still
+    # holds every token, as transformers' TopPLogitsWarper(1.0) keeps them.
+    logits = torch.tensor([0.0, -40.0, -45.0, 3.0, -50.0])
+    assert torch.isfinite(filter_logits(logits, None, 1.0)).all()
+    assert torch.isfinite(_hf_warp(logits, 1.0, None, 1.0)).all()
+    assert torch.isfinite(filter_logits(logits, 5, 1.0)).all()
 
 
 def test_ties_at_the_kth_logit_are_all_kept_as_transformers_does():
