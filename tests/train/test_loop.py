@@ -864,6 +864,7 @@ def test_a_save_that_fails_without_an_errno_on_a_full_disk_is_a_full_disk(new_ru
     def torch_save_on_a_full_disk(*a, **kw):
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1152 vs 1044")
 
+    save = loop.save_checkpoint
     monkeypatch.setattr(loop.shutil, "disk_usage", disk_usage)
     monkeypatch.setattr(loop, "save_checkpoint", torch_save_on_a_full_disk)
     cfg, run = new_run(max_steps=2)
@@ -872,10 +873,21 @@ def test_a_save_that_fails_without_an_errno_on_a_full_disk_is_a_full_disk(new_ru
     assert caught.value.errno == errno.ENOSPC
     assert "no space left on device" in str(caught.value).lower()
     assert asked == [run.checkpoints.parent]  # checkpoints/ not made yet: the disk under the run
-    # with room left (or no way to tell), the error is the error
-    monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: usage(10 << 30, 0, 2 << 20))
-    with pytest.raises(RuntimeError, match="unexpected pos"):
-        train(*new_run("b", max_steps=2))
+    # once checkpoints/ exists, the disk under it is asked
+    monkeypatch.setattr(loop, "save_checkpoint",
+                        lambda root, step, *a, **kw: save(root, step, *a, **kw) if step < 4
+                        else torch_save_on_a_full_disk())
+    asked.clear()
+    cfg, run = new_run("a2", max_steps=4, checkpoint_every=2)
+    with pytest.raises(RunDirWriteError, match="The checkpoint of step 4 was not written"):
+        train(cfg, run)
+    assert asked == [run.checkpoints]
+    monkeypatch.setattr(loop, "save_checkpoint", torch_save_on_a_full_disk)
+    # with 1 MiB or more left (or no way to tell), the error is the error
+    for free in (1 << 20, 3 << 19):
+        monkeypatch.setattr(loop.shutil, "disk_usage", lambda p, free=free: usage(10 << 30, 0, free))
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            train(*new_run(f"b{free}", max_steps=2))
 
     def unknown(p):
         raise OSError(errno.EIO, "I/O error")
