@@ -129,8 +129,9 @@ def test_the_data_caps_the_model_at_what_four_passes_feed():
     # 2M tokens of data: 4 passes = 8M tokens = 20 × 400,000: d=96 (221,664) is fed, d=128 is not
     size = size_model(A10G, 3600, mfu=MFU, data_tokens=2e6)
     assert size.d_model == 96
-    assert ("data-limited: 2,000,000 tokens of data feed a model of at most 400,000 non-embedding parameters "
-            "(20 tokens per parameter in 4 passes over the data)") in size.notes[0]
+    assert size.notes[0] == ("data-limited: 2,000,000 tokens of data feed a model of at most 400,000 non-embedding "
+                             "parameters (20 tokens per parameter in 4 passes over the data); a bigger one would "
+                             "need more data, not more time")
     assert any("repeat its data" in n for n in size.notes)
     # exactly 4 passes for d=96: 5 × 221,664 tokens of data; 20 × 221,664 = 4 × that, still fed
     edge = size_model(A10G, 3600, mfu=MFU, data_tokens=5 * 221_664)
@@ -187,20 +188,21 @@ def test_the_measured_speed_replaces_the_default_mfu(monkeypatch):
 
     def measured(size, micro_batch, seq_len, device):
         # this machine reaches MFU 0.05 on every shape: tokens/s = 0.05 × peak / FLOPs per token
-        calls.append((size.d_model, micro_batch, seq_len, device))
+        calls.append((size.d_model, size.vocab_size, micro_batch, seq_len, device))
         arch = from_model_config(ModelConfig(vocab_size=size.vocab_size, d_model=size.d_model,
                                              n_layers=size.n_layers, n_heads=size.n_heads, seq_len=seq_len))
         return 0.05 * A10G.peak_flops / train_flops_per_token(arch)
 
     monkeypatch.setattr(autosize, "measure_tokens_per_s", measured)
-    size = size_model_measured(A10G, 1800, micro_batch=8, seq_len=256)
-    expected = size_model(A10G, 1800, micro_batch=8, seq_len=256, mfu=0.05)
+    size = size_model_measured(A10G, 1800, vocab_size=1000)  # the trainer's defaults: 16 sequences of 256
+    expected = size_model(A10G, 1800, vocab_size=1000, mfu=0.05)
     assert size.model_keys() == expected.model_keys()
     assert size.mfu == pytest.approx(0.05) and size.tokens == pytest.approx(expected.tokens)
-    default = size_model(A10G, 1800, micro_batch=8, seq_len=256)
+    default = size_model(A10G, 1800, vocab_size=1000)
     assert default.mfu == 0.20 and default.d_model > size.d_model  # the default (0.20 under 100M) buys more
-    # timed first the default's choice, then the new one; the second agrees, so no third round
-    assert calls == [(default.d_model, 8, 256, "cpu"), (size.d_model, 8, 256, "cpu")]
+    # timed first the default's choice, then the new one (both with the fixed vocabulary, 16 × 256 tokens
+    # a step as sized); the second agrees, so no third round
+    assert calls == [(default.d_model, 1000, 16, 256, "cpu"), (size.d_model, 1000, 16, 256, "cpu")]
     assert any(n.startswith("speed measured on this machine") and "MFU 0.050 (the planner's default was 0.20)" in n
                for n in size.notes)
 
@@ -234,6 +236,7 @@ def test_the_description_names_the_choice():
     assert "planned on a10g (bf16, MFU 0.3) → 8,192,000 tokens in 60 min, 37 tokens per non-embedding parameter" \
         in text  # 8,192,000 / 221,664 = 37
     assert size_model(A10G, 60, mfu=MFU, dtype="float32").describe().count("(float32, MFU") == 1
+    assert size_model(A10G, 60, mfu=MFU, dtype="autocast").describe().count("(bf16, MFU") == 1
     d = size.to_dict()
     assert d["tokens_per_param"] == pytest.approx(8_192_000 / size.params)
     assert size.model_keys() == {"d_model": 96, "n_layers": 2, "n_heads": 3, "vocab_size": 4096}
@@ -246,6 +249,9 @@ def test_the_family_for_a_budget_optimum_keeps_the_configs_choices():
     shapes = {s.keys["d_model"]: s for s in family_shapes(model)}
     assert list(shapes) == list(WIDTHS)
     # d=256: 8 heads of 32, groups of 4 → 2 key/value heads; d=64: 2 heads, not divisible by 4 → plain MHA
+    pairs = ModelConfig(vocab_size=1000, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, seq_len=128)
+    assert {s.keys["d_model"]: s for s in family_shapes(pairs)}[256].non_embedding_params == count_params(
+        from_model_config(pairs.model_copy(update={"n_layers": 4, "d_ff": None}))).non_embedding  # groups of 2
     for d, kv in ((256, 2), (64, None), (512, 2)):
         layers, heads = FAMILY[d]
         arch = from_model_config(ModelConfig(vocab_size=1000, d_model=d, n_layers=layers, n_heads=heads,
