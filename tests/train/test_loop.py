@@ -895,3 +895,11 @@ def test_a_save_that_fails_without_an_errno_on_a_full_disk_is_a_full_disk(new_ru
     monkeypatch.setattr(loop.shutil, "disk_usage", unknown)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         train(*new_run("c", max_steps=2))
+
+
+def test_set_aside_of_a_run_without_checkpoints_only_records_why(tmp_path):
+    run = RunDir(tmp_path)
+    loop.set_aside(run, "--force")
+    aside = next((tmp_path / "checkpoints.previous").iterdir())
+    assert [p.name for p in aside.iterdir()] == ["reason.txt"]
+    assert not run.checkpoints.exists()
