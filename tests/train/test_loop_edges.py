@@ -1,0 +1,65 @@
+"""Edges of the training loop's resume path that the main loop tests leave open,
+each checked against the documented contract (docs/training.md), not against the
+loop's own arithmetic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fmforge.train.loop as loop
+from fmforge.config import RunConfig, load_config
+from fmforge.pipeline import run_pipeline
+from fmforge.rundir import RunDir, read_metrics
+
+
+@pytest.fixture(scope="module")
+def _prepared(tmp_path_factory, make_tiny_config) -> Path:
+    root = tmp_path_factory.mktemp("loop-edges-prepared")
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(make_tiny_config(root)))
+    cfg = load_config(path)
+    run_pipeline(cfg, stages=("data", "tokenizer", "tokenize"))
+    return Path(cfg.run_dir)
+
+
+@pytest.fixture
+def new_run(_prepared, tmp_path, make_tiny_config):
+    def make(name: str = "run", **train) -> tuple[RunConfig, RunDir]:
+        root = tmp_path / name
+        shutil.copytree(_prepared, root, ignore=shutil.ignore_patterns("checkpoints*", "metrics.jsonl", "tb"))
+        raw = make_tiny_config(tmp_path / f"{name}-src",
+                               train={"dtype": "float32", "tensorboard": False, "eval_every": 1000,
+                                      "checkpoint_every": 1000, **train})
+        raw["out_dir"] = str(root)
+        return RunConfig.model_validate(raw), RunDir(root)
+
+    return make
+
+
+def test_elapsed_seconds_count_every_session_after_a_resume(new_run):
+    # docs/training.md: a record's (and a checkpoint's) elapsed_s is "training
+    # seconds so far, over all sessions". A first session that trained for 1000 s
+    # (its checkpoint says so), continued for two more steps: every record the
+    # second session logs, its checkpoint and the stage's wall time start from
+    # those 1000 s, not from 0.
+    cfg, run = new_run(max_steps=2, log_every=1, schedule="constant")
+    loop.run_train_stage(cfg, run, fingerprint="fp-2", lineage="L")
+    state_path = run.checkpoints / "step-000002" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["elapsed_s"] = 1000.0
+    state_path.write_text(json.dumps(state))
+
+    cfg4, _ = new_run("cfg4", max_steps=4, log_every=1, schedule="constant")
+    summary = loop.run_train_stage(cfg4, run, fingerprint="fp-4", lineage="L")
+    records = {r["step"]: r for r in read_metrics(run.metrics)}
+    assert sorted(records) == [1, 2, 3, 4]
+    assert records[1]["elapsed_s"] < 1000 and records[2]["elapsed_s"] < 1000  # the first session's own
+    assert 1000 <= records[3]["elapsed_s"] <= records[4]["elapsed_s"] < 1000 + 600
+    after = json.loads((run.checkpoints / "step-000004" / "trainer_state.json").read_text())
+    assert 1000 <= after["elapsed_s"] < 1000 + 600
+    assert 1000 <= summary["wall_s"] < 1000 + 600
