@@ -89,6 +89,22 @@ def test_the_two_variable_fit_is_scipys_huber_optimum_on_noisy_rungs():
         (math.exp(a), math.exp(b), math.exp(e), alpha, beta), rel=1e-4)
 
 
+def test_a_fit_from_one_distant_start_descends_all_the_way_to_scipys_optimum():
+    # From (a, b, e, alpha, beta) = (1, 1, 1, 1, 1), far from the optimum, Levenberg-
+    # Marquardt needs well over 35 steps here (measured: 2.2x scipy's objective after
+    # 25 + 10 steps, 1.0007x after 25 + 20): a descent cut short, or stopped before it
+    # has settled, shows as an objective above scipy's.
+    rng = random.Random(4)
+    points = [Point(n, d, _besiroglu(n, d) * math.exp(rng.gauss(0, 0.003)))
+              for n in (4e7, 1.6e8, 6.4e8, 2.56e9) for d in (8e8, 4e9, 2e10)]
+    c = BESIROGLU
+    ref, _ = _scipy_huber_fit(points, True, [(math.log(c["A"]), math.log(c["B"]), math.log(c["E"]),
+                                              c["alpha"], c["beta"])])
+    _, theta, objective = fit_law(points, starts=[(1.0, 1.0, 1.0, 1.0, 1.0)])
+    assert objective == pytest.approx(ref.cost, rel=1e-9)
+    assert theta == pytest.approx(list(ref.x), rel=1e-4)
+
+
 def test_besiroglus_law_is_recovered_and_extrapolated_to_chinchilla():
     # A 4 x 3 grid of sizes and token counts far below Chinchilla (70B parameters,
     # 1.4T tokens), each on the published law; the fit must give the law back and
@@ -184,6 +200,9 @@ def test_the_residual_noise_is_the_rms_of_log_residuals_over_the_degrees_of_free
     points2 = [Point(n, d, two.predict(n, d) * math.exp(x)) for (n, d), x in zip(grid, (*r, 0.0, 0.0))]
     sigma2, dof2 = residual_noise(points2, two)
     assert dof2 == 2 and sigma2 == pytest.approx(0.0193649, rel=1e-5)
+    # 4 rungs leave 1 degree of freedom: 0.01^2 + 0.02^2 + 0.005^2 = 5.25e-4, sqrt = 0.0229129
+    s4, d4 = residual_noise(points[:4], one)
+    assert d4 == 1 and s4 == pytest.approx(0.0229129, rel=1e-5)
     # as many rungs as parameters: no noise can be estimated
     s3, d3 = residual_noise(points[:3], one)
     assert d3 == 0 and math.isnan(s3)
