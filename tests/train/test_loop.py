@@ -591,6 +591,14 @@ def test_a_load_error_that_is_not_damage_stops_and_sets_nothing_aside(new_run, m
         train(cfg, run)
     assert steps_of(run.checkpoints) == [2, 4] and not list(run.checkpoints.glob("*.unreadable"))
 
+    def check_fails(ckpt):  # the damage check failing too is not damage
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(loop, "checkpoint_damage", check_fails)
+    with pytest.raises(MemoryError):
+        train(cfg, run)
+    assert steps_of(run.checkpoints) == [2, 4] and not list(run.checkpoints.glob("*.unreadable"))
+
     def unsupported(*a, **kw):
         raise CheckpointFormatError("sharded: consolidate it first")
 
@@ -903,3 +911,10 @@ def test_set_aside_of_a_run_without_checkpoints_only_records_why(tmp_path):
     aside = next((tmp_path / "checkpoints.previous").iterdir())
     assert [p.name for p in aside.iterdir()] == ["reason.txt"]
     assert not run.checkpoints.exists()
+
+
+def test_force_on_a_run_without_checkpoints_sets_nothing_aside(new_run):
+    cfg, run = new_run(max_steps=2)
+    train(cfg, run, fresh=True)
+    assert not (run.root / "checkpoints.previous").exists()
+    assert steps_of(run.checkpoints) == [2]
