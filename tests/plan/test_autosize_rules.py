@@ -362,3 +362,36 @@ def test_model_auto_sizes_on_the_peak_of_the_runs_precision_and_measures_without
     assert not reused and size.mfu == 0.01
     assert seen["device"] == "cpu" and seen["seconds"] == 300 and seen["dtype"] == "float32"
     assert seen["micro_batch"] == cfg.train.micro_batch_size and seen["seq_len"] == cfg.model.seq_len
+
+
+def test_model_auto_follows_the_device_the_precision_the_ladder_and_the_threads(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda **kw: 5e10)
+    path = _auto_config(tmp_path)
+    with pytest.raises(Exception, match="^resolve_auto_model needs a config with model: auto$"):
+        resolve_auto_model(load_config(path).with_model_size(d_model=64, n_layers=2, n_heads=2, vocab_size=512))
+    # the vocabulary is the family's own when nobody fixed it
+    _, size, _ = resolve_auto_model(load_config(path))
+    assert size.vocab_size == vocab_for(size.d_model, size.n_layers, size.n_heads, 256)
+    # auto precision on a CPU without native bf16 is float32
+    monkeypatch.setattr("fmforge.plan.estimate.cpu_has_native_bf16", lambda: False)
+    _, auto, _ = resolve_auto_model(load_config(path, ["train.dtype=auto"]))
+    assert auto.dtype == "float32"
+    # the same config trained on a GPU is decided again, for that GPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("fmforge.plan.estimate.detect_gpu", lambda: "a10g")
+    _, gpu, reused = resolve_auto_model(load_config(path, ["train.device=cuda"]))
+    assert not reused and gpu.hardware == "a10g"
+    # a ladder fitted since decides again, by its law
+    resolve_auto_model(load_config(path))
+    _write_ladder = tmp_path / "runs" / "auto" / "ladder" / "ladder.json"
+    _write_ladder.parent.mkdir(parents=True)
+    _write_ladder.write_text(json.dumps({"law": {"E": 0.5, "A": 10.0, "alpha": 0.3, "tokens_per_param": 200.0}}))
+    _, laddered, reused = resolve_auto_model(load_config(path))
+    assert not reused and laddered.rule == "this run's ladder rule, 200 tokens per non-embedding parameter"
+    # a thread count (here the one torch already uses, so that nothing else changes) is applied and recorded
+    threads = torch.get_num_threads()
+    _, _, reused = resolve_auto_model(load_config(path, [f"train.num_threads={threads}"]))
+    assert not reused and torch.get_num_threads() == threads
