@@ -233,3 +233,25 @@ def test_an_impossible_size_is_refused_naming_the_file():
         model_config_from_hf({**LLAMA, "num_hidden_layers": 0}, source="ckpt/config.json")
     assert str(err.value).startswith("ckpt/config.json: not an architecture fmforge supports: ")
     assert "n_layers" in str(err.value)
+
+
+def test_the_export_names_its_class_and_init_scale_as_transformers_reads_them(tiny_runs, tmp_path):
+    """vLLM and TGI pick the model class from config.json's ``architectures``, which
+    must name the class transformers loads; ``initializer_range`` is the scale
+    transformers initialises new rows with (resize_token_embeddings): the run's
+    init_std, here a run whose model section says 0.01."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs["gqa-tied"].root, run_dir)
+    state_path = next((run_dir / "checkpoints").glob("step-*/trainer_state.json"))
+    state = json.loads(state_path.read_text())
+    state["model"]["init_std"] = 0.01
+    state_path.write_text(json.dumps(state))
+    from fmforge.rundir import RunDir
+
+    out = export_hf(RunDir(run_dir), tmp_path / "hf")
+    config = transformers.AutoConfig.from_pretrained(str(out))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert config.architectures == [type(model).__name__]
+    assert config.initializer_range == 0.01
