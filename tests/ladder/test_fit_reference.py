@@ -142,7 +142,7 @@ def test_given_starts_are_the_starts_and_a_fit_that_never_converges_is_refused()
     points = [Point(n, 20 * n, true.predict(n)) for n in (1e4, 3e4, 1e5, 3e5, 1e6)]
     law, _, _ = fit_law(points, starts=[(math.log(40.0), math.log(1.2), 0.35)])
     assert (law.E, law.A, law.alpha) == pytest.approx((1.2, 40.0, 0.35), rel=1e-6)
-    with pytest.raises(ValueError, match="did not converge"):
+    with pytest.raises(ValueError, match="^the scaling-law fit did not converge from any start$"):
         fit_law(points, starts=[(math.nan, math.nan, math.nan)])
 
 
@@ -179,6 +179,10 @@ def test_three_sizes_are_enough_and_every_bad_number_is_refused():
     assert law.predict(1e6) == pytest.approx(true.predict(1e6), rel=1e-3)
     with pytest.raises(ValueError, match="at least 3 sizes, got 2"):
         fit_law([ok[0], ok[1], Point(1e5, 2e6, 1.5)])
+    # one parameter and one token are positive counts: a law of those is fitted too
+    unit = ScalingLaw(E=1.0, A=1.0, alpha=0.5, tokens_per_param=1)
+    tiny, _, _ = fit_law([Point(n, n, unit.predict(n)) for n in (1, 10, 100)])
+    assert tiny.predict(1000) == pytest.approx(unit.predict(1000), rel=1e-3)
     for bad in (Point(0, 2e5, 2.0), Point(-1e4, 2e5, 2.0), Point(1e4, 0, 2.0), Point(1e4, -2e5, 2.0),
                 Point(1e4, 2e5, 0.0), Point(1e4, 2e5, -1.0), Point(1e4, 2e5, math.inf), Point(1e4, 2e5, math.nan)):
         with pytest.raises(ValueError, match="positive, finite"):
