@@ -335,6 +335,8 @@ def test_data_that_arrives_after_a_checkpoint_keeps_the_model(tmp_path, monkeypa
     note = next(n for n in kept.notes if n.startswith("sized before the run's data (100,000 tokens"))
     assert "now picks d_model 64, 2 layers (106,816 non-embedding parameters)" in note
     assert "delete runs/auto/model_size.json and rerun from the tokenizer stage" in note
+    # 100,000 tokens of data under the kept model's tokens: it says how often it would repeat them
+    assert any(n.startswith("the model, trained for the whole budget, would repeat its data") for n in kept.notes)
 
 
 def test_model_auto_sizes_on_the_peak_of_the_runs_precision_and_measures_without_an_mfu(tmp_path, monkeypatch):
@@ -395,3 +397,59 @@ def test_model_auto_follows_the_device_the_precision_the_ladder_and_the_threads(
     threads = torch.get_num_threads()
     _, _, reused = resolve_auto_model(load_config(path, [f"train.num_threads={threads}"]))
     assert not reused and torch.get_num_threads() == threads
+
+
+def test_data_that_arrives_before_anything_is_built_resizes_at_the_speed_decided_before(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda **kw: 5e10)
+    path = _auto_config(tmp_path)
+    over = ["train.max_minutes=60", "train.max_steps=null"]
+    _, blind, _ = resolve_auto_model(load_config(path, over))
+    run = tmp_path / "runs" / "auto"
+    (run / "tokens").mkdir(parents=True)
+    # plenty of data: the same model, reused (the log says "as decided before"), sized at the MFU given
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 1e12}))
+    _, same, reused = resolve_auto_model(load_config(path, over))
+    assert reused and same.model_keys() == blind.model_keys() and same.mfu == 0.3
+    # little data: a smaller model, at the same MFU 0.3 (the default for a float32 CPU run would be 0.55)
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 500_000}))
+    _, fed, reused = resolve_auto_model(load_config(path, over))
+    cpu = get_hardware("cpu", cpu_dtype="float32")
+    assert not reused and fed.mfu == 0.3
+    assert fed.model_keys() == size_model(cpu, 3600, dtype="float32", mfu=0.3, data_tokens=500_000).model_keys()
+    # under torchrun, a decision made before the data arrived is used as it is, not refused
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 2_000_000}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    _, launched, reused = resolve_auto_model(load_config(path, over))
+    assert reused and launched.model_keys() == fed.model_keys()
+
+
+def test_the_step_from_a_global_batch_is_what_the_trainer_takes(tmp_path, monkeypatch):
+    """train.global_batch_tokens = 16,384 with micro-batches of 4 × 256: 16 micro-batches a step in one
+    process; 1,100 steps are 18,022,400 tokens, enough for d=160 (20 × 635,680 = 12,713,600) and not
+    d=192 (26,568,960)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fmforge.hardware.measure_cpu_peak_flops", lambda **kw: 5e10)
+    path = _auto_config(tmp_path)
+    _, size, _ = resolve_auto_model(load_config(path, [
+        "train.max_minutes=6000", "train.max_steps=1100", "train.micro_batch_size=4",
+        "train.global_batch_tokens=16384"]))
+    assert size.tokens == 1100 * 16_384 and size.d_model == 160
+
+
+def test_the_speed_is_measured_on_the_gpu_that_will_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("fmforge.plan.estimate.detect_gpu", lambda: "a10g")
+    seen = {}
+
+    def measured(hw, seconds, device="cpu", **kw):
+        seen.update(device=device, hardware=hw.key)
+        return size_model(hw, seconds, mfu=0.01, **kw)
+
+    monkeypatch.setattr(autosize, "size_model_measured", measured)
+    cfg = load_config(_auto_config(tmp_path), ["train.device=cuda"])
+    cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update={"mfu": None})})
+    resolve_auto_model(cfg)
+    assert seen == {"device": "cuda", "hardware": "a10g"}
