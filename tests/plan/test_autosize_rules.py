@@ -225,8 +225,26 @@ def test_the_speed_is_the_best_of_three_timed_steps_after_an_untimed_one(monkeyp
         return next(clock) if sys._getframe(1).f_globals["__name__"] == autosize.__name__ else real()
 
     monkeypatch.setattr(time, "perf_counter", perf_counter)
+    from fmforge.model import transformer
+
+    built, batches = [], []
+
+    class Spy(transformer.Transformer):  # the model timed, and what it is fed
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            built.append(cfg)
+
+        def forward(self, x, *args, **kw):
+            batches.append((tuple(x.shape), tuple(args[0].shape) if args else None))
+            return super().forward(x, *args, **kw)
+
+    monkeypatch.setattr(transformer, "Transformer", Spy)
     size = size_model(A10G, 60, mfu=MFU, vocab_size=512, max_steps=1)
     assert autosize.measure_tokens_per_s(size, micro_batch=2, seq_len=16) == pytest.approx(2 * 16 / 2.0)
+    # the shape sized was the shape timed, on micro-batches of 2 × 16 tokens with their 16 targets
+    cfg = built[0]
+    assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.seq_len) == (512, 64, 2, 2, 16)
+    assert batches == [((2, 16), (2, 16))] * 4
 
 
 def test_the_description_names_the_choice():
