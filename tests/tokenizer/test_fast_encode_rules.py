@@ -298,3 +298,24 @@ def test_available_cores_is_the_affinity_mask_else_the_cpu_count(monkeypatch):
     assert fast_encode.available_cores() == 6
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert fast_encode.available_cores() == 1
+
+
+def test_a_fallback_tokenizer_with_a_template_adds_no_special_tokens_to_documents(base):
+    # A brought tokenizer may put its BOS before every encoding (a TemplateProcessing
+    # post-processor); the stage adds its own end-of-text between documents and nothing
+    # else, whichever engine encodes.
+    from tokenizers import normalizers, processors
+
+    tok = Tokenizer.from_str(base.to_str())
+    tok.normalizer = normalizers.NFKC()  # tiktoken cannot: tokenizers encodes
+    eos = tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A",
+                                                       special_tokens=[("<|endoftext|>", eos)])
+    tok.encode_special_tokens = True
+    assert tok.encode("hello").ids[0] == eos  # the template at work
+    enc = TextEncoder(tok)
+    assert enc.name == "tokenizers"
+    want = [e.ids for e in tok.encode_batch(TEXTS, add_special_tokens=False)]
+    assert all(eos not in ids for ids in want[:4])
+    assert enc.encode_batch(TEXTS) == want
+    assert [a.tolist() for a in enc.encode_arrays(TEXTS)] == want
