@@ -65,14 +65,16 @@ REFUSED = [
 
 
 @KINDS
-@pytest.mark.parametrize("param,value,held", ACCEPTED, ids=[f"{p}={v!r}" for p, v, _ in ACCEPTED])
+# (ids are plain ASCII without spaces: mutmut hands node ids back to pytest, which cannot
+# find one holding an escaped surrogate or a quoted list)
+@pytest.mark.parametrize("param,value,held", ACCEPTED, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(ACCEPTED)])
 def test_values_inside_openais_bounds_are_accepted_as_sent(kind, param, value, held):
     req = parse(kind, {**BODIES[kind], param: value})
     assert getattr(req, param) == held and type(getattr(req, param)) is type(held)
 
 
 @KINDS
-@pytest.mark.parametrize("param,value", REFUSED, ids=[f"{p}={v!r}" for p, v in REFUSED])
+@pytest.mark.parametrize("param,value", REFUSED, ids=[f"{p}-{i}" for i, (p, _) in enumerate(REFUSED)])
 def test_values_outside_them_are_a_400_naming_the_parameter(kind, param, value):
     err = refused(kind, {**BODIES[kind], param: value})
     assert err.param == param
@@ -109,7 +111,7 @@ def test_the_stop_messages_say_what_is_allowed():
     ("a\ud800b", "prompt: is not valid Unicode: a lone surrogate ('\\ud800') at character 1"),
     ("\udfff", "prompt: is not valid Unicode: a lone surrogate ('\\udfff') at character 0"),
     ("héllo\udc80", "prompt: is not valid Unicode: a lone surrogate ('\\udc80') at character 5"),
-])
+], ids=["inside", "alone", "after-an-accent"])
 def test_a_lone_surrogate_is_named_with_its_position(value, message):
     assert refused(CompletionRequest, {"model": "tiny", "prompt": value}).message == message
 
