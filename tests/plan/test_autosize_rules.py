@@ -213,8 +213,11 @@ def test_a_measured_mfu_is_never_above_one(monkeypatch):
 
 
 def test_the_speed_is_the_best_of_three_timed_steps_after_an_untimed_one(monkeypatch):
+    import dataclasses
     import sys
     import time
+
+    import torch
 
     # the warm-up step starts at 0 (its end is never read); then steps of 4, 2 and 3 s: the best is
     # 2 s for 2 × 16 tokens
@@ -235,7 +238,7 @@ def test_the_speed_is_the_best_of_three_timed_steps_after_an_untimed_one(monkeyp
             built.append(cfg)
 
         def forward(self, x, *args, **kw):
-            batches.append((tuple(x.shape), tuple(args[0].shape) if args else None))
+            batches.append((tuple(x.shape), tuple(args[0].shape) if args else None, torch.is_autocast_enabled("cpu")))
             return super().forward(x, *args, **kw)
 
     monkeypatch.setattr(transformer, "Transformer", Spy)
@@ -244,7 +247,12 @@ def test_the_speed_is_the_best_of_three_timed_steps_after_an_untimed_one(monkeyp
     # the shape sized was the shape timed, on micro-batches of 2 × 16 tokens with their 16 targets
     cfg = built[0]
     assert (cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.seq_len) == (512, 64, 2, 2, 16)
-    assert batches == [((2, 16), (2, 16))] * 4
+    assert batches == [((2, 16), (2, 16), False)] * 4  # float32 (size_model's "bfloat16" is not autocast)
+    # a run under autocast is timed under autocast
+    clock = iter([0.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0])
+    batches.clear()
+    autosize.measure_tokens_per_s(dataclasses.replace(size, dtype="autocast"), micro_batch=2, seq_len=16)
+    assert batches == [((2, 16), (2, 16), True)] * 4
 
 
 def test_the_description_names_the_choice():
