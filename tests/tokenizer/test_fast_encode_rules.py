@@ -122,6 +122,7 @@ REFUSED = {
     "padding": (_set(("padding",), {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None,
                                     "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}), "the tokenizer truncates or pads"),
     "no pre-tokenizer": (_set(("pre_tokenizer",), None), "no pre-tokenizer"),
+    "normalizer": (_set(("normalizer",), {"type": "NFKC"}), "the tokenizer has a normalizer (NFKC)"),
     "not BPE": (lambda s: s["model"].update(type="WordPiece", unk_token="a", continuing_subword_prefix="##",
                                             max_input_chars_per_word=100), "the model is WordPiece, not BPE"),
 }
