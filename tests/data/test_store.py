@@ -410,8 +410,11 @@ def test_a_work_dir_table_reads_back_in_pyarrow_as_written(store):
 def test_makedirs_is_idempotent_and_an_empty_tree_has_no_size_or_time(store):
     store.makedirs("a/b")
     store.makedirs("a/b")  # again: no error
-    store.makedirs()
-    assert store.isdir("a/b") and store.list("a") == ["b"]
+    store.makedirs()  # the root itself
+    assert store.isdir("a/b") and store.list("a") == ["b"] and store.list("") == ["a"]
+    fresh = Store(store.url + "/fresh")
+    fresh.makedirs()
+    assert store.isdir("fresh") and fresh.list("") == []
     assert store.tree_stat("a") == (0, 0)
 
 
