@@ -450,3 +450,21 @@ def test_the_root_itself_is_empty_or_dot_relative_to_it(store):
 def test_a_doubled_root_slash_is_the_root():
     s = Store("//")
     assert s.url == "/" and s.path("x") == "/x"
+
+
+def test_open_binary_reads_a_listed_local_path_or_url(tmp_path):
+    """What the readers open a listed source file with: its bytes, read back by os
+    or fsspec, whether the listing gave a path or a URL."""
+    from fmforge.data.store import is_url, open_binary
+
+    (tmp_path / "a.txt").write_bytes(b"local \xc3\xa9")
+    name = f"/fmforge-store-{uuid.uuid4().hex}/b.txt"
+    fsspec.filesystem("memory").pipe_file(name, b"remote")
+    try:
+        assert not is_url(str(tmp_path / "a.txt")) and is_url(f"memory://{name}")
+        with open_binary(str(tmp_path / "a.txt")) as f:
+            assert f.read() == b"local \xc3\xa9"
+        with open_binary(f"memory://{name}") as f:
+            assert f.read() == b"remote"
+    finally:
+        fsspec.filesystem("memory").rm(name)
