@@ -63,3 +63,42 @@ def test_elapsed_seconds_count_every_session_after_a_resume(new_run):
     after = json.loads((run.checkpoints / "step-000004" / "trainer_state.json").read_text())
     assert 1000 <= after["elapsed_s"] < 1000 + 600
     assert 1000 <= summary["wall_s"] < 1000 + 600
+
+
+def test_mfu_of_several_processes_is_over_the_peak_of_all_their_devices(new_run, monkeypatch):
+    # Model FLOPs utilisation (Chowdhery et al. 2022, PaLM, appendix B): the FLOPs
+    # the whole job achieves over the peak of all its devices. Two processes (one
+    # stood in for here: the loop sees a world of 2) log the tokens of both, so the
+    # MFU divides by twice one device's peak.
+    import torch
+
+    from fmforge.hardware import device_peak_flops
+    from fmforge.launch import Launch
+    from fmforge.train.distributed import Parallel
+
+    world = Parallel(launch=Launch(rank=0, local_rank=0, world_size=2), mode="none", device=torch.device("cpu"))
+    monkeypatch.setattr(loop, "setup_parallel", lambda *a, **kw: world)
+    cfg, run = new_run(max_steps=3, log_every=1)
+    loop.run_train_stage(cfg, run, fingerprint="fp", lineage="L")
+    peak = device_peak_flops("cpu", "float32")
+    records = read_metrics(run.metrics)
+    assert [r["tokens"] for r in records] == [s * 8 * 32 * 2 for s in (1, 2, 3)]  # both processes' tokens
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / (2 * peak), abs=1e-4)
+
+
+def test_tensorboard_after_a_resume_shows_each_step_once(new_run):
+    # Killed after logging step 4 but before its checkpoint: the rerun resumes from
+    # step 2 and trains 3 and 4 again. TensorBoard's own reader (with its default
+    # purge of orphaned data) must then see every step once, as metrics.jsonl does,
+    # not the killed session's 3 and 4 beside the new ones.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, run = new_run(max_steps=4, log_every=1, checkpoint_every=2, keep_checkpoints=5, tensorboard=True)
+    loop.run_train_stage(cfg, run, fingerprint="fp", lineage="L")
+    shutil.rmtree(run.checkpoints / "step-000004")
+    loop.run_train_stage(cfg, run, fingerprint="fp", lineage="L")
+    assert [r["step"] for r in read_metrics(run.metrics)] == [1, 2, 3, 4]
+    events = EventAccumulator(str(run.root / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]

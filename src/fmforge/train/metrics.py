@@ -49,14 +49,18 @@ class MetricsLog:
 
 
 class ScalarBoard:
-    """TensorBoard scalars; ``purge_step`` drops what a resumed run redoes."""
+    """TensorBoard scalars. ``purge_step``: the step a resumed run continues from
+    (0: a fresh run). TensorBoard hides what earlier sessions logged at or after
+    the step a new writer names; the resumed run logs the steps after
+    ``purge_step`` again, so the writer names the first of those, and
+    ``purge_step``'s own scalars (often a validation's) stay."""
 
     def __init__(self, log_dir: Path, purge_step: int = 0, enabled: bool = True):
         self._writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(log_dir), purge_step=purge_step or None)
+            self._writer = SummaryWriter(str(log_dir), purge_step=purge_step + 1 if purge_step else None)
 
     def add(self, step: int, record: dict[str, Any]) -> None:
         if self._writer is None:
