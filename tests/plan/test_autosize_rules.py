@@ -479,3 +479,19 @@ def test_the_speed_is_measured_on_the_gpu_that_will_train(tmp_path, monkeypatch)
     cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update={"mfu": None})})
     resolve_auto_model(cfg)
     assert seen == {"device": "cuda", "hardware": "a10g"}
+
+
+def test_the_measured_path_times_at_the_callers_context_and_sizes_twice_at_most(monkeypatch):
+    """docs/planner.md: the shape is chosen again twice at most, however the speeds disagree."""
+    calls, targets = [], iter([0.05, 0.2, 0.05, 0.2])
+
+    def measured(size, micro_batch, seq_len, device):
+        calls.append((size.d_model, micro_batch, seq_len))
+        arch = from_model_config(ModelConfig(vocab_size=size.vocab_size, d_model=size.d_model,
+                                             n_layers=size.n_layers, n_heads=size.n_heads, seq_len=seq_len))
+        return next(targets) * A10G.peak_flops / train_flops_per_token(arch)  # MFU 0.05, then 0.2, ...
+
+    monkeypatch.setattr(autosize, "measure_tokens_per_s", measured)
+    size_model_measured(A10G, 1800, micro_batch=8, seq_len=128)
+    assert len(calls) == 2 and calls[0][0] != calls[1][0]  # the choice moved each time: two rounds, no third
+    assert [c[1:] for c in calls] == [(8, 128), (8, 128)]
