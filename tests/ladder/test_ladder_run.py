@@ -532,3 +532,21 @@ def test_rungs_that_mix_head_sizes_are_warned_about(prepared, stages, tmp_path):
     assert "Leave ladder.sizes/--sizes out for rungs of its own shape" in off
     same = _ladder(cfg, "8x1,16x1,16x2")  # heads of 8 throughout
     assert not any("mix heads" in w for w in same["warnings"])
+
+
+def test_a_model_too_shallow_for_its_own_shape_gets_the_nearest_shapes():
+    # 128 x 4 with heads of 64: 32 wide per layer. Under 1/1.8 of it, by hand: d64-l2
+    # is its shape; the others by how far their width per layer is off (d64-l3: 21
+    # per layer, x1.5; d64-l1, d64-l4 and d128-l2: 64, 16, 64, x2), then by size.
+    target = ModelConfig(vocab_size=8192, d_model=128, n_layers=4, n_heads=2, seq_len=256)
+    assert [r.name for r in ladder_run.default_rungs(target)] == ["d64-l1", "d64-l2", "d64-l3", "d64-l4",
+                                                                  "d128-l2"]
+    assert [r.name for r in ladder_run.default_rungs(target, 3)] == ["d64-l1", "d64-l2", "d64-l3"]
+
+
+def test_a_two_variable_ladder_without_an_interval_says_it_needs_seven_rungs():
+    law2 = ScalingLaw(E=1.0, A=40.0, alpha=0.35, B=300.0, beta=0.3)
+    grid = [(1e4, 1e5), (2e4, 3e5), (4e4, 1e5), (8e4, 1e6), (1.6e5, 2e6), (3.2e5, 1e6)]
+    result = fit_ladder([Point(n, d, law2.predict(n, d)) for n, d in grid], None, samples=5)
+    assert "no interval: an interval needs 7 rungs or more (two more than the law's 5 parameters, to " \
+           "estimate the rungs' noise), this ladder has 6" in result["warnings"]
