@@ -61,9 +61,11 @@ def hf_logits(path: Path, batch: torch.Tensor, train: bool = False, **kw) -> tor
         return model(batch).logits
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def untied_export(tiny_runs, tmp_path_factory):
-    """The untied run (rope base 500,000, MHA) exported, with our model and a batch."""
+    """The untied run (rope base 500,000, MHA) exported, with our model and a batch.
+    Exported for each test (not once per module): mutmut counts a test as reaching
+    the export only when the export runs inside it."""
     run = tiny_runs["mha-untied"]
     out = export_hf(run, tmp_path_factory.mktemp("hf") / "hf")
     ours = load_trained(run, device="cpu")
