@@ -59,7 +59,7 @@ def test_each_documents_ids_are_tokenizers_then_the_end_of_text(direct_run, make
         assert ids == [i for w in want for i in w]
 
 
-def test_meta_json_says_what_the_files_hold(direct_run, make_docs):
+def test_meta_json_says_what_the_files_hold(direct_run, make_docs, monkeypatch):
     train = make_docs(50, 1, "wiki") + make_docs(30, 2, "code")
     val = make_docs(10, 3, "wiki")
     cfg, run = direct_run(train, val, vocab_size=400, min_frequency=1)
@@ -93,7 +93,16 @@ def test_meta_json_says_what_the_files_hold(direct_run, make_docs):
                        "bytes_per_token": round(meta["bytes_per_token"], 3), "dtype": "uint16"}
     # asked for tokenizers: the same files, and meta.json says why not tiktoken
     files = {p.name: p.read_bytes() for p in run.tokens.rglob("*.bin")}
+    engines = []
+    real = encode.TextEncoder.encode_arrays
+
+    def spy(self, texts):
+        engines.append(self.name)
+        return real(self, texts)
+
+    monkeypatch.setattr(encode.TextEncoder, "encode_arrays", spy)
     encode.run_tokenize_stage(cfg, run, encoder="tokenizers")
+    assert engines and set(engines) == {"tokenizers"}  # the units were encoded by the engine asked for
     slow = json.loads((run.tokens / "meta.json").read_text())
     assert slow["encoder"] == "tokenizers" and slow["encoder_why_not_tiktoken"] == "tokenizers asked for"
     assert {p.name: p.read_bytes() for p in run.tokens.rglob("*.bin")} == files
