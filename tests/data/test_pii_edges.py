@@ -35,3 +35,21 @@ def test_an_address_under_any_delegated_top_level_domain_is_redacted(address):
 ])
 def test_north_american_numbers_follow_the_numbering_plan(text, redacted):
     assert PII(PIIConfig(enabled=True)).redact(text) == redacted
+
+
+# RFC 6598's shared address space (carrier-grade NAT), 100.64.0.0/10, is not
+# globally reachable (IANA's special-purpose registry): it identifies no one, as
+# private ranges do; the addresses just outside the /10 are public.
+@pytest.mark.parametrize("address, left", [
+    ("100.64.0.1", True), ("100.127.255.254", True), ("100.63.255.254", False), ("100.128.0.1", False),
+])
+def test_the_shared_address_space_is_left_and_its_neighbours_redacted(address, left):
+    text = f"NAT gateway at {address} today"
+    assert PII(PIIConfig(enabled=True)).redact(text) == (text if left else "NAT gateway at <IP_ADDRESS> today")
+
+
+# An SNMP object identifier (MIB-2 is 1.3.6.1.2.1, RFC 1213) is not a dotted quad:
+# no four of its numbers are an address.
+@pytest.mark.parametrize("text", ["snmpget host 1.3.6.1.2.1", "OID 1.3.6.1.4.1.311.21", "build 10.0.19045.2.4"])
+def test_a_dotted_number_of_more_than_four_parts_is_not_an_address(text):
+    assert PII(PIIConfig(enabled=True)).redact(text) == text
