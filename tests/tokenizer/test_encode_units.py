@@ -158,3 +158,20 @@ def test_a_retrained_tokenizer_is_used_by_the_next_encode_in_the_same_process(di
     want = [i for _, text, _ in make_docs(60, 1)
             for i in tok.encode(text, add_special_tokens=False).ids + [tok.token_to_id("<|endoftext|>")]]
     assert second.tolist() == want
+
+
+def test_special_tokens_text_inside_a_document_is_text_and_a_one_token_source_counts(direct_run, make_docs):
+    train = make_docs(40, 1, "wiki") + [("s1", "before <|endoftext|> after <|pad|>", "wiki"), ("one", "x", "one")]
+    cfg, run = direct_run(train, make_docs(8, 2, "wiki"), vocab_size=400, min_frequency=1)
+    run_tokenizer_stage(cfg, run)
+    encode.run_tokenize_stage(cfg, run)
+    meta = json.loads((run.tokens / "meta.json").read_text())
+    ids = np.asarray(open_tokens(run, "train")).tolist()
+    offsets = np.load(run.tokens / "train.docs.npy").tolist()
+    ends = {o - 1 for o in offsets[1:]}
+    assert [i for i, t in enumerate(ids) if t == meta["eos_id"]] == sorted(ends)  # only between documents
+    tok = load_tokenizer(run, raw_text=True)
+    d = [r[0] for r in train].index("s1")
+    assert ids[offsets[d]:offsets[d + 1] - 1] == tok.encode(train[d][1], add_special_tokens=False).ids
+    # a source of one one-token document: 1 byte over 1 text token
+    assert meta["per_source"]["train"]["one"] == {"tokens": 2, "documents": 1, "bytes": 1, "bytes_per_token": 1.0}
