@@ -164,14 +164,15 @@ def test_special_tokens_text_inside_a_document_is_text_and_a_one_token_source_co
     train = make_docs(40, 1, "wiki") + [("s1", "before <|endoftext|> after <|pad|>", "wiki"), ("one", "x", "one")]
     cfg, run = direct_run(train, make_docs(8, 2, "wiki"), vocab_size=400, min_frequency=1)
     run_tokenizer_stage(cfg, run)
-    encode.run_tokenize_stage(cfg, run)
-    meta = json.loads((run.tokens / "meta.json").read_text())
-    ids = np.asarray(open_tokens(run, "train")).tolist()
-    offsets = np.load(run.tokens / "train.docs.npy").tolist()
-    ends = {o - 1 for o in offsets[1:]}
-    assert [i for i, t in enumerate(ids) if t == meta["eos_id"]] == sorted(ends)  # only between documents
     tok = load_tokenizer(run, raw_text=True)
     d = [r[0] for r in train].index("s1")
-    assert ids[offsets[d]:offsets[d + 1] - 1] == tok.encode(train[d][1], add_special_tokens=False).ids
+    for engine in ("tokenizers", "tiktoken"):
+        encode.run_tokenize_stage(cfg, run, encoder=engine)
+        meta = json.loads((run.tokens / "meta.json").read_text())
+        ids = np.asarray(open_tokens(run, "train")).tolist()
+        offsets = np.load(run.tokens / "train.docs.npy").tolist()
+        ends = {o - 1 for o in offsets[1:]}
+        assert [i for i, t in enumerate(ids) if t == meta["eos_id"]] == sorted(ends), engine  # only between documents
+        assert ids[offsets[d]:offsets[d + 1] - 1] == tok.encode(train[d][1], add_special_tokens=False).ids
     # a source of one one-token document: 1 byte over 1 text token
     assert meta["per_source"]["train"]["one"] == {"tokens": 2, "documents": 1, "bytes": 1, "bytes_per_token": 1.0}
