@@ -257,3 +257,8 @@ def test_the_export_names_its_class_and_init_scale_as_transformers_reads_them(ti
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
     assert config.architectures == [type(model).__name__]
     assert config.initializer_range == 0.01
+    # the special ids transformers' own tokenizer of the export gives (a missing key
+    # would mean LlamaConfig's defaults, bos 1 and eos 2)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
