@@ -495,3 +495,23 @@ def test_the_measured_path_times_at_the_callers_context_and_sizes_twice_at_most(
     size_model_measured(A10G, 1800, micro_batch=8, seq_len=128)
     assert len(calls) == 2 and calls[0][0] != calls[1][0]  # the choice moved each time: two rounds, no third
     assert [c[1:] for c in calls] == [(8, 128), (8, 128)]
+
+
+def test_bad_budgets_and_unknown_peaks_are_named():
+    from fmforge.plan.errors import PlanError
+
+    with pytest.raises(PlanError, match=r"^budget in seconds must be > 0, got 0$"):
+        size_model(A10G, 0)
+    with pytest.raises(PlanError, match=r"^number of devices must be a whole number, got 1.5$"):
+        size_model(A10G, 60, num_devices=1.5)
+    with pytest.raises(PlanError, match=r"^number of devices must be > 0, got 0$"):
+        size_model(A10G, 60, num_devices=0)
+    with pytest.raises(PlanError, match=r"^cpu: peak FLOP/s unknown, cannot size a model for it$"):
+        size_model(get_hardware("cpu", measure_cpu=False), 60)  # not measured: NaN
+
+
+def test_a_float32_cpu_run_is_sized_at_the_float32_mfu():
+    # docs/planner.md: a CPU runs at 0.55 of its fp32 peak in float32, 0.40 of its bf16 peak under autocast
+    cpu = get_hardware("cpu", cpu_dtype="float32")  # tests/plan/conftest.py pins the peak
+    assert size_model(cpu, 600, dtype="float32").mfu == 0.55
+    assert size_model(cpu, 600, dtype="autocast").mfu == 0.40
