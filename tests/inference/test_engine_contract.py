@@ -158,6 +158,16 @@ def test_the_earliest_of_several_stop_strings_cuts_the_text(engine):
     assert res.text == text[:early] and res.finish_reason == "stop"
 
 
+def test_a_completion_that_begins_with_a_stop_string_is_empty(engine):
+    for seed in range(10):  # a seed whose completion's first two characters are clean
+        text = engine.generate([sampled(20, "def", seed)])[0].text
+        if "\ufffd" not in text[:2]:
+            break
+    [res] = engine.generate([sampled(20, "def", seed, stop=["never-appears", text[:2]])])
+    assert (res.text, res.finish_reason) == ("", "stop")
+    assert "".join(engine.stream(sampled(20, "def", seed, stop=[text[:2]]))) == ""
+
+
 def test_text_held_back_for_a_stop_string_that_never_completes_is_sent(engine):
     # The stop string begins like a piece of the text but never occurs: what was held
     # back while it might have matched is sent; the stream loses nothing, sends no
