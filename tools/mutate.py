@@ -23,6 +23,7 @@ already judged: a stopped run goes on where it stopped).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not in pyproject.toml's [tool.fmforge.mutate.tests]: {', '.join(unknown)}; "
               f"add the module with the tests that exercise it", file=sys.stderr)
         return 2
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("warning: running as root: a mutant of code that removes directories can remove "
+              "any directory on this machine; run make mutate as a user who can write only the "
+              "project and /tmp, or in a throwaway container (docs/testing.md)", file=sys.stderr)
     mutmut = Path(sys.executable).with_name("mutmut")
     for module in modules:
         here = prepare(module, tests[module], also_copy, args.keep)
