@@ -6,39 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-import yaml
 
 import fmforge.train.loop as loop
-from fmforge.config import RunConfig, load_config
-from fmforge.pipeline import run_pipeline
-from fmforge.rundir import RunDir, read_metrics
-
-
-@pytest.fixture(scope="module")
-def _prepared(tmp_path_factory, make_tiny_config) -> Path:
-    root = tmp_path_factory.mktemp("loop-edges-prepared")
-    path = root / "c.yaml"
-    path.write_text(yaml.safe_dump(make_tiny_config(root)))
-    cfg = load_config(path)
-    run_pipeline(cfg, stages=("data", "tokenizer", "tokenize"))
-    return Path(cfg.run_dir)
-
-
-@pytest.fixture
-def new_run(_prepared, tmp_path, make_tiny_config):
-    def make(name: str = "run", **train) -> tuple[RunConfig, RunDir]:
-        root = tmp_path / name
-        shutil.copytree(_prepared, root, ignore=shutil.ignore_patterns("checkpoints*", "metrics.jsonl", "tb"))
-        raw = make_tiny_config(tmp_path / f"{name}-src",
-                               train={"dtype": "float32", "tensorboard": False, "eval_every": 1000,
-                                      "checkpoint_every": 1000, **train})
-        raw["out_dir"] = str(root)
-        return RunConfig.model_validate(raw), RunDir(root)
-
-    return make
+from fmforge.rundir import read_metrics
 
 
 def test_elapsed_seconds_count_every_session_after_a_resume(new_run):

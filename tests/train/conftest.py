@@ -1,0 +1,58 @@
+"""Fixtures shared by the in-process trainer tests (test_loop.py, test_loop_edges.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmforge.config import RunConfig, load_config
+from fmforge.pipeline import run_pipeline
+from fmforge.rundir import RunDir
+
+
+@pytest.fixture(scope="session")
+def _prepared(tmp_path_factory, make_tiny_config) -> Path:
+    """The tiny config's data, tokenizer and tokens, built once. Under mutmut, with
+    a mutant of the training modules (which cannot change these stages), once for
+    all the mutants' test processes: the stages are cached, so a later process
+    only finds them done."""
+    if os.environ.get("MUTANT_UNDER_TEST", "").startswith("fmforge.train."):
+        import fcntl
+        import tempfile
+
+        root = Path(tempfile.gettempdir()) / "fmforge-mutmut-train-tokens"
+        root.mkdir(exist_ok=True)
+        lock = open(root / ".lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds, the others wait
+    else:
+        root, lock = tmp_path_factory.mktemp("loop-prepared"), None
+    path = root / "c.yaml"
+    if not path.is_file():
+        path.write_text(yaml.safe_dump(make_tiny_config(root)))
+    cfg = load_config(path)
+    run_pipeline(cfg, stages=("data", "tokenizer", "tokenize"))
+    if lock is not None:
+        lock.close()
+    return Path(cfg.run_dir)
+
+
+@pytest.fixture
+def new_run(_prepared, tmp_path, make_tiny_config):
+    """``new_run(name, **train)``: (config, run directory) of a run whose tokens are
+    ready; training settings over the tiny config's (float32 everywhere, so the
+    comparisons hold on any CPU)."""
+
+    def make(name: str = "run", **train) -> tuple[RunConfig, RunDir]:
+        root = tmp_path / name
+        shutil.copytree(_prepared, root, ignore=shutil.ignore_patterns("checkpoints*", "metrics.jsonl", "tb"))
+        raw = make_tiny_config(tmp_path / f"{name}-src",
+                               train={"dtype": "float32", "tensorboard": False, "eval_every": 1000,
+                                      "checkpoint_every": 1000, **train})
+        raw["out_dir"] = str(root)
+        return RunConfig.model_validate(raw), RunDir(root)
+
+    return make
