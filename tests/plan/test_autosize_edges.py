@@ -117,3 +117,18 @@ def test_a_budget_too_short_for_the_smallest_shape_says_to_give_more_minutes():
     assert "max_steps" not in note
 
 
+
+def test_a_step_cap_too_small_for_the_smallest_shape_says_to_raise_max_steps_not_the_minutes():
+    # an hour of an A10G trains billions of tokens, but train.max_steps = 1 caps the run at one
+    # step of 16 × 256 = 4,096 tokens: more minutes would change nothing
+    size = size_model(A10G, 3600, mfu=0.3, max_steps=1)
+    assert size.d_model == 64 and size.tokens == 4096
+    (note,) = size.notes
+    assert note.startswith("the budget is too small for even the smallest shape at 20 tokens per "
+                           "non-embedding parameter")
+    assert "more minutes" not in note
+    assert note.endswith("; raise train.max_steps (it caps the training at 4,096 tokens)")
+    # both short: 10 s at MFU 0.001 train 838,516 tokens (above), 100 steps cap them at 409,600
+    both = size_model(A10G, 10, mfu=0.001, vocab_size=1000, max_steps=100)
+    assert both.notes[0].endswith("; give more minutes and raise train.max_steps (it caps the training at "
+                                  "409,600 tokens)")

@@ -212,9 +212,16 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
         fitting = [c for c in candidates if c[0].tokens >= ratio * count(c[0])]
         if not fitting:
             fitting = candidates[:1]
+            # what to change: the minutes where the time is short, train.max_steps where its cap
+            # is (more minutes change nothing under a cap), or both
+            smallest = candidates[0][0]
+            need = ratio * count(smallest)
+            fix = [what for what, short in (
+                ("give more minutes", smallest.tokens_per_s * usable < need),
+                (f"raise train.max_steps (it caps the training at {cap:,.0f} tokens)", cap < need)) if short]
             notes.append(f"the budget is too small for even the smallest shape at {ratio:g} tokens per "
                          "non-embedding parameter: "
-                         "it trains on fewer tokens than the rule asks; give more minutes")
+                         f"it trains on fewer tokens than the rule asks; {' and '.join(fix)}")
         if data_tokens:
             within = [c for c in fitting if ratio * count(c[0]) <= MAX_USEFUL_EPOCHS * data_tokens]
             if len(within) < len(fitting):
