@@ -128,6 +128,16 @@ def test_a_step_cap_too_small_for_the_smallest_shape_says_to_raise_max_steps_not
                            "non-embedding parameter")
     assert "more minutes" not in note
     assert note.endswith("; raise train.max_steps (it caps the training at 4,096 tokens)")
+    # the advice is the smallest shape's: 30 s at a context of 2048 (above) give d=64 its 20 tokens
+    # per parameter though not d=96, so a one-step cap of 2,048 tokens is all that stops it
+    capped = size_model(A10G, 30, mfu=0.005, vocab_size=1000, seq_len=2048, max_steps=1, micro_batch=1)
+    assert capped.d_model == 64 and capped.tokens == 2048
+    assert capped.notes[0].endswith("; raise train.max_steps (it caps the training at 2,048 tokens)")
+    # a cap of exactly 20 x 106,816 = 16,690 steps x 128 tokens allows what the rule asks: only the
+    # time is short (d=64 at 128: 1.25e11 / (1,022,976 + 12·2·64·128) x 9.5 s = 973,700 tokens)
+    exact = size_model(A10G, 10, mfu=0.001, vocab_size=1000, seq_len=128, micro_batch=1, max_steps=16_690)
+    assert exact.tokens == pytest.approx(1.25e11 / 1_219_584 * 9.5, rel=1e-12)
+    assert exact.notes[0].endswith("; give more minutes")
     # both short: 10 s at MFU 0.001 train 838,516 tokens (above), 100 steps cap them at 409,600
     both = size_model(A10G, 10, mfu=0.001, vocab_size=1000, max_steps=100)
     assert both.notes[0].endswith("; give more minutes and raise train.max_steps (it caps the training at "
