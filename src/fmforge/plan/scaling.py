@@ -141,13 +141,15 @@ class ScalingLaw:
         fpt = math.exp(math.log(a.flops_per_token) + t * (math.log(b.flops_per_token) - math.log(a.flops_per_token)))
         params = math.exp(math.log(a.params) + t * (math.log(b.params) - math.log(a.params)))
         nearest = a if t < 0.5 else b
-        if 0 <= t <= 1:
+        # within the family by the costs themselves: at a budget of exactly a shape's cost
+        # the rounding of the logarithms can put t a hair outside [0, 1]
+        if cost[0] <= compute <= cost[-1]:
             how = (f"between the family's shapes {a.describe()} and {b.describe()} (interpolated); the nearer, "
                    f"{nearest.describe()}, trained by the rule costs "
                    f"{r * nearest.non_embedding_params * nearest.flops_per_token / compute:.0%} of the budget")
         else:
-            how = (f"beyond the family's {'smallest' if t < 0 else 'largest'} shape {nearest.describe()} "
-                   "(extrapolated)")
+            end = "smallest" if compute < cost[0] else "largest"
+            how = f"beyond the family's {end} shape {nearest.describe()} (extrapolated)"
         return {"non_embedding_params": n, "params": params, "tokens": r * n, "flops_per_token": fpt,
                 "compute_flops": compute, "shape": nearest.keys, "how": how}
 
