@@ -16,6 +16,7 @@ worst of these moments.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -124,7 +125,10 @@ def test_a_step_saved_again_always_has_a_complete_copy_that_resume_finds(tmp_pat
             with pytest.raises(_Killed):
                 _save(root, sharded, seed=2)
         seed, _ = _weights_of_step(root)
-        assert seed in (1, 2), n
+        # Once the new copy holds the step's name, resume finds it, never the old
+        # copy still beside it (a kill before the old copy's removal).
+        named = root / f"step-{STEP:06d}" / "trainer_state.json"
+        assert seed == (json.loads(named.read_text())["seed"] if named.is_file() else 1), n
         # The next save of that step stops while writing its files (after it has
         # dealt with what the stopped one left): a complete copy must still be there.
         with monkeypatch.context() as m:
@@ -142,3 +146,64 @@ def test_a_step_saved_again_always_has_a_complete_copy_that_resume_finds(tmp_pat
         _save(root, sharded, seed=4)
         assert _weights_of_step(root) == (4, 1)
         assert sorted(p.name for p in root.iterdir()) == [f"step-{STEP:06d}"], n
+
+
+def _kill_at(monkeypatch, root: Path, call: str, name_part: str, *,
+            first_remove: str | None = None) -> None:
+    """Raise ``_Killed`` at the first ``os.replace`` (of a source) or ``shutil.rmtree``
+    of a directory in ``root`` whose name contains ``name_part``; an rmtree stopped so has removed
+    ``first_remove`` already (its order is the file system's, so any one file)."""
+    real = getattr(os if call == "replace" else shutil, call)
+
+    def stop(path, *a, **k):
+        if Path(path).parent == root and name_part in Path(path).name:
+            if first_remove is not None:
+                (Path(path) / first_remove).unlink()
+            raise _Killed(call, path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os if call == "replace" else shutil, call, stop)
+
+
+def test_a_prune_killed_while_removing_a_lone_old_copy_leaves_the_newer_step(tmp_path, monkeypatch):
+    """A save of step 5 again killed between its renames leaves the old copy alone
+    (listed as step 5); the run goes on, and the save of step 7 prunes that copy and
+    is killed midway through removing it. Resume must find step 7."""
+    root = tmp_path / "ck"
+    _save(root, False, seed=1)
+    with monkeypatch.context() as m:
+        _kill_at(m, root, "replace", ".tmp-")  # the new copy never takes the name
+        with pytest.raises(_Killed):
+            _save(root, False, seed=2)
+    assert [s for s, _ in list_checkpoints(root)] == [STEP]
+    model, opt = _pair(7)
+    with monkeypatch.context() as m:
+        _kill_at(m, root, "rmtree", ".old-", first_remove="trainer_state.json")
+        with pytest.raises(_Killed):
+            save_checkpoint(root, 7, model, opt, {"seed": 7}, keep=1)
+    assert [(s, p.name) for s, p in list_checkpoints(root)] == [(7, "step-000007")]
+    other, other_opt = _pair(99)
+    assert load_checkpoint(root / "step-000007", other, other_opt)["seed"] == 7
+    for (name, a), b in zip(other.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_moved_aside_copy_never_stands_in_for_its_step_while_that_step_is_in_place(tmp_path, monkeypatch):
+    """A save of step 5 again killed after the new copy took the name but before
+    the old copy's removal; later the save of step 7 prunes step 5 and is killed
+    midway through removing it. The old copy is stale (the next save of step 5
+    would delete it): step 5, pruned, must not come back as it."""
+    root = tmp_path / "ck"
+    _save(root, False, seed=1)
+    with monkeypatch.context() as m:
+        _kill_at(m, root, "rmtree", ".old-")
+        with pytest.raises(_Killed):
+            _save(root, False, seed=2)
+    assert any(".old-" in p.name for p in root.iterdir())
+    model, opt = _pair(7)
+    with monkeypatch.context() as m:
+        _kill_at(m, root, "rmtree", f"step-{STEP:06d}", first_remove="trainer_state.json")
+        with pytest.raises(_Killed):
+            save_checkpoint(root, 7, model, opt, {"seed": 7}, keep=1)
+    assert (root / f"step-{STEP:06d}").is_dir()  # what the killed removal left
+    assert [(s, p.name) for s, p in list_checkpoints(root)] == [(7, "step-000007")]
