@@ -113,7 +113,9 @@ def _lowest(rows: list[dict[str, Any]]) -> list[str]:
     only when its whole 90% interval lies below the best measurement (a point
     prediction with a wide interval is no evidence that it beats a measured model)."""
     scored = [r for r in rows if r["bits_per_byte"] is not None]
-    measured = [r for r in scored if "interval_90" not in r and "predicted" not in r["model"]]
+    # a prediction's row always has an interval (None without a bootstrap); a measured row never does:
+    # a model's row is named after its folder, which may hold any word, "predicted" too
+    measured = [r for r in scored if "interval_90" not in r]
     predicted = [r for r in scored if r not in measured]
     notes = []
     best = min(measured, key=lambda r: r["bits_per_byte"], default=None)
