@@ -385,3 +385,53 @@ def test_special_token_text_in_a_document_stays_text_for_every_candidate(exporte
         cuts = [i for i, _ in at]
         spans = [stream[a + 1: b] for a, b in zip(cuts, cuts[1:])]
         assert [candidate.decode(ids) for ids in (spans if bos is None else spans[0::2])] == docs
+
+
+# --- another fmforge run as a candidate (issue 32: mutmut's survivors of _fmforge_candidate) ---
+
+
+def test_another_fmforge_run_is_recorded_as_one_and_planned_as_training(exported):
+    """docs/planner.md: a candidate that is another fmforge run is a "train"
+    option (with its own plan and metrics), a Hugging Face model "use as is".
+    The decision reads the ``kind`` eval.json records for the candidate."""
+    run, hf = exported
+    name = run.root.resolve().name
+    found = evaluate_against(run, [run.root, hf], CPU, max_bytes=2000)
+    saved = json.loads(run.eval_json.read_text())["against"]
+    assert found[name]["kind"] == saved[name]["kind"] == "fmforge"
+    assert saved["hf"]["kind"] == "hf"
+    env = {**os.environ, "FMFORGE_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "fmforge", "plan", str(run.config), "--decide", "--json",
+                           "--monthly-tokens", "1e6"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["model"]: r for r in json.loads(done.stdout)["quality"]["rows"]}
+    assert rows[name]["option"] == "train" and rows["hf"]["option"] == "use as is"
+
+
+def test_a_run_whose_tokenizer_adds_a_start_token_is_scored_as_its_tokenize_stage_encoded(exported, tmp_path):
+    """A run that brought its own tokenizer (``tokenizer.path``) keeps that
+    tokenizer's post-processor, e.g. Llama 3's, which puts a start token first when
+    asked for special tokens. Every candidate's documents are encoded without
+    special tokens (docs/evaluation.md), as the run's tokenize stage encoded its
+    training text, so scored as a candidate the run must give the eval
+    stage's own figure, not a stream with an extra token in every document (or a
+    refusal, the decoded text then differing from the document)."""
+    from tokenizers import Tokenizer, processors
+
+    run, _ = exported
+    other = tmp_path / "byo-run"
+    shutil.copytree(run.root, other)
+    tok_file = other / "tokenizer" / "tokenizer.json"
+    tok = Tokenizer.from_file(str(tok_file))
+    special = sorted(t.content for t in tok.get_added_tokens_decoder().values())
+    start = next((t for t in special if t != "<|endoftext|>"), special[0])
+    tok.post_processor = processors.TemplateProcessing(single=f"{start} $A",
+                                                       special_tokens=[(start, tok.token_to_id(start))])
+    tok.save(str(tok_file))
+    assert Tokenizer.from_file(str(tok_file)).encode("a").ids[0] == tok.token_to_id(start)  # it adds it
+    found = evaluate_against(run, [other], CPU)["byo-run"]
+    ev = json.loads(run.eval_json.read_text())
+    assert found["kind"] == "fmforge" and found["convention"]["bos"] is False
+    assert found["bits_per_byte"] == pytest.approx(ev["bits_per_byte"], abs=1e-4)
+    for source, mine in ev["per_source"].items():
+        assert found["per_source"][source]["bits_per_byte"] == pytest.approx(mine["bits_per_byte"], abs=1e-4)
