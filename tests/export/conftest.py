@@ -64,7 +64,9 @@ def _shared_dir(key: str) -> Path | None:
     afresh in the session's temporary directory."""
     if not os.environ.get("MUTANT_UNDER_TEST", "").startswith("fmforge.export."):
         return None
-    root = Path(tempfile.gettempdir()) / "fmforge-mutmut-export-runs"
+    # one folder per user and per mutmut run (the mutants' parent process): another
+    # user's folder is unwritable, and an earlier run's was built by other code
+    root = Path(tempfile.gettempdir()) / f"fmforge-mutmut-export-runs-{os.getuid()}-{os.getppid()}"
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
     (root / safe).mkdir(parents=True, exist_ok=True)
     return root / safe

@@ -37,7 +37,9 @@ def _run_root(tmp_path_factory) -> tuple[Path, contextlib.AbstractContextManager
     afresh in the session's temporary directory."""
     if not os.environ.get("MUTANT_UNDER_TEST", "").startswith("fmforge.serve."):
         return tmp_path_factory.mktemp("serve"), contextlib.nullcontext()
-    root = Path(tempfile.gettempdir()) / "fmforge-mutmut-serve-model"
+    # one folder per user and per mutmut run (the mutants' parent process): another
+    # user's folder is unwritable, and an earlier run's was built by other code
+    root = Path(tempfile.gettempdir()) / f"fmforge-mutmut-serve-model-{os.getuid()}-{os.getppid()}"
     root.mkdir(exist_ok=True)
 
     @contextlib.contextmanager

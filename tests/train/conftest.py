@@ -24,7 +24,9 @@ def _prepared(tmp_path_factory, make_tiny_config) -> Path:
         import fcntl
         import tempfile
 
-        root = Path(tempfile.gettempdir()) / "fmforge-mutmut-train-tokens"
+        # one folder per user and per mutmut run (the mutants' parent process): another
+        # user's folder is unwritable, and an earlier run's was built by other code
+        root = Path(tempfile.gettempdir()) / f"fmforge-mutmut-train-tokens-{os.getuid()}-{os.getppid()}"
         root.mkdir(exist_ok=True)
         lock = open(root / ".lock", "w")
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds, the others wait
