@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,189 @@ def test_evaluate_against_records_each_candidate_by_name(tmp_path, monkeypatch):
     # scored again without max_bytes: the same name (its path holds it), no max_bytes
     again = evaluate_against(run, [first], CPU)
     assert list(again) == ["m"] and "max_bytes" not in again["m"]
+
+
+# --- issue 32: what mutmut's survivors showed unchecked (each test fails with its mutant) ---
+
+
+class KnowsAfterFirst(torch.nn.Module):
+    """Certain of the next token (``follow[current]``) at every position of a window
+    but the first, where it has seen nothing before and is uniform: a target at a
+    window's first position costs ln(vocab) nats, every other target nothing
+    (exp(-1e4) is 0 in float32)."""
+
+    def __init__(self, vocab: int, follow: dict[int, int]):
+        super().__init__()
+        self.vocab, self.follow = vocab, follow
+
+    def forward(self, ids):
+        nxt = torch.tensor([[self.follow.get(int(t), 0) for t in row] for row in ids])
+        logits = torch.nn.functional.one_hot(nxt, self.vocab).float() * 1e4
+        logits[:, 0] = 0.0
+        return logits
+
+
+ALPHABET = "abcdefghijklmnop"  # one document of 16 bytes: the stream [eot] a b ... p [eot], 17 targets
+
+
+def _knowing_candidate(path: Path = Path("/models/bytes")) -> Candidate:
+    follow = {256: ord("a"), ord("p"): 256, **{c: c + 1 for c in range(ord("a"), ord("p"))}}
+    cand = byte_candidate(context=8)
+    cand.model, cand.path = KnowsAfterFirst(257, follow), path
+    return cand
+
+
+@pytest.mark.parametrize("stride, first_positions", [(None, 3), (8, 3), (4, 1), (1, 1)])
+def test_a_stride_gives_every_window_after_the_first_its_context(monkeypatch, tmp_path, stride, first_positions):
+    """docs/evaluation.md: windows of the context, non-overlapping (17 targets in
+    windows of 8: three start a window, each with no context), or sliding by
+    --stride (each token scored once with at least window - stride tokens of
+    context: only the very first target has none). Through evaluate_against too,
+    which must pass --stride on."""
+    bits = first_positions * math.log2(257) / 16
+    out = score_candidate(_knowing_candidate(), {"s": [ALPHABET]}, CPU, stride=stride)
+    assert (out["tokens"], out["bytes"]) == (17, 16)
+    assert out["bits_per_byte"] == pytest.approx(bits, rel=1e-6)
+    _heldout(monkeypatch, {"s": [ALPHABET]})
+    monkeypatch.setattr(against, "load_candidate", lambda path, device, dtype: _knowing_candidate(Path(path)))
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    found = evaluate_against(run, [tmp_path / "m"], CPU, stride=stride)["m"]
+    assert found["bits_per_byte"] == pytest.approx(bits, rel=1e-6) and found["stride"] == (stride or 8)
+
+
+class _Recorder(torch.nn.Module):
+    """Logits from a linear layer; records the dtype its product was computed in."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, vocab)
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, ids):
+        h = self.lin(torch.ones(*ids.shape, 4))
+        self.seen.append(h.dtype)
+        return h
+
+
+@pytest.mark.parametrize("dtype, computed_in", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_bfloat16_runs_the_candidates_products_in_bf16_and_float32_never(dtype, computed_in):
+    """docs/evaluation.md: --dtype bfloat16 runs every candidate under bf16
+    autocast; float32 (the default) is exact float32 on every device."""
+    cand = byte_candidate()
+    cand.model = _Recorder(257)
+    out = score_candidate(cand, DOCS, CPU, dtype=dtype)
+    assert out["dtype"] == dtype and cand.model.seen and set(cand.model.seen) == {computed_in}
+
+
+def _fake_loads(monkeypatch):
+    monkeypatch.setattr(against, "load_candidate", lambda path, device, dtype: _renamed(path))
+
+
+def _renamed(path) -> Candidate:
+    cand = byte_candidate()
+    cand.path = Path(path)
+    return cand
+
+
+def test_max_bytes_limits_what_evaluate_against_scores(monkeypatch, tmp_path):
+    """--max-bytes 15 of 30: a prefix of the documents, about 15 bytes (one of 10;
+    two would make 20), and eval.json says so."""
+    _heldout(monkeypatch, {"s": ["a" * 10, "b" * 10, "c" * 10]})
+    _fake_loads(monkeypatch)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    found = evaluate_against(run, [tmp_path / "m"], CPU, max_bytes=15)["m"]
+    assert (found["bytes"], found["per_source"]["s"]["documents"], found["max_bytes"]) == (10, 1, 15)
+    assert found["tokens"] == 11  # 10 bytes and the closing separator
+
+
+def test_names_held_in_eval_json_stay_with_their_paths_across_calls(monkeypatch, tmp_path):
+    """Scoring zoo/m, then in a later command shed/m, keeps both (the second under
+    'shed/m'); one path given twice is one candidate, scored under one name."""
+    _heldout(monkeypatch, {"s": ["abc"]})
+    _fake_loads(monkeypatch)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    first, second = tmp_path / "zoo" / "m", tmp_path / "shed" / "m"
+    evaluate_against(run, [first], CPU)
+    assert list(evaluate_against(run, [second], CPU)) == ["shed/m"]
+    saved = json.loads(run.eval_json.read_text())["against"]
+    assert {k: v["path"] for k, v in saved.items()} == {"m": str(first.resolve()), "shed/m": str(second.resolve())}
+    assert list(evaluate_against(run, [first, first], CPU)) == ["m"]
+    assert set(json.loads(run.eval_json.read_text())["against"]) == {"m", "shed/m"}
+
+
+def test_two_models_under_top_level_directories_get_two_names():
+    """/srv/model beside /mnt/model: the second takes its one parent's name."""
+    assert candidate_name(Path("/srv/model"), {"model": "/mnt/model"}) == "srv/model"
+
+
+def test_refusals_say_what_to_do_in_full(monkeypatch, tmp_path):
+    """Each refusal's whole message, its advice included (error text is interface)."""
+    _heldout(monkeypatch, {})
+    with pytest.raises(CandidateError, match=r"has no held-out documents: raise data.val_fraction and rerun its "
+                                             r"data stage$"):
+        heldout_documents(RunDir(tmp_path))
+    with pytest.raises(CandidateError, match=r"bits per byte would count the wrong bytes\. Score a model whose "
+                                             r"tokenizer is byte-level \(byte BPE, or byte fallback\)$"):
+        candidate_stream(byte_candidate(unk_id=ord("q")), ["q"])
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "config.json").write_text(json.dumps({"model_type": "resnet",
+                                                 "architectures": ["ResNetModel", "ResNetForImageClassification"]}))
+    with pytest.raises(CandidateError, match=r"^--against .*two: ResNetModel, ResNetForImageClassification is not a "
+                                             r"causal language model \(transformers has no AutoModelForCausalLM for "
+                                             r"it\): bits per byte needs a model that predicts the next token$"):
+        load_candidate(two, CPU)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # not installed: importing it fails
+    with pytest.raises(CandidateError, match=r"^scoring .*two needs transformers: pip install 'fmforge\[hf\]' \("):
+        load_candidate(two, CPU)
+
+
+def test_bfloat16_loads_a_hugging_face_models_weights_in_bf16(tmp_path):
+    """docs/evaluation.md: --dtype bfloat16 loads Hugging Face weights in bf16 (half
+    the memory of a large candidate), float32 in float32."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "llama"
+    _tokenizer(out, add_bos=False)
+    _llama(out, len(AutoTokenizer.from_pretrained(str(out))))
+    for dtype, want in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        assert {p.dtype for p in load_candidate(out, CPU, dtype=dtype).model.parameters()} == {want}
+
+
+def test_the_tokenizers_end_of_text_wins_over_the_configs(tmp_path):
+    """The documents are joined with the tokenizer's eos_token (</s>, id 2); a
+    config.json naming another eos_token_id does not change the separator."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "eos"
+    _tokenizer(out, add_bos=False)
+    _llama(out, len(AutoTokenizer.from_pretrained(str(out))), eos_id=0)
+    cand = load_candidate(out, CPU)
+    assert (cand.convention.eos_id, cand.convention.eos_token) == (2, "</s>")
+
+
+def test_an_adapter_with_its_own_tokenizer_is_scored_with_it(tmp_path):
+    """A PEFT adapter directory that ships tokenizer files (a fine-tune that changed
+    the tokenizer's settings) is scored with those, not its base's: here its
+    tokenizer_config.json says add_bos_token, so documents open with <s>."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=False)
+    _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    conf = json.loads((adapter / "adapter_config.json").read_text())
+    conf["base_model_name_or_path"] = str(base)
+    (adapter / "adapter_config.json").write_text(json.dumps(conf))
+    assert load_candidate(adapter, CPU).convention.bos_id is None  # the base's tokenizer: no BOS
+    (adapter / "tokenizer.json").write_bytes((base / "tokenizer.json").read_bytes())
+    tok_conf = json.loads((base / "tokenizer_config.json").read_text())
+    (adapter / "tokenizer_config.json").write_text(json.dumps({**tok_conf, "add_bos_token": True}))
+    cand = load_candidate(adapter, CPU)
+    assert (cand.convention.bos_id, cand.convention.bos_token) == (1, "<s>")
