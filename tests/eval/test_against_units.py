@@ -500,14 +500,21 @@ def test_refusals_say_what_to_do_in_full(monkeypatch, tmp_path):
 
 def test_bfloat16_loads_a_hugging_face_models_weights_in_bf16(tmp_path):
     """docs/evaluation.md: --dtype bfloat16 loads Hugging Face weights in bf16 (half
-    the memory of a large candidate), float32 in float32."""
-    from transformers import AutoTokenizer
+    the memory of a large candidate), float32 in float32; a PEFT adapter's base too."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "llama"
     _tokenizer(out, add_bos=False)
     _llama(out, len(AutoTokenizer.from_pretrained(str(out))))
-    for dtype, want in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
-        assert {p.dtype for p in load_candidate(out, CPU, dtype=dtype).model.parameters()} == {want}
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(out)),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    conf = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**conf, "base_model_name_or_path": str(out)}))
+    for path in (out, adapter):
+        for dtype, want in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+            assert {p.dtype for p in load_candidate(path, CPU, dtype=dtype).model.parameters()} == {want}, path
 
 
 def test_the_tokenizers_end_of_text_wins_over_the_configs(tmp_path):
