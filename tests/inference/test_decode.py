@@ -19,6 +19,7 @@ SHAPES = {"gqa": {"d_model": 32, "n_heads": 4, "n_kv_heads": 2},
           "gqa-3-groups": {"d_model": 48, "n_heads": 6, "n_kv_heads": 2, "d_ff": 80}}
 # batch -> (cache rows, the sequences' rows, prompt lengths)
 BATCHES = {"1": (5, [3], [7]),
+           "2-one-apart": (4, [2, 0], [6, 5]),  # the shorter one position behind: it still needs the mask
            "8-aligned": (10, [2, 3, 4, 5, 6, 7, 8, 9], [6] * 8),  # no mask; rows read as a view
            "8-ragged": (10, [9, 1, 4, 0, 7, 2, 5, 8], [3, 11, 6, 9, 4, 12, 5, 8])}  # mask; gathered rows
 STEPS = 6
