@@ -551,3 +551,49 @@ def test_an_adapter_with_its_own_tokenizer_is_scored_with_it(tmp_path):
     (adapter / "tokenizer_config.json").write_text(json.dumps({**tok_conf, "add_bos_token": True}))
     cand = load_candidate(adapter, CPU)
     assert (cand.convention.bos_id, cand.convention.bos_token) == (1, "<s>")
+
+
+def _mpt(out: Path, vocab: int, max_seq_len: int):
+    from transformers import MptConfig, MptForCausalLM
+
+    torch.manual_seed(0)
+    model = MptForCausalLM(MptConfig(vocab_size=vocab, d_model=16, n_heads=2, n_layers=1,
+                                     max_seq_len=max_seq_len, expansion_ratio=2))
+    model.save_pretrained(str(out))
+    return model
+
+
+def test_a_model_whose_config_names_its_context_otherwise_is_scored_in_windows_that_fit(tmp_path):
+    """MPT's config says ``max_seq_len`` where Llama's says ``max_position_embeddings``;
+    MPT's forward refuses a longer input. A fallback window of 2048 tokens made the
+    candidate fail; its own 16 positions give the figure transformers computes."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "mpt"
+    _tokenizer(out, add_bos=False)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    model = _mpt(out, len(tok), max_seq_len=16).eval()
+    cand = load_candidate(out, CPU)
+    assert cand.context == 16
+    docs = {"code": TEXTS[:1] * 3, "prose": TEXTS[1:]}
+    scored = score_candidate(cand, docs, CPU)
+    assert scored["bits_per_byte"] == pytest.approx(_by_hand(model, tok, docs, False, 16), rel=1e-5)
+
+
+def test_a_model_without_a_position_limit_is_scored_in_windows_of_2048(tmp_path):
+    """Mamba's config has no context at all: any window fits, and 2048 tokens is the
+    window docs/evaluation.md states for a model with no position limit."""
+    from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
+
+    out = tmp_path / "mamba"
+    _tokenizer(out, add_bos=False)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    torch.manual_seed(0)
+    model = MambaForCausalLM(MambaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                         state_size=4, expand=2)).eval()
+    model.save_pretrained(str(out))
+    cand = load_candidate(out, CPU)
+    assert cand.context == 2048
+    docs = {"prose": TEXTS}
+    scored = score_candidate(cand, docs, CPU)
+    assert scored["bits_per_byte"] == pytest.approx(_by_hand(model, tok, docs, False, 2048), rel=1e-5)

@@ -156,7 +156,7 @@ def _hf_candidate(path: Path, device: torch.device, kind: str, dtype: torch.dtyp
     if eos is None:
         raise CandidateError(f"--against {path}: its tokenizer has no end-of-text token to join "
                              "documents with (eos_token)")
-    context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0) or 2048)
+    context = _context_of(config)
     bos = _bos_id(tok, tok_dir)
     convention = Convention(eos_id=int(eos), eos_token=tok.convert_ids_to_tokens(int(eos)),
                             bos_id=bos, bos_token=tok.convert_ids_to_tokens(bos) if bos is not None else None)
@@ -167,6 +167,26 @@ def _hf_candidate(path: Path, device: torch.device, kind: str, dtype: torch.dtyp
         decode=lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
         convention=convention, context=min(context, MAX_WINDOW),
         params=sum(p.numel() for p in model.parameters()), unk_id=tok.unk_token_id)
+
+
+# Where a transformers config keeps its context, by family: Llama and most
+# (``max_position_embeddings``, also GPT-2's ``n_positions`` through attribute_map),
+# MPT, ChatGLM and Baichuan, Bloom-likes, RWKV, and GPT-2-era ``n_ctx``.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                "max_sequence_length", "context_length", "n_ctx")
+# A model with no position limit in its config (a state-space model such as Mamba)
+# is scored in windows of this many tokens.
+UNLIMITED_WINDOW = 2048
+
+
+def _context_of(config) -> int:
+    """The longest input the model was built for, by the first of CONTEXT_KEYS it
+    sets; UNLIMITED_WINDOW where it sets none."""
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return UNLIMITED_WINDOW
 
 
 def _bos_id(tok, tok_dir: Path) -> int | None:
