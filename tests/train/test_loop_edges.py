@@ -74,3 +74,26 @@ def test_tensorboard_after_a_resume_shows_each_step_once(new_run):
     events = EventAccumulator(str(run.root / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_each_logged_record_carries_a_real_gradient_norm_throughput_and_figure(new_run):
+    # docs/training.md's metrics.jsonl: every logged step has its gradient norm and
+    # tokens/s, a validation its bits per byte. The throughput is the tokens of the
+    # interval over its seconds, as the records' own tokens and elapsed_s show (to
+    # within a factor of 5: the records round elapsed_s to 10 ms); a throughput of
+    # tokens × seconds, a norm that is always null or a figure rounded to a whole
+    # number would each mislead a user reading the run.
+    cfg, run = new_run(max_steps=6, log_every=1, eval_every=6, schedule="constant")
+    loop.run_train_stage(cfg, run, fingerprint="fp", lineage="L")
+    records = [r for r in read_metrics(run.metrics) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    for r in records:
+        assert isinstance(r["grad_norm"], float) and 0 < r["grad_norm"] < 1e4, r
+    # over steps 2-6 together (a step of this tiny model takes milliseconds)
+    first, last = records[0], records[-1]
+    expected = (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+    median = sorted(r["tokens_per_s"] for r in records[1:])[2]
+    assert expected / 5 < median < expected * 5, (median, expected)
+    val = [r for r in read_metrics(run.metrics) if "val_bits_per_byte" in r][-1]
+    bpb = val["val_bits_per_byte"]
+    assert 0 < bpb < 16 and abs(bpb - round(bpb)) > 1e-6 and round(bpb, 5) == bpb
