@@ -637,6 +637,7 @@ def test_what_the_trainer_says(new_run, monkeypatch, capsys):
     assert "193 windows per epoch" in err
     assert "step 3/6: loss " in err and "step 6/6: loss " in err and ", val loss " in err
     assert " tokens/s" in err and "MFU" in err
+    assert "replicas" not in err and "process(es)" not in err  # one process: no parallel layout named
     shutil.rmtree(run.checkpoints / "step-000006")
     train(cfg, run)
     err = " ".join(capsys.readouterr().err.split())

@@ -97,3 +97,18 @@ def test_each_logged_record_carries_a_real_gradient_norm_throughput_and_figure(n
     val = [r for r in read_metrics(run.metrics) if "val_bits_per_byte" in r][-1]
     bpb = val["val_bits_per_byte"]
     assert 0 < bpb < 16 and abs(bpb - round(bpb)) > 1e-6 and round(bpb, 5) == bpb
+
+
+def test_a_run_continued_from_its_first_step_keeps_that_steps_record(new_run):
+    # docs/training.md: a resumed run keeps metrics.jsonl up to the step it resumes
+    # from and drops only what came after. Continued from step 1 (a checkpoint at
+    # every step), the first session's record of step 1 stays.
+    cfg, run = new_run(max_steps=1, log_every=1, checkpoint_every=1, schedule="constant", warmup_steps=0)
+    loop.run_train_stage(cfg, run, fingerprint="fp-1", lineage="L")
+    first = [r for r in read_metrics(run.metrics) if r.get("step") == 1 and "loss" in r]
+    assert len(first) == 1
+    cfg3, _ = new_run("cfg3", max_steps=3, log_every=1, checkpoint_every=1, schedule="constant", warmup_steps=0)
+    loop.run_train_stage(cfg3, run, fingerprint="fp-3", lineage="L")
+    records = [r for r in read_metrics(run.metrics) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[0] == first[0]
