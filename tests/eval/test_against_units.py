@@ -192,6 +192,18 @@ def _llama(out: Path, vocab: int, positions: int = 16, eos_id=2):
     return model
 
 
+def _lora_adapter(base: Path, adapter: Path) -> Path:
+    """A LoRA adapter of the model saved at ``base``, its config pointing there."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    conf = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**conf, "base_model_name_or_path": str(base)}))
+    return adapter
+
+
 def _by_hand(model, tok, documents, bos: bool, window: int) -> float:
     """transformers' forward and log_softmax over [<s>] doc </s> ... in windows of ``window``."""
     nats, n_bytes = 0.0, 0
@@ -501,17 +513,12 @@ def test_refusals_say_what_to_do_in_full(monkeypatch, tmp_path):
 def test_bfloat16_loads_a_hugging_face_models_weights_in_bf16(tmp_path):
     """docs/evaluation.md: --dtype bfloat16 loads Hugging Face weights in bf16 (half
     the memory of a large candidate), float32 in float32; a PEFT adapter's base too."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     out = tmp_path / "llama"
     _tokenizer(out, add_bos=False)
     _llama(out, len(AutoTokenizer.from_pretrained(str(out))))
-    adapter = tmp_path / "adapter"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(str(out)),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
-    conf = json.loads((adapter / "adapter_config.json").read_text())
-    (adapter / "adapter_config.json").write_text(json.dumps({**conf, "base_model_name_or_path": str(out)}))
+    adapter = _lora_adapter(out, tmp_path / "adapter")
     for path in (out, adapter):
         for dtype, want in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
             assert {p.dtype for p in load_candidate(path, CPU, dtype=dtype).model.parameters()} == {want}, path
@@ -533,18 +540,12 @@ def test_an_adapter_with_its_own_tokenizer_is_scored_with_it(tmp_path):
     """A PEFT adapter directory that ships tokenizer files (a fine-tune that changed
     the tokenizer's settings) is scored with those, not its base's: here its
     tokenizer_config.json says add_bos_token, so documents open with <s>."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     base = tmp_path / "base"
     _tokenizer(base, add_bos=False)
     _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
-    adapter = tmp_path / "adapter"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
-    conf = json.loads((adapter / "adapter_config.json").read_text())
-    conf["base_model_name_or_path"] = str(base)
-    (adapter / "adapter_config.json").write_text(json.dumps(conf))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
     assert load_candidate(adapter, CPU).convention.bos_id is None  # the base's tokenizer: no BOS
     (adapter / "tokenizer.json").write_bytes((base / "tokenizer.json").read_bytes())
     tok_conf = json.loads((base / "tokenizer_config.json").read_text())
