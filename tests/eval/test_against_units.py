@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from fmforge.errors import UserError
 from fmforge.eval import against
 from fmforge.eval.against import (
     Candidate,
@@ -161,13 +163,13 @@ def test_a_candidate_is_named_by_its_directory_then_by_its_parents(tmp_path):
 TEXTS = ["def f(x): return x + 1", "The cat sat on the mat.", "naïve café, 3 € each"]
 
 
-def _tokenizer(out: Path, add_bos: bool, eos: bool = True) -> None:
+def _tokenizer(out: Path, add_bos: bool, eos: bool = True, texts: list[str] = TEXTS) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     if add_bos:
@@ -552,6 +554,85 @@ def test_an_adapter_with_its_own_tokenizer_is_scored_with_it(tmp_path):
     (adapter / "tokenizer_config.json").write_text(json.dumps({**tok_conf, "add_bos_token": True}))
     cand = load_candidate(adapter, CPU)
     assert (cand.convention.bos_id, cand.convention.bos_token) == (1, "<s>")
+
+
+# A fine-tune's own vocabulary: the same size and special tokens as the base's, other merges.
+OTHER_TEXTS = ["Sat the mat on cat the.", "1 + x return :)x(f fed", "each € 3 ,café naïve", "zzz yyy xxx www"]
+
+
+def test_an_adapter_shipping_only_tokenizer_json_is_scored_with_it_and_the_bases_special_tokens(tmp_path):
+    """An adapter directory with its own tokenizer.json but no tokenizer_config.json:
+    the ids are its tokenizer.json's (as the tokenizers library encodes with that
+    file), and which tokens are special (<s> first, </s> between documents) comes from
+    its base's tokenizer_config.json, not lost: the adapter's file alone names no
+    eos_token nor bos_token."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=True)
+    _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
+    _tokenizer(tmp_path / "tuned", add_bos=True, texts=OTHER_TEXTS)
+    (adapter / "tokenizer.json").write_bytes((tmp_path / "tuned" / "tokenizer.json").read_bytes())
+    own = Tokenizer.from_file(str(adapter / "tokenizer.json"))
+    theirs = Tokenizer.from_file(str(base / "tokenizer.json"))
+    expected = [own.encode(t, add_special_tokens=False).ids for t in TEXTS]
+    assert expected != [theirs.encode(t, add_special_tokens=False).ids for t in TEXTS]  # the two differ
+
+    cand = load_candidate(adapter, CPU)
+    assert cand.encode(TEXTS) == expected
+    assert [cand.decode(ids) for ids in expected] == TEXTS
+    bos = own.encode("a").ids[0]  # what its post-processor puts first: <s>
+    assert (cand.convention.bos_id, cand.convention.bos_token) == (bos, "<s>") == (1, "<s>")
+    assert (cand.convention.eos_id, cand.convention.eos_token) == (own.token_to_id("</s>"), "</s>")
+
+
+def test_an_adapter_shipping_only_tokenizer_config_json_is_scored_with_its_settings_on_the_bases_vocabulary(
+        tmp_path):
+    """An adapter directory with its own tokenizer_config.json but no vocabulary file
+    (transformers alone cannot load a tokenizer from it): its settings, here
+    add_bos_token, over its base's tokenizer.json; the ids are the base's, as
+    transformers encodes them from the base's directory."""
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=False)
+    reference = AutoTokenizer.from_pretrained(str(base))
+    _llama(base, len(reference))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
+    tok_conf = json.loads((base / "tokenizer_config.json").read_text())
+    (adapter / "tokenizer_config.json").write_text(json.dumps({**tok_conf, "add_bos_token": True}))
+
+    cand = load_candidate(adapter, CPU)
+    assert cand.encode(TEXTS) == [reference.encode(t, add_special_tokens=False) for t in TEXTS]
+    assert (cand.convention.bos_id, cand.convention.bos_token) == (reference.bos_token_id, "<s>") == (1, "<s>")
+    assert (cand.convention.eos_id, cand.convention.eos_token) == (reference.eos_token_id, "</s>")
+    # the base's own settings are no BOS: the adapter's file decided it
+    assert load_candidate(base, CPU).convention.bos_id is None
+
+
+def test_an_adapters_half_tokenizer_that_does_not_load_is_named_with_its_base(tmp_path):
+    """An adapter's settings without a vocabulary (its tokenizer_config.json, here cut
+    short, and special_tokens_map.json) that transformers cannot read over the base's
+    vocabulary are refused naming the adapter's files, the base and transformers'
+    reason (not the scratch directory they were assembled in), and what to do."""
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=False)
+    _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
+    (adapter / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTok')
+    (adapter / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
+    with pytest.raises(UserError) as caught:
+        load_candidate(adapter, CPU)
+    assert re.fullmatch(
+        re.escape(f"--against {adapter}: its {adapter}/tokenizer_config.json and {adapter}/special_tokens_map.json "
+                  f"over the rest of its base {base}'s tokenizer: transformers cannot load them (")
+        + r"Unterminated string starting at: line 1 column 21 \(char 20\)" + re.escape(
+            "); repair the adapter's tokenizer files, or remove them to score it with its base's tokenizer"),
+        str(caught.value)), str(caught.value)
 
 
 def _mpt(out: Path, vocab: int, max_seq_len: int):

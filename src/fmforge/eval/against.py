@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +147,19 @@ def _hf_candidate(path: Path, device: torch.device, kind: str, dtype: torch.dtyp
     model = load_model(path, device, dtype=dtype)
     if kind == "peft":
         model = model.merge_and_unload()
-    tok_dir = path if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file() else base
-    tok = load_tokenizer(tok_dir)
+    with tempfile.TemporaryDirectory(prefix="fmforge-tokenizer-") as scratch:
+        tok_dir = _tokenizer_dir(path, base, Path(scratch))
+        try:
+            tok = load_tokenizer(tok_dir)
+        except UserError as exc:
+            if tok_dir != Path(scratch):
+                raise
+            raise CandidateError(
+                f"--against {path}: its {' and '.join(str(path / n) for n in _tokenizer_half(path))} "
+                f"over the rest of its base {base}'s tokenizer: transformers cannot load them "
+                f"({exc.__cause__ or exc}); repair the adapter's tokenizer files, or remove them to "
+                "score it with its base's tokenizer") from exc
+        bos = _bos_id(tok, tok_dir)
     # Whole documents are encoded, then cut into windows: not a length the model sees.
     tok.model_max_length = 1 << 62
     eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(config, "eos_token_id", None)
@@ -157,7 +169,6 @@ def _hf_candidate(path: Path, device: torch.device, kind: str, dtype: torch.dtyp
         raise CandidateError(f"--against {path}: its tokenizer has no end-of-text token to join "
                              "documents with (eos_token)")
     context = _context_of(config)
-    bos = _bos_id(tok, tok_dir)
     convention = Convention(eos_id=int(eos), eos_token=tok.convert_ids_to_tokens(int(eos)),
                             bos_id=bos, bos_token=tok.convert_ids_to_tokens(bos) if bos is not None else None)
     return Candidate(
@@ -167,6 +178,43 @@ def _hf_candidate(path: Path, device: torch.device, kind: str, dtype: torch.dtyp
         decode=lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
         convention=convention, context=min(context, MAX_WINDOW),
         params=sum(p.numel() for p in model.parameters()), unk_id=tok.unk_token_id)
+
+
+# A tokenizer's files, in two halves: its vocabulary (which ids a text gets) and its
+# settings (which tokens are special, whether BOS is added).
+TOKENIZER_VOCABULARY = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                        "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json")
+TOKENIZER_SETTINGS = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _tokenizer_half(adapter: Path) -> list[str]:
+    return [n for n in TOKENIZER_VOCABULARY + TOKENIZER_SETTINGS if (adapter / n).is_file()]
+
+
+def _tokenizer_dir(path: Path, base: Path, scratch: Path) -> Path:
+    """Where the tokenizer of the candidate at ``path`` (on ``base``; the same for a
+    model directory) is read from. An adapter that ships a whole tokenizer (a
+    vocabulary and its settings) is read from its own directory, one that ships none
+    from its base's. One that ships half of one (tokenizer.json without
+    tokenizer_config.json: a vocabulary that names no special token; or
+    tokenizer_config.json alone: settings transformers cannot load without a
+    vocabulary) gets that half over its base's other half, assembled in ``scratch``
+    with links: the fine-tune's files win, the base's fill in the rest."""
+    if path == base:
+        return path
+    vocabulary = [n for n in TOKENIZER_VOCABULARY if (path / n).is_file()]
+    settings = [n for n in TOKENIZER_SETTINGS if (path / n).is_file()]
+    if not vocabulary and not settings:
+        return base
+    if vocabulary and settings:
+        return path
+    replaced = TOKENIZER_VOCABULARY if vocabulary else TOKENIZER_SETTINGS
+    for f in base.iterdir():
+        if f.is_file() and f.name not in replaced:
+            (scratch / f.name).symlink_to(f.resolve())
+    for name in vocabulary + settings:
+        (scratch / name).symlink_to((path / name).resolve())
+    return scratch
 
 
 # Where a transformers config keeps its context, by family: Llama and most
