@@ -1,8 +1,10 @@
 """Run by test_meta_build.py under ``torchrun --nproc-per-node 2`` (gloo): builds
-a model the FSDP way (meta device, ``fully_shard``, ``materialize``) and checks,
-against a plain build in the same process, that the weights are the same, that
-each process holds only its shard, and that 10 training steps give the losses of
-one process with the same global batch. Writes a JSON verdict per rank."""
+each model of a ``{name: model config}`` JSON the FSDP way (meta device,
+``fully_shard``, ``materialize``) and checks, against a plain build in the same
+process, that the weights are the same, that each process holds only its shard,
+and that 10 training steps give the losses of one process with the same global
+batch. Writes a JSON verdict per rank and model. One launch for all the models:
+torchrun's start-up is most of a model's time."""
 
 from __future__ import annotations
 
@@ -16,10 +18,15 @@ from fmforge.model.transformer import Transformer
 from fmforge.train.distributed import build_sharded, setup_parallel, teardown
 
 
-def main(out: str, model_json: str) -> None:
+def main(out: str, models_json: str) -> None:
     torch.set_num_threads(1)
     par = setup_parallel("fsdp", "cpu")
-    cfg = ModelConfig.model_validate(json.loads(model_json))
+    for name, model in json.loads(models_json).items():
+        check(f"{out}.{name}", ModelConfig.model_validate(model), par)
+    teardown(par)
+
+
+def check(out: str, cfg: ModelConfig, par) -> None:
 
     def build() -> Transformer:
         torch.manual_seed(11)
@@ -56,7 +63,6 @@ def main(out: str, model_json: str) -> None:
             result[key].append(par.mean(value) if key == "losses" else value)
     with open(f"{out}.{par.rank}.json", "w") as f:
         json.dump(result, f)
-    teardown(par)
 
 
 if __name__ == "__main__":

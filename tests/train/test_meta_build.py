@@ -103,17 +103,24 @@ def test_loading_a_state_dict_into_a_meta_build_gives_the_same_model():
     assert torch.equal(plain(tokens), empty(tokens))
 
 
+@pytest.fixture(scope="module")
+def two_fsdp_processes(tmp_path_factory):
+    """One torchrun of 2 processes checks every model of CONFIGS (meta_build_worker.py)."""
+    worker = Path(__file__).with_name("meta_build_worker.py")
+    out = tmp_path_factory.mktemp("meta") / "result"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(worker), str(out), json.dumps(CONFIGS)]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return out
+
+
 @pytest.mark.dist
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mha-untied", "mqa-untied", "gqa-tied"])
-def test_two_fsdp_processes_built_on_meta_hold_half_and_train_like_one(tmp_path, name):
-    worker = Path(__file__).with_name("meta_build_worker.py")
-    out = tmp_path / "result"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(worker), str(out), json.dumps(CONFIGS[name])]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+def test_two_fsdp_processes_built_on_meta_hold_half_and_train_like_one(two_fsdp_processes, name):
+    out = f"{two_fsdp_processes}.{name}"
     results = [json.loads(Path(f"{out}.{rank}.json").read_text()) for rank in (0, 1)]
     total = results[0]["total_numel"]
     assert sum(r["local_numel"] for r in results) == total
