@@ -220,3 +220,14 @@ def test_hidden_files_are_named_not_dropped_in_silence(tmp_path):
     assert len(said) == 1, r.warnings
     assert f"{d / '.notes'} (3 files)" in said[0] and str(d / "sub" / ".draft.txt") in said[0]
     assert said[0].startswith("2 hidden names")
+
+
+def test_a_dollar_budget_too_small_asks_for_more_dollars_not_minutes(folders, tmp_path):
+    """A user who gave --budget USD is told to raise the budget: they gave no minutes."""
+    out = tmp_path / "tiny.yaml"
+    # $0.00001 buys a few milliseconds of an H100: far too little for the smallest shape
+    r = init_config([folders["records"]], out, budget=Budget(usd=0.00001, gpu="h100-sxm"), measure=False)
+    too_small = [n for n in r.size.notes if "too small for even the smallest shape" in n]
+    assert too_small, r.size.notes
+    assert "minutes" not in too_small[0] and "raise --budget" in too_small[0], too_small[0]
+    assert "# note: " + too_small[0] in out.read_text()

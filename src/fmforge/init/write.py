@@ -206,6 +206,9 @@ def init_config(dirs: list[str | Path], out: str | Path | None = None, budget: B
     if budget.usd is None and measure:  # this machine: its measured speed, as model: auto does
         size = size_model_measured(hw, seconds, device="cpu" if hw.is_cpu else "cuda", **kw)
     else:
+        if budget.usd is not None:
+            kw["more_time"] = (f"raise --budget (${budget.usd:,.6g} buys {seconds / 60:,.3g} min of "
+                               f"{devices} × {hw.key})")
         size = size_model(hw, seconds, **kw)
     max_steps = None
     if budget.usd is not None:

@@ -157,14 +157,16 @@ class ModelSize(Candidate):
 def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", num_devices: int = 1,
                seq_len: int = 256, micro_batch: int = 16, mfu: float | None = None,
                vocab_size: int | None = None, data_tokens: float | None = None,
-               ladder: dict[str, Any] | None = None, max_steps: int | None = None) -> ModelSize:
+               ladder: dict[str, Any] | None = None, max_steps: int | None = None,
+               more_time: str = "give more minutes") -> ModelSize:
     """The shape of the family to train for ``seconds`` of wall time on
     ``num_devices`` of ``hardware`` (module docstring). ``dtype``: the planner's
     memory mode (``bfloat16``/``autocast`` or ``float32``); ``vocab_size``: a fixed
     vocabulary; ``data_tokens``: the training tokens available; ``ladder``: a
     ``ladder.json`` whose law decides instead of the 20 tokens/param rule;
     ``max_steps``: a cap on the steps (``train.max_steps`` beside ``max_minutes``),
-    which caps the tokens as the trainer and the planner cap them."""
+    which caps the tokens as the trainer and the planner cap them; ``more_time``: what
+    the too-small note tells the user to raise (``init --budget`` gave dollars)."""
     require_positive("budget in seconds", seconds)
     require_positive("number of devices", num_devices, whole=True)
     if not hardware.peak_flops > 0:
@@ -217,7 +219,7 @@ def size_model(hardware: Hardware, seconds: float, *, dtype: str = "bfloat16", n
             smallest = candidates[0][0]
             need = ratio * count(smallest)
             fix = [what for what, short in (
-                ("give more minutes", smallest.tokens_per_s * usable < need),
+                (more_time, smallest.tokens_per_s * usable < need),
                 (f"raise train.max_steps (it caps the training at {cap:,.0f} tokens)", cap < need)) if short]
             notes.append(f"the budget is too small for even the smallest shape at {ratio:g} tokens per "
                          "non-embedding parameter: "
