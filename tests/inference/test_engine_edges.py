@@ -10,7 +10,10 @@ the tokenizer's own decode of the scripted ids, cut with ``str.index`` by hand.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 
 from fmforge.inference.engine import Engine, GenerationRequest
 
@@ -93,3 +96,42 @@ def test_a_stream_holds_back_only_the_character_that_may_begin_a_stop_string(tra
     assert all(isinstance(out.text, str) for out in outputs)
     assert [out.text for out in outputs] == expected
     assert outputs[-1].result.text == TEXT and outputs[-1].finish_reason == "length"
+
+
+def greedy_by_recomputation(model, prompt_ids: list[int], n: int) -> list[int]:
+    """The reference: the whole context through the model's own ``forward`` for every
+    token, no cache."""
+    ids = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt_ids):]
+
+
+def test_greedy_text_is_the_models_own_when_the_context_matters(trained, make_model):
+    # conftest's model (init_std 0.1) picks its next token almost from the last token
+    # alone, so a prompt stored at the wrong positions (its last token then overwritten
+    # by the first new one) still gave the same greedy ids. At init_std 0.3 every
+    # earlier token counts.
+    model = make_model(trained.tokenizer.get_vocab_size(), init_std=0.3)
+    sharp = dataclasses.replace(trained, model=model)
+    prompts = ["def alpha(beta", "the quick", "x", "café crème"]
+    ids = [trained.tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    expected = [greedy_by_recomputation(model, i, 20) for i in ids]
+    requests = [GenerationRequest(prompt_ids=i, max_new_tokens=20, temperature=0, stop_token_ids=[])
+                for i in ids]
+    alone = [Engine(sharp, max_batch=1).generate([r])[0].token_ids for r in requests]
+    together = [r.token_ids for r in Engine(sharp, max_batch=4).generate(requests)]
+    assert alone == expected
+    assert together == expected
+
+
+@pytest.mark.parametrize("max_batch, batch", [(1, 1), (16, 1), (3, 3)])
+def test_a_fresh_engines_cache_holds_what_its_first_requests_need(trained, max_batch, batch):
+    # Hand count for conftest's model: keys and values (2) x 2 layers x rows x 2 kv heads
+    # x (3 prompt + 5 new) positions x head_dim 32/4 = 8 x 4 bytes (float32).
+    engine = Engine(trained, max_batch=max_batch)
+    engine.generate([GenerationRequest(prompt_ids=[5 + i] * 3, max_new_tokens=5, temperature=0,
+                                       stop_token_ids=[]) for i in range(batch)])
+    held = sum(t.numel() * t.element_size() for t in engine.cache.k + engine.cache.v)
+    assert held == 2 * 2 * batch * 2 * 8 * 8 * 4
