@@ -1,11 +1,12 @@
-"""Stop strings that straddle two multi-character tokens, and what a stream sends while
-a tail of the text might still begin a stop string (issue 32, inference/engine.py's
-surviving mutants).
-
-The reference is the OpenAI completions contract: the text returned ends just before the
-first occurrence of any stop string, finish_reason "stop"; a stream sends everything that
-cannot be the start of a stop string as soon as it is generated. The texts compared are
-the tokenizer's own decode of the scripted ids, cut with ``str.index`` by hand.
+"""The engine's edges, each checked against a reference outside it (issue 32,
+inference/engine.py's surviving mutants): stop strings that straddle two multi-character
+tokens and what a stream sends while a tail might still begin one (the OpenAI
+completions contract: the text ends just before the first stop string, finish_reason
+"stop"; a stream sends what cannot begin a stop string as soon as it is generated; the
+texts are the tokenizer's own decode of scripted ids, cut by hand with ``str.index``);
+greedy ids and an empty prompt against the model's own uncached forward; a fresh
+cache's size by hand count; a brought Llama-2-style tokenizer's prompt count and
+completion text; top_p=1 (OpenAI's default); and every refusal's full text.
 """
 
 from __future__ import annotations
@@ -135,3 +136,80 @@ def test_a_fresh_engines_cache_holds_what_its_first_requests_need(trained, max_b
                                        stop_token_ids=[]) for i in range(batch)])
     held = sum(t.numel() * t.element_size() for t in engine.cache.k + engine.cache.v)
     assert held == 2 * 2 * batch * 2 * 8 * 8 * 4
+
+
+def _sentencepiece_style(make_model, **model_kw):
+    """A Llama-2-style tokenizer (words as '▁word', the decoder dropping the first
+    one's space, a post-processor adding <s>, end-of-text </s> = id 1) and a model
+    over its 8 ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    from fmforge.inference.loading import TrainedModel
+
+    words = ["<s>", "</s>", "<unk>", "▁the", "▁quick", "▁brown", "▁fox", "▁jumps"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    assert tok.encode("the quick").ids == [0, 3, 4]  # <s> added by default
+    return TrainedModel(model=make_model(len(words), **model_kw), tokenizer=tok, device=torch.device("cpu"),
+                        step=0, eos_id=1)
+
+
+def test_a_brought_tokenizers_completion_reads_on_from_the_prompt(make_model):
+    # The tokenize stage encodes documents without special tokens, so the prompt "the
+    # quick" is its 2 words, no <s>; and the completion ▁brown ▁fox is " brown fox", the
+    # tokenizer's own decode of prompt + completion less the prompt's text (OpenAI's
+    # echo: prompt + text is the whole).
+    trained = _sentencepiece_style(make_model)
+    whole = trained.tokenizer.decode([3, 4, 5, 6])
+    assert whole == "the quick brown fox"
+    request = GenerationRequest(prompt="the quick", max_new_tokens=2, temperature=0, stop_token_ids=[])
+    [res] = Scripted(trained, [5, 6]).generate([request])
+    assert res.prompt_tokens == 2
+    assert "the quick" + res.text == whole
+    assert "the quick" + "".join(Scripted(trained, [5, 6]).stream(request)) == whole
+
+
+def test_an_empty_prompt_continues_from_end_of_text_as_a_document_does(make_model):
+    # Documents are written after an end-of-text in training, so an empty prompt is the
+    # one-id prompt [</s>] (id 1 here; conftest's <|endoftext|> is id 0, like the
+    # fallback for a tokenizer without one): the model's own greedy continuation of it,
+    # with a model whose next token depends on its context (init_std 0.3, see above).
+    trained = _sentencepiece_style(make_model, init_std=0.3)
+    [empty] = Engine(trained).generate([GenerationRequest(prompt="", max_new_tokens=12, temperature=0,
+                                                          stop_token_ids=[])])
+    assert empty.token_ids == greedy_by_recomputation(trained.model, [1], 12)
+    assert empty.prompt_tokens == 0
+
+
+def test_top_p_1_is_accepted_and_filters_nothing(engine):
+    # OpenAI's top_p: in (0, 1], default 1 (every token considered), the same as no filter.
+    with_1, without = engine.generate([
+        GenerationRequest(prompt="def", max_new_tokens=20, temperature=1.0, seed=s, top_p=p,
+                          stop_token_ids=[]) for s, p in ((3, 1.0), (3, None))])
+    assert with_1.token_ids == without.token_ids
+
+
+def test_refusals_say_what_to_do_in_full(trained, make_model):
+    with pytest.raises(ValueError, match=r"^give exactly one of prompt \(text\) and prompt_ids$"):
+        GenerationRequest()
+    with pytest.raises(ValueError, match=r"^give exactly one of prompt \(text\) and prompt_ids$"):
+        GenerationRequest(prompt="x", prompt_ids=[1])
+    with pytest.raises(ValueError, match="^a stop string must not be empty$"):
+        GenerationRequest(prompt="x", stop=["\n", ""])
+    with pytest.raises(ValueError, match="^max_batch must be >= 1, got 0$"):
+        Engine(trained, max_batch=0)
+    bf16 = dataclasses.replace(trained, model=make_model(trained.tokenizer.get_vocab_size()).to(torch.bfloat16))
+    with pytest.raises(ValueError, match=r"^pack_weights=True cannot be honoured: .*bfloat16.*; "
+                                         r"leave pack_weights unset to use the plain products$"):
+        Engine(bf16, pack_weights=True)
+    engine = Engine(trained)
+    engine.add(GenerationRequest(prompt="def", max_new_tokens=4))
+    busy = (r"^the engine has sequences in flight from add\(\); drive it with step\(\) "
+            r"\(generate and stream run their own loop\)$")
+    with pytest.raises(RuntimeError, match=busy):
+        engine.generate([GenerationRequest(prompt="x")])
+    with pytest.raises(RuntimeError, match=busy):
+        next(engine.stream(GenerationRequest(prompt="x")))
