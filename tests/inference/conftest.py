@@ -52,3 +52,23 @@ def engine(trained) -> Engine:
 def make_model():
     """tiny_model(vocab_size, seed=0, **model config fields)."""
     return tiny_model
+
+
+class _Scripted(Engine):
+    """An engine whose 'model' emits a fixed id sequence (the model still runs):
+    the token boundaries are then known exactly."""
+
+    def __init__(self, trained, script: list[int]):
+        super().__init__(trained)
+        self.script = script
+
+    def _sample(self, seqs, logits):
+        for seq in seqs:
+            seq.accept(self.script[seq.n_generated])
+
+
+@pytest.fixture(scope="session")
+def scripted():
+    """``scripted(trained, ids)``: an Engine that generates exactly ``ids`` (tests import
+    nothing from conftest under importlib mode)."""
+    return _Scripted

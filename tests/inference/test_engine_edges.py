@@ -21,19 +21,6 @@ from fmforge.inference.engine import Engine, GenerationRequest
 TEXT = "the quick brown fox jumps over the lazy dog"
 
 
-class Scripted(Engine):
-    """An engine whose 'model' emits a fixed id sequence (the model still runs):
-    the token boundaries are then known exactly."""
-
-    def __init__(self, trained, script: list[int]):
-        super().__init__(trained)
-        self.script = script
-
-    def _sample(self, seqs, logits):
-        for seq in seqs:
-            seq.accept(self.script[seq.n_generated])
-
-
 def _script(tokenizer) -> tuple[list[int], list[str]]:
     """TEXT's ids under the test tokenizer and each id's own text (whole ASCII
     characters, so they join to TEXT)."""
@@ -60,7 +47,7 @@ def _request(n: int, stop: list[str]) -> GenerationRequest:
 
 
 @pytest.mark.parametrize("left", [1, 2])
-def test_a_stop_string_split_across_two_long_tokens_stops_the_text(trained, left):
+def test_a_stop_string_split_across_two_long_tokens_stops_the_text(trained, left, scripted):
     # "k b" (1 + 2 characters) and "ck b" (2 + 2): the stop string begins inside a
     # 3-character token, so while that token is the newest, only part of it may be sent.
     ids, pieces = _script(trained.tokenizer)
@@ -69,16 +56,16 @@ def test_a_stop_string_split_across_two_long_tokens_stops_the_text(trained, left
     cut = TEXT.index(stop)
     assert cut == len("".join(pieces[: i + 1])) - left, "the stop first occurs at the boundary"
 
-    [res] = Scripted(trained, ids).generate([_request(len(ids), ["never-appears", stop])])
+    [res] = scripted(trained, ids).generate([_request(len(ids), ["never-appears", stop])])
     assert (res.text, res.finish_reason) == (TEXT[:cut], "stop")
     # The ids that spelled the stop string are kept; every generated token is counted.
     assert res.token_ids == ids[: i + 2] and res.completion_tokens == i + 2
 
-    streamed = list(Scripted(trained, ids).stream(_request(len(ids), [stop])))
+    streamed = list(scripted(trained, ids).stream(_request(len(ids), [stop])))
     assert "".join(streamed) == TEXT[:cut] and all(streamed)
 
 
-def test_a_stream_holds_back_only_the_character_that_may_begin_a_stop_string(trained):
+def test_a_stream_holds_back_only_the_character_that_may_begin_a_stop_string(trained, scripted):
     # The stop string begins with token i's last character and never occurs: that
     # character alone waits for the next token; the rest of token i is sent with it.
     ids, pieces = _script(trained.tokenizer)
@@ -86,10 +73,10 @@ def test_a_stream_holds_back_only_the_character_that_may_begin_a_stop_string(tra
     stop = pieces[i][-1] + "\x00"
     expected = pieces[:i] + [pieces[i][:-1], pieces[i][-1] + pieces[i + 1]] + pieces[i + 2:]
 
-    assert list(Scripted(trained, ids).stream(_request(len(ids), [stop]))) == expected
+    assert list(scripted(trained, ids).stream(_request(len(ids), [stop]))) == expected
 
     # The step-level API (a server's loop) gives each step's piece as a str, the same pieces.
-    engine = Scripted(trained, ids)
+    engine = scripted(trained, ids)
     engine.add(_request(len(ids), [stop]))
     outputs = []
     while engine.has_work():
@@ -157,7 +144,7 @@ def _sentencepiece_style(make_model, **model_kw):
                         step=0, eos_id=1)
 
 
-def test_a_brought_tokenizers_completion_reads_on_from_the_prompt(make_model):
+def test_a_brought_tokenizers_completion_reads_on_from_the_prompt(make_model, scripted):
     # The tokenize stage encodes documents without special tokens, so the prompt "the
     # quick" is its 2 words, no <s>; and the completion ▁brown ▁fox is " brown fox", the
     # tokenizer's own decode of prompt + completion less the prompt's text (OpenAI's
@@ -166,10 +153,10 @@ def test_a_brought_tokenizers_completion_reads_on_from_the_prompt(make_model):
     whole = trained.tokenizer.decode([3, 4, 5, 6])
     assert whole == "the quick brown fox"
     request = GenerationRequest(prompt="the quick", max_new_tokens=2, temperature=0, stop_token_ids=[])
-    [res] = Scripted(trained, [5, 6]).generate([request])
+    [res] = scripted(trained, [5, 6]).generate([request])
     assert res.prompt_tokens == 2
     assert "the quick" + res.text == whole
-    assert "the quick" + "".join(Scripted(trained, [5, 6]).stream(request)) == whole
+    assert "the quick" + "".join(scripted(trained, [5, 6]).stream(request)) == whole
 
 
 def test_an_empty_prompt_continues_from_end_of_text_as_a_document_does(make_model):

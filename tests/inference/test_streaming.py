@@ -65,29 +65,17 @@ def test_invalid_bytes_are_flushed_not_lost(byte_tokenizer):
     assert decoder.flush() == byte_tokenizer.decode(ids)[1:]
 
 
-class Scripted(Engine):
-    """An engine whose 'model' emits a fixed id sequence (the model still runs)."""
-
-    def __init__(self, trained, script: list[int]):
-        super().__init__(trained)
-        self.script = script
-
-    def _sample(self, seqs, logits):
-        for seq in seqs:
-            seq.accept(self.script[seq.n_generated])
-
-
-def test_engine_stream_of_multibyte_output(trained):
+def test_engine_stream_of_multibyte_output(trained, scripted):
     script = byte_ids(trained.tokenizer, TEXT)
     request = GenerationRequest(prompt="hi", max_new_tokens=len(script), temperature=0)
-    pieces = list(Scripted(trained, script).stream(request))
+    pieces = list(scripted(trained, script).stream(request))
     assert "".join(pieces) == TEXT
     assert all(pieces) and not any("\ufffd" in p for p in pieces)
-    [result] = Scripted(trained, script).generate([request])
+    [result] = scripted(trained, script).generate([request])
     assert result.text == TEXT and result.token_ids == script
     # A stop string made of multi-byte characters, reached byte by byte.
     stop = GenerationRequest(prompt="hi", max_new_tokens=len(script), temperature=0, stop=["😀😀"])
-    pieces = list(Scripted(trained, script).stream(stop))
+    pieces = list(scripted(trained, script).stream(stop))
     assert "".join(pieces) == "é€😀 naïve " and not any("\ufffd" in p for p in pieces)
 
 
