@@ -6,7 +6,7 @@ from __future__ import annotations
 from tokenizers.pre_tokenizers import ByteLevel
 
 from fmforge.inference.detokenize import IncrementalDecoder
-from fmforge.inference.engine import Engine, GenerationRequest
+from fmforge.inference.engine import GenerationRequest
 
 TEXT = "é€😀 naïve 😀😀 ok"
 
