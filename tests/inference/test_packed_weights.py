@@ -57,3 +57,34 @@ def test_engine_with_and_without_packing_agree(trained):
         [result] = engine.generate([GenerationRequest(prompt=prompt, max_new_tokens=40,
                                                       temperature=0, stop_token_ids=[])])
         assert result.token_ids == expected
+
+
+def test_a_one_sequence_decode_step_reads_every_weight_through_its_packed_copy(make_model):
+    """The packing's speed-up (benchmarks/README.md, "MKL-packed weights for steps of one sequence") exists only if
+    every product of a one-sequence decode step goes through the packed copy. The
+    logits are the same either way, so only the ops run show a bypass: one MKL packed
+    product per bias-free ``nn.Linear`` of the model (each is used once per step)."""
+    from torch import nn
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.packed = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.packed += str(func).startswith("mkl._mkl_linear")
+            return func(*args, **(kwargs or {}))
+
+    for name, kw in (("tied", {}), ("untied, grouped keys", {"tie_embeddings": False, "n_kv_heads": 1})):
+        model = make_model(101, **kw)
+        if not PackedWeights.supported(model):
+            pytest.skip("needs float32 weights on a CPU and a torch built with MKL")
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is None]
+        packed = PackedWeights(model)
+        tokens = torch.randint(0, 101, (1, 9), generator=torch.Generator().manual_seed(7))
+        cache = KVCache(model.cfg, rows=2, length=9)
+        forward_cached(model, tokens[:, :8], cache, [1], [0], packed=packed)
+        with Count() as count:
+            forward_cached(model, tokens[:, 8:], cache, [1], [8], packed=packed)
+        assert count.packed == len(linears), (name, count.packed, len(linears))
