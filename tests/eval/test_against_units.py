@@ -635,6 +635,26 @@ def test_an_adapters_half_tokenizer_that_does_not_load_is_named_with_its_base(tm
         str(caught.value)), str(caught.value)
 
 
+def test_an_adapters_tokenizer_file_linking_to_nothing_is_refused_not_replaced_by_the_bases(tmp_path):
+    """An adapter whose tokenizer.json is a link to a file that is gone (a cache
+    cleaned, a copy made with links) ships a tokenizer that cannot be read: it is
+    refused naming the link and its target, never scored in silence with its base's
+    tokenizer (a different one)."""
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=True)
+    _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
+    gone = tmp_path / "cache" / "tokenizer.json"
+    (adapter / "tokenizer.json").symlink_to(gone)
+    with pytest.raises(UserError) as caught:
+        load_candidate(adapter, CPU)
+    assert str(caught.value) == (
+        f"--against {adapter}: {adapter}/tokenizer.json links to {gone}, which does not exist: restore "
+        "it, or remove the link (what the adapter's other tokenizer files leave out then comes from its base)")
+
+
 def _mpt(out: Path, vocab: int, max_seq_len: int):
     from transformers import MptConfig, MptForCausalLM
 

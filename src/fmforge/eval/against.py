@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -202,6 +203,13 @@ def _tokenizer_dir(path: Path, base: Path, scratch: Path) -> Path:
     with links: the fine-tune's files win, the base's fill in the rest."""
     if path == base:
         return path
+    for name in TOKENIZER_VOCABULARY + TOKENIZER_SETTINGS:
+        # a link to a file that is gone: is_file() says no file, and the base's
+        # tokenizer (another one) would be used in silence
+        if (path / name).is_symlink() and not (path / name).exists():
+            raise CandidateError(f"--against {path}: {path / name} links to {os.readlink(path / name)}, which "
+                                 "does not exist: restore it, or remove the link (what the adapter's other "
+                                 "tokenizer files leave out then comes from its base)")
     vocabulary = [n for n in TOKENIZER_VOCABULARY if (path / n).is_file()]
     settings = [n for n in TOKENIZER_SETTINGS if (path / n).is_file()]
     if not vocabulary and not settings:
