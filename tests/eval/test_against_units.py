@@ -635,6 +635,28 @@ def test_an_adapters_half_tokenizer_that_does_not_load_is_named_with_its_base(tm
         str(caught.value)), str(caught.value)
 
 
+def test_an_adapter_shipping_only_special_tokens_map_json_keeps_its_bases_tokenizer_config(tmp_path):
+    """special_tokens_map.json alone (which tokens are special, nothing more) over a
+    base whose tokenizer_config.json says add_bos_token and whose tokenizer.json adds
+    no <s> itself: the base's settings stay, so the adapter is scored with <s> as its
+    base is (as transformers reads the two files together: the map names the tokens,
+    the config the rest)."""
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=False)
+    conf = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**conf, "add_bos_token": True}))
+    _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
+    (adapter / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+
+    assert load_candidate(base, CPU).convention.bos_id == 1
+    cand = load_candidate(adapter, CPU)
+    assert (cand.convention.bos_id, cand.convention.bos_token) == (1, "<s>")
+    assert (cand.convention.eos_id, cand.convention.eos_token) == (2, "</s>")
+
+
 def test_an_adapters_tokenizer_file_linking_to_nothing_is_refused_not_replaced_by_the_bases(tmp_path):
     """An adapter whose tokenizer.json is a link to a file that is gone (a cache
     cleaned, a copy made with links) ships a tokenizer that cannot be read: it is

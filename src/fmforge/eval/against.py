@@ -216,7 +216,11 @@ def _tokenizer_dir(path: Path, base: Path, scratch: Path) -> Path:
         return base
     if vocabulary and settings:
         return path
-    replaced = TOKENIZER_VOCABULARY if vocabulary else TOKENIZER_SETTINGS
+    # tokenizer_config.json replaces both of the base's settings files (a legacy
+    # special_tokens_map.json overrides its tokens in transformers); the map alone, only the
+    # base's map: the base's tokenizer_config.json (add_bos_token ...) still holds
+    replaced = (TOKENIZER_VOCABULARY if vocabulary else
+                TOKENIZER_SETTINGS if "tokenizer_config.json" in settings else settings)
     for f in base.iterdir():
         if f.is_file() and f.name not in replaced:
             (scratch / f.name).symlink_to(f.resolve())
