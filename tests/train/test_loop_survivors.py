@@ -6,6 +6,7 @@ a hand count."""
 from __future__ import annotations
 
 import functools
+import json
 import signal
 
 import pytest
@@ -76,3 +77,82 @@ def test_a_stop_signal_is_the_trainers_own_whatever_handler_came_before(new_run,
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def test_dtype_auto_trains_at_the_documented_precision_and_float16_is_refused(new_run, capsys):
+    # docs/training.md, "Precision": `auto` (the default) is bfloat16 on CPUs
+    # with AVX512-BF16 or AMX (the kernel's cpuinfo flags), else float32; float16
+    # is CUDA only, "an error elsewhere". Every other test here trains in float32,
+    # so the default's path is checked here.
+    from fmforge.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU's default is checked where there is no CUDA device")
+    expected = "bfloat16" if _cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
+    cfg, run = new_run("auto", max_steps=2, log_every=1, dtype="auto")
+    capsys.readouterr()
+    assert _train(cfg, run)["steps"] == 2
+    assert f"device cpu, {expected}" in " ".join(capsys.readouterr().err.split())
+    assert sorted(_losses(run)) == [1, 2]
+
+    cfg, run = new_run("fp16", max_steps=2, dtype="float16")
+    with pytest.raises(UserError, match="float16 needs CUDA"):
+        _train(cfg, run)
+    assert not run.checkpoints.exists() or not any(run.checkpoints.iterdir())
+
+
+def test_a_tokenize_record_without_an_output_fingerprint_still_guards_generate(new_run):
+    # A stages.json written before stages recorded an `output` fingerprint has
+    # only the tokenize stage's `fingerprint`, which is then what later stages
+    # and `generate` chain on (rundir.mark_complete's default, loading's
+    # fallback). The model trained on those tokens loads, and is refused once
+    # the tokens are rebuilt (another fingerprint), as for a new record.
+    from fmforge.inference.loading import StaleCheckpointError, load_trained
+    from fmforge.rundir import atomic_write_json
+
+    cfg, run = new_run(max_steps=2)
+    records = json.loads(run.stages_json.read_text())
+    del records["tokenize"]["output"]
+    atomic_write_json(run.stages_json, records)
+    _train(cfg, run)
+    assert load_trained(run, device="cpu").step == 2
+    records["tokenize"]["fingerprint"] = "tokens-rebuilt"
+    atomic_write_json(run.stages_json, records)
+    with pytest.raises(StaleCheckpointError, match="trained on tokens that have since been rebuilt"):
+        load_trained(run, device="cpu")
+
+
+def test_tokens_without_a_tokenize_record_train_and_load(new_run):
+    # A run folder whose stages.json has no tokenize record (tokens/ brought in
+    # by hand, stages.json lost): training needs only tokens/ and the tokenizer,
+    # and its checkpoint names no tokens, so `generate` loads it.
+    from fmforge.inference.loading import load_trained
+    from fmforge.rundir import atomic_write_json
+
+    cfg, run = new_run(max_steps=2)
+    records = json.loads(run.stages_json.read_text())
+    del records["tokenize"]
+    atomic_write_json(run.stages_json, records)
+    assert _train(cfg, run)["steps"] == 2
+    assert load_trained(run, device="cpu").step == 2
+
+
+def test_global_batch_tokens_set_the_accumulation_as_documented(new_run):
+    # docs/training.md: accumulation = global_batch_tokens / (micro_batch_size ×
+    # seq_len × processes). 512 tokens on one process of 8 × 32: 2 micro-batches
+    # a step, the same training as grad_accum_steps=2 given directly.
+    cfg, by_tokens = new_run("tokens", max_steps=2, log_every=1, global_batch_tokens=512)
+    summary = _train(cfg, by_tokens)
+    assert summary["tokens"] == 2 * 512
+    assert [r["tokens"] for r in read_metrics(by_tokens.metrics) if "loss" in r] == [512, 1024]
+    cfg, by_steps = new_run("steps", max_steps=2, log_every=1, grad_accum_steps=2)
+    _train(cfg, by_steps)
+    assert _losses(by_tokens) == _losses(by_steps)
