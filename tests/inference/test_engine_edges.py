@@ -116,13 +116,17 @@ def test_greedy_text_is_the_models_own_when_the_context_matters(trained, make_mo
 
 @pytest.mark.parametrize("max_batch, batch", [(1, 1), (16, 1), (3, 3)])
 def test_a_fresh_engines_cache_holds_what_its_first_requests_need(trained, max_batch, batch):
-    # Hand count for conftest's model: keys and values (2) x 2 layers x rows x 2 kv heads
-    # x (3 prompt + 5 new) positions x head_dim 32/4 = 8 x 4 bytes (float32).
+    # The cache holds a row per request in flight, never more than max_batch rows (the
+    # engine's documented memory bound), and room for 3 prompt + 5 new positions. Hand
+    # count of its bytes for conftest's model: keys and values (2) x 2 layers x 2 kv
+    # heads x head_dim 32/4 = 8 x 4 bytes (float32) per row and position.
     engine = Engine(trained, max_batch=max_batch)
     engine.generate([GenerationRequest(prompt_ids=[5 + i] * 3, max_new_tokens=5, temperature=0,
                                        stop_token_ids=[]) for i in range(batch)])
+    rows, positions = engine.cache.rows, engine.cache.length
+    assert batch <= rows <= max_batch and 3 + 5 <= positions <= trained.model.cfg.seq_len
     held = sum(t.numel() * t.element_size() for t in engine.cache.k + engine.cache.v)
-    assert held == 2 * 2 * batch * 2 * 8 * 8 * 4
+    assert held == 2 * 2 * 2 * 8 * 4 * rows * positions
 
 
 def _sentencepiece_style(make_model, **model_kw):
