@@ -156,3 +156,27 @@ def test_global_batch_tokens_set_the_accumulation_as_documented(new_run):
     cfg, by_steps = new_run("steps", max_steps=2, log_every=1, grad_accum_steps=2)
     _train(cfg, by_steps)
     assert _losses(by_tokens) == _losses(by_steps)
+
+
+def test_bfloat16_trains_under_autocast_near_float32_with_float32_weights(new_run, monkeypatch):
+    # docs/training.md, "Precision": `bfloat16` works on any device through
+    # torch.autocast(bfloat16), with the weights (and checkpoints) in float32.
+    # Its losses are then float32's to within bf16's rounding (8 bits of
+    # mantissa, ~0.4%) but not equal to them: a run that left autocast off
+    # would log float32's numbers exactly.
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(loop, "device_peak_flops", lambda *a: None)  # no MFU: spares measuring the CPU's peak
+    cfg, fp32 = new_run("fp32", max_steps=3, log_every=1, eval_every=3, schedule="constant")
+    _train(cfg, fp32)
+    cfg, bf16 = new_run("bf16", max_steps=3, log_every=1, eval_every=3, schedule="constant", dtype="bfloat16")
+    _train(cfg, bf16)
+    ref, got = _losses(fp32), _losses(bf16)
+    assert sorted(got) == [1, 2, 3]
+    assert got == pytest.approx(ref, rel=2e-2)
+    assert got != ref
+    val = {r["step"]: r["val_loss"] for r in read_metrics(bf16.metrics) if "val_loss" in r}
+    val_ref = {r["step"]: r["val_loss"] for r in read_metrics(fp32.metrics) if "val_loss" in r}
+    assert val == pytest.approx(val_ref, rel=2e-2) and val != val_ref
+    weights = load_file(str(bf16.checkpoints / "step-000003" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
