@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import signal
 
 import pytest
@@ -100,7 +101,10 @@ def test_dtype_auto_trains_at_the_documented_precision_and_float16_is_refused(ne
     cfg, run = new_run("auto", max_steps=2, log_every=1, dtype="auto")
     capsys.readouterr()
     assert _train(cfg, run)["steps"] == 2
-    assert f"device cpu, {expected}" in " ".join(capsys.readouterr().err.split())
+    # the start line as the README shows it
+    said = " ".join(capsys.readouterr().err.split())
+    assert re.search(r"model: [\d,]+ parameters; 256 tokens per step \(1 × 1 × 8 × 32\); "
+                     rf"device cpu, {expected}; [\d,]+ windows per epoch", said), said
     assert sorted(_losses(run)) == [1, 2]
 
     cfg, run = new_run("fp16", max_steps=2, dtype="float16")
@@ -158,7 +162,7 @@ def test_global_batch_tokens_set_the_accumulation_as_documented(new_run):
     assert _losses(by_tokens) == _losses(by_steps)
 
 
-def test_bfloat16_trains_under_autocast_near_float32_with_float32_weights(new_run, monkeypatch):
+def test_bfloat16_trains_under_autocast_near_float32_with_float32_weights_and_its_own_peak(new_run, monkeypatch):
     # docs/training.md, "Precision": `bfloat16` works on any device through
     # torch.autocast(bfloat16), with the weights (and checkpoints) in float32.
     # Its losses are then float32's to within bf16's rounding (8 bits of
@@ -166,7 +170,11 @@ def test_bfloat16_trains_under_autocast_near_float32_with_float32_weights(new_ru
     # would log float32's numbers exactly.
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(loop, "device_peak_flops", lambda *a: None)  # no MFU: spares measuring the CPU's peak
+    # docs/planner.md: the CPU's peak (MFU's denominator, docs/training.md) is its
+    # matmul rate "in the run's precision (fp32, or bf16 for a bf16 run)". A CPU
+    # stood in whose bf16 rate is 4× its fp32 rate (and no time spent measuring).
+    peaks = {("cpu", "float32"): 1e10, ("cpu", "bfloat16"): 4e10}
+    monkeypatch.setattr(loop, "device_peak_flops", lambda device, dtype: peaks[device, dtype])
     cfg, fp32 = new_run("fp32", max_steps=3, log_every=1, eval_every=3, schedule="constant")
     _train(cfg, fp32)
     cfg, bf16 = new_run("bf16", max_steps=3, log_every=1, eval_every=3, schedule="constant", dtype="bfloat16")
@@ -178,5 +186,8 @@ def test_bfloat16_trains_under_autocast_near_float32_with_float32_weights(new_ru
     val = {r["step"]: r["val_loss"] for r in read_metrics(bf16.metrics) if "val_loss" in r}
     val_ref = {r["step"]: r["val_loss"] for r in read_metrics(fp32.metrics) if "val_loss" in r}
     assert val == pytest.approx(val_ref, rel=2e-2) and val != val_ref
+    for run, peak in ((fp32, 1e10), (bf16, 4e10)):
+        for r in (r for r in read_metrics(run.metrics) if "loss" in r):
+            assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / peak, abs=1e-4), r
     weights = load_file(str(bf16.checkpoints / "step-000003" / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
