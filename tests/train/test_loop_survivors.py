@@ -191,3 +191,40 @@ def test_bfloat16_trains_under_autocast_near_float32_with_float32_weights_and_it
             assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / peak, abs=1e-4), r
     weights = load_file(str(bf16.checkpoints / "step-000003" / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_a_checkpoints_trainer_state_has_the_documented_fields_worked_out_by_hand(new_run):
+    # docs/training.md, "Checkpoints": trainer_state.json holds `step,
+    # fingerprint, lineage, max_steps, tokens, elapsed_s, params, seed,
+    # tokens_fingerprint, skipped_steps, model` (the architecture, so loading
+    # never needs config.yaml). Each against its source: the call's fingerprint
+    # and lineage, 3 steps × 8 × 32 tokens, the weights' own element count (a
+    # tied head stored once), the config's seed, stages.json's tokens.
+    from safetensors.torch import load_file
+
+    from fmforge.config import ModelConfig
+
+    cfg, run = new_run(max_steps=3)
+    loop.run_train_stage(cfg, run, fingerprint="fp-3", lineage="L-3")
+    ckpt = run.checkpoints / "step-000003"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert set(state) == {"step", "fingerprint", "lineage", "max_steps", "tokens", "elapsed_s", "params",
+                          "seed", "tokens_fingerprint", "skipped_steps", "model"}
+    assert (state["step"], state["fingerprint"], state["lineage"], state["max_steps"]) == (3, "fp-3", "L-3", 3)
+    assert state["tokens"] == 3 * 8 * 32
+    assert state["params"] == sum(t.numel() for t in load_file(str(ckpt / "model.safetensors")).values())
+    assert state["seed"] == cfg.seed == 7
+    tokenize = json.loads(run.stages_json.read_text())["tokenize"]
+    assert state["tokens_fingerprint"] == tokenize["output"]
+    assert state["skipped_steps"] == 0 and 0 < state["elapsed_s"] < 600
+    assert ModelConfig.model_validate(state["model"]) == cfg.resolved_model()
+    assert json.loads(json.dumps(state["model"])) == state["model"]
+
+
+def test_a_cosine_run_keeps_only_its_newest_checkpoints(new_run):
+    # docs/training.md: pruning keeps "the newest keep_checkpoints, plus the step
+    # where the WSD decay begins": no other schedule protects a step, not even
+    # the end of a cosine warmup.
+    cfg, run = new_run(max_steps=8, schedule="cosine", warmup_steps=2, checkpoint_every=2, keep_checkpoints=2)
+    _train(cfg, run)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step-000006", "step-000008"]
