@@ -721,3 +721,43 @@ def test_a_model_without_a_position_limit_is_scored_in_windows_of_2048(tmp_path)
     docs = {"prose": TEXTS}
     scored = score_candidate(cand, docs, CPU)
     assert scored["bits_per_byte"] == pytest.approx(_by_hand(model, tok, docs, False, 2048), rel=1e-5)
+
+
+def test_an_adapters_tokenizer_config_json_alone_outranks_its_bases_special_tokens_map_json(tmp_path):
+    """A base that ships special_tokens_map.json beside its tokenizer_config.json (both
+    name </s> its end-of-text) and an adapter that ships only its own
+    tokenizer_config.json, naming <unk> instead: the adapter's settings replace both of
+    the base's files, so documents are joined with <unk>, as transformers loads a
+    folder of the adapter's settings and the base's vocabulary. (transformers lets a
+    special_tokens_map.json beside a tokenizer_config.json override its tokens: the
+    base's map kept there would bring </s> back.)"""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "base"
+    _tokenizer(base, add_bos=False)
+    (base / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    _llama(base, len(AutoTokenizer.from_pretrained(str(base))))
+    adapter = _lora_adapter(base, tmp_path / "adapter")
+    tok_conf = json.loads((base / "tokenizer_config.json").read_text())
+    (adapter / "tokenizer_config.json").write_text(json.dumps({**tok_conf, "eos_token": "<unk>"}))
+    reference_dir = tmp_path / "reference"  # exactly the adapter's settings over the base's vocabulary
+    reference_dir.mkdir()
+    shutil.copy(base / "tokenizer.json", reference_dir)
+    shutil.copy(adapter / "tokenizer_config.json", reference_dir)
+    reference = AutoTokenizer.from_pretrained(str(reference_dir))
+    assert (reference.eos_token, reference.eos_token_id) == ("<unk>", 0)
+    # the base's map, beside the adapter's config, would win in transformers
+    shutil.copy(base / "special_tokens_map.json", reference_dir)
+    assert AutoTokenizer.from_pretrained(str(reference_dir)).eos_token == "</s>"
+    assert load_candidate(base, CPU).convention.eos_token == "</s>"
+
+    cand = load_candidate(adapter, CPU)
+    assert (cand.convention.eos_id, cand.convention.eos_token) == (0, "<unk>")
+    assert cand.convention.bos_id is None
+    docs = {"prose": TEXTS}
+    # a fresh LoRA adapter leaves its base's weights as they are: the base's model, the reference tokenizer
+    expected = _by_hand(AutoModelForCausalLM.from_pretrained(str(base)).eval(), reference, docs, False, 16)
+    assert score_candidate(cand, docs, CPU)["bits_per_byte"] == pytest.approx(expected, rel=1e-5)
