@@ -67,6 +67,21 @@ def count_steps(monkeypatch) -> dict:
     return taken
 
 
+@pytest.fixture(autouse=True)
+def _stop_signals_reach_only_the_trainer():
+    """A SIGINT or SIGTERM the trainer did not take must fail the test. Inherited from
+    the process that runs the tests, it could end the test quietly instead: mutmut's
+    fork server exits 0 on SIGTERM, so a trainer that lost its handlers read as a
+    surviving mutant (train/loop.py's _install_stop_handlers 9, 10)."""
+    def not_the_trainers(signum, frame):
+        raise AssertionError(f"signal {signum} reached a handler the trainer did not install")
+
+    saved = {s: signal.signal(s, not_the_trainers) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
 def _stop_at(monkeypatch, step: int, signum=signal.SIGINT, twice: bool = False):
     """Send this process ``signum`` while step ``step`` (1-based) runs."""
     lr_at = loop.lr_at
