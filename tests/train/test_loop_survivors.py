@@ -228,3 +228,69 @@ def test_a_cosine_run_keeps_only_its_newest_checkpoints(new_run):
     cfg, run = new_run(max_steps=8, schedule="cosine", warmup_steps=2, checkpoint_every=2, keep_checkpoints=2)
     _train(cfg, run)
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step-000006", "step-000008"]
+
+
+def test_a_full_disk_names_the_checkpoint_folder_and_the_step_a_rerun_resumes_from(new_run, monkeypatch):
+    # docs/training.md: a checkpoint that cannot be written stops the run "with a
+    # message naming the directory and the step a rerun resumes from". The
+    # message's last words are that step, and a rerun on a disk with room again
+    # does resume from it.
+    import errno
+
+    from fmforge.rundir import RunDirWriteError
+    from fmforge.train.checkpoint import list_checkpoints
+
+    save = loop.save_checkpoint
+
+    def full_at_6(root, step, *a, **kw):
+        if step == 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(root, step, *a, **kw)
+
+    monkeypatch.setattr(loop, "save_checkpoint", full_at_6)
+    cfg, run = new_run(max_steps=8, checkpoint_every=3)
+    with pytest.raises(RunDirWriteError) as caught:
+        _train(cfg, run)
+    message = "".join(str(caught.value).split())  # the console may wrap a path anywhere
+    assert "".join(str(run.checkpoints).split()) in message
+    assert message.endswith("trainingresumesfromstep3")
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    assert [s for s, _ in list_checkpoints(run.checkpoints)] == [3]
+    _train(cfg, run)
+    assert [s for s, _ in list_checkpoints(run.checkpoints)][-1] == 8
+
+
+def test_a_held_out_split_of_two_tokens_is_validated_on_its_one_prediction(new_run, monkeypatch):
+    # Two tokens are the fewest that hold a prediction: the validation of such a
+    # split is the loss of predicting the second from the first, here worked out
+    # from the final checkpoint's weights with the model's forward and
+    # cross_entropy (the last step validates: docs/training.md's `eval_every`
+    # "and at the end").
+    import numpy as np
+    import torch.nn.functional as F
+
+    from fmforge.model.transformer import Transformer
+    from fmforge.train.checkpoint import load_checkpoint
+
+    open_tokens = loop.open_tokens
+    kept = {}
+
+    def two_val_tokens(run, split):
+        tokens = open_tokens(run, split)
+        if split == "val":
+            tokens = kept["val"] = np.asarray(tokens[0:2], dtype=np.int64)
+        return tokens
+
+    monkeypatch.setattr(loop, "open_tokens", two_val_tokens)
+    cfg, run = new_run(max_steps=2, log_every=1)
+    _train(cfg, run)
+    logged = [r for r in read_metrics(run.metrics) if "val_loss" in r]
+    assert [r["step"] for r in logged] == [2]
+    model = Transformer(cfg.resolved_model())
+    load_checkpoint(run.checkpoints / "step-000002", model)
+    model.eval()
+    first, second = (int(t) for t in kept["val"])
+    with torch.no_grad():
+        logits = model(torch.tensor([[first]]))
+    expected = float(F.cross_entropy(logits[0].float(), torch.tensor([second])))
+    assert logged[0]["val_loss"] == pytest.approx(expected, abs=2e-5)
