@@ -294,3 +294,27 @@ def test_a_held_out_split_of_two_tokens_is_validated_on_its_one_prediction(new_r
         logits = model(torch.tensor([[first]]))
     expected = float(F.cross_entropy(logits[0].float(), torch.tensor([second])))
     assert logged[0]["val_loss"] == pytest.approx(expected, abs=2e-5)
+
+
+def test_skips_at_the_very_start_count_from_one(new_run, monkeypatch, capsys):
+    # docs/training.md: "this many consecutive non-finite steps stop the run".
+    # With max_skipped_steps=2, a run whose first step alone is not finite has
+    # one skip in a row, not two: it trains on to its end.
+    forward = loop.Transformer.forward
+    calls = {"n": 0}
+
+    def nan_in_the_first_training_forward(self, *a, **kw):
+        out = forward(self, *a, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return out + torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(loop.Transformer, "forward", nan_in_the_first_training_forward)
+    cfg, run = new_run(max_steps=3, log_every=1, max_skipped_steps=2)
+    capsys.readouterr()
+    summary = _train(cfg, run)
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 1
+    assert "1 in a row" in " ".join(capsys.readouterr().err.split())
+    assert sorted(_losses(run)) == [2, 3]
