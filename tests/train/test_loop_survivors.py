@@ -318,3 +318,25 @@ def test_skips_at_the_very_start_count_from_one(new_run, monkeypatch, capsys):
     assert summary["steps"] == 3 and summary["skipped_steps"] == 1
     assert "1 in a row" in " ".join(capsys.readouterr().err.split())
     assert sorted(_losses(run)) == [2, 3]
+
+
+def test_the_default_clip_of_one_clips(new_run):
+    # docs/training.md: `grad_clip` (default 1.0) clips the global gradient norm
+    # to this; 0 is no clipping. The tiny model's gradient norms go above 1
+    # (the unclipped run logs them), so a clip at 1.0 trains like a clip a hair
+    # above it, and unlike no clip.
+    cfg, off = new_run("off", max_steps=3, log_every=1, grad_clip=0.0, schedule="constant", warmup_steps=0)
+    _train(cfg, off)
+    norms = [r["grad_norm"] for r in read_metrics(off.metrics) if "loss" in r]
+    assert max(norms) > 1.05, norms
+    cfg, one = new_run("one", max_steps=3, log_every=1, grad_clip=1.0, schedule="constant", warmup_steps=0)
+    _train(cfg, one)
+    cfg, near = new_run("near", max_steps=3, log_every=1, grad_clip=1.000001, schedule="constant", warmup_steps=0)
+    _train(cfg, near)
+    # (Adam's updates barely feel a gradient's scale: the weights show it, not the losses)
+    from safetensors.torch import load_file
+
+    w = {name: load_file(str(run.checkpoints / "step-000003" / "model.safetensors"))
+         for name, run in (("off", off), ("one", one), ("near", near))}
+    gap = lambda a, b: max(float((w[a][k] - w[b][k]).abs().max()) for k in w[a])  # noqa: E731
+    assert gap("one", "near") < 1e-6 < 1e-5 < gap("one", "off"), (gap("one", "near"), gap("one", "off"))
