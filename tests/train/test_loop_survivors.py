@@ -340,3 +340,19 @@ def test_the_default_clip_of_one_clips(new_run):
          for name, run in (("off", off), ("one", one), ("near", near))}
     gap = lambda a, b: max(float((w[a][k] - w[b][k]).abs().max()) for k in w[a])  # noqa: E731
     assert gap("one", "near") < 1e-6 < 1e-5 < gap("one", "off"), (gap("one", "near"), gap("one", "off"))
+
+
+def test_accumulated_micro_batches_log_the_gradient_norm_of_their_mean_loss(new_run):
+    # docs/training.md: `loss` is the mean over the step's micro-batches and
+    # `grad_norm` the global gradient norm (before clipping) of that step's
+    # loss. Two micro-batches of 4 windows hold the same 8 windows as one of 8,
+    # so the same mean loss, the same gradient and the same norm.
+    cfg, one = new_run("one", max_steps=3, log_every=1, grad_clip=0.0)
+    _train(cfg, one)
+    cfg, two = new_run("two", max_steps=3, log_every=1, grad_clip=0.0, micro_batch_size=4, grad_accum_steps=2)
+    _train(cfg, two)
+    def norms(run):
+        return [r["grad_norm"] for r in read_metrics(run.metrics) if "loss" in r]
+
+    assert len(norms(one)) == 3
+    assert norms(two) == pytest.approx(norms(one), rel=1e-3)
