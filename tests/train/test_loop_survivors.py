@@ -356,3 +356,24 @@ def test_accumulated_micro_batches_log_the_gradient_norm_of_their_mean_loss(new_
 
     assert len(norms(one)) == 3
     assert norms(two) == pytest.approx(norms(one), rel=1e-3)
+
+
+def test_throughput_over_several_steps_counts_all_their_tokens(new_run, monkeypatch):
+    # docs/training.md: `tokens_per_s` is the training tokens since the last
+    # record over the seconds since then. With log_every=2 a record covers two
+    # steps (512 tokens); a clock that moves one second at each reading makes
+    # the figure exact to its rounding: the records' own tokens and elapsed_s.
+    import itertools
+    import time
+    from types import SimpleNamespace
+
+    ticks = itertools.count()
+    clock = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.perf_counter = lambda: float(next(ticks))
+    monkeypatch.setattr(loop, "time", clock)  # the loop's own clock only
+    cfg, run = new_run(max_steps=6, log_every=2)
+    _train(cfg, run)
+    records = [r for r in read_metrics(run.metrics) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 4, 6]  # the first step is always logged
+    for before, r in zip(records, records[1:]):
+        assert r["tokens_per_s"] == round((r["tokens"] - before["tokens"]) / (r["elapsed_s"] - before["elapsed_s"]), 1), r
