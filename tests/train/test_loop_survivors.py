@@ -377,3 +377,38 @@ def test_throughput_over_several_steps_counts_all_their_tokens(new_run, monkeypa
     assert [r["step"] for r in records] == [1, 2, 4, 6]  # the first step is always logged
     for before, r in zip(records, records[1:]):
         assert r["tokens_per_s"] == round((r["tokens"] - before["tokens"]) / (r["elapsed_s"] - before["elapsed_s"]), 1), r
+
+
+def test_a_minutes_budget_decides_on_the_seconds_since_the_stage_began(new_run, monkeypatch):
+    # docs/training.md, "A budget in minutes": the step count is decided from the
+    # measured step time and the time already spent; train_budget.json records
+    # that time (`elapsed_s_at_decision`). The loop's clock here starts where a
+    # machine up for 11 days has its perf_counter (1e6 s) and moves 1 ms at each
+    # reading, so the time spent at the decision is at most 1 ms per reading
+    # taken by then, whatever the clock's origin.
+    import time
+    from types import SimpleNamespace
+
+    from fmforge.train.budget import StepBudget
+
+    readings = {"n": 0}
+
+    def perf_counter():
+        readings["n"] += 1
+        return 1e6 + readings["n"] * 1e-3
+
+    clock = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.perf_counter = perf_counter
+    monkeypatch.setattr(loop, "time", clock)  # the loop's own clock only
+    decide, seen = StepBudget.decide, {}
+
+    def watched(self, done, elapsed_s, accum):
+        seen["readings"] = readings["n"]
+        return decide(self, done, elapsed_s, accum)
+
+    monkeypatch.setattr(StepBudget, "decide", watched)
+    cfg, run = new_run(max_steps=None, max_minutes=0.002, warmup_steps=8, log_every=1)
+    summary = _train(cfg, run)
+    record = json.loads((run.root / "train_budget.json").read_text())
+    assert 0 < record["elapsed_s_at_decision"] <= seen["readings"] * 1e-3 + 0.01
+    assert summary["steps"] == record["max_steps"] > cfg.train.warmup_steps + 1
