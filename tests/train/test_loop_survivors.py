@@ -312,12 +312,19 @@ def test_skips_at_the_very_start_count_from_one(new_run, monkeypatch, capsys):
         return out
 
     monkeypatch.setattr(loop.Transformer, "forward", nan_in_the_first_training_forward)
-    cfg, run = new_run(max_steps=3, log_every=1, max_skipped_steps=2)
+    cfg, run = new_run(max_steps=3, log_every=1, max_skipped_steps=2, schedule="constant", warmup_steps=0)
     capsys.readouterr()
     summary = _train(cfg, run)
     assert summary["steps"] == 3 and summary["skipped_steps"] == 1
     assert "1 in a row" in " ".join(capsys.readouterr().err.split())
     assert sorted(_losses(run)) == [2, 3]
+    # its record, as docs/training.md lists it: {"step", "skipped": true, "reason",
+    # "loss", "grad_norm", "skipped_steps", "lr"}; a constant rate without warmup is train.lr
+    skipped = [r for r in read_metrics(run.metrics) if r.get("skipped")]
+    assert len(skipped) == 1 and set(skipped[0]) == {"step", "skipped", "reason", "loss", "grad_norm",
+                                                     "skipped_steps", "lr"}
+    assert (skipped[0]["step"], skipped[0]["reason"], skipped[0]["loss"]) == (1, "non-finite loss", None)
+    assert skipped[0]["lr"] == cfg.train.lr and skipped[0]["skipped_steps"] == 1
 
 
 def test_the_default_clip_of_one_clips(new_run):
