@@ -419,3 +419,27 @@ def test_a_minutes_budget_decides_on_the_seconds_since_the_stage_began(new_run, 
     record = json.loads((run.root / "train_budget.json").read_text())
     assert 0 < record["elapsed_s_at_decision"] <= seen["readings"] * 1e-3 + 0.01
     assert summary["steps"] == record["max_steps"] > cfg.train.warmup_steps + 1
+
+
+def test_a_diverged_run_says_what_to_lower_or_raise_and_where_it_resumes(new_run, monkeypatch):
+    # docs/training.md: `max_skipped_steps` consecutive skips stop the run "with a
+    # message naming the last good checkpoint; rerunning resumes from it (lower
+    # `lr` or raise `warmup_steps` first)".
+    forward = loop.Transformer.forward
+    calls = {"n": 0}
+
+    def nan_from_the_third_training_forward(self, *a, **kw):
+        out = forward(self, *a, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                return out + torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(loop.Transformer, "forward", nan_from_the_third_training_forward)
+    cfg, run = new_run(max_steps=8, checkpoint_every=2, max_skipped_steps=2)
+    with pytest.raises(loop.TrainingDiverged) as caught:
+        _train(cfg, run)
+    message = " ".join(str(caught.value).split())
+    assert "lower train.lr, raise train.warmup_steps or check the data" in message
+    assert "the last good checkpoint (step 2) is intact and a rerun resumes from it" in message
