@@ -890,3 +890,14 @@ def test_force_on_a_run_without_checkpoints_sets_nothing_aside(new_run):
     train(cfg, run, fresh=True)
     assert not (run.root / "checkpoints.previous").exists()
     assert steps_of(run.checkpoints) == [2]
+
+
+def test_the_summary_s_throughput_is_its_tokens_over_its_wall_time(new_run):
+    # train.json's tokens_per_s is what the run trained over the time it took: for a
+    # fresh run, its tokens over its wall_s, which is rounded to 10 ms (the bound's
+    # 0.006 s) and also holds the few milliseconds after the last step (its 1%).
+    cfg, run = new_run("speed", max_steps=6, log_every=2)
+    summary = train(cfg, run)
+    assert summary["wall_s"] > 0 and summary["tokens"] > 0
+    rel = 0.01 + 0.006 / summary["wall_s"]
+    assert summary["tokens_per_s"] == pytest.approx(summary["tokens"] / summary["wall_s"], rel=rel)
