@@ -58,3 +58,19 @@ def new_run(_prepared, tmp_path, make_tiny_config):
         return RunConfig.model_validate(raw), RunDir(root)
 
     return make
+
+
+@pytest.fixture
+def one_second_per_reading(monkeypatch):
+    """The training loop's clock moves exactly one second at each reading (its own
+    ``time`` module only), so the records' rounded seconds and throughputs are exact."""
+    import itertools
+    import time
+    from types import SimpleNamespace
+
+    import fmforge.train.loop as loop
+
+    ticks = itertools.count()
+    clock = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.perf_counter = lambda: float(next(ticks))
+    monkeypatch.setattr(loop, "time", clock)

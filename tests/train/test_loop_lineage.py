@@ -7,11 +7,8 @@ on (what `generate` checks)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +24,7 @@ def _train(cfg, run, lineage: str = "L", fresh: bool = False) -> dict:
     return loop.run_train_stage(cfg, run, fingerprint="fp", fresh=fresh, lineage=lineage)
 
 
-def test_each_records_seconds_and_throughput_worked_out_by_hand(new_run, monkeypatch):
+def test_each_records_seconds_and_throughput_worked_out_by_hand(new_run, one_second_per_reading):
     # docs/training.md's metrics.jsonl: `elapsed_s` is the training seconds so far
     # (a fresh run has none before its first step) and `tokens_per_s` the tokens
     # trained since the record before over the seconds since then. With a clock
@@ -35,10 +32,6 @@ def test_each_records_seconds_and_throughput_worked_out_by_hand(new_run, monkeyp
     # 0.1 token/s) is exact, so each record's throughput is, to the digit, its
     # tokens less the previous record's over its seconds less the previous
     # record's, starting from 0 tokens at 0 s.
-    ticks = itertools.count()
-    clock = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
-    clock.perf_counter = lambda: float(next(ticks))
-    monkeypatch.setattr(loop, "time", clock)  # the loop's own clock only
     cfg, run = new_run(max_steps=4, log_every=1)
     _train(cfg, run)
     records = [r for r in read_metrics(run.metrics) if "loss" in r]
