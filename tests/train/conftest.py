@@ -74,3 +74,31 @@ def one_second_per_reading(monkeypatch):
     clock = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
     clock.perf_counter = lambda: float(next(ticks))
     monkeypatch.setattr(loop, "time", clock)
+
+
+@pytest.fixture
+def nan_added_to_the_loss_of_step(monkeypatch):
+    """``nan_added_to_the_loss_of_step(step)``: a NaN is added to the loss's value
+    alone in the forward pass of training step ``step`` (1-based); the gradient, which
+    does not depend on an added constant, stays that of the real loss."""
+    import math
+
+    import torch
+
+    import fmforge.train.loop as loop
+
+    def plant(step: int) -> None:
+        forward = loop.Transformer.forward
+        calls = {"n": 0}
+
+        def forward_with_nan(self, *a, **kw):
+            out = forward(self, *a, **kw)
+            if self.training:
+                calls["n"] += 1
+                if calls["n"] == step:
+                    return out + torch.tensor(math.nan)
+            return out
+
+        monkeypatch.setattr(loop.Transformer, "forward", forward_with_nan)
+
+    return plant

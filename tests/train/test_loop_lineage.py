@@ -8,10 +8,8 @@ on (what `generate` checks)."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
-import torch
 
 import fmforge.train.loop as loop
 from fmforge.rundir import atomic_write_json, read_metrics
@@ -85,25 +83,8 @@ def test_force_and_a_changed_lineage_decide_the_budget_again(new_run, monkeypatc
     assert [r["step"] for r in read_metrics(run.metrics)] == list(range(1, 11))
 
 
-def _nan_added_to_the_loss_of_step(monkeypatch, step: int):
-    """A NaN added to the loss's value alone in the forward pass of training step
-    ``step`` (1-based): the gradient, which does not depend on an added constant,
-    stays that of the real loss."""
-    forward = loop.Transformer.forward
-    calls = {"n": 0}
-
-    def forward_with_nan(self, *a, **kw):
-        out = forward(self, *a, **kw)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == step:
-                return out + torch.tensor(math.nan)
-        return out
-
-    monkeypatch.setattr(loop.Transformer, "forward", forward_with_nan)
-
-
-def test_a_non_finite_loss_with_a_finite_gradient_logs_that_norm_and_its_board_point(new_run, monkeypatch):
+def test_a_non_finite_loss_with_a_finite_gradient_logs_that_norm_and_its_board_point(new_run,
+                                                                                     nan_added_to_the_loss_of_step):
     # docs/training.md, "Non-finite steps": the skipped step's record has its
     # loss and gradient norm, `null` only for a value that is not finite; its
     # `skipped_steps` is TensorBoard's train/skipped_steps. Reference: the same
@@ -115,7 +96,7 @@ def test_a_non_finite_loss_with_a_finite_gradient_logs_that_norm_and_its_board_p
     _train(cfg, clean)
     norms = {r["step"]: r["grad_norm"] for r in read_metrics(clean.metrics)}
 
-    _nan_added_to_the_loss_of_step(monkeypatch, 3)
+    nan_added_to_the_loss_of_step(3)
     cfg, run = new_run("nan", max_steps=4, log_every=1, tensorboard=True)
     _train(cfg, run)
     records = read_metrics(run.metrics)

@@ -299,22 +299,11 @@ def test_a_held_out_split_of_two_tokens_is_validated_on_its_one_prediction(new_r
     assert logged[0]["val_loss"] == pytest.approx(expected, abs=2e-5)
 
 
-def test_skips_at_the_very_start_count_from_one(new_run, monkeypatch, capsys):
+def test_skips_at_the_very_start_count_from_one(new_run, nan_added_to_the_loss_of_step, capsys):
     # docs/training.md: "this many consecutive non-finite steps stop the run".
     # With max_skipped_steps=2, a run whose first step alone is not finite has
     # one skip in a row, not two: it trains on to its end.
-    forward = loop.Transformer.forward
-    calls = {"n": 0}
-
-    def nan_in_the_first_training_forward(self, *a, **kw):
-        out = forward(self, *a, **kw)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                return out + torch.tensor(float("nan"))
-        return out
-
-    monkeypatch.setattr(loop.Transformer, "forward", nan_in_the_first_training_forward)
+    nan_added_to_the_loss_of_step(1)
     cfg, run = new_run(max_steps=3, log_every=1, max_skipped_steps=2, schedule="constant", warmup_steps=0)
     capsys.readouterr()
     summary = _train(cfg, run)
