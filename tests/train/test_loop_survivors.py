@@ -57,7 +57,7 @@ def test_a_stop_signal_is_the_trainers_own_whatever_handler_came_before(new_run,
     # installed none would meet it (under mutmut's fork server SIGTERM's inherited
     # handler ends the process with exit status 0, which read as a pass).
     class ReachedTheTestsHandler(Exception):
-        pass
+        """A stop signal met the test's own handler: the trainer had installed none."""
 
     def tests_handler(signum, frame):
         raise ReachedTheTestsHandler(signal.Signals(signum).name)
